@@ -1,0 +1,299 @@
+//! Command-line interface: clap parses, this module builds config structs and calls the
+//! library. Exit codes are stable (see [`ExitCode`] and README.md §Exit codes).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand};
+use zeroize::Zeroizing;
+
+use crate::format::context::hex;
+use crate::format::volume::{VolumeConfig, WrappedKeyRecord, DEFAULT_BLOCK_SIZE};
+use crate::fs::EncFs;
+use crate::fuse::{Adapter, MountOptions};
+use crate::keys::local::LocalKms;
+use crate::keys::secret::Unlock;
+use crate::keys::{Caller, KeyError, KeyService};
+use crate::store::volume::{self as vol, VolumeError};
+
+/// Environment variable that may hold the passphrase (for scripts; prefer --passfile).
+pub const PASSPHRASE_ENV: &str = "ENVELOPEFS_PASSPHRASE";
+
+/// Stable process exit codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitCode {
+    /// Success.
+    Ok = 0,
+    /// Any other failure.
+    Failure = 1,
+    /// Bad command line (clap's own code).
+    Usage = 2,
+    /// Wrong passphrase or key file.
+    WrongPassphrase = 3,
+    /// BACKING is not a usable volume (missing, corrupt, unknown feature, already exists).
+    BadVolume = 4,
+    /// The mount itself failed.
+    MountFailed = 5,
+    /// The volume is already mounted.
+    Busy = 6,
+}
+
+/// envelopefs: an encrypted directory where every file has its own data key, wrapped by a
+/// master key held in an embedded key service (as AWS KMS does for S3 and EBS).
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None, after_help = "\
+Quick start:
+  envelopefs init ~/vault.enc            # create an encrypted volume (asks for a passphrase)
+  envelopefs mount ~/vault.enc ~/vault   # use ~/vault; files land encrypted in ~/vault.enc/data
+  envelopefs unmount ~/vault             # or Ctrl-C the mount
+
+Passphrases come from the terminal, --passfile FILE, or $ENVELOPEFS_PASSPHRASE.
+Exit codes: 0 ok, 1 error, 2 usage, 3 wrong passphrase, 4 not a usable volume,
+5 mount failed, 6 volume already mounted.")]
+pub struct Cli {
+    /// More log output (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How to unlock the keystore.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SecretArgs {
+    /// Read the passphrase from FILE (first line; a trailing newline is ignored).
+    #[arg(long, value_name = "FILE", conflicts_with = "keyfile")]
+    pub passfile: Option<PathBuf>,
+    /// Unlock with a 32-byte key file instead of a passphrase (no Argon2id).
+    #[arg(long, value_name = "FILE")]
+    pub keyfile: Option<PathBuf>,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new encrypted volume in BACKING (created if missing, must be empty).
+    Init {
+        /// The directory that will hold the ciphertext, config and keystore.
+        backing: PathBuf,
+        /// Plaintext block size in bytes (power of two, 512..1048576).
+        #[arg(long, default_value_t = DEFAULT_BLOCK_SIZE)]
+        block_size: u32,
+        /// Keep the keystore at this path instead of BACKING/keystore.json (e.g. on a
+        /// different disk than the ciphertext).
+        #[arg(long, value_name = "PATH")]
+        keystore: Option<PathBuf>,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
+    /// Mount BACKING at MOUNTPOINT (foreground until Ctrl-C / SIGTERM / unmount).
+    Mount {
+        /// An initialised volume.
+        backing: PathBuf,
+        /// An existing empty directory.
+        mountpoint: PathBuf,
+        /// Detach once mounted; the daemon keeps running until unmounted.
+        #[arg(long)]
+        background: bool,
+        /// Let other users use the mount (needs root or user_allow_other in /etc/fuse.conf).
+        #[arg(long)]
+        allow_other: bool,
+        /// Mount read-only.
+        #[arg(long)]
+        read_only: bool,
+        /// Request-handling threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Write the daemon's log here (appending) instead of stderr.
+        #[arg(long, value_name = "FILE")]
+        log_file: Option<PathBuf>,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
+    /// Unmount a mounted volume.
+    Unmount {
+        /// The mountpoint.
+        mountpoint: PathBuf,
+    },
+    /// Show a volume's config and keys (no passphrase needed for the config).
+    Info {
+        /// An initialised volume.
+        backing: PathBuf,
+    },
+}
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub struct CliError {
+    /// Exit code.
+    pub code: ExitCode,
+    /// What to tell the user.
+    pub message: String,
+}
+
+impl From<VolumeError> for CliError {
+    fn from(e: VolumeError) -> Self {
+        let code = match e {
+            VolumeError::Busy(_) => ExitCode::Busy,
+            VolumeError::Io { .. } => ExitCode::Failure,
+            _ => ExitCode::BadVolume,
+        };
+        CliError { code, message: e.to_string() }
+    }
+}
+
+impl From<KeyError> for CliError {
+    fn from(e: KeyError) -> Self {
+        let code = if matches!(e, KeyError::WrongPassphrase { .. }) { ExitCode::WrongPassphrase } else { ExitCode::Failure };
+        CliError { code, message: e.to_string() }
+    }
+}
+
+pub(crate) fn fail(code: ExitCode, message: impl Into<String>) -> CliError {
+    CliError { code, message: message.into() }
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Reads the unlock secret: key file, pass file, environment, or the terminal.
+pub fn read_unlock(args: &SecretArgs, confirm: bool) -> Result<Unlock, CliError> {
+    if let Some(p) = &args.keyfile {
+        let bytes = Zeroizing::new(std::fs::read(p).map_err(|e| fail(ExitCode::Failure, format!("cannot read key file {}: {e}", p.display())))?);
+        let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+            fail(ExitCode::Failure, format!("key file {} must hold exactly 32 bytes (make one with `head -c 32 /dev/urandom > FILE`)", p.display()))
+        })?;
+        return Ok(Unlock::KeyFile(Zeroizing::new(key)));
+    }
+    let mut pass = if let Some(p) = &args.passfile {
+        let mut s = Zeroizing::new(Vec::new());
+        let mut f = std::fs::File::open(p).map_err(|e| fail(ExitCode::Failure, format!("cannot read pass file {}: {e}", p.display())))?;
+        f.read_to_end(&mut s).map_err(|e| fail(ExitCode::Failure, format!("cannot read pass file {}: {e}", p.display())))?;
+        if let Some(i) = s.iter().position(|&b| b == b'\n') {
+            s.truncate(i);
+        }
+        s
+    } else if let Some(v) = std::env::var_os(PASSPHRASE_ENV) {
+        Zeroizing::new(std::os::unix::ffi::OsStringExt::into_vec(v))
+    } else {
+        let p = rpassword::prompt_password("Passphrase: ").map_err(|e| {
+            fail(ExitCode::Failure, format!("cannot read a passphrase from the terminal ({e}); use --passfile FILE or ${PASSPHRASE_ENV}"))
+        })?;
+        let p = Zeroizing::new(p.into_bytes());
+        if confirm {
+            let again = Zeroizing::new(rpassword::prompt_password("Repeat passphrase: ").unwrap_or_default().into_bytes());
+            if *again != *p {
+                return Err(fail(ExitCode::Failure, "the passphrases differ; nothing was created"));
+            }
+        }
+        p
+    };
+    if pass.ends_with(b"\r") {
+        pass.pop();
+    }
+    if pass.is_empty() {
+        return Err(fail(ExitCode::Failure, "the passphrase is empty; pick a non-empty one"));
+    }
+    Ok(Unlock::Passphrase(pass))
+}
+
+/// Runs a parsed command.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Init { backing, block_size, keystore, secret } => init(&backing, block_size, keystore, &secret),
+        Command::Mount { backing, mountpoint, background, allow_other, read_only, threads, log_file, secret } => {
+            let opts = MountOptions { allow_other, threads, read_only, fsname: backing.display().to_string(), ..MountOptions::default() };
+            if background {
+                crate::cli_daemon::spawn_background(&backing, &mountpoint, &secret, &opts, log_file, cli.verbose)
+            } else {
+                if let Some(log) = &log_file {
+                    crate::cli_daemon::redirect_stderr(log)?;
+                }
+                mount(&backing, &mountpoint, &secret, &opts)
+            }
+        }
+        Command::Unmount { mountpoint } => crate::fuse::unmount(&mountpoint)
+            .map_err(|e| fail(ExitCode::Failure, format!("cannot unmount {}: {e}", mountpoint.display()))),
+        Command::Info { backing } => info(&backing),
+    }
+}
+
+fn init(backing: &Path, block_size: u32, keystore: Option<PathBuf>, secret: &SecretArgs) -> Result<(), CliError> {
+    crate::format::header::check_block_size(block_size).map_err(|e| fail(ExitCode::Usage, e.to_string()))?;
+    vol::prepare(backing)?;
+    let ks_rel = keystore.map(|p| std::path::absolute(p).unwrap_or_default().display().to_string()).unwrap_or_else(|| vol::KEYSTORE_NAME.to_owned());
+    let ks_path = if Path::new(&ks_rel).is_absolute() { PathBuf::from(&ks_rel) } else { backing.join(&ks_rel) };
+    let unlock = read_unlock(secret, true)?;
+    eprintln!("Deriving the keystore key with Argon2id (64 MiB)...");
+    let kms = LocalKms::create(&ks_path, &unlock)?;
+    let volume_id = uuid::Uuid::new_v4().hyphenated().to_string();
+    let (_vk, wrapped) = kms.generate_data_key("alias/default", &crate::fs::volume_key_context(&volume_id), &Caller::current())?;
+    let record = WrappedKeyRecord { key_id: wrapped.key_id.to_string(), version: wrapped.version, blob: hex(&wrapped.blob) };
+    let cfg = VolumeConfig::new(volume_id, now(), block_size, "alias/default".into(), ks_rel, record);
+    vol::init_layout(backing, &cfg)?;
+    println!("Created envelopefs volume {} (volume id {}).", backing.display(), cfg.volume_id);
+    println!("  keystore: {}", ks_path.display());
+    println!("Next: mkdir -p MNT && envelopefs mount {} MNT", backing.display());
+    Ok(())
+}
+
+fn open_kms(volume: &vol::Volume, secret: &SecretArgs) -> Result<LocalKms, CliError> {
+    let unlock = read_unlock(secret, false)?;
+    Ok(LocalKms::open(&volume.keystore_path(), &unlock)?)
+}
+
+/// Mounts in the foreground until unmounted or signalled.
+pub fn mount(backing: &Path, mountpoint: &Path, secret: &SecretArgs, opts: &MountOptions) -> Result<(), CliError> {
+    let volume = vol::open(backing)?;
+    let _lock = vol::lock(backing)?;
+    if !mountpoint.is_dir() {
+        return Err(fail(ExitCode::MountFailed, format!("mountpoint {} is not a directory; create it with mkdir -p", mountpoint.display())));
+    }
+    let kms = open_kms(&volume, secret)?;
+    let fs = EncFs::new(volume, Arc::new(kms), &Caller::current()).map_err(|e| fail(ExitCode::Failure, format!("cannot open the volume: {e}")))?;
+    // SAFETY: umask only changes this process's file-creation mask: modes arrive from the
+    // kernel with the caller's umask already applied and must reach the backing store as is.
+    unsafe { libc::umask(0) };
+    let adapter = Adapter::new(Arc::new(fs), opts.ttl);
+    let mut session = fuser::Session::new(adapter, mountpoint, &crate::fuse::fuser_config(opts))
+        .map_err(|e| fail(ExitCode::MountFailed, format!("cannot mount at {}: {e} (is fuse3 installed and /dev/fuse usable?)", mountpoint.display())))?;
+    let _unmounter = session.unmount_callable();
+    let mnt = mountpoint.to_owned();
+    ctrlc::set_handler(move || {
+        log::info!("signal received; unmounting {}", mnt.display());
+        if let Err(e) = crate::fuse::unmount(&mnt) {
+            log::error!("unmount of {} failed: {e}", mnt.display());
+        }
+    })
+    .map_err(|e| fail(ExitCode::Failure, format!("cannot install the signal handler: {e}")))?;
+    log::info!("mounted {} at {}", backing.display(), mountpoint.display());
+    eprintln!("Mounted {} at {}. Press Ctrl-C or run `envelopefs unmount {}` to stop.", backing.display(), mountpoint.display(), mountpoint.display());
+    let _ = std::io::stderr().flush();
+    session.run().map_err(|e| fail(ExitCode::Failure, format!("the FUSE session ended with an error: {e}")))?;
+    log::info!("unmounted {}", mountpoint.display());
+    Ok(())
+}
+
+fn info(backing: &Path) -> Result<(), CliError> {
+    let cfg = vol::read_config(backing)?;
+    println!("volume:      {}", backing.display());
+    println!("volume id:   {}", cfg.volume_id);
+    println!("format:      {} v{}", cfg.format, cfg.version);
+    println!("block size:  {} bytes", cfg.block_size);
+    println!("default key: {}", cfg.default_key);
+    println!("keystore:    {}", vol::keystore_path(backing, &cfg).display());
+    println!("features:    {}", cfg.features.join(", "));
+    println!("created:     {} (Unix seconds)", cfg.created);
+    Ok(())
+}
+
+/// How long `mount --background` waits for the daemon to come up.
+pub const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(60);

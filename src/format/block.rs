@@ -1,0 +1,167 @@
+//! Sealing and opening one content block (docs/FORMAT.md §Blocks).
+//!
+//! ```text
+//! sealed block = nonce (12 random bytes) ‖ AES-256-GCM-SIV ciphertext (n bytes) ‖ tag (16)
+//! key          = blake3::derive_key("envelopefs block key v1", DEK)
+//! AD (25 B)    = file id (16) ‖ block index (u64 BE) ‖ last-block flag (1 = last, 0 = not)
+//! ```
+//! The associated data stops a block from being moved within a file or to another file, and
+//! the last-block flag makes truncation at a block boundary detectable. A sealed block made of
+//! zero bytes only is a hole and reads as zeros (a real nonce is never all zero in practice).
+
+use aes_gcm_siv::aead::{AeadInOut, KeyInit};
+use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
+
+use super::FormatError;
+
+/// Nonce length.
+pub const NONCE_LEN: usize = 12;
+/// Tag length.
+pub const TAG_LEN: usize = 16;
+/// Bytes a sealed block adds to its plaintext.
+pub const BLOCK_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+/// Key-derivation context for the content key.
+pub const BLOCK_KEY_CONTEXT: &str = "envelopefs block key v1";
+
+/// The per-file content cipher: derived from the file's DEK, bound to its file id.
+pub struct BlockCipher {
+    aead: Aes256GcmSiv,
+    file_id: [u8; 16],
+}
+
+impl std::fmt::Debug for BlockCipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockCipher").field("file_id", &super::context::hex(&self.file_id)).finish_non_exhaustive()
+    }
+}
+
+fn block_ad(file_id: &[u8; 16], index: u64, last: bool) -> [u8; 25] {
+    let mut ad = [0u8; 25];
+    ad[..16].copy_from_slice(file_id);
+    ad[16..24].copy_from_slice(&index.to_be_bytes());
+    ad[24] = u8::from(last);
+    ad
+}
+
+impl BlockCipher {
+    /// Builds the cipher for a file from its 32-byte data key.
+    pub fn new(dek: &[u8; 32], file_id: [u8; 16]) -> Self {
+        let mut key = blake3::derive_key(BLOCK_KEY_CONTEXT, dek);
+        let aead = Aes256GcmSiv::new_from_slice(&key).expect("BUG: 32-byte key rejected");
+        zeroize::Zeroize::zeroize(&mut key);
+        BlockCipher { aead, file_id }
+    }
+
+    /// The file id this cipher is bound to.
+    pub fn file_id(&self) -> &[u8; 16] {
+        &self.file_id
+    }
+
+    /// Seals `plaintext` as block `index` into `out`, which must be exactly
+    /// `plaintext.len() + BLOCK_OVERHEAD` bytes. `nonce` must be fresh random bytes.
+    pub fn seal(&self, index: u64, last: bool, nonce: [u8; NONCE_LEN], plaintext: &[u8], out: &mut [u8]) {
+        assert_eq!(out.len(), plaintext.len() + BLOCK_OVERHEAD, "BUG: seal output length");
+        assert!(!plaintext.is_empty(), "BUG: empty block");
+        let (n, rest) = out.split_at_mut(NONCE_LEN);
+        let (ct, tag_out) = rest.split_at_mut(plaintext.len());
+        n.copy_from_slice(&nonce);
+        ct.copy_from_slice(plaintext);
+        let ad = block_ad(&self.file_id, index, last);
+        let tag = self
+            .aead
+            .encrypt_inout_detached(&Nonce::from(nonce), &ad, ct.into())
+            .expect("BUG: AES-GCM-SIV encryption cannot fail for block-sized input");
+        tag_out.copy_from_slice(&tag);
+    }
+
+    /// Opens sealed block `index` into `out` (length `sealed.len() - BLOCK_OVERHEAD`).
+    /// An all-zero sealed block is a hole and yields zeros.
+    pub fn open(&self, index: u64, last: bool, sealed: &[u8], out: &mut [u8]) -> Result<(), FormatError> {
+        if sealed.len() <= BLOCK_OVERHEAD || out.len() != sealed.len() - BLOCK_OVERHEAD {
+            return Err(FormatError::BlockAuthFailed(index));
+        }
+        if is_hole(sealed) {
+            out.fill(0);
+            return Ok(());
+        }
+        let (n, rest) = sealed.split_at(NONCE_LEN);
+        let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
+        out.copy_from_slice(ct);
+        let nonce: [u8; NONCE_LEN] = n.try_into().expect("split at NONCE_LEN");
+        let tag: [u8; TAG_LEN] = tag.try_into().expect("split at TAG_LEN");
+        let ad = block_ad(&self.file_id, index, last);
+        self.aead
+            .decrypt_inout_detached(&Nonce::from(nonce), &ad, out.into(), &Tag::from(tag))
+            .map_err(|_| {
+                out.fill(0);
+                FormatError::BlockAuthFailed(index)
+            })
+    }
+}
+
+/// True when a sealed block is entirely zero bytes (a hole left by a sparse backing file).
+pub fn is_hole(sealed: &[u8]) -> bool {
+    sealed.iter().all(|&b| b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cipher() -> BlockCipher {
+        BlockCipher::new(&[7u8; 32], [9u8; 16])
+    }
+
+    fn sealed(index: u64, last: bool, pt: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; pt.len() + BLOCK_OVERHEAD];
+        cipher().seal(index, last, [1u8; 12], pt, &mut out);
+        out
+    }
+
+    #[test]
+    fn round_trip() {
+        let s = sealed(3, true, b"hello");
+        let mut out = [0u8; 5];
+        cipher().open(3, true, &s, &mut out).unwrap();
+        assert_eq!(&out, b"hello");
+    }
+
+    #[test]
+    fn moved_block_is_detected() {
+        let s = sealed(3, false, b"hello");
+        let mut out = [0u8; 5];
+        assert_eq!(cipher().open(4, false, &s, &mut out), Err(FormatError::BlockAuthFailed(4)));
+    }
+
+    #[test]
+    fn block_from_another_file_is_detected() {
+        let s = sealed(0, true, b"hello");
+        let other = BlockCipher::new(&[7u8; 32], [8u8; 16]);
+        let mut out = [0u8; 5];
+        assert!(other.open(0, true, &s, &mut out).is_err());
+    }
+
+    #[test]
+    fn last_flag_is_bound() {
+        let s = sealed(0, false, b"hello");
+        let mut out = [0u8; 5];
+        assert!(cipher().open(0, true, &s, &mut out).is_err());
+    }
+
+    #[test]
+    fn flipped_bit_is_detected_and_output_cleared() {
+        let mut s = sealed(0, true, b"hello");
+        s[14] ^= 1;
+        let mut out = [0u8; 5];
+        assert!(cipher().open(0, true, &s, &mut out).is_err());
+        assert_eq!(out, [0u8; 5]);
+    }
+
+    #[test]
+    fn hole_reads_as_zeros() {
+        let s = vec![0u8; 100 + BLOCK_OVERHEAD];
+        let mut out = vec![1u8; 100];
+        cipher().open(0, false, &s, &mut out).unwrap();
+        assert!(out.iter().all(|&b| b == 0));
+    }
+}

@@ -1,0 +1,186 @@
+//! Attributes: getattr, setattr (chmod, chown, truncate, utimens), access, statfs.
+
+use std::os::fd::AsRawFd;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::error::{errno, FsResult};
+use super::EncFs;
+use crate::keys::Caller;
+use crate::store::sys::{self, SetTime};
+
+/// File type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link.
+    Symlink,
+    /// FIFO.
+    Fifo,
+    /// Unix socket.
+    Socket,
+    /// Character device.
+    CharDev,
+    /// Block device.
+    BlockDev,
+}
+
+impl Kind {
+    /// From `st_mode`.
+    pub fn from_mode(mode: u32) -> Kind {
+        match mode & libc::S_IFMT {
+            libc::S_IFDIR => Kind::Dir,
+            libc::S_IFLNK => Kind::Symlink,
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFSOCK => Kind::Socket,
+            libc::S_IFCHR => Kind::CharDev,
+            libc::S_IFBLK => Kind::BlockDev,
+            _ => Kind::File,
+        }
+    }
+
+    /// From a `d_type`.
+    pub fn from_dtype(t: u8) -> Kind {
+        match t {
+            libc::DT_DIR => Kind::Dir,
+            libc::DT_LNK => Kind::Symlink,
+            libc::DT_FIFO => Kind::Fifo,
+            libc::DT_SOCK => Kind::Socket,
+            libc::DT_CHR => Kind::CharDev,
+            libc::DT_BLK => Kind::BlockDev,
+            _ => Kind::File,
+        }
+    }
+}
+
+/// Attributes as the kernel sees them (sizes are plaintext sizes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: u64,
+    /// Plaintext size.
+    pub size: u64,
+    /// 512-byte blocks used in the backing store.
+    pub blocks: u64,
+    /// Access time.
+    pub atime: SystemTime,
+    /// Modification time.
+    pub mtime: SystemTime,
+    /// Change time.
+    pub ctime: SystemTime,
+    /// Type.
+    pub kind: Kind,
+    /// Permission bits (incl. setuid, setgid, sticky).
+    pub perm: u16,
+    /// Link count.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Device number.
+    pub rdev: u32,
+    /// Preferred I/O size.
+    pub blksize: u32,
+}
+
+/// What a setattr changes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    /// New mode bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New plaintext size.
+    pub size: Option<u64>,
+    /// New atime.
+    pub atime: Option<SetTime>,
+    /// New mtime.
+    pub mtime: Option<SetTime>,
+    /// Open handle the request came through, if any.
+    pub fh: Option<u64>,
+}
+
+fn time(sec: i64, nsec: i64) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::new(sec.unsigned_abs(), 0) + Duration::from_nanos(nsec as u64)
+    }
+}
+
+impl EncFs {
+    /// Converts a backing stat to the attributes the kernel sees.
+    pub(crate) fn attr_from_stat(&self, ino: u64, st: &libc::stat) -> Attr {
+        let kind = Kind::from_mode(st.st_mode);
+        let size = if kind == Kind::File {
+            self.layout.plaintext_size(st.st_size as u64).unwrap_or_else(|e| {
+                log::warn!("inode {ino}: {e}; reporting size 0 (reads will fail with EIO)");
+                0
+            })
+        } else {
+            st.st_size as u64
+        };
+        Attr {
+            ino,
+            size,
+            blocks: st.st_blocks as u64,
+            atime: time(st.st_atime, st.st_atime_nsec),
+            mtime: time(st.st_mtime, st.st_mtime_nsec),
+            ctime: time(st.st_ctime, st.st_ctime_nsec),
+            kind,
+            perm: (st.st_mode & 0o7777) as u16,
+            nlink: st.st_nlink as u32,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev as u32,
+            blksize: self.block_size.max(4096),
+        }
+    }
+
+    /// getattr.
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let fd = self.inodes.get(ino)?;
+        let st = sys::fstat(fd.as_raw_fd())?;
+        Ok(self.attr_from_stat(ino, &st))
+    }
+
+    /// setattr: applies each requested change, then returns the new attributes.
+    pub fn setattr(&self, ino: u64, set: &SetAttr, caller: &Caller) -> FsResult<Attr> {
+        let fd = self.inodes.get(ino)?;
+        let raw = fd.as_raw_fd();
+        if let Some(size) = set.size {
+            self.truncate(ino, set.fh, size, caller)?;
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            sys::fchown(raw, set.uid.unwrap_or(u32::MAX), set.gid.unwrap_or(u32::MAX))?;
+        }
+        if let Some(mode) = set.mode {
+            let st = sys::fstat(raw)?;
+            if Kind::from_mode(st.st_mode) == Kind::Symlink {
+                return Err(errno(libc::EOPNOTSUPP));
+            }
+            sys::chmod_fd(raw, mode & 0o7777)?;
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            sys::utimens(raw, set.atime.unwrap_or(SetTime::Omit), set.mtime.unwrap_or(SetTime::Omit))?;
+        }
+        self.getattr(ino)
+    }
+
+    /// access: the kernel checks mode bits (default_permissions); this only checks existence.
+    pub fn access(&self, ino: u64) -> FsResult<()> {
+        let fd = self.inodes.get(ino)?;
+        sys::fstat(fd.as_raw_fd()).map(drop).map_err(Into::into)
+    }
+
+    /// statfs of the backing filesystem.
+    pub fn statfs(&self) -> FsResult<libc::statvfs> {
+        let fd = self.inodes.get(super::inode::ROOT_INO)?;
+        Ok(sys::statvfs(fd.as_raw_fd())?)
+    }
+}

@@ -1,0 +1,269 @@
+//! File contents: the shared per-inode state of an open file, header creation and loading,
+//! and block-level read / read-modify-write (docs/FORMAT.md §Blocks, docs/DESIGN.md §Writes).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, RwLock};
+
+use super::error::{FsError, FsResult};
+use super::EncFs;
+use crate::format::block::{BlockCipher, BLOCK_OVERHEAD, NONCE_LEN};
+use crate::format::header::{self, FileHeader, KeySlot, HEADER_COPY_LEN, HEADER_REGION};
+use crate::format::FormatError;
+use crate::keys::{Caller, KeyError, KeyId, WrappedKey};
+
+/// The state of one open inode, shared by all its handles.
+#[derive(Debug)]
+pub struct OpenFile {
+    /// Guards the cipher and the plaintext size: readers share it, writers and truncates
+    /// take it exclusively, so a read never sees a half-applied write.
+    pub(crate) state: RwLock<FileState>,
+}
+
+/// What an open file knows about itself.
+#[derive(Debug)]
+pub(crate) struct FileState {
+    /// The content cipher, once the header has been read or created (None: empty file
+    /// without a header yet).
+    pub(crate) cipher: Option<Arc<BlockCipher>>,
+    /// The current header (for re-wrapping) and its sequence number.
+    pub(crate) header: Option<FileHeader>,
+    /// Plaintext size.
+    pub(crate) size: u64,
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).expect("the OS random number generator failed");
+    b
+}
+
+impl EncFs {
+    /// Reads a backing file's header and unwraps its data key through the first slot that
+    /// opens and whose key commits to the header MAC.
+    pub(crate) fn load_state(&self, file: &File, caller: &Caller) -> FsResult<FileState> {
+        let len = file.metadata()?.len();
+        let size = self.layout.plaintext_size(len)?;
+        if len == 0 {
+            return Ok(FileState { cipher: None, header: None, size: 0 });
+        }
+        let mut region = [0u8; HEADER_REGION];
+        file.read_exact_at(&mut region, 0)?;
+        let candidates = header::candidates(&region)?;
+        let mut last_err: FsError = FormatError::HeaderAuthFailed.into();
+        for cand in candidates {
+            let h = &cand.header;
+            if h.block_size != self.block_size {
+                last_err = FormatError::BlockSizeMismatch { header: h.block_size, volume: self.block_size }.into();
+                continue;
+            }
+            let copy = &region[cand.copy * HEADER_COPY_LEN..(cand.copy + 1) * HEADER_COPY_LEN];
+            let ctx = self.file_context(&h.file_id);
+            for slot in &h.slots {
+                let KeySlot::Cmk { key_id, version, blob } = slot else { continue };
+                let wrapped = WrappedKey { key_id: KeyId(*key_id), version: *version, blob: blob.clone() };
+                match self.keys.decrypt(&wrapped, &ctx, caller) {
+                    Ok(dek) => match header::verify_mac(copy, dek.expose_secret()) {
+                        Ok(()) => {
+                            let cipher = BlockCipher::new(dek.expose_secret(), h.file_id);
+                            return Ok(FileState { cipher: Some(Arc::new(cipher)), header: Some(cand.header), size });
+                        }
+                        Err(e) => last_err = e.into(),
+                    },
+                    Err(e) => {
+                        // A state or access error says more than a MAC failure: keep it.
+                        let keep = !matches!(last_err, FsError::Key(KeyError::Disabled { .. } | KeyError::PendingDeletion { .. } | KeyError::AccessDenied { .. }));
+                        if keep {
+                            last_err = e.into();
+                        }
+                    }
+                }
+            }
+        }
+        Err(last_err)
+    }
+
+    /// Gives an empty, header-less file its header: a fresh file id and data key wrapped
+    /// under the volume's default CMK, written to both header copies.
+    fn create_header(&self, st: &mut FileState, file: &File, caller: &Caller) -> FsResult<()> {
+        let file_id = loop {
+            let id = random_bytes::<16>();
+            if id != [0; 16] {
+                break id;
+            }
+        };
+        let ctx = self.file_context(&file_id);
+        let (dek, wrapped) = self.keys.generate_data_key(&self.default_key, &ctx, caller)?;
+        let h = FileHeader {
+            block_size: self.block_size,
+            file_id,
+            seq: 1,
+            slots: vec![KeySlot::Cmk { key_id: wrapped.key_id.0, version: wrapped.version, blob: wrapped.blob }],
+        };
+        let copy = h.encode(dek.expose_secret())?;
+        let mut region = [0u8; HEADER_REGION];
+        region[..HEADER_COPY_LEN].copy_from_slice(&copy);
+        region[HEADER_COPY_LEN..].copy_from_slice(&copy);
+        file.write_all_at(&region, 0)?;
+        st.cipher = Some(Arc::new(BlockCipher::new(dek.expose_secret(), file_id)));
+        st.header = Some(h);
+        Ok(())
+    }
+
+    /// Reads `size` bytes at `offset` (short at end of file).
+    pub(crate) fn read_content(&self, st: &FileState, file: &File, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        if offset >= st.size || size == 0 {
+            return Ok(Vec::new());
+        }
+        let cipher = st.cipher.as_ref().ok_or(FormatError::HeaderAuthFailed)?;
+        let l = self.layout;
+        let bs = l.block_size();
+        let end = (offset + u64::from(size)).min(st.size);
+        let (first, last) = (offset / bs, (end - 1) / bs);
+        let count = l.block_count(st.size);
+        let disk_start = l.block_offset(first);
+        let last_len = l.block_len(last, st.size);
+        let disk_end = l.block_offset(last) + last_len + BLOCK_OVERHEAD as u64;
+        let mut sealed = vec![0u8; (disk_end - disk_start) as usize];
+        file.read_exact_at(&mut sealed, disk_start).map_err(|e| short_read(e, file))?;
+        let plain_len = ((last - first) * bs + last_len) as usize;
+        let mut out = vec![0u8; plain_len];
+        let sealed_bs = l.sealed_block_size() as usize;
+        for (k, i) in (first..=last).enumerate() {
+            let blen = l.block_len(i, st.size) as usize;
+            let s = &sealed[k * sealed_bs..k * sealed_bs + blen + BLOCK_OVERHEAD];
+            let is_last = i == count - 1;
+            if is_last && crate::format::block::is_hole(s) {
+                return Err(FormatError::BlockAuthFailed(i).into());
+            }
+            cipher.open(i, is_last, s, &mut out[k * bs as usize..k * bs as usize + blen])?;
+        }
+        let skip = (offset - first * bs) as usize;
+        out.drain(..skip);
+        out.truncate((end - offset) as usize);
+        Ok(out)
+    }
+
+    /// Writes `data` at `offset`, growing the file as needed.
+    pub(crate) fn write_content(&self, st: &mut FileState, file: &File, offset: u64, data: &[u8], caller: &Caller) -> FsResult<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let end = offset.checked_add(data.len() as u64).ok_or(FsError::Invalid("write past the largest offset"))?;
+        if st.cipher.is_none() {
+            self.create_header(st, file, caller)?;
+        }
+        let new_size = st.size.max(end);
+        self.apply(st, file, Some((offset, data)), new_size)
+    }
+
+    /// Sets the plaintext size, zero-filling when growing.
+    pub(crate) fn truncate_content(&self, st: &mut FileState, file: &File, new_size: u64, caller: &Caller) -> FsResult<()> {
+        if new_size == st.size {
+            return Ok(());
+        }
+        if new_size == 0 {
+            file.set_len(if st.cipher.is_some() { HEADER_REGION as u64 } else { 0 })?;
+            st.size = 0;
+            return Ok(());
+        }
+        if st.cipher.is_none() {
+            self.create_header(st, file, caller)?;
+        }
+        self.apply(st, file, None, new_size)
+    }
+
+    /// Re-seals every block whose contents, length or last-block flag change when the file
+    /// goes from `st.size` to `new_size` with `write` applied, then fixes the backing length.
+    fn apply(&self, st: &mut FileState, file: &File, write: Option<(u64, &[u8])>, new_size: u64) -> FsResult<()> {
+        let l = self.layout;
+        let bs = l.block_size();
+        let cipher = st.cipher.clone().expect("BUG: apply without a cipher");
+        let old_size = st.size;
+        let (old_count, new_count) = (l.block_count(old_size), l.block_count(new_size));
+        let changed = |i: u64| -> bool {
+            i >= old_count
+                || l.block_len(i, old_size) != l.block_len(i, new_size)
+                || (i + 1 == old_count) != (i + 1 == new_count)
+        };
+        let mut blocks: Vec<u64> = Vec::new();
+        if let Some((off, d)) = write {
+            blocks.extend(off / bs..=(off + d.len() as u64 - 1) / bs);
+        }
+        for i in [old_count.checked_sub(1), new_count.checked_sub(1)].into_iter().flatten() {
+            if i < new_count && changed(i) {
+                blocks.push(i);
+            }
+        }
+        blocks.sort_unstable();
+        blocks.dedup();
+
+        let mut nonces = vec![0u8; blocks.len() * NONCE_LEN];
+        getrandom::fill(&mut nonces).expect("the OS random number generator failed");
+        let mut plain = vec![0u8; bs as usize];
+        let mut run: Vec<u8> = Vec::new();
+        let mut run_start: Option<u64> = None;
+        let mut prev: Option<u64> = None;
+        for (n, &i) in blocks.iter().enumerate() {
+            if prev.is_some_and(|p| p + 1 != i) {
+                file.write_all_at(&run, l.block_offset(run_start.take().expect("run open")))?;
+                run.clear();
+            }
+            run_start.get_or_insert(i);
+            prev = Some(i);
+            let new_len = l.block_len(i, new_size) as usize;
+            let bstart = i * bs;
+            let p = &mut plain[..new_len];
+            let covered = write.map(|(off, d)| (off.max(bstart), (off + d.len() as u64).min(bstart + new_len as u64)));
+            let fully = covered.is_some_and(|(s, e)| s == bstart && e == bstart + new_len as u64);
+            if !fully {
+                p.fill(0);
+                let old_len = l.block_len(i, old_size) as usize;
+                if old_len > 0 {
+                    let mut old = vec![0u8; old_len];
+                    self.read_block(&cipher, file, i, old_len, i + 1 == old_count, &mut old)?;
+                    let keep = old_len.min(new_len);
+                    p[..keep].copy_from_slice(&old[..keep]);
+                }
+            }
+            if let (Some((off, d)), Some((s, e))) = (write, covered)
+                && s < e
+            {
+                p[(s - bstart) as usize..(e - bstart) as usize].copy_from_slice(&d[(s - off) as usize..(e - off) as usize]);
+            }
+            let at = run.len();
+            run.resize(at + new_len + BLOCK_OVERHEAD, 0);
+            let nonce: [u8; NONCE_LEN] = nonces[n * NONCE_LEN..(n + 1) * NONCE_LEN].try_into().expect("nonce slice");
+            cipher.seal(i, i + 1 == new_count, nonce, p, &mut run[at..]);
+        }
+        if let Some(s) = run_start {
+            file.write_all_at(&run, l.block_offset(s))?;
+        }
+        if new_size < old_size {
+            file.set_len(l.backing_size(new_size))?;
+        }
+        st.size = new_size;
+        Ok(())
+    }
+
+    /// Reads and opens one block of the current file.
+    fn read_block(&self, cipher: &BlockCipher, file: &File, i: u64, len: usize, last: bool, out: &mut [u8]) -> FsResult<()> {
+        let mut sealed = vec![0u8; len + BLOCK_OVERHEAD];
+        file.read_exact_at(&mut sealed, self.layout.block_offset(i)).map_err(|e| short_read(e, file))?;
+        if last && crate::format::block::is_hole(&sealed) {
+            return Err(FormatError::BlockAuthFailed(i).into());
+        }
+        cipher.open(i, last, &sealed, out)?;
+        Ok(())
+    }
+}
+
+/// A short read inside the plaintext size means the backing file is not the length the
+/// format implies (truncated behind our back): an integrity failure, not an I/O error.
+fn short_read(e: std::io::Error, file: &File) -> FsError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        FormatError::BadLength(file.metadata().map(|m| m.len()).unwrap_or(0)).into()
+    } else {
+        e.into()
+    }
+}

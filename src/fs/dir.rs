@@ -1,0 +1,160 @@
+//! Directory operations: lookup, forget, mkdir, mknod, symlink, readlink, unlink, rmdir,
+//! rename, link, opendir/readdir/releasedir, fsyncdir.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+
+use super::attr::{Attr, Kind};
+use super::error::{FsError, FsResult};
+use super::EncFs;
+use crate::keys::Caller;
+use crate::store::sys;
+
+/// One entry of a directory listing.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// Inode number.
+    pub ino: u64,
+    /// Type.
+    pub kind: Kind,
+    /// Name.
+    pub name: std::ffi::OsString,
+}
+
+/// Gives a freshly created inode to the caller: owner = caller, group = the parent's if the
+/// parent is set-group-id, else the caller's (the kernel's own rule). Only root can do this;
+/// an unprivileged daemon's files already belong to the mounting user.
+pub(crate) fn give_to_caller(dir: RawFd, fd: RawFd, caller: &Caller) -> FsResult<()> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    let parent = sys::fstat(dir)?;
+    let gid = if parent.st_mode & libc::S_ISGID != 0 { parent.st_gid } else { caller.gid };
+    sys::fchown(fd, caller.uid, gid)?;
+    Ok(())
+}
+
+impl EncFs {
+    /// lookup: counts one kernel reference on success.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
+        let (ino, st) = self.inodes.lookup(parent, name)?;
+        Ok(self.attr_from_stat(ino, &st))
+    }
+
+    /// forget: drops `n` kernel references.
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.inodes.forget(ino, n);
+    }
+
+    /// Finishes a create-type operation: hands the new inode to the caller and looks it up.
+    fn created(&self, parent: u64, name: &OsStr, caller: &Caller) -> FsResult<Attr> {
+        let pfd = self.inodes.get(parent)?;
+        let fd = sys::open_path(pfd.as_raw_fd(), name)?;
+        if let Err(e) = give_to_caller(pfd.as_raw_fd(), fd.as_raw_fd(), caller) {
+            log::warn!("could not give a new inode to uid {}: {e}", caller.uid);
+        }
+        self.lookup(parent, name)
+    }
+
+    /// mkdir (`mode` already has the umask applied by the kernel).
+    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: &Caller) -> FsResult<Attr> {
+        let pfd = self.inodes.get(parent)?;
+        sys::mkdirat(pfd.as_raw_fd(), name, mode & 0o7777)?;
+        self.created(parent, name, caller)
+    }
+
+    /// mknod: fifos, sockets and (for root) device nodes. Regular files come through create.
+    pub fn mknod(&self, parent: u64, name: &OsStr, mode: u32, rdev: u32, caller: &Caller) -> FsResult<Attr> {
+        let pfd = self.inodes.get(parent)?;
+        if mode & libc::S_IFMT == libc::S_IFREG {
+            let f = sys::openat(pfd.as_raw_fd(), name, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, mode & 0o7777)?;
+            drop(f);
+        } else {
+            sys::mknodat(pfd.as_raw_fd(), name, mode, u64::from(rdev))?;
+        }
+        self.created(parent, name, caller)
+    }
+
+    /// symlink. The target is stored as given (see docs/SECURITY.md: link targets are not
+    /// encrypted).
+    pub fn symlink(&self, parent: u64, name: &OsStr, target: &OsStr, caller: &Caller) -> FsResult<Attr> {
+        let pfd = self.inodes.get(parent)?;
+        sys::symlinkat(target, pfd.as_raw_fd(), name)?;
+        self.created(parent, name, caller)
+    }
+
+    /// readlink.
+    pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let fd = self.inodes.get(ino)?;
+        Ok(sys::readlink(fd.as_raw_fd())?)
+    }
+
+    /// unlink.
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        let pfd = self.inodes.get(parent)?;
+        Ok(sys::unlinkat(pfd.as_raw_fd(), name, 0)?)
+    }
+
+    /// rmdir.
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        let pfd = self.inodes.get(parent)?;
+        Ok(sys::unlinkat(pfd.as_raw_fd(), name, libc::AT_REMOVEDIR)?)
+    }
+
+    /// rename, with RENAME_NOREPLACE / RENAME_EXCHANGE passed to the backing filesystem.
+    pub fn rename(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: u32) -> FsResult<()> {
+        let pfd = self.inodes.get(parent)?;
+        let npfd = self.inodes.get(newparent)?;
+        Ok(sys::renameat2(pfd.as_raw_fd(), name, npfd.as_raw_fd(), newname, flags)?)
+    }
+
+    /// link: a new name for `ino` in `newparent`. The data key is per inode, so every name of a
+    /// hard-linked file opens the same contents.
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> FsResult<Attr> {
+        let fd = self.inodes.get(ino)?;
+        let npfd = self.inodes.get(newparent)?;
+        sys::link_fd(fd.as_raw_fd(), npfd.as_raw_fd(), newname)?;
+        self.lookup(newparent, newname)
+    }
+
+    /// opendir: snapshots the listing; readdir serves it by offset.
+    pub fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let fd = self.inodes.get(ino)?;
+        let entries = sys::list_dir(fd.as_raw_fd())?;
+        let fh = self.new_fh();
+        self.dir_handles.lock().expect("dir handles poisoned").insert(fh, Arc::new(entries));
+        Ok(fh)
+    }
+
+    /// readdir: entries from index `offset` on ("." and ".." first).
+    pub fn readdir(&self, ino: u64, fh: u64, offset: u64) -> FsResult<Vec<(u64, Entry)>> {
+        let list = self.dir_handles.lock().expect("dir handles poisoned").get(&fh).cloned().ok_or(FsError::BadHandle(fh))?;
+        let mut out = Vec::new();
+        let dots = [(ino, "."), (ino, "..")];
+        for (i, (dino, dname)) in dots.iter().enumerate() {
+            if offset <= i as u64 {
+                out.push((i as u64 + 1, Entry { ino: *dino, kind: Kind::Dir, name: (*dname).into() }));
+            }
+        }
+        let skip = offset.saturating_sub(2) as usize;
+        for (i, e) in list.iter().enumerate().skip(skip) {
+            let entry = Entry { ino: self.inodes.fuse_ino(e.ino), kind: Kind::from_dtype(e.kind), name: e.name.clone() };
+            out.push((i as u64 + 3, entry));
+        }
+        Ok(out)
+    }
+
+    /// releasedir.
+    pub fn releasedir(&self, fh: u64) {
+        self.dir_handles.lock().expect("dir handles poisoned").remove(&fh);
+    }
+
+    /// fsyncdir.
+    pub fn fsyncdir(&self, ino: u64) -> FsResult<()> {
+        let fd = self.inodes.get(ino)?;
+        let d = sys::open_dir(fd.as_raw_fd())?;
+        Ok(std::fs::File::from(d).sync_all()?)
+    }
+}

@@ -1,0 +1,205 @@
+//! Open files: open, create, read, write, truncate, fallocate, flush, fsync, release.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, RwLock};
+
+use super::attr::Attr;
+use super::content::OpenFile;
+use super::dir::give_to_caller;
+use super::error::{errno, FsError, FsResult};
+use super::EncFs;
+use crate::keys::Caller;
+use crate::store::sys;
+
+/// One open file handle.
+#[derive(Debug)]
+pub struct Handle {
+    /// The backing file, opened read-write whenever the handle may write (read-modify-write
+    /// of partial blocks needs to read).
+    pub(crate) file: File,
+    /// Shared state of the inode.
+    pub(crate) open: Arc<OpenFile>,
+    /// Inode number.
+    pub(crate) ino: u64,
+}
+
+/// Backing open flags for a kernel open: writers get O_RDWR; flags the format must handle
+/// itself (append, truncate, direct I/O, create) are stripped.
+fn backing_flags(flags: i32) -> i32 {
+    let acc = if flags & libc::O_ACCMODE == libc::O_RDONLY { libc::O_RDONLY } else { libc::O_RDWR };
+    let keep = flags & (libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME);
+    acc | keep
+}
+
+impl EncFs {
+    /// Finds or builds the shared state of an inode, reading its header on first open.
+    /// The open-file map lock is held across the header read so two first opens of the same
+    /// inode cannot build two states.
+    fn open_state(&self, ino: u64, file: &File, caller: &Caller) -> FsResult<Arc<OpenFile>> {
+        let mut map = self.open_files.lock().expect("open files poisoned");
+        if let Some(of) = map.get(&ino) {
+            return Ok(of.clone());
+        }
+        let state = self.load_state(file, caller)?;
+        let of = Arc::new(OpenFile { state: RwLock::new(state) });
+        map.insert(ino, of.clone());
+        Ok(of)
+    }
+
+    fn register(&self, ino: u64, file: File, caller: &Caller, flags: i32) -> FsResult<u64> {
+        let open = self.open_state(ino, &file, caller)?;
+        let handle = Arc::new(Handle { file, open, ino });
+        if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
+            let mut st = handle.open.state.write().expect("file state poisoned");
+            self.truncate_content(&mut st, &handle.file, 0, caller)?;
+        }
+        let fh = self.new_fh();
+        self.handles.lock().expect("handles poisoned").insert(fh, handle);
+        Ok(fh)
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
+        self.handles.lock().expect("handles poisoned").get(&fh).cloned().ok_or(FsError::BadHandle(fh))
+    }
+
+    /// open: returns a file handle.
+    pub fn open(&self, ino: u64, flags: i32, caller: &Caller) -> FsResult<u64> {
+        let fd = self.inodes.get(ino)?;
+        let file = sys::reopen(fd.as_raw_fd(), backing_flags(flags))?;
+        self.register(ino, file, caller, flags)
+    }
+
+    /// create: makes a new regular file (empty, no header until the first write) and opens it.
+    pub fn create(&self, parent: u64, name: &OsStr, mode: u32, flags: i32, caller: &Caller) -> FsResult<(Attr, u64)> {
+        let pfd = self.inodes.get(parent)?;
+        let bflags = backing_flags(flags) | libc::O_CREAT;
+        let file: File = match sys::openat(pfd.as_raw_fd(), name, bflags | libc::O_EXCL, mode & 0o7777) {
+            Ok(fd) => {
+                let f = File::from(fd);
+                if let Err(e) = give_to_caller(pfd.as_raw_fd(), f.as_raw_fd(), caller) {
+                    log::warn!("could not give a new file to uid {}: {e}", caller.uid);
+                }
+                f
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
+                File::from(sys::openat(pfd.as_raw_fd(), name, backing_flags(flags) | libc::O_NOFOLLOW, 0)?)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let attr = self.lookup(parent, name)?;
+        let fh = self.register(attr.ino, file, caller, flags)?;
+        Ok((attr, fh))
+    }
+
+    /// read.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let h = self.handle(fh)?;
+        let st = h.open.state.read().expect("file state poisoned");
+        self.read_content(&st, &h.file, offset, size)
+    }
+
+    /// write: returns the bytes written (all of them, or an error).
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8], caller: &Caller) -> FsResult<u32> {
+        let h = self.handle(fh)?;
+        let mut st = h.open.state.write().expect("file state poisoned");
+        self.write_content(&mut st, &h.file, offset, data, caller)?;
+        Ok(data.len() as u32)
+    }
+
+    /// Truncates through a handle if one is given or the inode is open, else through a
+    /// temporary read-write open.
+    pub(crate) fn truncate(&self, ino: u64, fh: Option<u64>, size: u64, caller: &Caller) -> FsResult<()> {
+        let handle = match fh {
+            Some(fh) => Some(self.handle(fh)?),
+            None => None,
+        };
+        let (file, open) = match handle {
+            Some(h) if h.file.metadata().is_ok() && can_write(&h.file) => (h.file.try_clone()?, h.open.clone()),
+            _ => {
+                let fd = self.inodes.get(ino)?;
+                let st = sys::fstat(fd.as_raw_fd())?;
+                if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                    return Err(errno(libc::EISDIR));
+                }
+                if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+                    return Err(errno(libc::EINVAL));
+                }
+                let file = sys::reopen(fd.as_raw_fd(), libc::O_RDWR)?;
+                let open = self.open_state(ino, &file, caller)?;
+                (file, open)
+            }
+        };
+        let result = {
+            let mut st = open.state.write().expect("file state poisoned");
+            self.truncate_content(&mut st, &file, size, caller)
+        };
+        self.drop_state_if_unused(ino, &open);
+        result
+    }
+
+    /// fallocate: mode 0 grows the file to cover the range (blocks are written, so the space
+    /// is really allocated); FALLOC_FL_KEEP_SIZE preallocates the backing range; other modes
+    /// are not supported (EOPNOTSUPP).
+    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32, caller: &Caller) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        let end = offset.checked_add(length).ok_or(FsError::Invalid("fallocate range overflows"))?;
+        let mut st = h.open.state.write().expect("file state poisoned");
+        match mode {
+            0 => {
+                if end > st.size {
+                    self.truncate_content(&mut st, &h.file, end, caller)?;
+                }
+                Ok(())
+            }
+            libc::FALLOC_FL_KEEP_SIZE => {
+                let l = self.layout;
+                let start = l.block_offset(offset / l.block_size());
+                let stop = l.block_offset(end.div_ceil(l.block_size()));
+                Ok(sys::fallocate(&h.file, mode, start, stop - start)?)
+            }
+            _ => Err(FsError::Unsupported("fallocate mode other than 0 or KEEP_SIZE")),
+        }
+    }
+
+    /// flush: writes are not buffered in the daemon, so there is nothing to do.
+    pub fn flush(&self, fh: u64) -> FsResult<()> {
+        self.handle(fh).map(drop)
+    }
+
+    /// fsync.
+    pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
+        let h = self.handle(fh)?;
+        if datasync { h.file.sync_data()? } else { h.file.sync_all()? }
+        Ok(())
+    }
+
+    /// release: closes the handle; the inode's state goes when its last handle does.
+    pub fn release(&self, fh: u64) -> FsResult<()> {
+        let h = self.handles.lock().expect("handles poisoned").remove(&fh).ok_or(FsError::BadHandle(fh))?;
+        let (ino, open) = (h.ino, h.open.clone());
+        drop(h);
+        self.drop_state_if_unused(ino, &open);
+        Ok(())
+    }
+
+    fn drop_state_if_unused(&self, ino: u64, open: &Arc<OpenFile>) {
+        let mut map = self.open_files.lock().expect("open files poisoned");
+        // References: the map's, the caller's `open`, and one per live handle.
+        if map.get(&ino).is_some_and(|of| Arc::ptr_eq(of, open)) && Arc::strong_count(open) <= 2 {
+            map.remove(&ino);
+        }
+    }
+
+    /// Number of open file handles (for tests and leak checks).
+    pub fn open_handles(&self) -> usize {
+        self.handles.lock().expect("handles poisoned").len()
+    }
+}
+
+fn can_write(f: &File) -> bool {
+    // SAFETY: F_GETFL on a valid fd has no memory effects.
+    let fl = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+    fl >= 0 && fl & libc::O_ACCMODE == libc::O_RDWR
+}

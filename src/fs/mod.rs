@@ -1,0 +1,103 @@
+//! The filesystem core: plain methods returning [`FsResult`], no fuser types, so tests drive it
+//! without a mount. The fuser adapter (`crate::fuse`) only translates.
+//!
+//! The backing tree mirrors the plaintext tree (same names, directories, links, modes and
+//! times); regular files are stored in the format of `crate::format`. Inodes are tracked by
+//! O_PATH fds (see [`inode`]), so operations never resolve paths and stay correct across
+//! renames and hard links.
+
+pub mod attr;
+pub mod content;
+pub mod dir;
+pub mod error;
+pub mod file;
+pub mod inode;
+pub mod xattr;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+pub use attr::{Attr, Kind, SetAttr};
+pub use error::{FsError, FsResult};
+
+use crate::format::context::EncryptionContext;
+use crate::format::layout::Layout;
+use crate::keys::{Caller, KeyService};
+use crate::store::sys::DirEntry;
+use crate::store::volume::Volume;
+use content::OpenFile;
+use file::Handle;
+use inode::InodeTable;
+
+/// Context key naming what a volume-level key is for.
+pub const CTX_PURPOSE: &str = "envelopefs:purpose";
+
+/// The filesystem core over one opened volume.
+pub struct EncFs {
+    volume_id: String,
+    layout: Layout,
+    block_size: u32,
+    default_key: String,
+    keys: Arc<dyn KeyService>,
+    xattr: xattr::XattrCipher,
+    inodes: InodeTable,
+    /// Guards the map from inode to its shared open-file state (one per open inode, shared by
+    /// all its handles); the state itself has its own lock.
+    open_files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    /// Guards the map of open file handles.
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    /// Guards the map of open directory handles (each a listing snapshot).
+    dir_handles: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    next_fh: AtomicU64,
+}
+
+impl std::fmt::Debug for EncFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncFs").field("volume_id", &self.volume_id).finish_non_exhaustive()
+    }
+}
+
+impl EncFs {
+    /// Opens the core over `volume`, unwrapping the volume key with `caller`'s rights.
+    pub fn new(volume: Volume, keys: Arc<dyn KeyService>, caller: &Caller) -> FsResult<Self> {
+        let cfg = &volume.config;
+        let xattr = xattr::XattrCipher::unwrap(keys.as_ref(), cfg, caller)?;
+        let root_st = crate::store::sys::fstat(std::os::fd::AsRawFd::as_raw_fd(&volume.data))?;
+        Ok(EncFs {
+            volume_id: cfg.volume_id.clone(),
+            layout: Layout::new(cfg.block_size),
+            block_size: cfg.block_size,
+            default_key: cfg.default_key.clone(),
+            keys,
+            xattr,
+            inodes: InodeTable::new(volume.data, root_st.st_ino),
+            open_files: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            dir_handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        })
+    }
+
+    /// The encryption context of a file's data key.
+    pub(crate) fn file_context(&self, file_id: &[u8; 16]) -> EncryptionContext {
+        EncryptionContext::for_file(&self.volume_id, file_id)
+    }
+
+    /// The volume's block layout.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    pub(crate) fn new_fh(&self) -> u64 {
+        self.next_fh.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Builds the encryption context of the volume key.
+pub fn volume_key_context(volume_id: &str) -> EncryptionContext {
+    let mut c = EncryptionContext::new();
+    c.insert(crate::format::context::CTX_VOLUME_ID, volume_id);
+    c.insert(CTX_PURPOSE, "volume-key");
+    c
+}

@@ -1,0 +1,167 @@
+//! Extended attributes. Values of `user.*` attributes are encrypted under a key derived from
+//! the volume key (docs/FORMAT.md §Xattrs):
+//!
+//! ```text
+//! stored value = nonce (12) ‖ AES-256-GCM-SIV ciphertext ‖ tag (16)
+//! key          = blake3::derive_key("envelopefs xattr key v1", volume key)
+//! AD           = "envelopefs xattr v1" ‖ attribute name bytes
+//! ```
+//! Names, and values in other namespaces (security.*, trusted.*, system.*), pass through.
+
+use std::ffi::OsStr;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+
+use aes_gcm_siv::aead::{AeadInOut, KeyInit};
+use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
+
+use super::error::{errno, FsResult};
+use super::EncFs;
+use crate::format::block::{BLOCK_OVERHEAD, NONCE_LEN, TAG_LEN};
+use crate::format::volume::VolumeConfig;
+use crate::format::FormatError;
+use crate::keys::{Caller, KeyId, KeyService, WrappedKey};
+use crate::store::sys;
+
+/// Key-derivation context of the xattr key.
+pub const XATTR_KEY_CONTEXT: &str = "envelopefs xattr key v1";
+const XATTR_AD_PREFIX: &[u8] = b"envelopefs xattr v1";
+
+/// Encrypts and decrypts `user.*` xattr values.
+pub struct XattrCipher {
+    aead: Aes256GcmSiv,
+}
+
+fn ad(name: &OsStr) -> Vec<u8> {
+    [XATTR_AD_PREFIX, name.as_bytes()].concat()
+}
+
+/// Decodes lowercase or uppercase hex.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+impl XattrCipher {
+    /// Unwraps the volume key named in the config and derives the xattr key.
+    pub fn unwrap(keys: &dyn KeyService, cfg: &VolumeConfig, caller: &Caller) -> FsResult<Self> {
+        let rec = &cfg.volume_key;
+        let bad = || FormatError::BadConfig("volume_key is malformed".into());
+        let wrapped = WrappedKey {
+            key_id: rec.key_id.parse::<KeyId>().map_err(|_| bad())?,
+            version: rec.version,
+            blob: unhex(&rec.blob).ok_or_else(bad)?,
+        };
+        let vk = keys.decrypt(&wrapped, &super::volume_key_context(&cfg.volume_id), caller)?;
+        Ok(Self::from_volume_key(vk.expose_secret()))
+    }
+
+    /// Derives the cipher from a volume key.
+    pub fn from_volume_key(vk: &[u8; 32]) -> Self {
+        let mut k = blake3::derive_key(XATTR_KEY_CONTEXT, vk);
+        let aead = Aes256GcmSiv::new_from_slice(&k).expect("BUG: 32-byte key rejected");
+        zeroize::Zeroize::zeroize(&mut k);
+        XattrCipher { aead }
+    }
+
+    /// Encrypts one value.
+    pub fn seal(&self, name: &OsStr, value: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce).expect("the OS random number generator failed");
+        let mut out = Vec::with_capacity(value.len() + BLOCK_OVERHEAD);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(value);
+        let tag = self
+            .aead
+            .encrypt_inout_detached(&Nonce::from(nonce), &ad(name), (&mut out[NONCE_LEN..]).into())
+            .expect("BUG: xattr encryption failed");
+        out.extend_from_slice(&tag);
+        out
+    }
+
+    /// Decrypts one value.
+    pub fn open(&self, name: &OsStr, stored: &[u8]) -> Result<Vec<u8>, FormatError> {
+        if stored.len() < BLOCK_OVERHEAD {
+            return Err(FormatError::BlockAuthFailed(0));
+        }
+        let nonce: [u8; NONCE_LEN] = stored[..NONCE_LEN].try_into().expect("nonce");
+        let tag: [u8; TAG_LEN] = stored[stored.len() - TAG_LEN..].try_into().expect("tag");
+        let mut out = stored[NONCE_LEN..stored.len() - TAG_LEN].to_vec();
+        self.aead
+            .decrypt_inout_detached(&Nonce::from(nonce), &ad(name), out.as_mut_slice().into(), &Tag::from(tag))
+            .map_err(|_| FormatError::BlockAuthFailed(0))?;
+        Ok(out)
+    }
+}
+
+fn is_user(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(b"user.")
+}
+
+impl EncFs {
+    /// setxattr.
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
+        let fd = self.inodes.get(ino)?;
+        if is_user(name) {
+            let sealed = self.xattr.seal(name, value);
+            Ok(sys::setxattr(fd.as_raw_fd(), name, &sealed, flags)?)
+        } else {
+            Ok(sys::setxattr(fd.as_raw_fd(), name, value, flags)?)
+        }
+    }
+
+    /// getxattr: the whole value (the adapter handles the size protocol).
+    pub fn getxattr(&self, ino: u64, name: &OsStr) -> FsResult<Vec<u8>> {
+        let fd = self.inodes.get(ino)?;
+        let raw = fd.as_raw_fd();
+        let value = loop {
+            let size = sys::getxattr(raw, name, &mut [])?;
+            let mut buf = vec![0u8; size];
+            match sys::getxattr(raw, name, &mut buf) {
+                Ok(n) => {
+                    buf.truncate(n);
+                    break buf;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ERANGE) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if is_user(name) {
+            Ok(self.xattr.open(name, &value).map_err(|_| {
+                log::warn!("inode {ino}: xattr {name:?} failed authentication");
+                FormatError::BlockAuthFailed(0)
+            })?)
+        } else {
+            Ok(value)
+        }
+    }
+
+    /// listxattr: NUL-separated names.
+    pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let fd = self.inodes.get(ino)?;
+        Ok(sys::listxattr(fd.as_raw_fd())?)
+    }
+
+    /// removexattr.
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> FsResult<()> {
+        let fd = self.inodes.get(ino)?;
+        sys::removexattr(fd.as_raw_fd(), name).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENODATA) { errno(libc::ENODATA) } else { e.into() }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn value_round_trips_and_is_bound_to_its_name() {
+        let c = XattrCipher::from_volume_key(&[3; 32]);
+        let s = c.seal(OsStr::new("user.a"), b"secret");
+        assert_eq!(c.open(OsStr::new("user.a"), &s).unwrap(), b"secret");
+        assert!(c.open(OsStr::new("user.b"), &s).is_err());
+    }
+}

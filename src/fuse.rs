@@ -1,0 +1,390 @@
+//! The fuser adapter: every method calls the core, then replies or logs and replies the errno
+//! from `FsError::errno()`. No logic lives here.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
+    MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use crate::fs::{Attr, EncFs, FsError, Kind, SetAttr};
+use crate::keys::Caller;
+use crate::store::sys::SetTime;
+
+/// How to mount.
+#[derive(Clone, Debug)]
+pub struct MountOptions {
+    /// Let other users (and root) use the mount (`allow_other`).
+    pub allow_other: bool,
+    /// Request-handling threads.
+    pub threads: usize,
+    /// Source name shown in /proc/mounts.
+    pub fsname: String,
+    /// Mount read-only.
+    pub read_only: bool,
+    /// Attribute and entry cache lifetime given to the kernel.
+    pub ttl: Duration,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions { allow_other: false, threads: 2, fsname: "envelopefs".into(), read_only: false, ttl: Duration::from_secs(1) }
+    }
+}
+
+/// The fuser `Filesystem` over the core.
+pub struct Adapter {
+    fs: Arc<EncFs>,
+    ttl: Duration,
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller { uid: req.uid(), gid: req.gid(), pid: req.pid() }
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDev => FileType::CharDevice,
+        Kind::BlockDev => FileType::BlockDevice,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.atime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: a.ctime,
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => SetTime::At(d.as_secs() as i64, d.subsec_nanos()),
+            Err(e) => {
+                let d = e.duration();
+                let (mut s, mut ns) = (-(d.as_secs() as i64), d.subsec_nanos());
+                if ns > 0 {
+                    s -= 1;
+                    ns = 1_000_000_000 - ns;
+                }
+                SetTime::At(s, ns)
+            }
+        },
+    }
+}
+
+/// Logs a failed request at the level it deserves and returns its errno.
+fn fail(op: &str, e: &FsError) -> Errno {
+    if e.is_alarming() {
+        log::warn!("{op}: {e}");
+    } else {
+        log::debug!("{op}: {e}");
+    }
+    Errno::from_i32(e.errno())
+}
+
+macro_rules! reply {
+    ($reply:expr, $op:expr, $res:expr, |$v:ident| $ok:expr) => {
+        match $res {
+            Ok($v) => $ok,
+            Err(e) => $reply.error(fail($op, &e)),
+        }
+    };
+}
+
+impl Adapter {
+    /// Wraps a core.
+    pub fn new(fs: Arc<EncFs>, ttl: Duration) -> Self {
+        Adapter { fs, ttl }
+    }
+
+    fn entry(&self, reply: ReplyEntry, op: &str, res: Result<Attr, FsError>) {
+        reply!(reply, op, res, |a| reply.entry(&self.ttl, &file_attr(&a), Generation(0)))
+    }
+}
+
+impl fuser::Filesystem for Adapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.entry(reply, "lookup", self.fs.lookup(parent.0, name));
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        reply!(reply, "getattr", self.fs.getattr(ino.0), |a| reply.attr(&self.ttl, &file_attr(&a)))
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr { mode, uid, gid, size, atime: atime.map(set_time), mtime: mtime.map(set_time), fh: fh.map(|f| f.0) };
+        reply!(reply, "setattr", self.fs.setattr(ino.0, &set, &caller(req)), |a| reply.attr(&self.ttl, &file_attr(&a)))
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        reply!(reply, "readlink", self.fs.readlink(ino.0), |t| reply.data(&t))
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+        self.entry(reply, "mknod", self.fs.mknod(parent.0, name, mode, rdev, &caller(req)));
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        self.entry(reply, "mkdir", self.fs.mkdir(parent.0, name, mode, &caller(req)));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply!(reply, "unlink", self.fs.unlink(parent.0, name), |_v| reply.ok())
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply!(reply, "rmdir", self.fs.rmdir(parent.0, name), |_v| reply.ok())
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        self.entry(reply, "symlink", self.fs.symlink(parent.0, link_name, target.as_os_str(), &caller(req)));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply!(reply, "rename", self.fs.rename(parent.0, name, newparent.0, newname, flags.bits()), |_v| reply.ok())
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        self.entry(reply, "link", self.fs.link(ino.0, newparent.0, newname));
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        reply!(reply, "open", self.fs.open(ino.0, flags.0, &caller(req)), |fh| reply.opened(FileHandle(fh), FopenFlags::empty()))
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        reply!(reply, "read", self.fs.read(fh.0, offset, size), |d| reply.data(&d))
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply!(reply, "write", self.fs.write(fh.0, offset, data, &caller(req)), |n| reply.written(n))
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        reply!(reply, "flush", self.fs.flush(fh.0), |_v| reply.ok())
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply!(reply, "release", self.fs.release(fh.0), |_v| reply.ok())
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        reply!(reply, "fsync", self.fs.fsync(fh.0, datasync), |_v| reply.ok())
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply!(reply, "opendir", self.fs.opendir(ino.0), |fh| reply.opened(FileHandle(fh), FopenFlags::empty()))
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        match self.fs.readdir(ino.0, fh.0, offset) {
+            Ok(entries) => {
+                for (next, e) in entries {
+                    if reply.add(INodeNo(e.ino), next, file_type(e.kind), &e.name) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(fail("readdir", &e)),
+        }
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply!(reply, "fsyncdir", self.fs.fsyncdir(ino.0), |_v| reply.ok())
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        reply!(reply, "statfs", self.fs.statfs(), |s| reply.statfs(
+            s.f_blocks,
+            s.f_bfree,
+            s.f_bavail,
+            s.f_files,
+            s.f_ffree,
+            s.f_bsize as u32,
+            255,
+            s.f_frsize as u32
+        ))
+    }
+
+    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+        reply!(reply, "setxattr", self.fs.setxattr(ino.0, name, value, flags), |_v| reply.ok())
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        reply!(reply, "getxattr", self.fs.getxattr(ino.0, name), |v| xattr_reply(reply, &v, size))
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        reply!(reply, "listxattr", self.fs.listxattr(ino.0), |v| xattr_reply(reply, &v, size))
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply!(reply, "removexattr", self.fs.removexattr(ino.0, name), |_v| reply.ok())
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        reply!(reply, "access", self.fs.access(ino.0), |_v| reply.ok())
+    }
+
+    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, flags: i32, reply: ReplyCreate) {
+        reply!(reply, "create", self.fs.create(parent.0, name, mode, flags, &caller(req)), |v| reply.created(
+            &self.ttl,
+            &file_attr(&v.0),
+            Generation(0),
+            FileHandle(v.1),
+            FopenFlags::empty()
+        ))
+    }
+
+    fn fallocate(&self, req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        reply!(reply, "fallocate", self.fs.fallocate(fh.0, offset, length, mode, &caller(req)), |_v| reply.ok())
+    }
+}
+
+/// The size protocol of getxattr/listxattr: size 0 asks for the length.
+fn xattr_reply(reply: ReplyXattr, value: &[u8], size: u32) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(value);
+    }
+}
+
+/// fuser session config for `opts`.
+pub fn fuser_config(opts: &MountOptions) -> fuser::Config {
+    let mut cfg = fuser::Config::default();
+    cfg.mount_options = vec![
+        MountOption::FSName(opts.fsname.clone()),
+        MountOption::Subtype("envelopefs".into()),
+        MountOption::DefaultPermissions,
+    ];
+    if opts.read_only {
+        cfg.mount_options.push(MountOption::RO);
+    }
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        // Root mounts behave like a normal filesystem: device nodes and setuid are honoured
+        // only as the backing filesystem would (the kernel checks default permissions).
+        cfg.mount_options.push(MountOption::Dev);
+        cfg.mount_options.push(MountOption::Suid);
+    }
+    if opts.allow_other {
+        cfg.acl = fuser::SessionACL::All;
+    }
+    cfg.n_threads = Some(opts.threads.max(1));
+    cfg
+}
+
+/// Unmounts `mountpoint` lazily (root: umount2 with MNT_DETACH; others: fusermount3 -u -z).
+pub fn unmount(mountpoint: &Path) -> std::io::Result<()> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        let c = crate::store::sys::cname(mountpoint.as_os_str())?;
+        // SAFETY: `c` is a valid C string for the duration of the call.
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+            return Ok(());
+        }
+        return Err(std::io::Error::last_os_error());
+    }
+    let status = std::process::Command::new("fusermount3").arg("-u").arg("-z").arg(mountpoint).status()?;
+    if status.success() { Ok(()) } else { Err(std::io::Error::other(format!("fusermount3 -u {} failed", mountpoint.display()))) }
+}

@@ -1,0 +1,165 @@
+//! Errors of the key service.
+//!
+//! Each variant maps to the AWS KMS exception a real KMS would return ([`KeyError::code`]), so
+//! a KMS-compatible front end can report them unchanged. Messages say what happened and what to
+//! do next; they never contain key material, data keys or passphrases.
+
+use std::path::PathBuf;
+
+/// An error from the key service or the keystore.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// No CMK or alias has this id or name.
+    #[error("key not found: {0}; list keys with `envelopefs key list`")]
+    NotFound(String),
+
+    /// The CMK is disabled.
+    #[error("key {key_id} is disabled; enable it with `envelopefs key enable {key_id}`")]
+    Disabled {
+        /// The CMK.
+        key_id: String,
+    },
+
+    /// The CMK is scheduled for deletion.
+    #[error(
+        "key {key_id} is pending deletion and cannot be used; cancel the deletion with \
+         `envelopefs key cancel-deletion {key_id}` if it is still needed"
+    )]
+    PendingDeletion {
+        /// The CMK.
+        key_id: String,
+    },
+
+    /// The CMK's state does not allow the operation (for example PendingImport).
+    #[error("key {key_id} is in state {state}, which does not allow this operation")]
+    InvalidState {
+        /// The CMK.
+        key_id: String,
+        /// The state it is in, as KMS names it.
+        state: String,
+    },
+
+    /// A wrapped key could not be unwrapped: the blob or the encryption context was altered,
+    /// or it was wrapped under a different key or key version.
+    #[error(
+        "wrapped data key is invalid: it was altered, its encryption context does not match, \
+         or it belongs to a different key"
+    )]
+    InvalidCiphertext,
+
+    /// The caller may not perform the operation on the CMK.
+    #[error("access denied to key {key_id}: {reason}")]
+    AccessDenied {
+        /// The CMK.
+        key_id: String,
+        /// Why (policy statement, grant, ...).
+        reason: String,
+    },
+
+    /// The keystore's MAC did not verify under the key derived from the passphrase or key file.
+    #[error(
+        "wrong passphrase or key file for keystore {} (or the keystore was modified); try again, \
+         or pass the right one with --passfile/--keyfile",
+        path.display()
+    )]
+    WrongPassphrase {
+        /// The keystore file.
+        path: PathBuf,
+    },
+
+    /// The keystore file is not a readable envelopefs keystore.
+    #[error("keystore {} is damaged or unreadable: {reason}; restore it from a backup", path.display())]
+    Corrupt {
+        /// The keystore file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The keystore changed on disk after it was opened; nothing was written.
+    #[error(
+        "keystore {} was changed by another process since it was opened; nothing was written; \
+         retry the command",
+        path.display()
+    )]
+    Conflict {
+        /// The keystore file.
+        path: PathBuf,
+    },
+
+    /// A keystore, key or alias with this name already exists.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+
+    /// An argument is malformed or out of range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// The operation is not supported for this key.
+    #[error("unsupported operation: {0}")]
+    Unsupported(String),
+
+    /// Reading or writing a keystore file failed.
+    #[error("cannot access keystore {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An internal failure (the system random generator, a cipher refusing its input).
+    #[error("internal key service error: {0}")]
+    Internal(String),
+}
+
+impl KeyError {
+    /// The AWS KMS exception name for this error (`__type` in a KMS JSON error response).
+    pub fn code(&self) -> &'static str {
+        match self {
+            KeyError::NotFound(_) => "NotFoundException",
+            KeyError::Disabled { .. } => "DisabledException",
+            KeyError::PendingDeletion { .. } | KeyError::InvalidState { .. } => "KMSInvalidStateException",
+            KeyError::InvalidCiphertext => "InvalidCiphertextException",
+            KeyError::AccessDenied { .. } | KeyError::WrongPassphrase { .. } => "AccessDeniedException",
+            KeyError::Corrupt { .. } | KeyError::Io { .. } | KeyError::Internal(_) => "KMSInternalException",
+            KeyError::Conflict { .. } => "ConflictException",
+            KeyError::AlreadyExists(_) => "AlreadyExistsException",
+            KeyError::InvalidArgument(_) => "ValidationException",
+            KeyError::Unsupported(_) => "UnsupportedOperationException",
+        }
+    }
+
+    /// Shorthand for [`KeyError::Io`].
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        KeyError::Io { path: path.to_owned(), source }
+    }
+
+    /// Shorthand for [`KeyError::Corrupt`].
+    pub(crate) fn corrupt(path: &std::path::Path, reason: impl Into<String>) -> Self {
+        KeyError::Corrupt { path: path.to_owned(), reason: reason.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_follow_kms_names() {
+        assert_eq!(KeyError::NotFound("x".into()).code(), "NotFoundException");
+        assert_eq!(KeyError::Disabled { key_id: "k".into() }.code(), "DisabledException");
+        assert_eq!(KeyError::PendingDeletion { key_id: "k".into() }.code(), "KMSInvalidStateException");
+        assert_eq!(KeyError::InvalidCiphertext.code(), "InvalidCiphertextException");
+    }
+
+    #[test]
+    fn messages_say_what_to_do() {
+        let e = KeyError::WrongPassphrase { path: "/v/keystore.json".into() };
+        let m = e.to_string();
+        assert!(m.contains("/v/keystore.json") && m.contains("--passfile"), "{m}");
+        let m = KeyError::NotFound("alias/x".into()).to_string();
+        assert!(m.contains("envelopefs key list"), "{m}");
+    }
+}

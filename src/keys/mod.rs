@@ -1,0 +1,144 @@
+//! The key service: the only holder of customer master keys (CMKs).
+//!
+//! The filesystem talks to keys only through [`KeyService`]. Today the implementation is
+//! [`local::LocalKms`], an embedded service modelled on AWS KMS whose CMK material lives in an
+//! encrypted keystore file; a soft-HSM, a PKCS#11 HSM or a remote KMS can implement the same
+//! trait later. CMK material never leaves an implementation in plaintext; data keys leave it
+//! only as [`DataKey`], which zeroizes itself on drop.
+
+pub mod error;
+pub mod keystore;
+pub mod local;
+pub mod secret;
+
+pub use error::KeyError;
+pub use secret::{DataKey, DATA_KEY_LEN};
+
+use crate::format::context::EncryptionContext;
+
+/// Length of a CMK id (a UUID, as raw bytes).
+pub const KEY_ID_LEN: usize = 16;
+
+/// A CMK id: a random (v4) UUID. Displayed hyphenated, as KMS key ids are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(pub [u8; KEY_ID_LEN]);
+
+impl std::fmt::Display for KeyId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", uuid::Uuid::from_bytes(self.0).hyphenated())
+    }
+}
+
+impl std::str::FromStr for KeyId {
+    type Err = KeyError;
+    fn from_str(s: &str) -> Result<Self, KeyError> {
+        uuid::Uuid::parse_str(s)
+            .map(|u| KeyId(*u.as_bytes()))
+            .map_err(|_| KeyError::NotFound(s.to_owned()))
+    }
+}
+
+/// A data key wrapped under one version of one CMK: what a file header's key slot stores.
+///
+/// `blob` is opaque to everyone but the key service that made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WrappedKey {
+    /// The CMK that wrapped the data key.
+    pub key_id: KeyId,
+    /// The key-material version of that CMK (1 = original material; each rotation adds one).
+    pub version: u32,
+    /// The key service's ciphertext (for [`local::LocalKms`]: nonce ‖ ciphertext ‖ tag).
+    pub blob: Vec<u8>,
+}
+
+/// Who is asking: the process behind a filesystem request, or the CLI user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// Effective user id.
+    pub uid: u32,
+    /// Effective group id.
+    pub gid: u32,
+    /// Process id (0 when unknown).
+    pub pid: u32,
+}
+
+impl Caller {
+    /// The current process, for CLI commands.
+    pub fn current() -> Self {
+        // SAFETY: getuid/getgid/getpid have no preconditions and cannot fail.
+        unsafe {
+            Caller {
+                uid: libc::geteuid(),
+                gid: libc::getegid(),
+                pid: libc::getpid() as u32,
+            }
+        }
+    }
+}
+
+/// The lifecycle state of a CMK (the subset of KMS key states envelopefs uses).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum KeyState {
+    /// Usable for every operation.
+    Enabled,
+    /// Cannot wrap or unwrap until enabled again.
+    Disabled,
+    /// Scheduled for deletion; cannot wrap or unwrap; material destroyed when the window ends.
+    PendingDeletion,
+    /// Created with external origin; has no material until imported.
+    PendingImport,
+}
+
+/// Non-secret facts about a CMK, as KMS's DescribeKey returns them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeyMetadata {
+    /// The key id, hyphenated UUID.
+    pub key_id: String,
+    /// Aliases that point at this key (`alias/...`).
+    pub aliases: Vec<String>,
+    /// Free text.
+    pub description: String,
+    /// Creation time, seconds since the Unix epoch.
+    pub creation_date: u64,
+    /// Lifecycle state.
+    pub state: KeyState,
+    /// The newest key-material version (new wraps use it).
+    pub current_version: u32,
+}
+
+/// The key-service interface the filesystem uses.
+///
+/// `key` arguments accept a key id (hyphenated UUID) or an alias (`alias/name`).
+pub trait KeyService: Send + Sync {
+    /// Makes a fresh random 256-bit data key and wraps it under the newest version of `key`,
+    /// binding `context` as associated data. Returns both; the plaintext half must be dropped
+    /// (and so zeroized) as soon as it is no longer needed.
+    fn generate_data_key(
+        &self,
+        key: &str,
+        context: &EncryptionContext,
+        caller: &Caller,
+    ) -> Result<(DataKey, WrappedKey), KeyError>;
+
+    /// Unwraps a data key. Fails with [`KeyError::InvalidCiphertext`] when the blob or the
+    /// context was altered, and with a state error when the CMK is not Enabled.
+    fn decrypt(
+        &self,
+        wrapped: &WrappedKey,
+        context: &EncryptionContext,
+        caller: &Caller,
+    ) -> Result<DataKey, KeyError>;
+
+    /// Re-wraps a data key under the newest version of `destination` (which may be the same
+    /// CMK) without the plaintext leaving the service.
+    fn re_encrypt(
+        &self,
+        wrapped: &WrappedKey,
+        context: &EncryptionContext,
+        destination: &str,
+        caller: &Caller,
+    ) -> Result<WrappedKey, KeyError>;
+
+    /// Describes one CMK.
+    fn describe_key(&self, key: &str) -> Result<KeyMetadata, KeyError>;
+}

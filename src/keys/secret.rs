@@ -1,0 +1,222 @@
+//! Secret types: data keys, CMK material and keystore unlock secrets.
+//!
+//! Every type here zeroizes its bytes when dropped, derives neither `Clone` nor `Debug` (the
+//! hand-written `Debug` prints `[REDACTED]`), and is read only through `expose_secret`. The
+//! 32-byte keys live in a `Box` so that moving the value moves a pointer, not the key, and no
+//! stale copy is left behind on the stack.
+
+use std::path::Path;
+
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::keys::KeyError;
+
+/// Length of a data key (a 256-bit key).
+pub const DATA_KEY_LEN: usize = 32;
+
+/// Defines a boxed, zeroize-on-drop 32-byte secret.
+macro_rules! secret32 {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        pub struct $name(Box<[u8; 32]>);
+
+        impl $name {
+            /// Takes ownership of `bytes`; the caller's copy is zeroized.
+            pub fn from_bytes(mut bytes: [u8; 32]) -> Self {
+                let key = Self(Box::new(bytes));
+                bytes.zeroize();
+                key
+            }
+
+            /// A fresh key from the operating system's random generator.
+            ///
+            /// # Panics
+            /// If the operating system cannot provide randomness (no safe way to continue).
+            pub fn random() -> Self {
+                let mut key = Self::zeroed();
+                getrandom::fill(&mut key.0[..]).expect("the system random generator failed");
+                key
+            }
+
+            /// The key bytes. Do not copy them anywhere that outlives the borrow.
+            pub fn expose_secret(&self) -> &[u8; 32] {
+                &self.0
+            }
+
+            /// The key bytes, writable: lets the key service decrypt straight into the box.
+            pub(crate) fn expose_secret_mut(&mut self) -> &mut [u8; 32] {
+                &mut self.0
+            }
+
+            /// An all-zero key, to be filled through `expose_secret_mut`.
+            pub(crate) fn zeroed() -> Self {
+                Self(Box::new([0u8; 32]))
+            }
+        }
+
+        impl Drop for $name {
+            fn drop(&mut self) {
+                self.0.zeroize();
+            }
+        }
+
+        impl zeroize::ZeroizeOnDrop for $name {}
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(concat!(stringify!($name), "([REDACTED])"))
+            }
+        }
+    };
+}
+
+secret32!(
+    /// A file's 256-bit data key (DEK), in plaintext. Drop it as soon as it is no longer needed.
+    DataKey
+);
+
+secret32!(
+    /// 256 bits of secret key material: one version of a CMK, or a key derived from one.
+    KeyMaterial
+);
+
+/// A keystore passphrase (arbitrary bytes; usually UTF-8 text).
+pub struct Passphrase(Zeroizing<Vec<u8>>);
+
+impl Passphrase {
+    /// Takes ownership of the bytes.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Passphrase(Zeroizing::new(bytes))
+    }
+
+    /// The passphrase bytes.
+    pub fn expose_secret(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Passphrase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Passphrase([REDACTED])")
+    }
+}
+
+/// How to unlock a keystore: the secret its root key is derived from.
+pub enum Unlock {
+    /// A passphrase, stretched with Argon2id (the parameters are stored in the keystore).
+    Passphrase(Zeroizing<Vec<u8>>),
+    /// The 32 bytes of a key file, used without stretching.
+    KeyFile(Zeroizing<[u8; 32]>),
+}
+
+impl Unlock {
+    /// Unlock with a passphrase.
+    pub fn passphrase(p: Passphrase) -> Self {
+        // Move the bytes out without leaving a copy behind: `take` swaps in an empty Vec.
+        let mut p = p;
+        Unlock::Passphrase(Zeroizing::new(std::mem::take(&mut *p.0)))
+    }
+
+    /// Unlock with a fresh random key file's contents (write them with
+    /// [`Unlock::write_keyfile`] before creating a keystore with it).
+    pub fn random_keyfile() -> Self {
+        let mut k = Zeroizing::new([0u8; 32]);
+        getrandom::fill(&mut k[..]).expect("the system random generator failed");
+        Unlock::KeyFile(k)
+    }
+
+    /// Reads a key file: exactly 32 bytes of raw random data.
+    pub fn read_keyfile(path: &Path) -> Result<Self, KeyError> {
+        let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| KeyError::io(path, e))?);
+        if bytes.len() != 32 {
+            return Err(KeyError::InvalidArgument(format!(
+                "key file {} holds {} bytes; a key file is exactly 32 random bytes",
+                path.display(),
+                bytes.len()
+            )));
+        }
+        let mut key = Zeroizing::new([0u8; 32]);
+        key.copy_from_slice(&bytes);
+        Ok(Unlock::KeyFile(key))
+    }
+
+    /// Reads a passphrase file; one trailing newline (`\n` or `\r\n`) is not part of the
+    /// passphrase.
+    pub fn read_passfile(path: &Path) -> Result<Self, KeyError> {
+        let mut bytes = Zeroizing::new(std::fs::read(path).map_err(|e| KeyError::io(path, e))?);
+        if bytes.ends_with(b"\n") {
+            bytes.pop();
+            if bytes.ends_with(b"\r") {
+                bytes.pop();
+            }
+        }
+        if bytes.is_empty() {
+            return Err(KeyError::InvalidArgument(format!("passphrase file {} is empty", path.display())));
+        }
+        Ok(Unlock::Passphrase(bytes))
+    }
+
+    /// Writes this key file's 32 bytes to a new file `path` with mode 0600; refuses to
+    /// overwrite an existing file. Only for [`Unlock::KeyFile`].
+    pub fn write_keyfile(&self, path: &Path) -> Result<(), KeyError> {
+        let Unlock::KeyFile(k) = self else {
+            return Err(KeyError::InvalidArgument("a passphrase cannot be written as a key file".into()));
+        };
+        if path.symlink_metadata().is_ok() {
+            return Err(KeyError::AlreadyExists(format!("key file {}", path.display())));
+        }
+        crate::atomic::atomic_write(path, &k[..], 0o600).map_err(|e| KeyError::io(path, e))
+    }
+}
+
+impl std::fmt::Debug for Unlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unlock::Passphrase(_) => f.write_str("Unlock::Passphrase([REDACTED])"),
+            Unlock::KeyFile(_) => f.write_str("Unlock::KeyFile([REDACTED])"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_prints_bytes() {
+        let k = DataKey::from_bytes([0xab; 32]);
+        assert_eq!(format!("{k:?}"), "DataKey([REDACTED])");
+        assert_eq!(format!("{:?}", KeyMaterial::random()), "KeyMaterial([REDACTED])");
+        let p = Unlock::passphrase(Passphrase::new(b"hunter2".to_vec()));
+        assert!(!format!("{p:?}").contains("hunter2"));
+        assert!(!format!("{:?}", Passphrase::new(b"hunter2".to_vec())).contains("hunter2"));
+    }
+
+    #[test]
+    fn random_keys_differ_and_bytes_are_kept() {
+        assert_ne!(DataKey::random().expose_secret(), DataKey::random().expose_secret());
+        assert_eq!(DataKey::from_bytes([7; 32]).expose_secret(), &[7; 32]);
+    }
+
+    #[test]
+    fn keyfile_round_trip_and_length_check() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("key");
+        let u = Unlock::random_keyfile();
+        u.write_keyfile(&p).unwrap();
+        assert!(matches!(u.write_keyfile(&p), Err(KeyError::AlreadyExists(_))));
+        let (Unlock::KeyFile(a), Ok(Unlock::KeyFile(b))) = (&u, Unlock::read_keyfile(&p)) else { panic!() };
+        assert_eq!(a[..], b[..]);
+        std::fs::write(&p, b"short").unwrap();
+        assert!(matches!(Unlock::read_keyfile(&p), Err(KeyError::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn passfile_drops_one_trailing_newline() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("pass");
+        std::fs::write(&p, b"pw \r\n").unwrap();
+        let Ok(Unlock::Passphrase(pw)) = Unlock::read_passfile(&p) else { panic!() };
+        assert_eq!(&pw[..], b"pw ");
+    }
+}

@@ -1,0 +1,19 @@
+//! envelopefs: a FUSE filesystem with transparent envelope encryption.
+//!
+//! Every file is sealed under its own random data key (DEK); the DEK is wrapped under a
+//! customer master key (CMK) held by a key service and stored in the file's own header.
+//!
+//! Layers, with dependencies pointing one way only:
+//! `format` (pure bytes ↔ types) → `keys` (key service trait + embedded KMS) →
+//! `store` (the only code that touches the backing directory with libc) →
+//! `fs` (the filesystem core, testable without FUSE) → `fuse` (thin fuser adapter) → `cli`.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod atomic;
+pub mod cli;
+pub mod cli_daemon;
+pub mod format;
+pub mod fs;
+pub mod fuse;
+pub mod keys;
+pub mod store;

@@ -1,0 +1,7 @@
+//! The backing directory: the only layer that talks to it with libc.
+//!
+//! `sys` holds small safe wrappers over the *at() system calls the filesystem core needs, each
+//! `unsafe` block with a `// SAFETY:` note; `volume` lays out and opens a backing directory.
+
+pub mod sys;
+pub mod volume;

@@ -1,0 +1,154 @@
+//! The backing directory's layout (docs/FORMAT.md §Backing directory):
+//!
+//! ```text
+//! BACKING/envelopefs.json   volume config (format::volume), not secret
+//! BACKING/keystore.json     the embedded key service's keystore (unless kept elsewhere)
+//! BACKING/data/             the encrypted tree: same names and shape as the plaintext tree
+//! BACKING/.lock             flock()ed by a mounted daemon so a volume is mounted once
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use crate::format::volume::VolumeConfig;
+use crate::format::FormatError;
+
+/// Name of the volume config file.
+pub const CONFIG_NAME: &str = "envelopefs.json";
+/// Default keystore file name.
+pub const KEYSTORE_NAME: &str = "keystore.json";
+/// Directory holding the encrypted tree.
+pub const DATA_DIR: &str = "data";
+/// Lock file name.
+pub const LOCK_NAME: &str = ".lock";
+
+/// Errors opening or creating a backing directory.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// Not a volume.
+    #[error("{0} is not an envelopefs volume (no {CONFIG_NAME}); create one with `envelopefs init {0}`")]
+    NotAVolume(PathBuf),
+    /// Already a volume.
+    #[error("{0} already holds an envelopefs volume; pick an empty directory")]
+    AlreadyExists(PathBuf),
+    /// Not empty.
+    #[error("{0} is not empty; `envelopefs init` needs an empty or new directory")]
+    NotEmpty(PathBuf),
+    /// Bad config.
+    #[error("{path}: {source}")]
+    Config {
+        /// Config path.
+        path: PathBuf,
+        /// What is wrong.
+        source: FormatError,
+    },
+    /// Mounted elsewhere.
+    #[error("{0} is already mounted by another envelopefs process; unmount it first")]
+    Busy(PathBuf),
+    /// I/O.
+    #[error("{path}: {source}")]
+    Io {
+        /// Path involved.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> VolumeError + '_ {
+    move |source| VolumeError::Io { path: path.to_owned(), source }
+}
+
+/// An opened backing directory.
+#[derive(Debug)]
+pub struct Volume {
+    /// The backing directory.
+    pub root: PathBuf,
+    /// Its config.
+    pub config: VolumeConfig,
+    /// O_PATH fd of `BACKING/data`.
+    pub data: OwnedFd,
+}
+
+impl Volume {
+    /// Where the keystore lives.
+    pub fn keystore_path(&self) -> PathBuf {
+        keystore_path(&self.root, &self.config)
+    }
+}
+
+/// The keystore path a config names (relative paths are relative to the backing directory).
+pub fn keystore_path(root: &Path, config: &VolumeConfig) -> PathBuf {
+    let p = Path::new(&config.keystore);
+    if p.is_absolute() { p.to_owned() } else { root.join(p) }
+}
+
+/// Makes sure `root` can receive a new volume: creates it if missing; it must be empty.
+pub fn prepare(root: &Path) -> Result<(), VolumeError> {
+    if root.join(CONFIG_NAME).exists() {
+        return Err(VolumeError::AlreadyExists(root.to_owned()));
+    }
+    fs::create_dir_all(root).map_err(io_err(root))?;
+    if fs::read_dir(root).map_err(io_err(root))?.next().is_some() {
+        return Err(VolumeError::NotEmpty(root.to_owned()));
+    }
+    Ok(())
+}
+
+/// Lays out a new volume in `root` (after [`prepare`] and the keystore's creation) and writes
+/// its config last, so a crash leaves no half-made volume that looks complete.
+pub fn init_layout(root: &Path, config: &VolumeConfig) -> Result<(), VolumeError> {
+    if root.join(CONFIG_NAME).exists() {
+        return Err(VolumeError::AlreadyExists(root.to_owned()));
+    }
+    let data = root.join(DATA_DIR);
+    fs::create_dir(&data).map_err(io_err(&data))?;
+    crate::atomic::sync_dir(root).map_err(io_err(root))?;
+    let cfg = root.join(CONFIG_NAME);
+    crate::atomic::atomic_write(&cfg, &config.to_bytes(), 0o644).map_err(io_err(&cfg))
+}
+
+/// Reads and validates a volume's config.
+pub fn read_config(root: &Path) -> Result<VolumeConfig, VolumeError> {
+    let cfg = root.join(CONFIG_NAME);
+    let bytes = match fs::read(&cfg) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(VolumeError::NotAVolume(root.to_owned())),
+        Err(e) => return Err(VolumeError::Io { path: cfg, source: e }),
+    };
+    VolumeConfig::parse(&bytes).map_err(|source| VolumeError::Config { path: cfg, source })
+}
+
+/// Opens an existing volume.
+pub fn open(root: &Path) -> Result<Volume, VolumeError> {
+    let config = read_config(root)?;
+    let data_path = root.join(DATA_DIR);
+    let data = File::open(&data_path).map_err(io_err(&data_path))?;
+    let data = crate::store::sys::open_path(data.as_raw_fd(), std::ffi::OsStr::new(".")).map_err(io_err(&data_path))?;
+    Ok(Volume { root: root.to_owned(), config, data })
+}
+
+/// An exclusive lock on a volume, held while it is mounted; released on drop.
+#[derive(Debug)]
+pub struct VolumeLock {
+    _file: File,
+}
+
+/// Takes the volume's mount lock without waiting.
+pub fn lock(root: &Path) -> Result<VolumeLock, VolumeError> {
+    let p = root.join(LOCK_NAME);
+    let file = OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(io_err(&p))?;
+    // SAFETY: flock on a valid open fd has no memory-safety preconditions.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            VolumeError::Busy(root.to_owned())
+        } else {
+            VolumeError::Io { path: p, source: e }
+        });
+    }
+    Ok(VolumeLock { _file: file })
+}
