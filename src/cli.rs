@@ -9,13 +9,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Args, Parser, Subcommand};
 use zeroize::Zeroizing;
 
-use crate::format::context::hex;
-use crate::format::volume::{VolumeConfig, WrappedKeyRecord, DEFAULT_BLOCK_SIZE};
+use crate::format::volume::DEFAULT_BLOCK_SIZE;
 use crate::fs::EncFs;
 use crate::fuse::{Adapter, MountOptions};
 use crate::keys::local::LocalKms;
 use crate::keys::secret::Unlock;
-use crate::keys::{Caller, KeyError, KeyService};
+use crate::keys::{Caller, KeyError};
 use crate::store::volume::{self as vol, VolumeError};
 
 /// Environment variable that may hold the passphrase (for scripts; prefer --passfile).
@@ -234,11 +233,10 @@ fn init(backing: &Path, block_size: u32, keystore: Option<PathBuf>, secret: &Sec
     let unlock = read_unlock(secret, true)?;
     eprintln!("Deriving the keystore key with Argon2id (64 MiB)...");
     let kms = LocalKms::create(&ks_path, &unlock)?;
-    let volume_id = uuid::Uuid::new_v4().hyphenated().to_string();
-    let (_vk, wrapped) = kms.generate_data_key("alias/default", &crate::fs::volume_key_context(&volume_id), &Caller::current())?;
-    let record = WrappedKeyRecord { key_id: wrapped.key_id.to_string(), version: wrapped.version, blob: hex(&wrapped.blob) };
-    let cfg = VolumeConfig::new(volume_id, now(), block_size, "alias/default".into(), ks_rel, record);
-    vol::init_layout(backing, &cfg)?;
+    let cfg = vol::create(backing, &kms, "alias/default", block_size, ks_rel, now()).map_err(|e| match e {
+        vol::VolumeCreateError::Volume(v) => CliError::from(v),
+        vol::VolumeCreateError::Key(k) => CliError::from(k),
+    })?;
     println!("Created envelopefs volume {} (volume id {}).", backing.display(), cfg.volume_id);
     println!("  keystore: {}", ks_path.display());
     println!("Next: mkdir -p MNT && envelopefs mount {} MNT", backing.display());

@@ -18,6 +18,8 @@ use std::collections::BTreeMap;
 pub const CTX_FILE_ID: &str = "envelopefs:file-id";
 /// Context key that names the volume a data key belongs to (hyphenated UUID).
 pub const CTX_VOLUME_ID: &str = "envelopefs:volume-id";
+/// Context key naming what a volume-level key is for.
+pub const CTX_PURPOSE: &str = "envelopefs:purpose";
 
 /// A canonical, ordered encryption context.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -36,6 +38,14 @@ impl EncryptionContext {
         let mut c = Self::new();
         c.insert(CTX_VOLUME_ID, volume_id);
         c.insert(CTX_FILE_ID, &hex(file_id));
+        c
+    }
+
+    /// The context envelopefs binds to a volume's own key (which encrypts xattr values).
+    pub fn for_volume_key(volume_id: &str) -> Self {
+        let mut c = Self::new();
+        c.insert(CTX_VOLUME_ID, volume_id);
+        c.insert(CTX_PURPOSE, "volume-key");
         c
     }
 

@@ -30,9 +30,6 @@ use content::OpenFile;
 use file::Handle;
 use inode::InodeTable;
 
-/// Context key naming what a volume-level key is for.
-pub const CTX_PURPOSE: &str = "envelopefs:purpose";
-
 /// The filesystem core over one opened volume.
 pub struct EncFs {
     volume_id: String,
@@ -94,10 +91,3 @@ impl EncFs {
     }
 }
 
-/// Builds the encryption context of the volume key.
-pub fn volume_key_context(volume_id: &str) -> EncryptionContext {
-    let mut c = EncryptionContext::new();
-    c.insert(crate::format::context::CTX_VOLUME_ID, volume_id);
-    c.insert(CTX_PURPOSE, "volume-key");
-    c
-}

@@ -54,7 +54,7 @@ impl XattrCipher {
             version: rec.version,
             blob: unhex(&rec.blob).ok_or_else(bad)?,
         };
-        let vk = keys.decrypt(&wrapped, &super::volume_key_context(&cfg.volume_id), caller)?;
+        let vk = keys.decrypt(&wrapped, &crate::format::context::EncryptionContext::for_volume_key(&cfg.volume_id), caller)?;
         Ok(Self::from_volume_key(vk.expose_secret()))
     }
 

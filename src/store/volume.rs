@@ -110,6 +110,41 @@ pub fn init_layout(root: &Path, config: &VolumeConfig) -> Result<(), VolumeError
     crate::atomic::atomic_write(&cfg, &config.to_bytes(), 0o644).map_err(io_err(&cfg))
 }
 
+/// Creates a complete volume in `root` (after [`prepare`]): asks `keys` for the volume key
+/// under `default_key`, then lays the volume out. `keystore` is the path recorded in the config.
+pub fn create(
+    root: &Path,
+    keys: &dyn crate::keys::KeyService,
+    default_key: &str,
+    block_size: u32,
+    keystore: String,
+    created: u64,
+) -> Result<VolumeConfig, VolumeCreateError> {
+    crate::format::header::check_block_size(block_size).map_err(|source| VolumeError::Config { path: root.to_owned(), source })?;
+    let volume_id = uuid::Uuid::new_v4().hyphenated().to_string();
+    let ctx = crate::format::context::EncryptionContext::for_volume_key(&volume_id);
+    let (_vk, wrapped) = keys.generate_data_key(default_key, &ctx, &crate::keys::Caller::current())?;
+    let record = crate::format::volume::WrappedKeyRecord {
+        key_id: wrapped.key_id.to_string(),
+        version: wrapped.version,
+        blob: crate::format::context::hex(&wrapped.blob),
+    };
+    let cfg = VolumeConfig::new(volume_id, created, block_size, default_key.to_owned(), keystore, record);
+    init_layout(root, &cfg)?;
+    Ok(cfg)
+}
+
+/// Errors of [`create`].
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeCreateError {
+    /// Layout.
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    /// Key service.
+    #[error(transparent)]
+    Key(#[from] crate::keys::KeyError),
+}
+
 /// Reads and validates a volume's config.
 pub fn read_config(root: &Path) -> Result<VolumeConfig, VolumeError> {
     let cfg = root.join(CONFIG_NAME);
