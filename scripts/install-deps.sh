@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what envelopefs and its tests need on Debian/Ubuntu: fuse3 (fusermount3, /dev/fuse
+# helpers), attr (getfattr/setfattr), git, tar, python3. As root it installs them; otherwise it
+# prints the exact apt-get command and fails if something is missing.
+set -euo pipefail
+need=()
+command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
+command -v setfattr >/dev/null 2>&1 || need+=(attr)
+command -v git >/dev/null 2>&1 || need+=(git)
+command -v tar >/dev/null 2>&1 || need+=(tar)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v xxd >/dev/null 2>&1 || need+=(xxd)
+if ((${#need[@]} == 0)); then
+  exit 0
+fi
+if [ "$(id -u)" -eq 0 ]; then
+  echo "install-deps: installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+else
+  echo "install-deps: missing ${need[*]}; run: sudo apt-get update && sudo apt-get install -y ${need[*]}" >&2
+  exit 1
+fi

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The whole test suite in one command: installs what the tests need, then runs every unit,
+# property and mount test. Mount tests need /dev/fuse (they skip, saying so, without it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+cargo test --all-targets --no-fail-fast -- --test-threads="${TEST_THREADS:-2}"
