@@ -120,10 +120,16 @@ impl KeyError {
         match self {
             KeyError::NotFound(_) => "NotFoundException",
             KeyError::Disabled { .. } => "DisabledException",
-            KeyError::PendingDeletion { .. } | KeyError::InvalidState { .. } => "KMSInvalidStateException",
+            KeyError::PendingDeletion { .. } | KeyError::InvalidState { .. } => {
+                "KMSInvalidStateException"
+            }
             KeyError::InvalidCiphertext => "InvalidCiphertextException",
-            KeyError::AccessDenied { .. } | KeyError::WrongPassphrase { .. } => "AccessDeniedException",
-            KeyError::Corrupt { .. } | KeyError::Io { .. } | KeyError::Internal(_) => "KMSInternalException",
+            KeyError::AccessDenied { .. } | KeyError::WrongPassphrase { .. } => {
+                "AccessDeniedException"
+            }
+            KeyError::Corrupt { .. } | KeyError::Io { .. } | KeyError::Internal(_) => {
+                "KMSInternalException"
+            }
             KeyError::Conflict { .. } => "ConflictException",
             KeyError::AlreadyExists(_) => "AlreadyExistsException",
             KeyError::InvalidArgument(_) => "ValidationException",
@@ -133,12 +139,18 @@ impl KeyError {
 
     /// Shorthand for [`KeyError::Io`].
     pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
-        KeyError::Io { path: path.to_owned(), source }
+        KeyError::Io {
+            path: path.to_owned(),
+            source,
+        }
     }
 
     /// Shorthand for [`KeyError::Corrupt`].
     pub(crate) fn corrupt(path: &std::path::Path, reason: impl Into<String>) -> Self {
-        KeyError::Corrupt { path: path.to_owned(), reason: reason.into() }
+        KeyError::Corrupt {
+            path: path.to_owned(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -149,16 +161,30 @@ mod tests {
     #[test]
     fn codes_follow_kms_names() {
         assert_eq!(KeyError::NotFound("x".into()).code(), "NotFoundException");
-        assert_eq!(KeyError::Disabled { key_id: "k".into() }.code(), "DisabledException");
-        assert_eq!(KeyError::PendingDeletion { key_id: "k".into() }.code(), "KMSInvalidStateException");
-        assert_eq!(KeyError::InvalidCiphertext.code(), "InvalidCiphertextException");
+        assert_eq!(
+            KeyError::Disabled { key_id: "k".into() }.code(),
+            "DisabledException"
+        );
+        assert_eq!(
+            KeyError::PendingDeletion { key_id: "k".into() }.code(),
+            "KMSInvalidStateException"
+        );
+        assert_eq!(
+            KeyError::InvalidCiphertext.code(),
+            "InvalidCiphertextException"
+        );
     }
 
     #[test]
     fn messages_say_what_to_do() {
-        let e = KeyError::WrongPassphrase { path: "/v/keystore.json".into() };
+        let e = KeyError::WrongPassphrase {
+            path: "/v/keystore.json".into(),
+        };
         let m = e.to_string();
-        assert!(m.contains("/v/keystore.json") && m.contains("--passfile"), "{m}");
+        assert!(
+            m.contains("/v/keystore.json") && m.contains("--passfile"),
+            "{m}"
+        );
         let m = KeyError::NotFound("alias/x".into()).to_string();
         assert!(m.contains("envelopefs key list"), "{m}");
     }

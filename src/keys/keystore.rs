@@ -59,33 +59,29 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use aes_gcm_siv::aead::{AeadInOut, KeyInit};
-use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroize;
 
 use crate::format::context::hex;
-use crate::keys::secret::{KeyMaterial, Unlock};
+use crate::keys::secret::{KeyMaterial, SEALED_LEN, Unlock, open32, random_bytes, seal32, unhex};
 use crate::keys::{KeyError, KeyId, KeyState};
 
 /// The `format` field.
 pub const FORMAT_NAME: &str = "envelopefs-keystore";
 /// The only keystore version this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
-/// Argon2id memory cost for new keystores, KiB (64 MiB); also the minimum for [`Keystore::create`].
+/// Argon2id memory cost of new keystores, KiB (64 MiB).
 pub const DEFAULT_M_KIB: u32 = 65536;
-/// Argon2id passes for new keystores.
+/// Argon2id passes of new keystores.
 pub const DEFAULT_T: u32 = 3;
-/// Argon2id lanes for new keystores.
+/// Argon2id lanes of new keystores.
 pub const DEFAULT_P: u32 = 1;
 /// The alias of the key [`Keystore::create`] makes.
 pub const DEFAULT_ALIAS: &str = "alias/default";
-/// Description of the key [`Keystore::create`] makes.
+/// The description of the key [`Keystore::create`] makes.
 pub const DEFAULT_DESCRIPTION: &str = "default key created by envelopefs init";
-/// Length of a sealed 32-byte secret: nonce ‖ ciphertext ‖ tag.
-pub(crate) const SEALED_LEN: usize = 12 + 32 + 16;
 
 const SALT_LEN: usize = 16;
+/// Largest Argon2 memory cost `open` accepts (4 GiB), so a damaged file cannot exhaust memory.
 const MAX_M_KIB: u32 = 4 * 1024 * 1024;
 const MATERIAL_AAD: &[u8] = b"envelopefs cmk material v1";
 
@@ -94,7 +90,12 @@ const MATERIAL_AAD: &[u8] = b"envelopefs cmk material v1";
 #[serde(tag = "alg")]
 enum Kdf {
     #[serde(rename = "argon2id")]
-    Argon2id { salt: String, m_kib: u32, t: u32, p: u32 },
+    Argon2id {
+        salt: String,
+        m_kib: u32,
+        t: u32,
+        p: u32,
+    },
     #[serde(rename = "keyfile")]
     KeyFile { salt: String },
 }
@@ -108,7 +109,7 @@ struct FileTop {
     mac: String,
 }
 
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Default, Serialize, Deserialize)]
 struct Body {
     created: u64,
     check: String,
@@ -116,6 +117,7 @@ struct Body {
     keys: Vec<KeyRecord>,
     #[serde(default)]
     aliases: BTreeMap<String, String>,
+    /// Fields a later version added; kept verbatim on rewrite.
     #[serde(flatten)]
     extra: BTreeMap<String, serde_json::Value>,
 }
@@ -153,18 +155,19 @@ pub struct KeyRecord {
     /// Automatic rotation period, if enabled.
     #[serde(default)]
     pub rotation_period_days: Option<u32>,
-    /// When the newest version was added.
+    /// When the newest version was added (seconds since the epoch).
     #[serde(default)]
     pub last_rotation: u64,
     /// KMS-style tags.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
     versions: Vec<VersionRecord>,
+    /// Fields a later version added; kept verbatim on rewrite.
     #[serde(flatten)]
     extra: BTreeMap<String, serde_json::Value>,
 }
 
-/// One version of a CMK's material (the material itself stays encrypted here).
+/// One version of a CMK's material (the material itself stays sealed here).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct VersionRecord {
     /// 1 for the original material, +1 per rotation.
@@ -179,29 +182,50 @@ impl KeyRecord {
     pub fn key_id(&self) -> KeyId {
         self.key_id
     }
+
     /// The material versions, oldest first.
     pub fn versions(&self) -> &[VersionRecord] {
         &self.versions
     }
+
     /// The newest version (0 when the key has no material yet).
     pub fn current_version(&self) -> u32 {
         self.versions.last().map_or(0, |v| v.version)
+    }
+
+    /// What is wrong with this record, if anything (checked once the MAC has verified).
+    fn problem(&self) -> Option<&'static str> {
+        if self
+            .versions
+            .windows(2)
+            .any(|w| w[0].version >= w[1].version)
+            || self.versions.first().is_some_and(|v| v.version == 0)
+        {
+            Some("its versions are not numbered 1, 2, ... in order")
+        } else if self.versions.is_empty() && self.state != KeyState::PendingImport {
+            Some("it has no material")
+        } else {
+            None
+        }
     }
 }
 
 mod key_id_text {
     use super::KeyId;
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
     pub fn serialize<S: Serializer>(id: &KeyId, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(id)
     }
+
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<KeyId, D::Error> {
         let s = String::deserialize(d)?;
-        s.parse().map_err(|_| D::Error::custom(format!("bad key id {s:?}")))
+        s.parse()
+            .map_err(|_| D::Error::custom(format!("bad key id {s:?}")))
     }
 }
 
-/// Keys derived from the root key; zeroized on drop (their fields are [`KeyMaterial`]).
+/// The keys derived from the root key; the secret ones zeroize on drop.
 struct Keys {
     wrap: KeyMaterial,
     mac: KeyMaterial,
@@ -218,6 +242,10 @@ impl Keys {
             check: hex(&check.expose_secret()[..16]),
         }
     }
+
+    fn mac(&self, body: &str) -> blake3::Hash {
+        blake3::keyed_hash(self.mac.expose_secret(), body.as_bytes())
+    }
 }
 
 /// An open keystore: key records, aliases and the decrypted material of every CMK version.
@@ -227,24 +255,33 @@ pub struct Keystore {
     kdf: Kdf,
     keys: Keys,
     body: Body,
-    /// Decrypted CMK material by (key, version).
+    /// Decrypted CMK material by (key, version); zeroized on drop.
     materials: BTreeMap<(KeyId, u32), KeyMaterial>,
-    /// The `mac` of the file as last read or written, to notice other writers.
+    /// The `mac` of the file as last read or written, to notice another writer.
     disk_mac: Option<String>,
 }
 
 impl Keystore {
-    /// Creates a new keystore file at `path` holding one CMK aliased `alias/default`, with
-    /// the default Argon2id cost (64 MiB, t = 3, p = 1) for passphrases. Refuses to overwrite.
+    /// Creates a keystore file at `path` holding one CMK aliased `alias/default`. Passphrases
+    /// are stretched with Argon2id at 64 MiB, t = 3, p = 1. Refuses to overwrite a file.
     pub fn create(path: &Path, unlock: &Unlock) -> Result<Self, KeyError> {
         Self::create_with_params(path, unlock, DEFAULT_M_KIB, DEFAULT_T, DEFAULT_P)
     }
 
-    /// [`Keystore::create`] with chosen Argon2id costs. For tests: real keystores use
-    /// [`Keystore::create`]. The costs are stored in the file and used on every open.
-    pub fn create_with_params(path: &Path, unlock: &Unlock, m_kib: u32, t: u32, p: u32) -> Result<Self, KeyError> {
+    /// [`Keystore::create`] with chosen Argon2id costs, for tests (real keystores use the
+    /// defaults). The costs are stored in the file and used by every open.
+    pub fn create_with_params(
+        path: &Path,
+        unlock: &Unlock,
+        m_kib: u32,
+        t: u32,
+        p: u32,
+    ) -> Result<Self, KeyError> {
         if path.symlink_metadata().is_ok() {
-            return Err(KeyError::AlreadyExists(format!("keystore {}", path.display())));
+            return Err(KeyError::AlreadyExists(format!(
+                "keystore {}",
+                path.display()
+            )));
         }
         let salt = hex(&random_bytes::<SALT_LEN>()?);
         let kdf = match unlock {
@@ -253,84 +290,127 @@ impl Keystore {
         };
         let root = derive_root(&kdf, unlock, path, true)?;
         let mut ks = Self::new_with_default_key(Some(path.to_owned()), kdf, &root)?;
-        let body = ks.body.clone();
-        ks.write(&body)?;
+        ks.save()?;
         log::debug!("created keystore {}", path.display());
         Ok(ks)
     }
 
     /// An in-memory keystore with a random root key and one Enabled CMK aliased
-    /// `alias/default`. Nothing is ever written. Fast: no Argon2.
+    /// `alias/default`. Never written; no Argon2, so it is fast.
     pub fn in_memory() -> Self {
-        let kdf = Kdf::KeyFile { salt: hex(&[0; SALT_LEN]) };
-        Self::new_with_default_key(None, kdf, &KeyMaterial::random()).expect("BUG: in-memory keystore")
+        let kdf = Kdf::KeyFile {
+            salt: hex(&[0; SALT_LEN]),
+        };
+        Self::new_with_default_key(None, kdf, &KeyMaterial::random())
+            .expect("BUG: in-memory keystore")
     }
 
-    fn new_with_default_key(path: Option<PathBuf>, kdf: Kdf, root: &KeyMaterial) -> Result<Self, KeyError> {
+    fn new_with_default_key(
+        path: Option<PathBuf>,
+        kdf: Kdf,
+        root: &KeyMaterial,
+    ) -> Result<Self, KeyError> {
         let keys = Keys::from_root(root);
-        let body =
-            Body { created: now_secs(), check: keys.check.clone(), keys: vec![], aliases: BTreeMap::new(), extra: BTreeMap::new() };
-        let mut ks = Keystore { path, kdf, keys, body, materials: BTreeMap::new(), disk_mac: None };
+        let body = Body {
+            created: now_secs(),
+            check: keys.check.clone(),
+            ..Body::default()
+        };
+        let mut ks = Keystore {
+            path,
+            kdf,
+            keys,
+            body,
+            materials: BTreeMap::new(),
+            disk_mac: None,
+        };
         let id = ks.add_key(DEFAULT_DESCRIPTION)?;
-        ks.body.aliases.insert(DEFAULT_ALIAS.to_owned(), id.to_string());
+        ks.body
+            .aliases
+            .insert(DEFAULT_ALIAS.to_owned(), id.to_string());
         Ok(ks)
     }
 
     /// Opens and authenticates the keystore at `path`. Runs the KDF once; never writes.
     pub fn open(path: &Path, unlock: &Unlock) -> Result<Self, KeyError> {
+        let bad = |why: String| KeyError::corrupt(path, why);
         let text = std::fs::read_to_string(path).map_err(|e| KeyError::io(path, e))?;
         let top = parse_top(path, &text)?;
-        let kdf: Kdf = serde_json::from_value(top.kdf).map_err(|e| KeyError::corrupt(path, format!("bad kdf: {e}")))?;
+        let kdf: Kdf = serde_json::from_value(top.kdf).map_err(|e| bad(format!("bad kdf: {e}")))?;
         let keys = Keys::from_root(&derive_root(&kdf, unlock, path, false)?);
-        let stored = unhex::<32>(&top.mac).ok_or_else(|| KeyError::corrupt(path, "bad mac field"))?;
-        if blake3::keyed_hash(keys.mac.expose_secret(), top.body.as_bytes()) != blake3::Hash::from_bytes(stored) {
+        let stored = unhex::<32>(&top.mac).ok_or_else(|| bad("bad mac field".into()))?;
+        if keys.mac(&top.body) != blake3::Hash::from_bytes(stored) {
+            // Tell a wrong secret from a modified file by the (unauthenticated) check value.
             #[derive(Deserialize)]
             struct CheckOnly {
                 check: String,
             }
-            let right = serde_json::from_str::<CheckOnly>(&top.body).is_ok_and(|c| c.check == keys.check);
-            return Err(if right {
-                KeyError::corrupt(path, "it was modified after it was written (the MAC does not verify)")
-            } else {
-                KeyError::WrongPassphrase { path: path.to_owned() }
+            let right_secret =
+                serde_json::from_str::<CheckOnly>(&top.body).is_ok_and(|c| c.check == keys.check);
+            return Err(match right_secret {
+                true => {
+                    bad("it was modified after it was written (its MAC does not verify)".into())
+                }
+                false => KeyError::WrongPassphrase {
+                    path: path.to_owned(),
+                },
             });
         }
-        let body: Body = serde_json::from_str(&top.body).map_err(|e| KeyError::corrupt(path, format!("bad body: {e}")))?;
-        let mut ks = Keystore { path: Some(path.to_owned()), kdf, keys, body, materials: BTreeMap::new(), disk_mac: Some(top.mac) };
-        ks.check_and_decrypt(path)?;
+        let body: Body =
+            serde_json::from_str(&top.body).map_err(|e| bad(format!("bad body: {e}")))?;
+        let mut ks = Keystore {
+            path: Some(path.to_owned()),
+            kdf,
+            keys,
+            body,
+            materials: BTreeMap::new(),
+            disk_mac: Some(top.mac),
+        };
+        ks.check_and_decrypt().map_err(bad)?;
         warn_if_readable_by_others(path);
-        log::debug!("opened keystore {} ({} keys)", path.display(), ks.body.keys.len());
+        log::debug!(
+            "opened keystore {} ({} keys)",
+            path.display(),
+            ks.body.keys.len()
+        );
         Ok(ks)
     }
 
     /// Validates the authenticated body and decrypts every material version.
-    fn check_and_decrypt(&mut self, path: &Path) -> Result<(), KeyError> {
+    fn check_and_decrypt(&mut self) -> Result<(), String> {
         if self.body.check != self.keys.check {
-            return Err(KeyError::corrupt(path, "check value does not match"));
+            return Err("its check value does not match".into());
         }
         for (i, k) in self.body.keys.iter().enumerate() {
-            if self.body.keys[..i].iter().any(|o| o.key_id == k.key_id) {
-                return Err(KeyError::corrupt(path, format!("key {} appears twice", k.key_id)));
-            }
-            if k.versions.windows(2).any(|w| w[0].version >= w[1].version) || k.versions.first().is_some_and(|v| v.version == 0) {
-                return Err(KeyError::corrupt(path, format!("key {} has misnumbered versions", k.key_id)));
-            }
-            if k.versions.is_empty() && k.state != KeyState::PendingImport {
-                return Err(KeyError::corrupt(path, format!("key {} has no material", k.key_id)));
+            let dup = self.body.keys[..i].iter().any(|o| o.key_id == k.key_id);
+            if let Some(why) = k.problem().or(dup.then_some("it appears twice")) {
+                return Err(format!("key {}: {why}", k.key_id));
             }
             for v in &k.versions {
-                let blob = unhex::<SEALED_LEN>(&v.material);
+                let (wrap, aad) = (
+                    self.keys.wrap.expose_secret(),
+                    material_aad(&k.key_id, v.version),
+                );
+                let blob = unhex::<SEALED_LEN>(&v.material).unwrap_or([0; SEALED_LEN]);
                 let mut m = KeyMaterial::zeroed();
-                let aad = material_aad(&k.key_id, v.version);
-                if blob.is_none_or(|b| open32(self.keys.wrap.expose_secret(), &aad, &b, m.expose_secret_mut()).is_err()) {
-                    return Err(KeyError::corrupt(path, format!("material of key {} version {} is damaged", k.key_id, v.version)));
+                if open32(wrap, &aad, &blob, m.expose_secret_mut()).is_err() {
+                    let (id, v) = (k.key_id, v.version);
+                    return Err(format!("material of key {id} version {v} is damaged"));
                 }
                 self.materials.insert((k.key_id, v.version), m);
             }
         }
+        let ids: Vec<String> = self
+            .body
+            .keys
+            .iter()
+            .map(|k| k.key_id.to_string())
+            .collect();
         for (alias, target) in &self.body.aliases {
-            if !alias.starts_with("alias/") || !self.body.keys.iter().any(|k| k.key_id.to_string() == *target) {
-                return Err(KeyError::corrupt(path, format!("alias {alias} is invalid or points at a missing key")));
+            if !alias.starts_with("alias/") || !ids.contains(target) {
+                return Err(format!(
+                    "alias {alias} is malformed or points at a missing key"
+                ));
             }
         }
         Ok(())
@@ -356,19 +436,25 @@ impl Keystore {
         &self.body.aliases
     }
 
-    /// The aliases that point at `id`.
+    /// The aliases that point at `id`, sorted.
     pub fn aliases_of(&self, id: &KeyId) -> Vec<String> {
         let id = id.to_string();
-        self.body.aliases.iter().filter(|(_, t)| **t == id).map(|(a, _)| a.clone()).collect()
+        self.body
+            .aliases
+            .iter()
+            .filter(|(_, t)| **t == id)
+            .map(|(a, _)| a.clone())
+            .collect()
     }
 
     /// Resolves a key id (hyphenated UUID) or an alias (`alias/...`) to an existing key.
     pub fn resolve(&self, key: &str) -> Result<KeyId, KeyError> {
-        let id = match key.strip_prefix("alias/") {
-            Some(_) => self.body.aliases.get(key).ok_or_else(|| KeyError::NotFound(key.to_owned()))?.parse()?,
-            None => key.parse()?,
+        let not_found = || KeyError::NotFound(key.to_owned());
+        let id: KeyId = match key.starts_with("alias/") {
+            true => self.body.aliases.get(key).ok_or_else(not_found)?.parse()?,
+            false => key.parse()?,
         };
-        self.key(&id).map(|_| id).ok_or_else(|| KeyError::NotFound(key.to_owned()))
+        self.key(&id).map(|_| id).ok_or_else(not_found)
     }
 
     /// The decrypted material of one version of one key. Never leaves the `keys` module.
@@ -376,31 +462,32 @@ impl Keystore {
         self.materials.get(&(*id, version))
     }
 
-    /// Creates a new Enabled CMK with fresh material and saves.
+    /// Creates an Enabled CMK with fresh material, and saves.
     pub fn create_key(&mut self, description: &str) -> Result<KeyId, KeyError> {
         self.transact(|ks| ks.add_key(description))
     }
 
-    /// Adds a new material version to `id` (rotation) and saves. Returns the new version.
+    /// Adds a material version to `id` (rotation), and saves. Returns the new version.
     pub fn add_version(&mut self, id: &KeyId) -> Result<u32, KeyError> {
         self.transact(|ks| {
-            let (now, next) = (now_secs(), ks.key(id).ok_or_else(|| KeyError::NotFound(id.to_string()))?.current_version() + 1);
-            let m = KeyMaterial::random();
-            let material = hex(&seal32(ks.keys.wrap.expose_secret(), &material_aad(id, next), m.expose_secret())?);
-            let rec = ks.body.keys.iter_mut().find(|k| k.key_id == *id).expect("checked above");
-            rec.versions.push(VersionRecord { version: next, created: now, material });
-            rec.last_rotation = now;
-            ks.materials.insert((*id, next), m);
+            let next = ks.record_mut(id)?.current_version() + 1;
+            let version = ks.new_version(id, next)?;
+            let rec = ks.record_mut(id)?;
+            rec.last_rotation = version.created;
+            rec.versions.push(version);
             Ok(next)
         })
     }
 
-    /// Changes the non-secret fields of one key record through `f`, then saves.
-    pub fn update_key(&mut self, id: &KeyId, f: impl FnOnce(&mut KeyRecord) -> Result<(), KeyError>) -> Result<(), KeyError> {
-        self.transact(|ks| f(ks.body.keys.iter_mut().find(|k| k.key_id == *id).ok_or_else(|| KeyError::NotFound(id.to_string()))?))
+    /// Changes the non-secret fields of one key record through `f`, and saves.
+    pub fn update_key<F>(&mut self, id: &KeyId, f: F) -> Result<(), KeyError>
+    where
+        F: FnOnce(&mut KeyRecord) -> Result<(), KeyError>,
+    {
+        self.transact(|ks| f(ks.record_mut(id)?))
     }
 
-    /// Points `alias` at `target` (or removes it when `None`), then saves.
+    /// Points `alias` at `target` (or removes it when `None`), and saves.
     pub fn set_alias(&mut self, alias: &str, target: Option<&KeyId>) -> Result<(), KeyError> {
         self.transact(|ks| {
             match target {
@@ -411,15 +498,46 @@ impl Keystore {
         })
     }
 
-    /// Writes the current state to the file (atomic replace, mode 0600).
+    /// Writes the current state to the file: atomic replace, mode 0600, fresh MAC. Fails with
+    /// [`KeyError::Conflict`], writing nothing, if another process rewrote the file since this
+    /// one last read or wrote it.
     pub fn save(&mut self) -> Result<(), KeyError> {
-        let body = self.body.clone();
-        self.write(&body)
+        let Some(path) = self.path.clone() else {
+            return Ok(());
+        };
+        if let Some(expected) = &self.disk_mac {
+            let text = std::fs::read_to_string(&path).map_err(|e| KeyError::io(&path, e))?;
+            if parse_top(&path, &text).ok().map(|t| t.mac).as_ref() != Some(expected) {
+                return Err(KeyError::Conflict { path });
+            }
+        }
+        let json = |r: serde_json::Result<String>| {
+            r.map_err(|e| KeyError::Internal(format!("serialize keystore: {e}")))
+        };
+        let body = json(serde_json::to_string(&self.body))?;
+        let mac = self.keys.mac(&body).to_hex().to_string();
+        let kdf = serde_json::to_value(&self.kdf)
+            .map_err(|e| KeyError::Internal(format!("serialize kdf: {e}")))?;
+        let top = FileTop {
+            format: FORMAT_NAME.into(),
+            version: FORMAT_VERSION.into(),
+            kdf,
+            body,
+            mac,
+        };
+        let text = json(serde_json::to_string_pretty(&top))? + "\n";
+        crate::atomic::atomic_write(&path, text.as_bytes(), 0o600)
+            .map_err(|e| KeyError::io(&path, e))?;
+        self.disk_mac = Some(top.mac);
+        Ok(())
     }
 
-    /// Runs `f` on the keystore and saves; if `f` or the save fails, the in-memory state is
-    /// rolled back, so memory and file never disagree.
-    fn transact<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T, KeyError>) -> Result<T, KeyError> {
+    /// Runs `f` on the keystore, then saves; if either fails, the in-memory state is rolled
+    /// back, so memory and file never disagree.
+    fn transact<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, KeyError>,
+    ) -> Result<T, KeyError> {
         let before = self.body.clone();
         let known: Vec<(KeyId, u32)> = self.materials.keys().copied().collect();
         let result = f(self).and_then(|t| self.save().map(|()| t));
@@ -430,13 +548,38 @@ impl Keystore {
         result
     }
 
-    /// Adds a key with fresh material to the in-memory state only.
+    fn record_mut(&mut self, id: &KeyId) -> Result<&mut KeyRecord, KeyError> {
+        self.body
+            .keys
+            .iter_mut()
+            .find(|k| k.key_id == *id)
+            .ok_or_else(|| KeyError::NotFound(id.to_string()))
+    }
+
+    /// Makes fresh material for version `version` of `id`: kept decrypted in memory, returned sealed.
+    fn new_version(&mut self, id: &KeyId, version: u32) -> Result<VersionRecord, KeyError> {
+        let m = KeyMaterial::random();
+        let sealed = seal32(
+            self.keys.wrap.expose_secret(),
+            &material_aad(id, version),
+            m.expose_secret(),
+        )?;
+        self.materials.insert((*id, version), m);
+        Ok(VersionRecord {
+            version,
+            created: now_secs(),
+            material: hex(&sealed),
+        })
+    }
+
+    /// Adds an Enabled key with fresh material, in memory only.
     fn add_key(&mut self, description: &str) -> Result<KeyId, KeyError> {
-        let (id, now, m) = (KeyId(*uuid::Uuid::new_v4().as_bytes()), now_secs(), KeyMaterial::random());
-        let material = hex(&seal32(self.keys.wrap.expose_secret(), &material_aad(&id, 1), m.expose_secret())?);
+        let id = KeyId(*uuid::Uuid::new_v4().as_bytes());
+        let v1 = self.new_version(&id, 1)?;
+        let (description, now) = (description.to_owned(), v1.created);
         self.body.keys.push(KeyRecord {
             key_id: id,
-            description: description.to_owned(),
+            description,
             creation_date: now,
             state: KeyState::Enabled,
             deletion_date: None,
@@ -444,165 +587,113 @@ impl Keystore {
             rotation_period_days: None,
             last_rotation: now,
             tags: BTreeMap::new(),
-            versions: vec![VersionRecord { version: 1, created: now, material }],
+            versions: vec![v1],
             extra: BTreeMap::new(),
         });
-        self.materials.insert((id, 1), m);
         log::debug!("created key {id}");
         Ok(id)
     }
-
-    fn write(&mut self, body: &Body) -> Result<(), KeyError> {
-        let Some(path) = self.path.clone() else { return Ok(()) };
-        if let Some(expected) = &self.disk_mac {
-            let text = std::fs::read_to_string(&path).map_err(|e| KeyError::io(&path, e))?;
-            if parse_top(&path, &text).map(|t| t.mac).ok().as_ref() != Some(expected) {
-                return Err(KeyError::Conflict { path });
-            }
-        }
-        let body = serde_json::to_string(body).map_err(|e| KeyError::Internal(format!("serialize keystore: {e}")))?;
-        let mac = blake3::keyed_hash(self.keys.mac.expose_secret(), body.as_bytes()).to_hex().to_string();
-        let kdf = serde_json::to_value(&self.kdf).map_err(|e| KeyError::Internal(format!("serialize kdf: {e}")))?;
-        let top = FileTop { format: FORMAT_NAME.into(), version: FORMAT_VERSION.into(), kdf, body, mac: mac.clone() };
-        let mut bytes = serde_json::to_vec_pretty(&top).map_err(|e| KeyError::Internal(format!("serialize keystore: {e}")))?;
-        bytes.push(b'\n');
-        crate::atomic::atomic_write(&path, &bytes, 0o600).map_err(|e| KeyError::io(&path, e))?;
-        self.disk_mac = Some(mac);
-        Ok(())
-    }
 }
 
+/// Parses the top-level object, checking `format` and `version` before anything else.
 fn parse_top(path: &Path, text: &str) -> Result<FileTop, KeyError> {
     #[derive(Deserialize)]
     struct Head {
         format: Option<String>,
         version: Option<u64>,
     }
-    let head: Head = serde_json::from_str(text).map_err(|e| KeyError::corrupt(path, format!("not JSON: {e}")))?;
+    let bad = |why: String| KeyError::corrupt(path, why);
+    let head: Head = serde_json::from_str(text).map_err(|e| bad(format!("not JSON: {e}")))?;
     if head.format.as_deref() != Some(FORMAT_NAME) {
-        return Err(KeyError::corrupt(path, "not an envelopefs keystore (no \"format\": \"envelopefs-keystore\")"));
+        return Err(bad(format!(
+            "not an envelopefs keystore (no \"format\": \"{FORMAT_NAME}\")"
+        )));
     }
     match head.version {
         Some(v) if v == u64::from(FORMAT_VERSION) => {}
         Some(v) if v > u64::from(FORMAT_VERSION) => {
-            return Err(KeyError::corrupt(
-                path,
-                format!("keystore version {v} was written by a newer envelopefs (this one reads version {FORMAT_VERSION}); upgrade envelopefs"),
-            ));
+            let why = format!(
+                "keystore version {v} was written by a newer envelopefs (this one reads version {FORMAT_VERSION}); upgrade envelopefs"
+            );
+            return Err(bad(why));
         }
-        _ => return Err(KeyError::corrupt(path, "missing or invalid keystore version")),
+        _ => return Err(bad("missing or invalid keystore version".into())),
     }
-    serde_json::from_str(text).map_err(|e| KeyError::corrupt(path, format!("bad keystore fields: {e}")))
+    serde_json::from_str(text).map_err(|e| bad(format!("bad keystore fields: {e}")))
 }
 
-/// Derives the root key. `creating` allows any Argon2 cost the library accepts; opening
-/// refuses absurd costs that would exhaust memory.
-fn derive_root(kdf: &Kdf, unlock: &Unlock, path: &Path, creating: bool) -> Result<KeyMaterial, KeyError> {
-    let mut root = KeyMaterial::zeroed();
+/// Derives the root key. When opening (not `creating`), absurd Argon2 costs that would
+/// exhaust memory are refused as corruption.
+fn derive_root(
+    kdf: &Kdf,
+    unlock: &Unlock,
+    path: &Path,
+    creating: bool,
+) -> Result<KeyMaterial, KeyError> {
+    let bad = |why: String| {
+        if creating {
+            KeyError::InvalidArgument(why)
+        } else {
+            KeyError::corrupt(path, why)
+        }
+    };
+    let salt = match kdf {
+        Kdf::Argon2id { salt, .. } | Kdf::KeyFile { salt } => {
+            unhex::<SALT_LEN>(salt).ok_or_else(|| bad("bad kdf salt".into()))?
+        }
+    };
     match (kdf, unlock) {
-        (Kdf::Argon2id { salt, m_kib, t, p }, Unlock::Passphrase(pw)) => {
-            let salt = unhex::<SALT_LEN>(salt).ok_or_else(|| KeyError::corrupt(path, "bad argon2 salt"))?;
+        (Kdf::Argon2id { m_kib, t, p, .. }, Unlock::Passphrase(pw)) => {
+            let costs = format!("argon2 costs m_kib={m_kib} t={t} p={p}");
             if !creating && (*m_kib > MAX_M_KIB || *t > 1000 || *p > 255) {
-                return Err(KeyError::corrupt(path, format!("unreasonable argon2 costs m_kib={m_kib} t={t} p={p}")));
+                return Err(bad(format!("unreasonable {costs}")));
             }
-            let params = argon2::Params::new(*m_kib, *t, *p, Some(32)).map_err(|e| {
-                let msg = format!("argon2 costs m_kib={m_kib} t={t} p={p}: {e}");
-                if creating { KeyError::InvalidArgument(msg) } else { KeyError::corrupt(path, msg) }
-            })?;
+            let params = argon2::Params::new(*m_kib, *t, *p, Some(32))
+                .map_err(|e| bad(format!("{costs}: {e}")))?;
+            let mut root = KeyMaterial::zeroed();
             argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
                 .hash_password_into(pw, &salt, root.expose_secret_mut())
                 .map_err(|e| KeyError::Internal(format!("argon2: {e}")))?;
+            Ok(root)
         }
-        (Kdf::KeyFile { salt }, Unlock::KeyFile(k)) => {
-            let salt = unhex::<SALT_LEN>(salt).ok_or_else(|| KeyError::corrupt(path, "bad key-file salt"))?;
+        (Kdf::KeyFile { .. }, Unlock::KeyFile(k)) => {
             let input = zeroize::Zeroizing::new([&k[..], &salt[..]].concat());
-            root = KeyMaterial::from_bytes(blake3::derive_key("envelopefs keystore keyfile v1", &input));
+            Ok(KeyMaterial::from_bytes(blake3::derive_key(
+                "envelopefs keystore keyfile v1",
+                &input,
+            )))
         }
-        (Kdf::Argon2id { .. }, Unlock::KeyFile(_)) => {
-            return Err(KeyError::InvalidArgument(format!(
-                "keystore {} is protected by a passphrase, not a key file; give the passphrase (or --passfile)",
-                path.display()
-            )));
-        }
-        (Kdf::KeyFile { .. }, Unlock::Passphrase(_)) => {
-            return Err(KeyError::InvalidArgument(format!(
-                "keystore {} is protected by a key file, not a passphrase; pass it with --keyfile",
-                path.display()
-            )));
-        }
+        (Kdf::Argon2id { .. }, Unlock::KeyFile(_)) => Err(KeyError::InvalidArgument(format!(
+            "keystore {} is protected by a passphrase, not a key file; give the passphrase (or --passfile)",
+            path.display()
+        ))),
+        (Kdf::KeyFile { .. }, Unlock::Passphrase(_)) => Err(KeyError::InvalidArgument(format!(
+            "keystore {} is protected by a key file, not a passphrase; pass it with --keyfile",
+            path.display()
+        ))),
     }
-    Ok(root)
 }
 
 fn material_aad(id: &KeyId, version: u32) -> Vec<u8> {
     [MATERIAL_AAD, &id.0, &version.to_be_bytes()].concat()
 }
 
-/// AES-256-GCM-SIV seals a 32-byte secret: returns nonce (12, random) ‖ ciphertext (32) ‖ tag (16).
-pub(crate) fn seal32(key: &[u8; 32], aad: &[u8], secret: &[u8; 32]) -> Result<[u8; SEALED_LEN], KeyError> {
-    let cipher = Aes256GcmSiv::new_from_slice(key).map_err(|_| KeyError::Internal("bad AES key length".into()))?;
-    let mut out = [0u8; SEALED_LEN];
-    out[..12].copy_from_slice(&random_bytes::<12>()?);
-    out[12..44].copy_from_slice(secret);
-    let nonce = Nonce::from(<[u8; 12]>::try_from(&out[..12]).expect("12 bytes"));
-    match cipher.encrypt_inout_detached(&nonce, aad, (&mut out[12..44]).into()) {
-        Ok(tag) => {
-            out[44..].copy_from_slice(&tag);
-            Ok(out)
-        }
-        Err(_) => {
-            out.zeroize();
-            Err(KeyError::Internal("AES-GCM-SIV refused to encrypt".into()))
-        }
-    }
-}
-
-/// Opens what [`seal32`] made into `out`. Any length or authentication failure is
-/// [`KeyError::InvalidCiphertext`], and leaves `out` zeroed.
-pub(crate) fn open32(key: &[u8; 32], aad: &[u8], blob: &[u8], out: &mut [u8; 32]) -> Result<(), KeyError> {
-    if blob.len() != SEALED_LEN {
-        return Err(KeyError::InvalidCiphertext);
-    }
-    let cipher = Aes256GcmSiv::new_from_slice(key).map_err(|_| KeyError::Internal("bad AES key length".into()))?;
-    let nonce = Nonce::from(<[u8; 12]>::try_from(&blob[..12]).expect("12 bytes"));
-    let tag = Tag::from(<[u8; 16]>::try_from(&blob[44..]).expect("16 bytes"));
-    out.copy_from_slice(&blob[12..44]);
-    cipher.decrypt_inout_detached(&nonce, aad, (&mut out[..]).into(), &tag).map_err(|_| {
-        out.zeroize();
-        KeyError::InvalidCiphertext
-    })
-}
-
-fn random_bytes<const N: usize>() -> Result<[u8; N], KeyError> {
-    let mut b = [0u8; N];
-    getrandom::fill(&mut b).map_err(|e| KeyError::Internal(format!("system random generator: {e}")))?;
-    Ok(b)
-}
-
-/// Decodes exactly `N` bytes of lowercase or uppercase hex.
-fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    let s = s.as_bytes();
-    if s.len() != 2 * N {
-        return None;
-    }
-    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let mut out = [0u8; N];
-    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
-        *o = digit(pair[0])? << 4 | digit(pair[1])?;
-    }
-    Some(out)
-}
-
 pub(crate) fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn warn_if_readable_by_others(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    if let Ok(m) = path.metadata()
-        && m.permissions().mode() & 0o077 != 0
+    if path
+        .metadata()
+        .is_ok_and(|m| m.permissions().mode() & 0o077 != 0)
     {
-        log::warn!("keystore {} is accessible by other users; run `chmod 600` on it", path.display());
+        log::warn!(
+            "keystore {} is accessible by other users; run `chmod 600` on it",
+            path.display()
+        );
     }
 }
 
@@ -636,7 +727,10 @@ mod tests {
         assert_eq!(ks2.material(&id, 1).unwrap().expose_secret(), &m1);
         assert_eq!(ks2.key(&id).unwrap().description, DEFAULT_DESCRIPTION);
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     #[test]
@@ -645,16 +739,28 @@ mod tests {
         let (p, _) = small(d.path(), "pw");
         let orig = std::fs::read_to_string(&p).unwrap();
         let mut top: serde_json::Value = serde_json::from_str(&orig).unwrap();
-        let body = top["body"].as_str().unwrap().replace("default key", "defau1t key");
+        let body = top["body"]
+            .as_str()
+            .unwrap()
+            .replace("default key", "defau1t key");
         top["body"] = body.into();
         std::fs::write(&p, serde_json::to_string(&top).unwrap()).unwrap();
         let e = Keystore::open(&p, &pw("pw")).err().unwrap();
         assert!(matches!(e, KeyError::Corrupt { .. }), "{e}");
-        assert!(matches!(Keystore::open(&p, &pw("other")), Err(KeyError::WrongPassphrase { .. })));
+        assert!(matches!(
+            Keystore::open(&p, &pw("other")),
+            Err(KeyError::WrongPassphrase { .. })
+        ));
         std::fs::write(&p, orig.replace("\"mac\": \"", "\"mac\": \"00")).unwrap();
-        assert!(matches!(Keystore::open(&p, &pw("pw")), Err(KeyError::Corrupt { .. })));
+        assert!(matches!(
+            Keystore::open(&p, &pw("pw")),
+            Err(KeyError::Corrupt { .. })
+        ));
         std::fs::write(&p, &orig[..orig.len() / 2]).unwrap();
-        assert!(matches!(Keystore::open(&p, &pw("pw")), Err(KeyError::Corrupt { .. })));
+        assert!(matches!(
+            Keystore::open(&p, &pw("pw")),
+            Err(KeyError::Corrupt { .. })
+        ));
     }
 
     #[test]
@@ -678,11 +784,23 @@ mod tests {
         let ks = Keystore::create(&p, &key).unwrap();
         let id = ks.resolve(DEFAULT_ALIAS).unwrap();
         let ks2 = Keystore::open(&p, &key).unwrap();
-        assert_eq!(ks2.material(&id, 1).unwrap().expose_secret(), ks.material(&id, 1).unwrap().expose_secret());
+        assert_eq!(
+            ks2.material(&id, 1).unwrap().expose_secret(),
+            ks.material(&id, 1).unwrap().expose_secret()
+        );
         let other = Unlock::random_keyfile();
-        assert!(matches!(Keystore::open(&p, &other), Err(KeyError::WrongPassphrase { .. })));
-        assert!(matches!(Keystore::open(&p, &pw("x")), Err(KeyError::InvalidArgument(_))));
-        assert!(matches!(Keystore::create(&p, &key), Err(KeyError::AlreadyExists(_))));
+        assert!(matches!(
+            Keystore::open(&p, &other),
+            Err(KeyError::WrongPassphrase { .. })
+        ));
+        assert!(matches!(
+            Keystore::open(&p, &pw("x")),
+            Err(KeyError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            Keystore::create(&p, &key),
+            Err(KeyError::AlreadyExists(_))
+        ));
     }
 
     #[test]
@@ -704,9 +822,15 @@ mod tests {
         assert_eq!(ks2.resolve("alias/two").unwrap(), id);
         assert_eq!(ks2.key(&id).unwrap().current_version(), 2);
         assert!(ks2.material(&id, 2).is_some() && ks2.material(&id, 1).is_some());
-        ks2.update_key(&id, |r| Ok(r.description = "renamed".into())).unwrap();
+        ks2.update_key(&id, |r| {
+            r.description = "renamed".into();
+            Ok(())
+        })
+        .unwrap();
         let text = std::fs::read_to_string(&p).unwrap();
-        assert!(text.contains("policy_version") && text.contains("grants") && text.contains("renamed"));
+        assert!(
+            text.contains("policy_version") && text.contains("grants") && text.contains("renamed")
+        );
     }
 
     #[test]
@@ -718,26 +842,45 @@ mod tests {
         let mut b = Keystore::open(&p, &key).unwrap();
         b.create_key("by b").unwrap();
         let on_disk = std::fs::read(&p).unwrap();
-        assert!(matches!(a.create_key("by a"), Err(KeyError::Conflict { .. })));
+        assert!(matches!(
+            a.create_key("by a"),
+            Err(KeyError::Conflict { .. })
+        ));
         assert_eq!(a.keys().len(), 1, "failed mutation must roll back");
         assert_eq!(std::fs::read(&p).unwrap(), on_disk);
     }
 
+    /// Key-derivation test vector for docs/FORMAT.md: key file 0x01×32, salt 0x02×16.
     #[test]
-    fn seal_open_round_trip_and_tamper() {
-        let (k, aad, s) = ([1u8; 32], b"aad", [9u8; 32]);
-        let blob = seal32(&k, aad, &s).unwrap();
-        let mut out = [0u8; 32];
-        open32(&k, aad, &blob, &mut out).unwrap();
-        assert_eq!(out, s);
-        let mut bad = blob;
-        bad[20] ^= 1;
-        assert!(matches!(open32(&k, aad, &bad, &mut out), Err(KeyError::InvalidCiphertext)));
-        assert_eq!(out, [0; 32]);
-        assert!(open32(&k, b"aaD", &blob, &mut out).is_err());
-        assert!(open32(&k, aad, &blob[..59], &mut out).is_err());
-        assert_eq!(unhex::<2>("0aFf"), Some([0x0a, 0xff]));
-        assert_eq!(unhex::<2>("0aF"), None);
-        assert_eq!(unhex::<1>("+1"), None);
+    fn keyfile_derivation_vector() {
+        let kdf = Kdf::KeyFile {
+            salt: hex(&[2; 16]),
+        };
+        let root = derive_root(
+            &kdf,
+            &Unlock::KeyFile(Zeroizing::new([1; 32])),
+            Path::new("v"),
+            false,
+        )
+        .unwrap();
+        let keys = Keys::from_root(&root);
+        let got = [
+            hex(root.expose_secret()),
+            hex(keys.wrap.expose_secret()),
+            hex(keys.mac.expose_secret()),
+            keys.check,
+        ];
+        assert_eq!(
+            got,
+            [
+                "62084641e6de7605b975e097cef095323ad442e78f89aba6fb7e84bb0e29c9e5",
+                "3e9492b87afd4048b7cdad0f0a1a0617fd94aa20612536b935e52500f8ba63d8",
+                "68f1967e16d60da5eb6046d99fd48afd3b3960ee787543b668deb2c86e54c1eb",
+                "65f43f8327e40f16e59d13f0894264b1",
+            ]
+        );
+        let aad = material_aad(&KeyId([0x22; 16]), 1);
+        let want = "656e76656c6f7065667320636d6b206d6174657269616c207631 22222222222222222222222222222222 00000001";
+        assert_eq!(hex(&aad), want.replace(' ', ""));
     }
 }

@@ -26,8 +26,10 @@ use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::format::context::EncryptionContext;
 use crate::keys::keystore::{self, Keystore, Origin};
-use crate::keys::secret::{KeyMaterial, Unlock};
-use crate::keys::{Caller, DataKey, KeyError, KeyId, KeyMetadata, KeyService, KeyState, WrappedKey};
+use crate::keys::secret::{self, KeyMaterial, Unlock};
+use crate::keys::{
+    Caller, DataKey, KeyError, KeyId, KeyMetadata, KeyService, KeyState, WrappedKey,
+};
 
 /// Domain-separation prefix of a wrapped data key's associated data.
 const DEK_AAD: &[u8] = b"envelopefs wrapped dek v1";
@@ -62,7 +64,9 @@ pub struct LocalKms {
 
 impl std::fmt::Debug for LocalKms {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalKms").field("keystore", &self.read().path().map(Path::to_owned)).finish()
+        f.debug_struct("LocalKms")
+            .field("keystore", &self.read().path().map(Path::to_owned))
+            .finish()
     }
 }
 
@@ -79,7 +83,9 @@ impl LocalKms {
 
     /// Serves an already opened keystore.
     pub fn from_keystore(keystore: Keystore) -> Self {
-        LocalKms { store: RwLock::new(keystore) }
+        LocalKms {
+            store: RwLock::new(keystore),
+        }
     }
 
     /// An in-memory service with a random root key and one Enabled CMK aliased
@@ -92,7 +98,10 @@ impl LocalKms {
     pub fn list_keys(&self) -> Vec<KeyMetadata> {
         let ks = self.read();
         let _ = authorize(Op::ListKeys, None, None);
-        ks.keys().iter().map(|r| metadata(&ks, &r.key_id())).collect()
+        ks.keys()
+            .iter()
+            .map(|r| metadata(&ks, &r.key_id()))
+            .collect()
     }
 
     /// Creates an Enabled CMK with fresh material and saves the keystore.
@@ -112,7 +121,9 @@ impl LocalKms {
         let rec = ks.key(&id).expect("resolved");
         require_usable(rec.state, &id)?;
         if rec.origin != Origin::AwsKms {
-            return Err(KeyError::Unsupported(format!("key {id} has imported material and cannot be rotated")));
+            return Err(KeyError::Unsupported(format!(
+                "key {id} has imported material and cannot be rotated"
+            )));
         }
         let v = ks.add_version(&id)?;
         log::debug!("rotated key {id} to version {v}");
@@ -122,24 +133,37 @@ impl LocalKms {
     /// Enables or disables `key`, schedules its deletion (`PendingDeletion`, in
     /// [`DEFAULT_DELETION_WINDOW_DAYS`] days) or cancels it (`Disabled`, as KMS's
     /// CancelKeyDeletion does). Saves the keystore.
-    pub fn set_state(&self, key: &str, state: KeyState, caller: &Caller) -> Result<KeyMetadata, KeyError> {
+    pub fn set_state(
+        &self,
+        key: &str,
+        state: KeyState,
+        caller: &Caller,
+    ) -> Result<KeyMetadata, KeyError> {
         let mut ks = self.write();
         let id = ks.resolve(key)?;
         authorize(Op::SetKeyState, Some(&id), Some(caller))?;
         ks.update_key(&id, |rec| {
             match (rec.state, state) {
                 (_, KeyState::PendingImport) => {
-                    return Err(KeyError::InvalidArgument("a key cannot be put into state PendingImport".into()));
+                    return Err(KeyError::InvalidArgument(
+                        "a key cannot be put into state PendingImport".into(),
+                    ));
                 }
                 (KeyState::PendingImport, _) => {
-                    return Err(KeyError::InvalidState { key_id: id.to_string(), state: "PendingImport".into() });
+                    return Err(KeyError::InvalidState {
+                        key_id: id.to_string(),
+                        state: "PendingImport".into(),
+                    });
                 }
                 (KeyState::PendingDeletion, KeyState::Enabled) => {
-                    return Err(KeyError::PendingDeletion { key_id: id.to_string() });
+                    return Err(KeyError::PendingDeletion {
+                        key_id: id.to_string(),
+                    });
                 }
                 (_, KeyState::PendingDeletion) => {
                     let window = DEFAULT_DELETION_WINDOW_DAYS * 86_400;
-                    rec.deletion_date.get_or_insert(keystore::now_secs() + window);
+                    rec.deletion_date
+                        .get_or_insert(keystore::now_secs() + window);
                 }
                 _ => rec.deletion_date = None,
             }
@@ -155,7 +179,9 @@ impl LocalKms {
     pub fn create_alias(&self, alias: &str, key: &str, caller: &Caller) -> Result<(), KeyError> {
         let mut ks = self.write();
         let name = alias.strip_prefix("alias/").unwrap_or("");
-        let valid_chars = name.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_-:".contains(&b));
+        let valid_chars = name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/_-:".contains(&b));
         if name.is_empty() || alias.len() > 256 || !valid_chars || name.starts_with("aws/") {
             return Err(KeyError::InvalidArgument(format!(
                 "alias name {alias:?}: use alias/ followed by letters, digits, '/', '_', '-' or ':' \
@@ -198,7 +224,12 @@ impl KeyService for LocalKms {
         Ok((dek, wrapped))
     }
 
-    fn decrypt(&self, wrapped: &WrappedKey, context: &EncryptionContext, caller: &Caller) -> Result<DataKey, KeyError> {
+    fn decrypt(
+        &self,
+        wrapped: &WrappedKey,
+        context: &EncryptionContext,
+        caller: &Caller,
+    ) -> Result<DataKey, KeyError> {
         let ks = self.read();
         authorize(Op::Decrypt, Some(&wrapped.key_id), Some(caller))?;
         unwrap(&ks, wrapped, context)
@@ -248,7 +279,10 @@ fn require_usable(state: KeyState, id: &KeyId) -> Result<(), KeyError> {
         KeyState::Enabled => Ok(()),
         KeyState::Disabled => Err(KeyError::Disabled { key_id }),
         KeyState::PendingDeletion => Err(KeyError::PendingDeletion { key_id }),
-        KeyState::PendingImport => Err(KeyError::InvalidState { key_id, state: "PendingImport".into() }),
+        KeyState::PendingImport => Err(KeyError::InvalidState {
+            key_id,
+            state: "PendingImport".into(),
+        }),
     }
 }
 
@@ -261,28 +295,62 @@ fn kek(material: &KeyMaterial) -> KeyMaterial {
 }
 
 /// Wraps `dek` under the newest version of `id`.
-fn wrap(ks: &Keystore, id: &KeyId, dek: &DataKey, context: &EncryptionContext) -> Result<WrappedKey, KeyError> {
-    let rec = ks.key(id).ok_or_else(|| KeyError::NotFound(id.to_string()))?;
+fn wrap(
+    ks: &Keystore,
+    id: &KeyId,
+    dek: &DataKey,
+    context: &EncryptionContext,
+) -> Result<WrappedKey, KeyError> {
+    let rec = ks
+        .key(id)
+        .ok_or_else(|| KeyError::NotFound(id.to_string()))?;
     require_usable(rec.state, id)?;
     let version = rec.current_version();
     let material = ks
         .material(id, version)
-        .ok_or_else(|| KeyError::InvalidState { key_id: id.to_string(), state: "without material".into() })?;
-    let blob = keystore::seal32(kek(material).expose_secret(), &dek_aad(id, version, context), dek.expose_secret())?;
+        .ok_or_else(|| KeyError::InvalidState {
+            key_id: id.to_string(),
+            state: "without material".into(),
+        })?;
+    let blob = secret::seal32(
+        kek(material).expose_secret(),
+        &dek_aad(id, version, context),
+        dek.expose_secret(),
+    )?;
     log::debug!("wrapped a data key under key {id} version {version}");
-    Ok(WrappedKey { key_id: *id, version, blob: blob.to_vec() })
+    Ok(WrappedKey {
+        key_id: *id,
+        version,
+        blob: blob.to_vec(),
+    })
 }
 
 /// Unwraps a data key after checking its CMK's state.
-fn unwrap(ks: &Keystore, wrapped: &WrappedKey, context: &EncryptionContext) -> Result<DataKey, KeyError> {
+fn unwrap(
+    ks: &Keystore,
+    wrapped: &WrappedKey,
+    context: &EncryptionContext,
+) -> Result<DataKey, KeyError> {
     let id = &wrapped.key_id;
-    let rec = ks.key(id).ok_or_else(|| KeyError::NotFound(id.to_string()))?;
+    let rec = ks
+        .key(id)
+        .ok_or_else(|| KeyError::NotFound(id.to_string()))?;
     require_usable(rec.state, id)?;
-    let material = ks.material(id, wrapped.version).ok_or(KeyError::InvalidCiphertext)?;
+    let material = ks
+        .material(id, wrapped.version)
+        .ok_or(KeyError::InvalidCiphertext)?;
     let mut dek = DataKey::zeroed();
     let aad = dek_aad(id, wrapped.version, context);
-    keystore::open32(kek(material).expose_secret(), &aad, &wrapped.blob, dek.expose_secret_mut())?;
-    log::debug!("unwrapped a data key under key {id} version {}", wrapped.version);
+    secret::open32(
+        kek(material).expose_secret(),
+        &aad,
+        &wrapped.blob,
+        dek.expose_secret_mut(),
+    )?;
+    log::debug!(
+        "unwrapped a data key under key {id} version {}",
+        wrapped.version
+    );
     Ok(dek)
 }
 
@@ -302,7 +370,11 @@ fn metadata(ks: &Keystore, id: &KeyId) -> KeyMetadata {
 mod tests {
     use super::*;
 
-    const ME: Caller = Caller { uid: 1000, gid: 1000, pid: 1 };
+    const ME: Caller = Caller {
+        uid: 1000,
+        gid: 1000,
+        pid: 1,
+    };
 
     fn ctx(file: u8) -> EncryptionContext {
         EncryptionContext::for_file("vol-1", &[file; 16])
@@ -311,11 +383,15 @@ mod tests {
     #[test]
     fn generate_then_decrypt_round_trips() {
         let kms = LocalKms::in_memory_for_tests();
-        let (dek, w) = kms.generate_data_key("alias/default", &ctx(1), &ME).unwrap();
+        let (dek, w) = kms
+            .generate_data_key("alias/default", &ctx(1), &ME)
+            .unwrap();
         assert_eq!((w.blob.len(), w.version), (60, 1));
         let back = kms.decrypt(&w, &ctx(1), &ME).unwrap();
         assert_eq!(back.expose_secret(), dek.expose_secret());
-        let (dek2, w2) = kms.generate_data_key(&w.key_id.to_string(), &ctx(1), &ME).unwrap();
+        let (dek2, w2) = kms
+            .generate_data_key(&w.key_id.to_string(), &ctx(1), &ME)
+            .unwrap();
         assert_ne!(dek2.expose_secret(), dek.expose_secret());
         assert_ne!(w2.blob, w.blob);
     }
@@ -323,8 +399,12 @@ mod tests {
     #[test]
     fn altered_context_blob_version_or_key_is_invalid_ciphertext() {
         let kms = LocalKms::in_memory_for_tests();
-        let (_, w) = kms.generate_data_key("alias/default", &ctx(1), &ME).unwrap();
-        let invalid = |w: &WrappedKey, c: &EncryptionContext| matches!(kms.decrypt(w, c, &ME), Err(KeyError::InvalidCiphertext));
+        let (_, w) = kms
+            .generate_data_key("alias/default", &ctx(1), &ME)
+            .unwrap();
+        let invalid = |w: &WrappedKey, c: &EncryptionContext| {
+            matches!(kms.decrypt(w, c, &ME), Err(KeyError::InvalidCiphertext))
+        };
         assert!(invalid(&w, &ctx(2)));
         assert!(invalid(&w, &EncryptionContext::new()));
         for i in 0..w.blob.len() {
@@ -344,64 +424,133 @@ mod tests {
         assert!(invalid(&moved, &ctx(1)));
         let mut unknown = w.clone();
         unknown.key_id = KeyId([0; 16]);
-        assert!(matches!(kms.decrypt(&unknown, &ctx(1), &ME), Err(KeyError::NotFound(_))));
-        assert!(matches!(kms.generate_data_key("alias/nope", &ctx(1), &ME), Err(KeyError::NotFound(_))));
-        assert!(matches!(kms.describe_key("not-a-uuid"), Err(KeyError::NotFound(_))));
+        assert!(matches!(
+            kms.decrypt(&unknown, &ctx(1), &ME),
+            Err(KeyError::NotFound(_))
+        ));
+        assert!(matches!(
+            kms.generate_data_key("alias/nope", &ctx(1), &ME),
+            Err(KeyError::NotFound(_))
+        ));
+        assert!(matches!(
+            kms.describe_key("not-a-uuid"),
+            Err(KeyError::NotFound(_))
+        ));
     }
 
     #[test]
     fn disabled_and_pending_deletion_keys_refuse_work() {
         let kms = LocalKms::in_memory_for_tests();
-        let (dek, w) = kms.generate_data_key("alias/default", &ctx(1), &ME).unwrap();
-        kms.set_state("alias/default", KeyState::Disabled, &ME).unwrap();
-        assert!(matches!(kms.decrypt(&w, &ctx(1), &ME), Err(KeyError::Disabled { .. })));
-        assert!(matches!(kms.generate_data_key("alias/default", &ctx(1), &ME), Err(KeyError::Disabled { .. })));
-        assert!(matches!(kms.rotate("alias/default", &ME), Err(KeyError::Disabled { .. })));
-        let m = kms.set_state("alias/default", KeyState::PendingDeletion, &ME).unwrap();
+        let (dek, w) = kms
+            .generate_data_key("alias/default", &ctx(1), &ME)
+            .unwrap();
+        kms.set_state("alias/default", KeyState::Disabled, &ME)
+            .unwrap();
+        assert!(matches!(
+            kms.decrypt(&w, &ctx(1), &ME),
+            Err(KeyError::Disabled { .. })
+        ));
+        assert!(matches!(
+            kms.generate_data_key("alias/default", &ctx(1), &ME),
+            Err(KeyError::Disabled { .. })
+        ));
+        assert!(matches!(
+            kms.rotate("alias/default", &ME),
+            Err(KeyError::Disabled { .. })
+        ));
+        let m = kms
+            .set_state("alias/default", KeyState::PendingDeletion, &ME)
+            .unwrap();
         assert_eq!(m.state, KeyState::PendingDeletion);
-        assert!(matches!(kms.decrypt(&w, &ctx(1), &ME), Err(KeyError::PendingDeletion { .. })));
-        assert!(matches!(kms.set_state("alias/default", KeyState::Enabled, &ME), Err(KeyError::PendingDeletion { .. })));
-        kms.set_state("alias/default", KeyState::Disabled, &ME).unwrap(); // cancel deletion
-        kms.set_state("alias/default", KeyState::Enabled, &ME).unwrap();
-        assert_eq!(kms.decrypt(&w, &ctx(1), &ME).unwrap().expose_secret(), dek.expose_secret());
+        assert!(matches!(
+            kms.decrypt(&w, &ctx(1), &ME),
+            Err(KeyError::PendingDeletion { .. })
+        ));
+        assert!(matches!(
+            kms.set_state("alias/default", KeyState::Enabled, &ME),
+            Err(KeyError::PendingDeletion { .. })
+        ));
+        kms.set_state("alias/default", KeyState::Disabled, &ME)
+            .unwrap(); // cancel deletion
+        kms.set_state("alias/default", KeyState::Enabled, &ME)
+            .unwrap();
+        assert_eq!(
+            kms.decrypt(&w, &ctx(1), &ME).unwrap().expose_secret(),
+            dek.expose_secret()
+        );
     }
 
     #[test]
     fn rotation_adds_a_version_and_old_wraps_still_decrypt() {
         let kms = LocalKms::in_memory_for_tests();
-        let (dek1, w1) = kms.generate_data_key("alias/default", &ctx(1), &ME).unwrap();
+        let (dek1, w1) = kms
+            .generate_data_key("alias/default", &ctx(1), &ME)
+            .unwrap();
         assert_eq!(kms.rotate("alias/default", &ME).unwrap(), 2);
-        let (dek2, w2) = kms.generate_data_key("alias/default", &ctx(2), &ME).unwrap();
+        let (dek2, w2) = kms
+            .generate_data_key("alias/default", &ctx(2), &ME)
+            .unwrap();
         assert_eq!((w1.version, w2.version), (1, 2));
-        assert_eq!(kms.decrypt(&w1, &ctx(1), &ME).unwrap().expose_secret(), dek1.expose_secret());
-        assert_eq!(kms.decrypt(&w2, &ctx(2), &ME).unwrap().expose_secret(), dek2.expose_secret());
-        assert_eq!(kms.describe_key("alias/default").unwrap().current_version, 2);
+        assert_eq!(
+            kms.decrypt(&w1, &ctx(1), &ME).unwrap().expose_secret(),
+            dek1.expose_secret()
+        );
+        assert_eq!(
+            kms.decrypt(&w2, &ctx(2), &ME).unwrap().expose_secret(),
+            dek2.expose_secret()
+        );
+        assert_eq!(
+            kms.describe_key("alias/default").unwrap().current_version,
+            2
+        );
     }
 
     #[test]
     fn re_encrypt_moves_a_wrap_to_another_key() {
         let kms = LocalKms::in_memory_for_tests();
-        let (dek, w) = kms.generate_data_key("alias/default", &ctx(1), &ME).unwrap();
+        let (dek, w) = kms
+            .generate_data_key("alias/default", &ctx(1), &ME)
+            .unwrap();
         let other = kms.create_key("archive", &ME).unwrap();
-        kms.create_alias("alias/archive", &other.key_id, &ME).unwrap();
+        kms.create_alias("alias/archive", &other.key_id, &ME)
+            .unwrap();
         let moved = kms.re_encrypt(&w, &ctx(1), "alias/archive", &ME).unwrap();
         assert_eq!(moved.key_id.to_string(), other.key_id);
-        assert_eq!(kms.decrypt(&moved, &ctx(1), &ME).unwrap().expose_secret(), dek.expose_secret());
-        assert!(matches!(kms.re_encrypt(&w, &ctx(9), "alias/archive", &ME), Err(KeyError::InvalidCiphertext)));
+        assert_eq!(
+            kms.decrypt(&moved, &ctx(1), &ME).unwrap().expose_secret(),
+            dek.expose_secret()
+        );
+        assert!(matches!(
+            kms.re_encrypt(&w, &ctx(9), "alias/archive", &ME),
+            Err(KeyError::InvalidCiphertext)
+        ));
         kms.rotate("alias/default", &ME).unwrap();
         let same = kms.re_encrypt(&w, &ctx(1), "alias/default", &ME).unwrap();
         assert_eq!(same.version, 2);
-        assert_eq!(kms.decrypt(&same, &ctx(1), &ME).unwrap().expose_secret(), dek.expose_secret());
+        assert_eq!(
+            kms.decrypt(&same, &ctx(1), &ME).unwrap().expose_secret(),
+            dek.expose_secret()
+        );
     }
 
     #[test]
     fn aliases_and_listing() {
         let kms = LocalKms::in_memory_for_tests();
         let k = kms.create_key("second", &ME).unwrap();
-        kms.create_alias("alias/team-a/logs", &k.key_id, &ME).unwrap();
-        assert!(matches!(kms.create_alias("alias/team-a/logs", &k.key_id, &ME), Err(KeyError::AlreadyExists(_))));
+        kms.create_alias("alias/team-a/logs", &k.key_id, &ME)
+            .unwrap();
+        assert!(matches!(
+            kms.create_alias("alias/team-a/logs", &k.key_id, &ME),
+            Err(KeyError::AlreadyExists(_))
+        ));
         for bad in ["team", "alias/", "alias/aws/x", "alias/sp ace"] {
-            assert!(matches!(kms.create_alias(bad, &k.key_id, &ME), Err(KeyError::InvalidArgument(_))), "{bad}");
+            assert!(
+                matches!(
+                    kms.create_alias(bad, &k.key_id, &ME),
+                    Err(KeyError::InvalidArgument(_))
+                ),
+                "{bad}"
+            );
         }
         let list = kms.list_keys();
         assert_eq!(list.len(), 2);
@@ -416,16 +565,29 @@ mod tests {
         let p = d.path().join("keystore.json");
         let key = Unlock::random_keyfile();
         let kms = LocalKms::create(&p, &key).unwrap();
-        let (dek1, w1) = kms.generate_data_key("alias/default", &ctx(1), &ME).unwrap();
+        let (dek1, w1) = kms
+            .generate_data_key("alias/default", &ctx(1), &ME)
+            .unwrap();
         kms.rotate("alias/default", &ME).unwrap();
-        let (dek2, w2) = kms.generate_data_key("alias/default", &ctx(1), &ME).unwrap();
+        let (dek2, w2) = kms
+            .generate_data_key("alias/default", &ctx(1), &ME)
+            .unwrap();
         let k = kms.create_key("x", &ME).unwrap();
         kms.set_state(&k.key_id, KeyState::Disabled, &ME).unwrap();
         drop(kms);
         let kms = LocalKms::open(&p, &key).unwrap();
-        assert_eq!(kms.decrypt(&w1, &ctx(1), &ME).unwrap().expose_secret(), dek1.expose_secret());
-        assert_eq!(kms.decrypt(&w2, &ctx(1), &ME).unwrap().expose_secret(), dek2.expose_secret());
-        assert_eq!(kms.describe_key(&k.key_id).unwrap().state, KeyState::Disabled);
+        assert_eq!(
+            kms.decrypt(&w1, &ctx(1), &ME).unwrap().expose_secret(),
+            dek1.expose_secret()
+        );
+        assert_eq!(
+            kms.decrypt(&w2, &ctx(1), &ME).unwrap().expose_secret(),
+            dek2.expose_secret()
+        );
+        assert_eq!(
+            kms.describe_key(&k.key_id).unwrap().state,
+            KeyState::Disabled
+        );
     }
 
     #[test]
@@ -438,13 +600,46 @@ mod tests {
                 let kms = kms.clone();
                 std::thread::spawn(move || {
                     for _ in 0..50 {
-                        let (dek, w) = kms.generate_data_key("alias/default", &ctx(i), &ME).unwrap();
-                        assert_eq!(kms.decrypt(&w, &ctx(i), &ME).unwrap().expose_secret(), dek.expose_secret());
+                        let (dek, w) = kms
+                            .generate_data_key("alias/default", &ctx(i), &ME)
+                            .unwrap();
+                        assert_eq!(
+                            kms.decrypt(&w, &ctx(i), &ME).unwrap().expose_secret(),
+                            dek.expose_secret()
+                        );
                     }
                 })
             })
             .collect();
         kms.rotate("alias/default", &ME).unwrap();
         handles.into_iter().for_each(|h| h.join().unwrap());
+    }
+
+    /// The test vector in docs/FORMAT.md (its AES-GCM-SIV part was cross-checked against
+    /// Python `cryptography`'s AESGCMSIV). Inputs: material 0x11×32, key id 0x22×16,
+    /// version 3, context for_file("vol-1", 0x55×16), nonce 0x33×12, DEK 0x44×32.
+    #[test]
+    fn wrapped_key_test_vector() {
+        use crate::format::context::hex;
+        let k = kek(&KeyMaterial::from_bytes([0x11; 32]));
+        assert_eq!(
+            hex(k.expose_secret()),
+            "07c505110be36527d4d5f052ed1ced2ebde440a9aaaae6cb2d07ce0cd8801af9"
+        );
+        let aad = dek_aad(
+            &KeyId([0x22; 16]),
+            3,
+            &EncryptionContext::for_file("vol-1", &[0x55; 16]),
+        );
+        let blob =
+            secret::seal32_with_nonce(k.expose_secret(), &aad, &[0x44; 32], [0x33; 12]).unwrap();
+        assert_eq!(
+            hex(&blob),
+            "333333333333333333333333e193d2d6bf7e5258bac29c51538a2a2964b4359a\
+             f8531e8aaca636850e10579db9cc04758f88637174027bf8f61f0b57"
+        );
+        let mut out = [0u8; 32];
+        secret::open32(k.expose_secret(), &aad, &blob, &mut out).unwrap();
+        assert_eq!(out, [0x44; 32]);
     }
 }

@@ -1,4 +1,5 @@
-//! Secret types: data keys, CMK material and keystore unlock secrets.
+//! Secret types (data keys, CMK material, keystore unlock secrets) and the one AEAD
+//! construction that seals a 32-byte secret ([`seal32`] / [`open32`]).
 //!
 //! Every type here zeroizes its bytes when dropped, derives neither `Clone` nor `Debug` (the
 //! hand-written `Debug` prints `[REDACTED]`), and is read only through `expose_secret`. The
@@ -7,6 +8,8 @@
 
 use std::path::Path;
 
+use aes_gcm_siv::aead::{AeadInOut, KeyInit};
+use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::keys::KeyError;
@@ -21,7 +24,8 @@ macro_rules! secret32 {
         pub struct $name(Box<[u8; 32]>);
 
         impl $name {
-            /// Takes ownership of `bytes`; the caller's copy is zeroized.
+            /// Moves `bytes` into a box and zeroizes the argument; a caller that keeps its own
+            /// copy must zeroize that itself.
             pub fn from_bytes(mut bytes: [u8; 32]) -> Self {
                 let key = Self(Box::new(bytes));
                 bytes.zeroize();
@@ -151,7 +155,10 @@ impl Unlock {
             }
         }
         if bytes.is_empty() {
-            return Err(KeyError::InvalidArgument(format!("passphrase file {} is empty", path.display())));
+            return Err(KeyError::InvalidArgument(format!(
+                "passphrase file {} is empty",
+                path.display()
+            )));
         }
         Ok(Unlock::Passphrase(bytes))
     }
@@ -160,10 +167,15 @@ impl Unlock {
     /// overwrite an existing file. Only for [`Unlock::KeyFile`].
     pub fn write_keyfile(&self, path: &Path) -> Result<(), KeyError> {
         let Unlock::KeyFile(k) = self else {
-            return Err(KeyError::InvalidArgument("a passphrase cannot be written as a key file".into()));
+            return Err(KeyError::InvalidArgument(
+                "a passphrase cannot be written as a key file".into(),
+            ));
         };
         if path.symlink_metadata().is_ok() {
-            return Err(KeyError::AlreadyExists(format!("key file {}", path.display())));
+            return Err(KeyError::AlreadyExists(format!(
+                "key file {}",
+                path.display()
+            )));
         }
         crate::atomic::atomic_write(path, &k[..], 0o600).map_err(|e| KeyError::io(path, e))
     }
@@ -178,6 +190,94 @@ impl std::fmt::Debug for Unlock {
     }
 }
 
+/// Length of a sealed 32-byte secret: nonce ‖ ciphertext ‖ tag.
+pub(crate) const SEALED_LEN: usize = 12 + 32 + 16;
+
+/// Seals a 32-byte secret with AES-256-GCM-SIV under `key`, binding `aad`:
+/// nonce (12 B, random) ‖ ciphertext (32 B) ‖ tag (16 B).
+pub(crate) fn seal32(
+    key: &[u8; 32],
+    aad: &[u8],
+    secret: &[u8; 32],
+) -> Result<[u8; SEALED_LEN], KeyError> {
+    seal32_with_nonce(key, aad, secret, random_bytes()?)
+}
+
+/// [`seal32`] with a chosen nonce, for test vectors (envelopefs always uses a random nonce).
+pub(crate) fn seal32_with_nonce(
+    key: &[u8; 32],
+    aad: &[u8],
+    secret: &[u8; 32],
+    nonce: [u8; 12],
+) -> Result<[u8; SEALED_LEN], KeyError> {
+    let mut out = [0u8; SEALED_LEN];
+    out[..12].copy_from_slice(&nonce);
+    out[12..44].copy_from_slice(secret);
+    let sealed = Aes256GcmSiv::new(key.into()).encrypt_inout_detached(
+        &Nonce::from(nonce),
+        aad,
+        (&mut out[12..44]).into(),
+    );
+    let Ok(tag) = sealed else {
+        out.zeroize();
+        return Err(KeyError::Internal("AES-GCM-SIV refused to encrypt".into()));
+    };
+    out[44..].copy_from_slice(&tag);
+    Ok(out)
+}
+
+/// Opens what [`seal32`] made, into `out`. A wrong length or a failed authentication is
+/// [`KeyError::InvalidCiphertext`] and leaves `out` zeroed.
+pub(crate) fn open32(
+    key: &[u8; 32],
+    aad: &[u8],
+    blob: &[u8],
+    out: &mut [u8; 32],
+) -> Result<(), KeyError> {
+    if blob.len() != SEALED_LEN {
+        return Err(KeyError::InvalidCiphertext);
+    }
+    let nonce: [u8; 12] = blob[..12]
+        .try_into()
+        .map_err(|_| KeyError::InvalidCiphertext)?;
+    let tag: [u8; 16] = blob[44..]
+        .try_into()
+        .map_err(|_| KeyError::InvalidCiphertext)?;
+    out.copy_from_slice(&blob[12..44]);
+    let opened = Aes256GcmSiv::new(key.into()).decrypt_inout_detached(
+        &Nonce::from(nonce),
+        aad,
+        (&mut out[..]).into(),
+        &Tag::from(tag),
+    );
+    opened.map_err(|_| {
+        out.zeroize();
+        KeyError::InvalidCiphertext
+    })
+}
+
+/// `N` bytes from the operating system's random generator.
+pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], KeyError> {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b)
+        .map_err(|e| KeyError::Internal(format!("system random generator: {e}")))?;
+    Ok(b)
+}
+
+/// Decodes exactly `N` bytes of hex (either case).
+pub(crate) fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let s = s.as_bytes();
+    if s.len() != 2 * N {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = [0u8; N];
+    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
+        *o = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,7 +286,10 @@ mod tests {
     fn debug_never_prints_bytes() {
         let k = DataKey::from_bytes([0xab; 32]);
         assert_eq!(format!("{k:?}"), "DataKey([REDACTED])");
-        assert_eq!(format!("{:?}", KeyMaterial::random()), "KeyMaterial([REDACTED])");
+        assert_eq!(
+            format!("{:?}", KeyMaterial::random()),
+            "KeyMaterial([REDACTED])"
+        );
         let p = Unlock::passphrase(Passphrase::new(b"hunter2".to_vec()));
         assert!(!format!("{p:?}").contains("hunter2"));
         assert!(!format!("{:?}", Passphrase::new(b"hunter2".to_vec())).contains("hunter2"));
@@ -194,7 +297,10 @@ mod tests {
 
     #[test]
     fn random_keys_differ_and_bytes_are_kept() {
-        assert_ne!(DataKey::random().expose_secret(), DataKey::random().expose_secret());
+        assert_ne!(
+            DataKey::random().expose_secret(),
+            DataKey::random().expose_secret()
+        );
         assert_eq!(DataKey::from_bytes([7; 32]).expose_secret(), &[7; 32]);
     }
 
@@ -204,11 +310,19 @@ mod tests {
         let p = d.path().join("key");
         let u = Unlock::random_keyfile();
         u.write_keyfile(&p).unwrap();
-        assert!(matches!(u.write_keyfile(&p), Err(KeyError::AlreadyExists(_))));
-        let (Unlock::KeyFile(a), Ok(Unlock::KeyFile(b))) = (&u, Unlock::read_keyfile(&p)) else { panic!() };
+        assert!(matches!(
+            u.write_keyfile(&p),
+            Err(KeyError::AlreadyExists(_))
+        ));
+        let (Unlock::KeyFile(a), Ok(Unlock::KeyFile(b))) = (&u, Unlock::read_keyfile(&p)) else {
+            panic!()
+        };
         assert_eq!(a[..], b[..]);
         std::fs::write(&p, b"short").unwrap();
-        assert!(matches!(Unlock::read_keyfile(&p), Err(KeyError::InvalidArgument(_))));
+        assert!(matches!(
+            Unlock::read_keyfile(&p),
+            Err(KeyError::InvalidArgument(_))
+        ));
     }
 
     #[test]
@@ -216,7 +330,31 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("pass");
         std::fs::write(&p, b"pw \r\n").unwrap();
-        let Ok(Unlock::Passphrase(pw)) = Unlock::read_passfile(&p) else { panic!() };
+        let Ok(Unlock::Passphrase(pw)) = Unlock::read_passfile(&p) else {
+            panic!()
+        };
         assert_eq!(&pw[..], b"pw ");
+    }
+    #[test]
+    fn seal_open_round_trip_and_tamper() {
+        let (k, aad, s) = ([1u8; 32], b"aad", [9u8; 32]);
+        let blob = seal32(&k, aad, &s).unwrap();
+        let mut out = [0u8; 32];
+        open32(&k, aad, &blob, &mut out).unwrap();
+        assert_eq!(out, s);
+        let mut bad = blob;
+        bad[20] ^= 1;
+        assert!(matches!(
+            open32(&k, aad, &bad, &mut out),
+            Err(KeyError::InvalidCiphertext)
+        ));
+        assert_eq!(out, [0; 32]);
+        assert!(open32(&k, b"aaD", &blob, &mut out).is_err());
+        for len in [0, 11, 27, 59, 61] {
+            assert!(open32(&k, aad, &[0; 61][..len], &mut out).is_err());
+        }
+        assert_eq!(unhex::<2>("0aFf"), Some([0x0a, 0xff]));
+        assert_eq!(unhex::<2>("0aF"), None);
+        assert_eq!(unhex::<1>("+1"), None);
     }
 }
