@@ -1,0 +1,100 @@
+//! Checks the test vectors printed in docs/FORMAT.md against the implementation, so the
+//! document cannot drift from the code. Each vector is a fenced block of `key = value` lines
+//! between `vector NAME` and `end`; hex values are lowercase.
+
+use std::collections::BTreeMap;
+
+use envelopefs::format::block::BlockCipher;
+use envelopefs::format::context::{hex, EncryptionContext};
+use envelopefs::format::header::{verify_mac, FileHeader, KeySlot};
+use envelopefs::format::layout::Layout;
+
+fn unhex(s: &str) -> Vec<u8> {
+    assert!(s.len() % 2 == 0, "odd hex length");
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+}
+
+fn vectors() -> BTreeMap<String, BTreeMap<String, String>> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/FORMAT.md")).expect("docs/FORMAT.md");
+    let mut out = BTreeMap::new();
+    let mut cur: Option<(String, BTreeMap<String, String>)> = None;
+    for line in doc.lines() {
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix("vector ") {
+            cur = Some((name.trim().to_owned(), BTreeMap::new()));
+        } else if line == "end" {
+            let (name, map) = cur.take().expect("end without vector");
+            out.insert(name, map);
+        } else if let Some((_, map)) = cur.as_mut()
+            && let Some((k, v)) = line.split_once('=')
+        {
+            let v = v.trim();
+            let entry = map.entry(k.trim().to_owned()).or_insert_with(String::new);
+            entry.push_str(v);
+        }
+    }
+    out
+}
+
+fn arr<const N: usize>(v: &BTreeMap<String, String>, k: &str) -> [u8; N] {
+    unhex(&v[k]).try_into().unwrap_or_else(|_| panic!("{k} must be {N} bytes"))
+}
+
+fn get<'a>(all: &'a BTreeMap<String, BTreeMap<String, String>>, name: &str) -> &'a BTreeMap<String, String> {
+    all.get(name).unwrap_or_else(|| panic!("docs/FORMAT.md lacks vector {name}"))
+}
+
+#[test]
+fn block_vector() {
+    let all = vectors();
+    let v = get(&all, "block-1");
+    let dek: [u8; 32] = arr(v, "dek");
+    let c = BlockCipher::new(&dek, arr(v, "file_id"));
+    assert_eq!(hex(&blake3::derive_key("envelopefs block key v1", &dek)), v["block_key"]);
+    let pt = unhex(&v["plaintext"]);
+    let mut out = vec![0u8; pt.len() + 28];
+    let index: u64 = v["index"].parse().unwrap();
+    let last = v["last"] == "1";
+    c.seal(index, last, arr(v, "nonce"), &pt, &mut out);
+    assert_eq!(hex(&out), v["sealed"]);
+    let mut back = vec![0u8; pt.len()];
+    c.open(index, last, &out, &mut back).unwrap();
+    assert_eq!(back, pt);
+}
+
+#[test]
+fn header_vector() {
+    let all = vectors();
+    let v = get(&all, "header-1");
+    let dek: [u8; 32] = arr(v, "dek");
+    let h = FileHeader {
+        block_size: v["block_size"].parse().unwrap(),
+        file_id: arr(v, "file_id"),
+        seq: v["seq"].parse().unwrap(),
+        slots: vec![KeySlot::Cmk { key_id: arr(v, "slot_key_id"), version: v["slot_version"].parse().unwrap(), blob: unhex(&v["slot_blob"]) }],
+    };
+    let bytes = h.encode(&dek).unwrap();
+    assert_eq!(hex(&bytes), v["copy"]);
+    assert_eq!(hex(&bytes[480..]), v["mac"]);
+    assert_eq!(FileHeader::decode(&bytes).unwrap(), h);
+    verify_mac(&bytes, &dek).unwrap();
+}
+
+#[test]
+fn context_vector() {
+    let all = vectors();
+    let v = get(&all, "context-1");
+    let c = EncryptionContext::for_file(&v["volume_id"], &arr(v, "file_id"));
+    assert_eq!(hex(&c.encode()), v["encoded"]);
+}
+
+#[test]
+fn size_vectors() {
+    let all = vectors();
+    let v = get(&all, "sizes-4096");
+    let l = Layout::new(4096);
+    for (k, val) in v {
+        let plain: u64 = k.strip_prefix("plaintext_").expect("plaintext_N keys").parse().unwrap();
+        assert_eq!(l.backing_size(plain).to_string(), *val, "backing size of {plain}");
+    }
+}
