@@ -116,6 +116,27 @@ pub enum Command {
         #[command(flatten)]
         secret: SecretArgs,
     },
+    /// Re-wrap every file's data key to the newest version of its CMK, or move files to another
+    /// CMK (--to-key). Rewrites only headers, never data; crash-safe, idempotent and resumable;
+    /// works while the volume is mounted.
+    Rewrap {
+        /// An initialised volume.
+        backing: PathBuf,
+        /// Move files to this CMK (key id or alias/NAME).
+        #[arg(long, value_name = "KEY")]
+        to_key: Option<String>,
+        /// Only re-wrap files whose key version is below V (default: below the newest).
+        #[arg(long, value_name = "V")]
+        min_version: Option<u32>,
+        /// Show what would change; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
     /// Unmount a mounted volume.
     Unmount {
         /// The mountpoint.
@@ -218,6 +239,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 }
                 mount(&backing, &mountpoint, &secret, &opts)
             }
+        }
+        Command::Rewrap { backing, to_key, min_version, dry_run, json, secret } => {
+            let opts = crate::store::rewrap::RewrapOptions { to_key, min_version, dry_run };
+            crate::cli_rewrap::run(&backing, &opts, &secret, json)
         }
         Command::Unmount { mountpoint } => crate::fuse::unmount(&mountpoint)
             .map_err(|e| fail(ExitCode::Failure, format!("cannot unmount {}: {e}", mountpoint.display()))),
