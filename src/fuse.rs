@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
-    MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::fs::{Attr, EncFs, FsError, Kind, SetAttr};
@@ -33,7 +34,13 @@ pub struct MountOptions {
 
 impl Default for MountOptions {
     fn default() -> Self {
-        MountOptions { allow_other: false, threads: 2, fsname: "envelopefs".into(), read_only: false, ttl: Duration::from_secs(1) }
+        MountOptions {
+            allow_other: false,
+            threads: 2,
+            fsname: "envelopefs".into(),
+            read_only: false,
+            ttl: Duration::from_secs(1),
+        }
     }
 }
 
@@ -44,7 +51,11 @@ pub struct Adapter {
 }
 
 fn caller(req: &Request) -> Caller {
-    Caller { uid: req.uid(), gid: req.gid(), pid: req.pid() }
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
 }
 
 fn file_type(k: Kind) -> FileType {
@@ -79,6 +90,11 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// The kernel's (seconds, nanoseconds) behind a time fuser decoded from a setattr request.
+///
+/// fuser 0.18 decodes a pre-epoch `(sec, nsec)` as `UNIX_EPOCH - (-sec s + nsec ns)` instead of
+/// `UNIX_EPOCH - (-sec s) + nsec ns` (its `time::system_time_from_time`, marked TODO), so the
+/// seconds and nanoseconds of the distance to the epoch are the kernel's own, negated seconds.
 fn set_time(t: TimeOrNow) -> SetTime {
     match t {
         TimeOrNow::Now => SetTime::Now,
@@ -86,12 +102,7 @@ fn set_time(t: TimeOrNow) -> SetTime {
             Ok(d) => SetTime::At(d.as_secs() as i64, d.subsec_nanos()),
             Err(e) => {
                 let d = e.duration();
-                let (mut s, mut ns) = (-(d.as_secs() as i64), d.subsec_nanos());
-                if ns > 0 {
-                    s -= 1;
-                    ns = 1_000_000_000 - ns;
-                }
-                SetTime::At(s, ns)
+                SetTime::At((d.as_secs() as i64).wrapping_neg(), d.subsec_nanos())
             }
         },
     }
@@ -123,7 +134,11 @@ impl Adapter {
     }
 
     fn entry(&self, reply: ReplyEntry, op: &str, res: Result<Attr, FsError>) {
-        reply!(reply, op, res, |a| reply.entry(&self.ttl, &file_attr(&a), Generation(0)))
+        reply!(reply, op, res, |a| reply.entry(
+            &self.ttl,
+            &file_attr(&a),
+            Generation(0)
+        ))
     }
 }
 
@@ -143,7 +158,8 @@ impl fuser::Filesystem for Adapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        reply!(reply, "getattr", self.fs.getattr(ino.0), |a| reply.attr(&self.ttl, &file_attr(&a)))
+        reply!(reply, "getattr", self.fs.getattr(ino.0), |a| reply
+            .attr(&self.ttl, &file_attr(&a)))
     }
 
     fn setattr(
@@ -164,32 +180,85 @@ impl fuser::Filesystem for Adapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let set = SetAttr { mode, uid, gid, size, atime: atime.map(set_time), mtime: mtime.map(set_time), fh: fh.map(|f| f.0) };
-        reply!(reply, "setattr", self.fs.setattr(ino.0, &set, &caller(req)), |a| reply.attr(&self.ttl, &file_attr(&a)))
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
+            fh: fh.map(|f| f.0),
+        };
+        reply!(
+            reply,
+            "setattr",
+            self.fs.setattr(ino.0, &set, &caller(req)),
+            |a| reply.attr(&self.ttl, &file_attr(&a))
+        )
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        reply!(reply, "readlink", self.fs.readlink(ino.0), |t| reply.data(&t))
+        reply!(reply, "readlink", self.fs.readlink(ino.0), |t| reply
+            .data(&t))
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
-        self.entry(reply, "mknod", self.fs.mknod(parent.0, name, mode, rdev, &caller(req)));
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        self.entry(
+            reply,
+            "mknod",
+            self.fs.mknod(parent.0, name, mode, rdev, &caller(req)),
+        );
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
-        self.entry(reply, "mkdir", self.fs.mkdir(parent.0, name, mode, &caller(req)));
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        self.entry(
+            reply,
+            "mkdir",
+            self.fs.mkdir(parent.0, name, mode, &caller(req)),
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply!(reply, "unlink", self.fs.unlink(parent.0, name), |_v| reply.ok())
+        reply!(reply, "unlink", self.fs.unlink(parent.0, name), |_v| reply
+            .ok())
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply!(reply, "rmdir", self.fs.rmdir(parent.0, name), |_v| reply.ok())
+        reply!(reply, "rmdir", self.fs.rmdir(parent.0, name), |_v| reply
+            .ok())
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        self.entry(reply, "symlink", self.fs.symlink(parent.0, link_name, target.as_os_str(), &caller(req)));
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        self.entry(
+            reply,
+            "symlink",
+            self.fs
+                .symlink(parent.0, link_name, target.as_os_str(), &caller(req)),
+        );
     }
 
     fn rename(
@@ -202,15 +271,33 @@ impl fuser::Filesystem for Adapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply!(reply, "rename", self.fs.rename(parent.0, name, newparent.0, newname, flags.bits()), |_v| reply.ok())
+        reply!(
+            reply,
+            "rename",
+            self.fs
+                .rename(parent.0, name, newparent.0, newname, flags.bits()),
+            |_v| reply.ok()
+        )
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         self.entry(reply, "link", self.fs.link(ino.0, newparent.0, newname));
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        reply!(reply, "open", self.fs.open(ino.0, flags.0, &caller(req)), |fh| reply.opened(FileHandle(fh), FopenFlags::empty()))
+        reply!(
+            reply,
+            "open",
+            self.fs.open(ino.0, flags.0, &caller(req)),
+            |fh| reply.opened(FileHandle(fh), FopenFlags::empty())
+        )
     }
 
     fn read(
@@ -224,7 +311,8 @@ impl fuser::Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        reply!(reply, "read", self.fs.read(fh.0, offset, size), |d| reply.data(&d))
+        reply!(reply, "read", self.fs.read(fh.0, offset, size), |d| reply
+            .data(&d))
     }
 
     fn write(
@@ -239,10 +327,22 @@ impl fuser::Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply!(reply, "write", self.fs.write(fh.0, offset, data, &caller(req)), |n| reply.written(n))
+        reply!(
+            reply,
+            "write",
+            self.fs.write(fh.0, offset, data, &caller(req)),
+            |n| reply.written(n)
+        )
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply!(reply, "flush", self.fs.flush(fh.0), |_v| reply.ok())
     }
 
@@ -259,15 +359,31 @@ impl fuser::Filesystem for Adapter {
         reply!(reply, "release", self.fs.release(fh.0), |_v| reply.ok())
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        reply!(reply, "fsync", self.fs.fsync(fh.0, datasync), |_v| reply.ok())
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply!(reply, "fsync", self.fs.fsync(fh.0, datasync), |_v| reply
+            .ok())
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        reply!(reply, "opendir", self.fs.opendir(ino.0), |fh| reply.opened(FileHandle(fh), FopenFlags::empty()))
+        reply!(reply, "opendir", self.fs.opendir(ino.0), |fh| reply
+            .opened(FileHandle(fh), FopenFlags::empty()))
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         match self.fs.readdir(ino.0, fh.0, offset) {
             Ok(entries) => {
                 for (next, e) in entries {
@@ -281,12 +397,26 @@ impl fuser::Filesystem for Adapter {
         }
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.fs.releasedir(fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         reply!(reply, "fsyncdir", self.fs.fsyncdir(ino.0), |_v| reply.ok())
     }
 
@@ -303,38 +433,89 @@ impl fuser::Filesystem for Adapter {
         ))
     }
 
-    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
-        reply!(reply, "setxattr", self.fs.setxattr(ino.0, name, value, flags), |_v| reply.ok())
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply!(
+            reply,
+            "setxattr",
+            self.fs.setxattr(ino.0, name, value, flags),
+            |_v| reply.ok()
+        )
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        reply!(reply, "getxattr", self.fs.getxattr(ino.0, name), |v| xattr_reply(reply, &v, size))
+        reply!(reply, "getxattr", self.fs.getxattr(ino.0, name), |v| {
+            xattr_reply(reply, &v, size)
+        })
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        reply!(reply, "listxattr", self.fs.listxattr(ino.0), |v| xattr_reply(reply, &v, size))
+        reply!(reply, "listxattr", self.fs.listxattr(ino.0), |v| {
+            xattr_reply(reply, &v, size)
+        })
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply!(reply, "removexattr", self.fs.removexattr(ino.0, name), |_v| reply.ok())
+        reply!(
+            reply,
+            "removexattr",
+            self.fs.removexattr(ino.0, name),
+            |_v| reply.ok()
+        )
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         reply!(reply, "access", self.fs.access(ino.0), |_v| reply.ok())
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, flags: i32, reply: ReplyCreate) {
-        reply!(reply, "create", self.fs.create(parent.0, name, mode, flags, &caller(req)), |v| reply.created(
-            &self.ttl,
-            &file_attr(&v.0),
-            Generation(0),
-            FileHandle(v.1),
-            FopenFlags::empty()
-        ))
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        reply!(
+            reply,
+            "create",
+            self.fs.create(parent.0, name, mode, flags, &caller(req)),
+            |v| reply.created(
+                &self.ttl,
+                &file_attr(&v.0),
+                Generation(0),
+                FileHandle(v.1),
+                FopenFlags::empty()
+            )
+        )
     }
 
-    fn fallocate(&self, req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
-        reply!(reply, "fallocate", self.fs.fallocate(fh.0, offset, length, mode, &caller(req)), |_v| reply.ok())
+    fn fallocate(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply!(
+            reply,
+            "fallocate",
+            self.fs.fallocate(fh.0, offset, length, mode, &caller(req)),
+            |_v| reply.ok()
+        )
     }
 }
 
@@ -385,6 +566,43 @@ pub fn unmount(mountpoint: &Path) -> std::io::Result<()> {
         }
         return Err(std::io::Error::last_os_error());
     }
-    let status = std::process::Command::new("fusermount3").arg("-u").arg("-z").arg(mountpoint).status()?;
-    if status.success() { Ok(()) } else { Err(std::io::Error::other(format!("fusermount3 -u {} failed", mountpoint.display()))) }
+    let status = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg(mountpoint)
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!(
+            "fusermount3 -u {} failed",
+            mountpoint.display()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pre_epoch_setattr_times_come_back_as_the_kernel_sent_them() {
+        // What fuser 0.18 hands over for the kernel's (sec, nsec) = (-101, 500_000_000),
+        // i.e. -100.5 s.
+        let from_fuser = UNIX_EPOCH - Duration::new(101, 500_000_000);
+        assert!(matches!(
+            set_time(TimeOrNow::SpecificTime(from_fuser)),
+            SetTime::At(-101, 500_000_000)
+        ));
+        let whole = UNIX_EPOCH - Duration::new(7, 0);
+        assert!(matches!(
+            set_time(TimeOrNow::SpecificTime(whole)),
+            SetTime::At(-7, 0)
+        ));
+        let after = UNIX_EPOCH + Duration::new(7, 3);
+        assert!(matches!(
+            set_time(TimeOrNow::SpecificTime(after)),
+            SetTime::At(7, 3)
+        ));
+    }
 }

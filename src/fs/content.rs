@@ -2,15 +2,17 @@
 //! and block-level read / read-modify-write (docs/FORMAT.md §Blocks, docs/DESIGN.md §Writes).
 
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, RwLock};
 
-use super::error::{FsError, FsResult};
 use super::EncFs;
-use crate::format::block::{BlockCipher, BLOCK_OVERHEAD, NONCE_LEN};
-use crate::format::header::{self, FileHeader, KeySlot, HEADER_COPY_LEN, HEADER_REGION};
+use super::error::{FsError, FsResult};
 use crate::format::FormatError;
+use crate::format::block::{BLOCK_OVERHEAD, BlockCipher, NONCE_LEN};
+use crate::format::header::{self, FileHeader, HEADER_COPY_LEN, HEADER_REGION, KeySlot};
 use crate::keys::{Caller, KeyError, KeyId, WrappedKey};
+use crate::store::sys::{self, SetTime};
 
 /// The state of one open inode, shared by all its handles.
 #[derive(Debug)]
@@ -45,7 +47,11 @@ impl EncFs {
         let len = file.metadata()?.len();
         let size = self.layout.plaintext_size(len)?;
         if len == 0 {
-            return Ok(FileState { cipher: None, header: None, size: 0 });
+            return Ok(FileState {
+                cipher: None,
+                header: None,
+                size: 0,
+            });
         }
         let mut region = [0u8; HEADER_REGION];
         file.read_exact_at(&mut region, 0)?;
@@ -54,25 +60,51 @@ impl EncFs {
         for cand in candidates {
             let h = &cand.header;
             if h.block_size != self.block_size {
-                last_err = FormatError::BlockSizeMismatch { header: h.block_size, volume: self.block_size }.into();
+                last_err = FormatError::BlockSizeMismatch {
+                    header: h.block_size,
+                    volume: self.block_size,
+                }
+                .into();
                 continue;
             }
             let copy = &region[cand.copy * HEADER_COPY_LEN..(cand.copy + 1) * HEADER_COPY_LEN];
             let ctx = self.file_context(&h.file_id);
             for slot in &h.slots {
-                let KeySlot::Cmk { key_id, version, blob } = slot else { continue };
-                let wrapped = WrappedKey { key_id: KeyId(*key_id), version: *version, blob: blob.clone() };
+                let KeySlot::Cmk {
+                    key_id,
+                    version,
+                    blob,
+                } = slot
+                else {
+                    continue;
+                };
+                let wrapped = WrappedKey {
+                    key_id: KeyId(*key_id),
+                    version: *version,
+                    blob: blob.clone(),
+                };
                 match self.keys.decrypt(&wrapped, &ctx, caller) {
                     Ok(dek) => match header::verify_mac(copy, dek.expose_secret()) {
                         Ok(()) => {
                             let cipher = BlockCipher::new(dek.expose_secret(), h.file_id);
-                            return Ok(FileState { cipher: Some(Arc::new(cipher)), header: Some(cand.header), size });
+                            return Ok(FileState {
+                                cipher: Some(Arc::new(cipher)),
+                                header: Some(cand.header),
+                                size,
+                            });
                         }
                         Err(e) => last_err = e.into(),
                     },
                     Err(e) => {
                         // A state or access error says more than a MAC failure: keep it.
-                        let keep = !matches!(last_err, FsError::Key(KeyError::Disabled { .. } | KeyError::PendingDeletion { .. } | KeyError::AccessDenied { .. }));
+                        let keep = !matches!(
+                            last_err,
+                            FsError::Key(
+                                KeyError::Disabled { .. }
+                                    | KeyError::PendingDeletion { .. }
+                                    | KeyError::AccessDenied { .. }
+                            )
+                        );
                         if keep {
                             last_err = e.into();
                         }
@@ -93,12 +125,18 @@ impl EncFs {
             }
         };
         let ctx = self.file_context(&file_id);
-        let (dek, wrapped) = self.keys.generate_data_key(&self.default_key, &ctx, caller)?;
+        let (dek, wrapped) = self
+            .keys
+            .generate_data_key(&self.default_key, &ctx, caller)?;
         let h = FileHeader {
             block_size: self.block_size,
             file_id,
             seq: 1,
-            slots: vec![KeySlot::Cmk { key_id: wrapped.key_id.0, version: wrapped.version, blob: wrapped.blob }],
+            slots: vec![KeySlot::Cmk {
+                key_id: wrapped.key_id.0,
+                version: wrapped.version,
+                blob: wrapped.blob,
+            }],
         };
         let copy = h.encode(dek.expose_secret())?;
         let mut region = [0u8; HEADER_REGION];
@@ -111,7 +149,13 @@ impl EncFs {
     }
 
     /// Reads `size` bytes at `offset` (short at end of file).
-    pub(crate) fn read_content(&self, st: &FileState, file: &File, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+    pub(crate) fn read_content(
+        &self,
+        st: &FileState,
+        file: &File,
+        offset: u64,
+        size: u32,
+    ) -> FsResult<Vec<u8>> {
         if offset >= st.size || size == 0 {
             return Ok(Vec::new());
         }
@@ -125,7 +169,8 @@ impl EncFs {
         let last_len = l.block_len(last, st.size);
         let disk_end = l.block_offset(last) + last_len + BLOCK_OVERHEAD as u64;
         let mut sealed = vec![0u8; (disk_end - disk_start) as usize];
-        file.read_exact_at(&mut sealed, disk_start).map_err(|e| short_read(e, file))?;
+        file.read_exact_at(&mut sealed, disk_start)
+            .map_err(|e| short_read(e, file))?;
         let plain_len = ((last - first) * bs + last_len) as usize;
         let mut out = vec![0u8; plain_len];
         let sealed_bs = l.sealed_block_size() as usize;
@@ -136,7 +181,12 @@ impl EncFs {
             if is_last && crate::format::block::is_hole(s) {
                 return Err(FormatError::BlockAuthFailed(i).into());
             }
-            cipher.open(i, is_last, s, &mut out[k * bs as usize..k * bs as usize + blen])?;
+            cipher.open(
+                i,
+                is_last,
+                s,
+                &mut out[k * bs as usize..k * bs as usize + blen],
+            )?;
         }
         let skip = (offset - first * bs) as usize;
         out.drain(..skip);
@@ -145,11 +195,20 @@ impl EncFs {
     }
 
     /// Writes `data` at `offset`, growing the file as needed.
-    pub(crate) fn write_content(&self, st: &mut FileState, file: &File, offset: u64, data: &[u8], caller: &Caller) -> FsResult<()> {
+    pub(crate) fn write_content(
+        &self,
+        st: &mut FileState,
+        file: &File,
+        offset: u64,
+        data: &[u8],
+        caller: &Caller,
+    ) -> FsResult<()> {
         if data.is_empty() {
             return Ok(());
         }
-        let end = offset.checked_add(data.len() as u64).ok_or(FsError::Invalid("write past the largest offset"))?;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(FsError::Invalid("write past the largest offset"))?;
         if st.cipher.is_none() {
             self.create_header(st, file, caller)?;
         }
@@ -158,12 +217,25 @@ impl EncFs {
     }
 
     /// Sets the plaintext size, zero-filling when growing.
-    pub(crate) fn truncate_content(&self, st: &mut FileState, file: &File, new_size: u64, caller: &Caller) -> FsResult<()> {
+    pub(crate) fn truncate_content(
+        &self,
+        st: &mut FileState,
+        file: &File,
+        new_size: u64,
+        caller: &Caller,
+    ) -> FsResult<()> {
         if new_size == st.size {
+            // Nothing to re-seal, but open(O_TRUNC) must still mark mtime and ctime for update
+            // (POSIX), as Linux also does for truncate(2); the kernel leaves that to us.
+            sys::utimens(file.as_raw_fd(), SetTime::Omit, SetTime::Now)?;
             return Ok(());
         }
         if new_size == 0 {
-            file.set_len(if st.cipher.is_some() { HEADER_REGION as u64 } else { 0 })?;
+            file.set_len(if st.cipher.is_some() {
+                HEADER_REGION as u64
+            } else {
+                0
+            })?;
             st.size = 0;
             return Ok(());
         }
@@ -175,7 +247,13 @@ impl EncFs {
 
     /// Re-seals every block whose contents, length or last-block flag change when the file
     /// goes from `st.size` to `new_size` with `write` applied, then fixes the backing length.
-    fn apply(&self, st: &mut FileState, file: &File, write: Option<(u64, &[u8])>, new_size: u64) -> FsResult<()> {
+    fn apply(
+        &self,
+        st: &mut FileState,
+        file: &File,
+        write: Option<(u64, &[u8])>,
+        new_size: u64,
+    ) -> FsResult<()> {
         let l = self.layout;
         let bs = l.block_size();
         let cipher = st.cipher.clone().expect("BUG: apply without a cipher");
@@ -190,7 +268,10 @@ impl EncFs {
         if let Some((off, d)) = write {
             blocks.extend(off / bs..=(off + d.len() as u64 - 1) / bs);
         }
-        for i in [old_count.checked_sub(1), new_count.checked_sub(1)].into_iter().flatten() {
+        for i in [old_count.checked_sub(1), new_count.checked_sub(1)]
+            .into_iter()
+            .flatten()
+        {
             if i < new_count && changed(i) {
                 blocks.push(i);
             }
@@ -214,7 +295,12 @@ impl EncFs {
             let new_len = l.block_len(i, new_size) as usize;
             let bstart = i * bs;
             let p = &mut plain[..new_len];
-            let covered = write.map(|(off, d)| (off.max(bstart), (off + d.len() as u64).min(bstart + new_len as u64)));
+            let covered = write.map(|(off, d)| {
+                (
+                    off.max(bstart),
+                    (off + d.len() as u64).min(bstart + new_len as u64),
+                )
+            });
             let fully = covered.is_some_and(|(s, e)| s == bstart && e == bstart + new_len as u64);
             if !fully {
                 p.fill(0);
@@ -229,11 +315,14 @@ impl EncFs {
             if let (Some((off, d)), Some((s, e))) = (write, covered)
                 && s < e
             {
-                p[(s - bstart) as usize..(e - bstart) as usize].copy_from_slice(&d[(s - off) as usize..(e - off) as usize]);
+                p[(s - bstart) as usize..(e - bstart) as usize]
+                    .copy_from_slice(&d[(s - off) as usize..(e - off) as usize]);
             }
             let at = run.len();
             run.resize(at + new_len + BLOCK_OVERHEAD, 0);
-            let nonce: [u8; NONCE_LEN] = nonces[n * NONCE_LEN..(n + 1) * NONCE_LEN].try_into().expect("nonce slice");
+            let nonce: [u8; NONCE_LEN] = nonces[n * NONCE_LEN..(n + 1) * NONCE_LEN]
+                .try_into()
+                .expect("nonce slice");
             cipher.seal(i, i + 1 == new_count, nonce, p, &mut run[at..]);
         }
         if let Some(s) = run_start {
@@ -247,9 +336,18 @@ impl EncFs {
     }
 
     /// Reads and opens one block of the current file.
-    fn read_block(&self, cipher: &BlockCipher, file: &File, i: u64, len: usize, last: bool, out: &mut [u8]) -> FsResult<()> {
+    fn read_block(
+        &self,
+        cipher: &BlockCipher,
+        file: &File,
+        i: u64,
+        len: usize,
+        last: bool,
+        out: &mut [u8],
+    ) -> FsResult<()> {
         let mut sealed = vec![0u8; len + BLOCK_OVERHEAD];
-        file.read_exact_at(&mut sealed, self.layout.block_offset(i)).map_err(|e| short_read(e, file))?;
+        file.read_exact_at(&mut sealed, self.layout.block_offset(i))
+            .map_err(|e| short_read(e, file))?;
         if last && crate::format::block::is_hole(&sealed) {
             return Err(FormatError::BlockAuthFailed(i).into());
         }
@@ -265,5 +363,58 @@ fn short_read(e: std::io::Error, file: &File) -> FsError {
         FormatError::BadLength(file.metadata().map(|m| m.len()).unwrap_or(0)).into()
     } else {
         e.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use crate::fs::inode::ROOT_INO;
+    use crate::fs::{SetAttr, testing};
+    use crate::store::sys::SetTime;
+
+    #[test]
+    fn truncate_to_the_same_size_still_updates_mtime() {
+        let (fs, _tmp, caller) = testing::fresh();
+        let (attr, fh) = fs
+            .create(
+                ROOT_INO,
+                OsStr::new("f"),
+                libc::S_IFREG | 0o644,
+                libc::O_RDWR,
+                &caller,
+            )
+            .unwrap();
+        fs.release(fh).unwrap();
+        let old = SetAttr {
+            atime: Some(SetTime::At(1000, 0)),
+            mtime: Some(SetTime::At(1000, 0)),
+            ..SetAttr::default()
+        };
+        for size in [0, 5, 5, 0] {
+            fs.setattr(attr.ino, &old, &caller).unwrap();
+            let a = fs
+                .setattr(
+                    attr.ino,
+                    &SetAttr {
+                        size: Some(size),
+                        ..SetAttr::default()
+                    },
+                    &caller,
+                )
+                .unwrap();
+            assert_eq!(a.size, size);
+            assert!(
+                a.mtime > UNIX_EPOCH + Duration::from_secs(1000),
+                "size {size}: mtime not updated"
+            );
+            assert_eq!(
+                a.atime,
+                UNIX_EPOCH + Duration::from_secs(1000),
+                "size {size}: atime changed"
+            );
+        }
     }
 }

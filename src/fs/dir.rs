@@ -5,9 +5,9 @@ use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
+use super::EncFs;
 use super::attr::{Attr, Kind};
 use super::error::{FsError, FsResult};
-use super::EncFs;
 use crate::keys::Caller;
 use crate::store::sys;
 
@@ -22,18 +22,66 @@ pub struct Entry {
     pub name: std::ffi::OsString,
 }
 
+/// The set-user-id and set-group-id bits.
+pub(crate) const SETID_BITS: u32 = libc::S_ISUID | libc::S_ISGID;
+
 /// Gives a freshly created inode to the caller: owner = caller, group = the parent's if the
 /// parent is set-group-id, else the caller's (the kernel's own rule). Only root can do this;
 /// an unprivileged daemon's files already belong to the mounting user.
-pub(crate) fn give_to_caller(dir: RawFd, fd: RawFd, caller: &Caller) -> FsResult<()> {
+///
+/// Create-type operations make the inode without the set-id bits of `mode` (a chown clears
+/// them on non-directories, and a root-owned set-id file must never exist, even briefly);
+/// this puts them back once the inode belongs to the caller (`mode` is what the caller asked
+/// for; 0 for symlinks). Linux ≥ 6.0 has already removed a set-group-id bit the caller may not
+/// set; for older kernels the same rule is applied here.
+pub(crate) fn give_to_caller(dir: RawFd, fd: RawFd, caller: &Caller, mode: u32) -> FsResult<()> {
     // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if unsafe { libc::geteuid() } == 0 {
+        let parent = sys::fstat(dir)?;
+        let gid = if parent.st_mode & libc::S_ISGID != 0 {
+            parent.st_gid
+        } else {
+            caller.gid
+        };
+        sys::fchown(fd, caller.uid, gid)?;
+    }
+    let mut setid = mode & SETID_BITS;
+    if setid == 0 {
         return Ok(());
     }
-    let parent = sys::fstat(dir)?;
-    let gid = if parent.st_mode & libc::S_ISGID != 0 { parent.st_gid } else { caller.gid };
-    sys::fchown(fd, caller.uid, gid)?;
+    let st = sys::fstat(fd)?;
+    let kind = st.st_mode & libc::S_IFMT;
+    if kind == libc::S_IFLNK {
+        return Ok(());
+    }
+    // The kernel's rule (inode_init_owner): a new non-directory that is group-executable in a
+    // group its creator is not in loses set-group-id.
+    if setid & libc::S_ISGID != 0
+        && kind != libc::S_IFDIR
+        && mode & libc::S_IXGRP != 0
+        && !in_group(caller, st.st_gid)
+    {
+        setid &= !libc::S_ISGID;
+    }
+    if setid != 0 {
+        sys::chmod_fd(fd, (st.st_mode | setid) & 0o7777)?;
+    }
     Ok(())
+}
+
+/// Whether `caller` is root or in group `gid` (primary, or supplementary as listed in
+/// /proc/PID/status; unknown counts as not a member).
+fn in_group(caller: &Caller, gid: u32) -> bool {
+    if caller.uid == 0 || caller.gid == gid {
+        return true;
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", caller.pid)) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .is_some_and(|groups| groups.split_whitespace().any(|g| g.parse() == Ok(gid)))
 }
 
 impl EncFs {
@@ -48,11 +96,12 @@ impl EncFs {
         self.inodes.forget(ino, n);
     }
 
-    /// Finishes a create-type operation: hands the new inode to the caller and looks it up.
-    fn created(&self, parent: u64, name: &OsStr, caller: &Caller) -> FsResult<Attr> {
+    /// Finishes a create-type operation: hands the new inode to the caller (restoring the
+    /// set-id bits of `mode`, see [`give_to_caller`]) and looks it up.
+    fn created(&self, parent: u64, name: &OsStr, mode: u32, caller: &Caller) -> FsResult<Attr> {
         let pfd = self.inodes.get(parent)?;
         let fd = sys::open_path(pfd.as_raw_fd(), name)?;
-        if let Err(e) = give_to_caller(pfd.as_raw_fd(), fd.as_raw_fd(), caller) {
+        if let Err(e) = give_to_caller(pfd.as_raw_fd(), fd.as_raw_fd(), caller, mode) {
             log::warn!("could not give a new inode to uid {}: {e}", caller.uid);
         }
         self.lookup(parent, name)
@@ -61,28 +110,46 @@ impl EncFs {
     /// mkdir (`mode` already has the umask applied by the kernel).
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: &Caller) -> FsResult<Attr> {
         let pfd = self.inodes.get(parent)?;
-        sys::mkdirat(pfd.as_raw_fd(), name, mode & 0o7777)?;
-        self.created(parent, name, caller)
+        sys::mkdirat(pfd.as_raw_fd(), name, mode & 0o7777 & !SETID_BITS)?;
+        self.created(parent, name, mode, caller)
     }
 
     /// mknod: fifos, sockets and (for root) device nodes. Regular files come through create.
-    pub fn mknod(&self, parent: u64, name: &OsStr, mode: u32, rdev: u32, caller: &Caller) -> FsResult<Attr> {
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+        caller: &Caller,
+    ) -> FsResult<Attr> {
         let pfd = self.inodes.get(parent)?;
         if mode & libc::S_IFMT == libc::S_IFREG {
-            let f = sys::openat(pfd.as_raw_fd(), name, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, mode & 0o7777)?;
+            let f = sys::openat(
+                pfd.as_raw_fd(),
+                name,
+                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                mode & 0o7777 & !SETID_BITS,
+            )?;
             drop(f);
         } else {
-            sys::mknodat(pfd.as_raw_fd(), name, mode, u64::from(rdev))?;
+            sys::mknodat(pfd.as_raw_fd(), name, mode & !SETID_BITS, u64::from(rdev))?;
         }
-        self.created(parent, name, caller)
+        self.created(parent, name, mode, caller)
     }
 
     /// symlink. The target is stored as given (see docs/SECURITY.md: link targets are not
     /// encrypted).
-    pub fn symlink(&self, parent: u64, name: &OsStr, target: &OsStr, caller: &Caller) -> FsResult<Attr> {
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &OsStr,
+        caller: &Caller,
+    ) -> FsResult<Attr> {
         let pfd = self.inodes.get(parent)?;
         sys::symlinkat(target, pfd.as_raw_fd(), name)?;
-        self.created(parent, name, caller)
+        self.created(parent, name, 0, caller)
     }
 
     /// readlink.
@@ -104,10 +171,23 @@ impl EncFs {
     }
 
     /// rename, with RENAME_NOREPLACE / RENAME_EXCHANGE passed to the backing filesystem.
-    pub fn rename(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: u32) -> FsResult<()> {
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> FsResult<()> {
         let pfd = self.inodes.get(parent)?;
         let npfd = self.inodes.get(newparent)?;
-        Ok(sys::renameat2(pfd.as_raw_fd(), name, npfd.as_raw_fd(), newname, flags)?)
+        Ok(sys::renameat2(
+            pfd.as_raw_fd(),
+            name,
+            npfd.as_raw_fd(),
+            newname,
+            flags,
+        )?)
     }
 
     /// link: a new name for `ino` in `newparent`. The data key is per inode, so every name of a
@@ -124,23 +204,43 @@ impl EncFs {
         let fd = self.inodes.get(ino)?;
         let entries = sys::list_dir(fd.as_raw_fd())?;
         let fh = self.new_fh();
-        self.dir_handles.lock().expect("dir handles poisoned").insert(fh, Arc::new(entries));
+        self.dir_handles
+            .lock()
+            .expect("dir handles poisoned")
+            .insert(fh, Arc::new(entries));
         Ok(fh)
     }
 
     /// readdir: entries from index `offset` on ("." and ".." first).
     pub fn readdir(&self, ino: u64, fh: u64, offset: u64) -> FsResult<Vec<(u64, Entry)>> {
-        let list = self.dir_handles.lock().expect("dir handles poisoned").get(&fh).cloned().ok_or(FsError::BadHandle(fh))?;
+        let list = self
+            .dir_handles
+            .lock()
+            .expect("dir handles poisoned")
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle(fh))?;
         let mut out = Vec::new();
         let dots = [(ino, "."), (ino, "..")];
         for (i, (dino, dname)) in dots.iter().enumerate() {
             if offset <= i as u64 {
-                out.push((i as u64 + 1, Entry { ino: *dino, kind: Kind::Dir, name: (*dname).into() }));
+                out.push((
+                    i as u64 + 1,
+                    Entry {
+                        ino: *dino,
+                        kind: Kind::Dir,
+                        name: (*dname).into(),
+                    },
+                ));
             }
         }
         let skip = offset.saturating_sub(2) as usize;
         for (i, e) in list.iter().enumerate().skip(skip) {
-            let entry = Entry { ino: self.inodes.fuse_ino(e.ino), kind: Kind::from_dtype(e.kind), name: e.name.clone() };
+            let entry = Entry {
+                ino: self.inodes.fuse_ino(e.ino),
+                kind: Kind::from_dtype(e.kind),
+                name: e.name.clone(),
+            };
             out.push((i as u64 + 3, entry));
         }
         Ok(out)
@@ -148,7 +248,10 @@ impl EncFs {
 
     /// releasedir.
     pub fn releasedir(&self, fh: u64) {
-        self.dir_handles.lock().expect("dir handles poisoned").remove(&fh);
+        self.dir_handles
+            .lock()
+            .expect("dir handles poisoned")
+            .remove(&fh);
     }
 
     /// fsyncdir.
@@ -156,5 +259,63 @@ impl EncFs {
         let fd = self.inodes.get(ino)?;
         let d = sys::open_dir(fd.as_raw_fd())?;
         Ok(std::fs::File::from(d).sync_all()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::inode::ROOT_INO;
+    use crate::fs::testing;
+
+    #[test]
+    fn created_inodes_keep_their_set_id_bits() {
+        let (fs, _tmp, caller) = testing::fresh();
+        let (attr, fh) = fs
+            .create(
+                ROOT_INO,
+                OsStr::new("f"),
+                libc::S_IFREG | 0o6755,
+                libc::O_WRONLY,
+                &caller,
+            )
+            .unwrap();
+        fs.release(fh).unwrap();
+        assert_eq!(attr.perm, 0o6755);
+        let node = fs
+            .mknod(
+                ROOT_INO,
+                OsStr::new("n"),
+                libc::S_IFREG | 0o4700,
+                0,
+                &caller,
+            )
+            .unwrap();
+        assert_eq!(node.perm, 0o4700);
+        let fifo = fs
+            .mknod(
+                ROOT_INO,
+                OsStr::new("p"),
+                libc::S_IFIFO | 0o2644,
+                0,
+                &caller,
+            )
+            .unwrap();
+        assert_eq!(fifo.perm, 0o2644);
+        let plain = fs.mkdir(ROOT_INO, OsStr::new("d"), 0o755, &caller).unwrap();
+        assert_eq!(plain.perm, 0o755);
+    }
+
+    #[test]
+    fn group_membership_counts_primary_and_supplementary_groups() {
+        let c = Caller {
+            uid: 4242,
+            gid: 4242,
+            pid: std::process::id(),
+        };
+        assert!(in_group(&c, 4242));
+        assert!(!in_group(&c, 0xffff_fff0));
+        assert!(!in_group(&Caller { pid: 0, ..c }, 0xffff_fff0));
+        assert!(in_group(&Caller { uid: 0, ..c }, 0xffff_fff0));
     }
 }

@@ -2,14 +2,14 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, RwLock};
 
+use super::EncFs;
 use super::attr::Attr;
 use super::content::OpenFile;
-use super::dir::give_to_caller;
-use super::error::{errno, FsError, FsResult};
-use super::EncFs;
+use super::dir::{SETID_BITS, give_to_caller};
+use super::error::{FsError, FsResult, errno};
 use crate::keys::Caller;
 use crate::store::sys;
 
@@ -26,11 +26,33 @@ pub struct Handle {
 }
 
 /// Backing open flags for a kernel open: writers get O_RDWR; flags the format must handle
-/// itself (append, truncate, direct I/O, create) are stripped.
+/// itself (append, truncate, direct I/O, create) are stripped. A write-only handle reads only
+/// for the format (the header, partial blocks to re-seal), and those reads must not update the
+/// file's atime, so it gets O_NOATIME.
 fn backing_flags(flags: i32) -> i32 {
-    let acc = if flags & libc::O_ACCMODE == libc::O_RDONLY { libc::O_RDONLY } else { libc::O_RDWR };
+    let acc = if flags & libc::O_ACCMODE == libc::O_RDONLY {
+        libc::O_RDONLY
+    } else {
+        libc::O_RDWR
+    };
     let keep = flags & (libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME);
-    acc | keep
+    let noatime = if flags & libc::O_ACCMODE == libc::O_WRONLY {
+        libc::O_NOATIME
+    } else {
+        0
+    };
+    acc | keep | noatime
+}
+
+/// Reopens the inode behind O_PATH `fd` with `flags`. O_NOATIME needs ownership or
+/// CAP_FOWNER; when the daemon has neither, the file is opened without it.
+fn reopen(fd: RawFd, flags: i32) -> std::io::Result<File> {
+    match sys::reopen(fd, flags) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) && flags & libc::O_NOATIME != 0 => {
+            sys::reopen(fd, flags & !libc::O_NOATIME)
+        }
+        r => r,
+    }
 }
 
 impl EncFs {
@@ -43,7 +65,9 @@ impl EncFs {
             return Ok(of.clone());
         }
         let state = self.load_state(file, caller)?;
-        let of = Arc::new(OpenFile { state: RwLock::new(state) });
+        let of = Arc::new(OpenFile {
+            state: RwLock::new(state),
+        });
         map.insert(ino, of.clone());
         Ok(of)
     }
@@ -56,35 +80,60 @@ impl EncFs {
             self.truncate_content(&mut st, &handle.file, 0, caller)?;
         }
         let fh = self.new_fh();
-        self.handles.lock().expect("handles poisoned").insert(fh, handle);
+        self.handles
+            .lock()
+            .expect("handles poisoned")
+            .insert(fh, handle);
         Ok(fh)
     }
 
     fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
-        self.handles.lock().expect("handles poisoned").get(&fh).cloned().ok_or(FsError::BadHandle(fh))
+        self.handles
+            .lock()
+            .expect("handles poisoned")
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle(fh))
     }
 
     /// open: returns a file handle.
     pub fn open(&self, ino: u64, flags: i32, caller: &Caller) -> FsResult<u64> {
         let fd = self.inodes.get(ino)?;
-        let file = sys::reopen(fd.as_raw_fd(), backing_flags(flags))?;
+        let file = reopen(fd.as_raw_fd(), backing_flags(flags))?;
         self.register(ino, file, caller, flags)
     }
 
     /// create: makes a new regular file (empty, no header until the first write) and opens it.
-    pub fn create(&self, parent: u64, name: &OsStr, mode: u32, flags: i32, caller: &Caller) -> FsResult<(Attr, u64)> {
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        caller: &Caller,
+    ) -> FsResult<(Attr, u64)> {
         let pfd = self.inodes.get(parent)?;
         let bflags = backing_flags(flags) | libc::O_CREAT;
-        let file: File = match sys::openat(pfd.as_raw_fd(), name, bflags | libc::O_EXCL, mode & 0o7777) {
+        let file: File = match sys::openat(
+            pfd.as_raw_fd(),
+            name,
+            bflags | libc::O_EXCL,
+            mode & 0o7777 & !SETID_BITS,
+        ) {
             Ok(fd) => {
                 let f = File::from(fd);
-                if let Err(e) = give_to_caller(pfd.as_raw_fd(), f.as_raw_fd(), caller) {
+                if let Err(e) = give_to_caller(pfd.as_raw_fd(), f.as_raw_fd(), caller, mode) {
                     log::warn!("could not give a new file to uid {}: {e}", caller.uid);
                 }
                 f
             }
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
-                File::from(sys::openat(pfd.as_raw_fd(), name, backing_flags(flags) | libc::O_NOFOLLOW, 0)?)
+                File::from(sys::openat(
+                    pfd.as_raw_fd(),
+                    name,
+                    backing_flags(flags) | libc::O_NOFOLLOW,
+                    0,
+                )?)
             }
             Err(e) => return Err(e.into()),
         };
@@ -110,13 +159,21 @@ impl EncFs {
 
     /// Truncates through a handle if one is given or the inode is open, else through a
     /// temporary read-write open.
-    pub(crate) fn truncate(&self, ino: u64, fh: Option<u64>, size: u64, caller: &Caller) -> FsResult<()> {
+    pub(crate) fn truncate(
+        &self,
+        ino: u64,
+        fh: Option<u64>,
+        size: u64,
+        caller: &Caller,
+    ) -> FsResult<()> {
         let handle = match fh {
             Some(fh) => Some(self.handle(fh)?),
             None => None,
         };
         let (file, open) = match handle {
-            Some(h) if h.file.metadata().is_ok() && can_write(&h.file) => (h.file.try_clone()?, h.open.clone()),
+            Some(h) if h.file.metadata().is_ok() && can_write(&h.file) => {
+                (h.file.try_clone()?, h.open.clone())
+            }
             _ => {
                 let fd = self.inodes.get(ino)?;
                 let st = sys::fstat(fd.as_raw_fd())?;
@@ -126,7 +183,8 @@ impl EncFs {
                 if st.st_mode & libc::S_IFMT != libc::S_IFREG {
                     return Err(errno(libc::EINVAL));
                 }
-                let file = sys::reopen(fd.as_raw_fd(), libc::O_RDWR)?;
+                // Internal reads (header, last block) must not update atime.
+                let file = reopen(fd.as_raw_fd(), libc::O_RDWR | libc::O_NOATIME)?;
                 let open = self.open_state(ino, &file, caller)?;
                 (file, open)
             }
@@ -142,9 +200,18 @@ impl EncFs {
     /// fallocate: mode 0 grows the file to cover the range (blocks are written, so the space
     /// is really allocated); FALLOC_FL_KEEP_SIZE preallocates the backing range; other modes
     /// are not supported (EOPNOTSUPP).
-    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32, caller: &Caller) -> FsResult<()> {
+    pub fn fallocate(
+        &self,
+        fh: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        caller: &Caller,
+    ) -> FsResult<()> {
         let h = self.handle(fh)?;
-        let end = offset.checked_add(length).ok_or(FsError::Invalid("fallocate range overflows"))?;
+        let end = offset
+            .checked_add(length)
+            .ok_or(FsError::Invalid("fallocate range overflows"))?;
         let mut st = h.open.state.write().expect("file state poisoned");
         match mode {
             0 => {
@@ -159,7 +226,9 @@ impl EncFs {
                 let stop = l.block_offset(end.div_ceil(l.block_size()));
                 Ok(sys::fallocate(&h.file, mode, start, stop - start)?)
             }
-            _ => Err(FsError::Unsupported("fallocate mode other than 0 or KEEP_SIZE")),
+            _ => Err(FsError::Unsupported(
+                "fallocate mode other than 0 or KEEP_SIZE",
+            )),
         }
     }
 
@@ -171,13 +240,22 @@ impl EncFs {
     /// fsync.
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
         let h = self.handle(fh)?;
-        if datasync { h.file.sync_data()? } else { h.file.sync_all()? }
+        if datasync {
+            h.file.sync_data()?
+        } else {
+            h.file.sync_all()?
+        }
         Ok(())
     }
 
     /// release: closes the handle; the inode's state goes when its last handle does.
     pub fn release(&self, fh: u64) -> FsResult<()> {
-        let h = self.handles.lock().expect("handles poisoned").remove(&fh).ok_or(FsError::BadHandle(fh))?;
+        let h = self
+            .handles
+            .lock()
+            .expect("handles poisoned")
+            .remove(&fh)
+            .ok_or(FsError::BadHandle(fh))?;
         let (ino, open) = (h.ino, h.open.clone());
         drop(h);
         self.drop_state_if_unused(ino, &open);

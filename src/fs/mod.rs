@@ -51,7 +51,9 @@ pub struct EncFs {
 
 impl std::fmt::Debug for EncFs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EncFs").field("volume_id", &self.volume_id).finish_non_exhaustive()
+        f.debug_struct("EncFs")
+            .field("volume_id", &self.volume_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -87,7 +89,38 @@ impl EncFs {
     }
 
     pub(crate) fn new_fh(&self) -> u64 {
-        self.next_fh.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        self.next_fh
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 }
 
+/// A core over a fresh volume in a temp dir with an in-memory key service, for unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use super::EncFs;
+    use crate::keys::Caller;
+    use crate::keys::local::LocalKms;
+    use crate::store::volume;
+
+    /// The core, the temp dir that holds its volume, and the caller it was opened with.
+    pub(crate) fn fresh() -> (EncFs, tempfile::TempDir, Caller) {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let root = tmp.path().join("vol");
+        volume::prepare(&root).expect("prepare");
+        let kms = Arc::new(LocalKms::in_memory_for_tests());
+        volume::create(
+            &root,
+            kms.as_ref(),
+            "alias/default",
+            4096,
+            "keystore.json".into(),
+            0,
+        )
+        .expect("create");
+        let caller = Caller::current();
+        let fs = EncFs::new(volume::open(&root).expect("open"), kms, &caller).expect("core");
+        (fs, tmp, caller)
+    }
+}
