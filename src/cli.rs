@@ -288,12 +288,17 @@ pub fn mount(backing: &Path, mountpoint: &Path, secret: &SecretArgs, opts: &Moun
     let adapter = Adapter::new(Arc::new(fs), opts.ttl);
     let mut session = fuser::Session::new(adapter, mountpoint, &crate::fuse::fuser_config(opts))
         .map_err(|e| fail(ExitCode::MountFailed, format!("cannot mount at {}: {e} (is fuse3 installed and /dev/fuse usable?)", mountpoint.display())))?;
-    let _unmounter = session.unmount_callable();
+    let mut unmounter = session.unmount_callable();
     let mnt = mountpoint.to_owned();
     ctrlc::set_handler(move || {
         log::info!("signal received; unmounting {}", mnt.display());
-        if let Err(e) = crate::fuse::unmount(&mnt) {
-            log::error!("unmount of {} failed: {e}", mnt.display());
+        // fuser's own unmount first (so the session does not try again on exit); a busy
+        // mount falls back to a lazy unmount, which completes when the last user goes.
+        if let Err(e) = unmounter.unmount() {
+            log::debug!("plain unmount of {} failed ({e}); unmounting lazily", mnt.display());
+            if let Err(e) = crate::fuse::unmount(&mnt) {
+                log::error!("unmount of {} failed: {e}", mnt.display());
+            }
         }
     })
     .map_err(|e| fail(ExitCode::Failure, format!("cannot install the signal handler: {e}")))?;

@@ -3,12 +3,15 @@ use envelopefs::cli::{self, Cli, ExitCode};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // fuser warns when the kernel mount is already gone at session end (an unmount from
+    // outside, which is the normal way to stop): not worth a warning, so its session module
+    // logs errors only unless -vv.
     let level = if cli.quiet {
         "error"
     } else {
         match cli.verbose {
-            0 => "warn",
-            1 => "info",
+            0 => "warn,fuser::session=error",
+            1 => "info,fuser::session=error",
             _ => "debug",
         }
     };

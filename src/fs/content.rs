@@ -10,8 +10,9 @@ use super::EncFs;
 use super::error::{FsError, FsResult};
 use crate::format::FormatError;
 use crate::format::block::{BLOCK_OVERHEAD, BlockCipher, NONCE_LEN};
-use crate::format::header::{self, FileHeader, HEADER_COPY_LEN, HEADER_REGION, KeySlot};
-use crate::keys::{Caller, KeyError, KeyId, WrappedKey};
+use crate::format::header::{FileHeader, HEADER_REGION, KeySlot};
+use crate::keys::Caller;
+use crate::store::file_header;
 use crate::store::sys::{self, SetTime};
 
 /// The state of one open inode, shared by all its handles.
@@ -53,66 +54,10 @@ impl EncFs {
                 size: 0,
             });
         }
-        let mut region = [0u8; HEADER_REGION];
-        file.read_exact_at(&mut region, 0)?;
-        let candidates = header::candidates(&region)?;
-        let mut last_err: FsError = FormatError::HeaderAuthFailed.into();
-        for cand in candidates {
-            let h = &cand.header;
-            if h.block_size != self.block_size {
-                last_err = FormatError::BlockSizeMismatch {
-                    header: h.block_size,
-                    volume: self.block_size,
-                }
-                .into();
-                continue;
-            }
-            let copy = &region[cand.copy * HEADER_COPY_LEN..(cand.copy + 1) * HEADER_COPY_LEN];
-            let ctx = self.file_context(&h.file_id);
-            for slot in &h.slots {
-                let KeySlot::Cmk {
-                    key_id,
-                    version,
-                    blob,
-                } = slot
-                else {
-                    continue;
-                };
-                let wrapped = WrappedKey {
-                    key_id: KeyId(*key_id),
-                    version: *version,
-                    blob: blob.clone(),
-                };
-                match self.keys.decrypt(&wrapped, &ctx, caller) {
-                    Ok(dek) => match header::verify_mac(copy, dek.expose_secret()) {
-                        Ok(()) => {
-                            let cipher = BlockCipher::new(dek.expose_secret(), h.file_id);
-                            return Ok(FileState {
-                                cipher: Some(Arc::new(cipher)),
-                                header: Some(cand.header),
-                                size,
-                            });
-                        }
-                        Err(e) => last_err = e.into(),
-                    },
-                    Err(e) => {
-                        // A state or access error says more than a MAC failure: keep it.
-                        let keep = !matches!(
-                            last_err,
-                            FsError::Key(
-                                KeyError::Disabled { .. }
-                                    | KeyError::PendingDeletion { .. }
-                                    | KeyError::AccessDenied { .. }
-                            )
-                        );
-                        if keep {
-                            last_err = e.into();
-                        }
-                    }
-                }
-            }
-        }
-        Err(last_err)
+        let region = file_header::read_region(file)?;
+        let u = file_header::unlock(self.keys.as_ref(), &self.volume_id, self.block_size, &region, caller)?;
+        let cipher = BlockCipher::new(u.dek.expose_secret(), u.header.file_id);
+        Ok(FileState { cipher: Some(Arc::new(cipher)), header: Some(u.header), size })
     }
 
     /// Gives an empty, header-less file its header: a fresh file id and data key wrapped
@@ -138,11 +83,7 @@ impl EncFs {
                 blob: wrapped.blob,
             }],
         };
-        let copy = h.encode(dek.expose_secret())?;
-        let mut region = [0u8; HEADER_REGION];
-        region[..HEADER_COPY_LEN].copy_from_slice(&copy);
-        region[HEADER_COPY_LEN..].copy_from_slice(&copy);
-        file.write_all_at(&region, 0)?;
+        file_header::write_new(file, &h, &dek)?;
         st.cipher = Some(Arc::new(BlockCipher::new(dek.expose_secret(), file_id)));
         st.header = Some(h);
         Ok(())

@@ -29,6 +29,17 @@ pub enum FsError {
     Invalid(&'static str),
 }
 
+impl From<crate::store::file_header::HeaderError> for FsError {
+    fn from(e: crate::store::file_header::HeaderError) -> Self {
+        use crate::store::file_header::HeaderError;
+        match e {
+            HeaderError::Format(f) => FsError::Format(f),
+            HeaderError::Key(k) => FsError::Key(k),
+            HeaderError::Io(i) => FsError::Io(i),
+        }
+    }
+}
+
 impl FsError {
     /// The errno the kernel sees.
     pub fn errno(&self) -> i32 {
