@@ -1,0 +1,693 @@
+//! Shared helpers of the mount tests: a real `envelopefs` mount in its own temp dir that
+//! unmounts in `Drop`, a watchdog that kills the daemon (by pid) if a test runs too long so no
+//! test can hang on a blocked FUSE call, and external tools run under `timeout`.
+//!
+//! Every test gets its own backing directory, mountpoint and daemon, so tests run in parallel.
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_envelopefs");
+/// How long a mount may take to appear in /proc/self/mountinfo.
+pub const MOUNT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the daemon may take to exit after an unmount.
+pub const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// After this long (or `ENVELOPEFS_TEST_WATCHDOG_SECS`), the watchdog kills the daemon so
+/// blocked calls on the mount fail (ENOTCONN) instead of hanging the test run.
+pub const WATCHDOG: Duration = Duration::from_secs(150);
+
+fn watchdog_limit() -> Duration {
+    std::env::var("ENVELOPEFS_TEST_WATCHDOG_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(WATCHDOG)
+}
+/// Seconds an external tool may run (`timeout` kills it after that).
+pub const TOOL_TIMEOUT_SECS: u32 = 60;
+
+/// Format constants (docs/FORMAT.md) for the default volume: 4096-byte blocks, a 1024-byte
+/// header region, 28 bytes (nonce 12 + tag 16) per sealed block.
+pub const BLOCK: u64 = 4096;
+/// Bytes of the two header copies before block 0.
+pub const HEADER_REGION: u64 = 1024;
+/// Bytes a sealed block adds.
+pub const OVERHEAD: u64 = 28;
+
+/// Backing length of a non-empty file of `size` plaintext bytes.
+pub fn backing_len(size: u64) -> u64 {
+    let full = size / BLOCK;
+    let rem = size % BLOCK;
+    HEADER_REGION + full * (BLOCK + OVERHEAD) + if rem == 0 { 0 } else { rem + OVERHEAD }
+}
+
+/// Backing offset of sealed block `i`.
+pub fn block_offset(i: u64) -> u64 {
+    HEADER_REGION + i * (BLOCK + OVERHEAD)
+}
+
+/// True when FUSE mounts can work here; prints why not otherwise.
+pub fn fuse_available() -> bool {
+    if !Path::new("/dev/fuse").exists() {
+        eprintln!("skipping: /dev/fuse is missing (no FUSE in this environment)");
+        return false;
+    }
+    if let Err(e) = File::options().read(true).write(true).open("/dev/fuse") {
+        eprintln!("skipping: cannot open /dev/fuse ({e})");
+        return false;
+    }
+    true
+}
+
+/// Random bytes from the OS.
+pub fn random_bytes(n: usize) -> Vec<u8> {
+    let mut v = vec![0u8; n];
+    File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut v))
+        .expect("read /dev/urandom");
+    v
+}
+
+/// Lowercase hex.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A small deterministic PRNG (xorshift64*) so failing runs can be reproduced from the seed.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed` (any value).
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// Next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// `n` random bytes.
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next_u64() as u8).collect()
+    }
+}
+
+/// A seed from the clock, printed so a failure can be replayed.
+pub fn seed(test: &str) -> u64 {
+    let s = std::env::var("ENVELOPEFS_TEST_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("{test}: seed {s} (set ENVELOPEFS_TEST_SEED={s} to replay)");
+    s
+}
+
+/// Decodes the octal escapes (`\040` etc.) of a /proc/self/mountinfo field.
+fn unescape_mountinfo(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// True when `canonical` (an already canonical path) is a mountpoint in /proc/self/mountinfo.
+pub fn is_mounted(canonical: &Path) -> bool {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = canonical.to_string_lossy();
+    info.lines()
+        .any(|l| l.split(' ').nth(4).map(unescape_mountinfo).as_deref() == Some(&*want))
+}
+
+/// A `Command` for `program` run under `timeout` (SIGTERM after [`TOOL_TIMEOUT_SECS`], SIGKILL
+/// 5 s later), with stdin closed.
+pub fn tool(program: impl AsRef<OsStr>) -> Command {
+    let mut c = Command::new("timeout");
+    c.arg("-k")
+        .arg("5")
+        .arg(TOOL_TIMEOUT_SECS.to_string())
+        .arg(program)
+        .stdin(Stdio::null());
+    c
+}
+
+/// Runs `cmd` and returns its output; panics if it could not be started.
+pub fn output(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// Runs `cmd`, panicking with its output unless it succeeded; returns its stdout.
+pub fn check(cmd: &mut Command) -> String {
+    let out = output(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}{})\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        if out.status.code() == Some(124) {
+            ", timed out"
+        } else {
+            ""
+        },
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a shell script in `cwd` under `timeout`, panicking unless it succeeded; returns stdout.
+pub fn sh(script: &str, cwd: &Path) -> String {
+    check(tool("sh").arg("-c").arg(script).current_dir(cwd))
+}
+
+/// Polls `child` until it exits or `limit` passes.
+fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) => return Some(s),
+            Ok(None) if start.elapsed() < limit => std::thread::sleep(Duration::from_millis(20)),
+            _ => return None,
+        }
+    }
+}
+
+/// Lazily detaches whatever is mounted at `mnt` (dead or alive), quietly.
+fn force_unmount(mnt: &Path) {
+    let _ = Command::new("timeout")
+        .arg("10")
+        .arg("umount")
+        .arg("-l")
+        .arg(mnt)
+        .stderr(Stdio::null())
+        .status();
+    let _ = Command::new("timeout")
+        .arg("10")
+        .arg("fusermount3")
+        .arg("-uz")
+        .arg(mnt)
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Mount options of a test mount.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Number of `-v` flags given to `mount` (1: info, 2: debug).
+    pub verbose: u8,
+    /// Mount with `--allow-other` and make the temp dir reachable by other users.
+    pub allow_other: bool,
+    /// Put BACKING on its own tmpfs of this many bytes (to run out of space). Needs root;
+    /// the test is skipped otherwise.
+    pub backing_fs_size: Option<u64>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            verbose: 1,
+            allow_other: false,
+            backing_fs_size: None,
+        }
+    }
+}
+
+/// The daemon's pid while it may still be signalled. The lock is held while signalling and
+/// while clearing it (before the child is reaped), so a pid is never signalled after reuse.
+type DaemonPid = Arc<Mutex<Option<i32>>>;
+
+/// A mounted test volume: temp dir with `backing/`, `mnt/`, `key` (32 random bytes) and
+/// `mount.log`; unmounted (and the daemon reaped or killed) in `Drop`.
+pub struct Mounted {
+    dir: tempfile::TempDir,
+    backing: PathBuf,
+    mnt: PathBuf,
+    log: PathBuf,
+    keyfile: PathBuf,
+    key: Vec<u8>,
+    opts: Options,
+    child: Option<Child>,
+    pid: DaemonPid,
+    watchdog: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    /// The tmpfs holding BACKING, if [`Options::backing_fs_size`] asked for one.
+    small_fs: Option<PathBuf>,
+}
+
+impl Mounted {
+    /// Creates, initialises and mounts a fresh volume, or returns None (with a message) when
+    /// FUSE is not available here.
+    pub fn new() -> Option<Mounted> {
+        Self::with_options(Options::default())
+    }
+
+    /// As [`Mounted::new`] with options.
+    pub fn with_options(opts: Options) -> Option<Mounted> {
+        let mut m = Self::init_only(opts)?;
+        m.mount();
+        Some(m)
+    }
+
+    /// Creates and initialises a volume without mounting it (call [`Mounted::mount`]).
+    pub fn init_only(opts: Options) -> Option<Mounted> {
+        if !fuse_available() {
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("envelopefs-test-")
+            .tempdir()
+            .expect("tempdir");
+        let root = fs::canonicalize(dir.path()).expect("canonical tempdir");
+        let (mut backing, mnt, log, keyfile) = (
+            root.join("backing"),
+            root.join("mnt"),
+            root.join("mount.log"),
+            root.join("key"),
+        );
+        let mut small_fs = None;
+        if let Some(size) = opts.backing_fs_size {
+            // SAFETY: geteuid cannot fail.
+            if unsafe { libc::geteuid() } != 0 {
+                eprintln!(
+                    "skipping: a size-limited backing filesystem needs root (mount -t tmpfs)"
+                );
+                return None;
+            }
+            let small = root.join("small");
+            fs::create_dir(&small).expect("mkdir small");
+            let out = output(
+                tool("mount")
+                    .args(["-t", "tmpfs", "-o"])
+                    .arg(format!("size={size},mode=0755"))
+                    .arg("tmpfs")
+                    .arg(&small),
+            );
+            if !out.status.success() {
+                eprintln!(
+                    "skipping: cannot mount a tmpfs ({})",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                return None;
+            }
+            backing = small.join("backing");
+            small_fs = Some(small);
+        }
+        fs::create_dir(&mnt).expect("mkdir mnt");
+        if opts.allow_other {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).expect("chmod tempdir");
+        }
+        fs::create_dir(root.join("scratch")).expect("mkdir scratch");
+        let key = random_bytes(32);
+        fs::write(&keyfile, &key).expect("write keyfile");
+        let init = output(
+            tool(BIN)
+                .arg("init")
+                .arg(&backing)
+                .arg("--keyfile")
+                .arg(&keyfile)
+                .env_remove("RUST_LOG"),
+        );
+        if !init.status.success() {
+            if let Some(small) = &small_fs {
+                let _ = Command::new("umount").arg("-l").arg(small).status();
+            }
+            panic!(
+                "envelopefs init failed ({}):\n{}",
+                init.status,
+                String::from_utf8_lossy(&init.stderr)
+            );
+        }
+        let pid: DaemonPid = Arc::new(Mutex::new(None));
+        let watchdog = Some(spawn_watchdog(pid.clone(), mnt.clone()));
+        Some(Mounted {
+            dir,
+            backing,
+            mnt,
+            log,
+            keyfile,
+            key,
+            opts,
+            child: None,
+            pid,
+            watchdog,
+            small_fs,
+        })
+    }
+
+    /// Starts the daemon in the foreground and waits until the mount is up.
+    pub fn mount(&mut self) {
+        assert!(self.child.is_none(), "already mounted");
+        let stderr = File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.stderr"))
+            .expect("stderr file");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("mount")
+            .arg(&self.backing)
+            .arg(&self.mnt)
+            .arg("--keyfile")
+            .arg(&self.keyfile)
+            .arg("--log-file")
+            .arg(&self.log);
+        for _ in 0..self.opts.verbose {
+            cmd.arg("-v");
+        }
+        if self.opts.allow_other {
+            cmd.arg("--allow-other");
+        }
+        cmd.env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        let mut child = cmd.spawn().expect("spawn envelopefs mount");
+        *self.pid.lock().unwrap() = Some(child.id() as i32);
+        let start = Instant::now();
+        loop {
+            if is_mounted(&self.mnt) {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                *self.pid.lock().unwrap() = None;
+                panic!(
+                    "the daemon exited ({status}) before mounting\n{}",
+                    self.diagnostics()
+                );
+            }
+            if start.elapsed() > MOUNT_TIMEOUT {
+                *self.pid.lock().unwrap() = None;
+                let _ = child.kill();
+                let _ = child.wait();
+                force_unmount(&self.mnt);
+                panic!(
+                    "no mount at {} after {MOUNT_TIMEOUT:?}\n{}",
+                    self.mnt.display(),
+                    self.diagnostics()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = Some(child);
+    }
+
+    /// Unmounts cleanly (`envelopefs unmount`, falling back to `umount -l` / `fusermount3 -uz`,
+    /// finally SIGKILL by pid) and returns the daemon's exit status (None if it was killed).
+    pub fn unmount(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("timeout")
+            .arg("20")
+            .arg(BIN)
+            .arg("unmount")
+            .arg(&self.mnt)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let mut status = wait_timeout(&mut child, EXIT_TIMEOUT);
+        if status.is_none() {
+            eprintln!(
+                "daemon {} still running after `envelopefs unmount`; forcing",
+                child.id()
+            );
+            force_unmount(&self.mnt);
+            status = wait_timeout(&mut child, Duration::from_secs(5));
+        }
+        if status.is_none() {
+            eprintln!(
+                "daemon {} still running after umount -l; killing it",
+                child.id()
+            );
+            self.kill_child(&mut child);
+        } else {
+            *self.pid.lock().unwrap() = None;
+        }
+        if is_mounted(&self.mnt) {
+            force_unmount(&self.mnt);
+        }
+        status
+    }
+
+    fn kill_child(&self, child: &mut Child) {
+        {
+            let mut pid = self.pid.lock().unwrap();
+            // Child::kill sends SIGKILL to this child's pid (not reaped yet, so not reused).
+            let _ = child.kill();
+            *pid = None;
+        }
+        let _ = wait_timeout(child, Duration::from_secs(10));
+    }
+
+    /// Kills the daemon with SIGKILL (by pid) mid-whatever and reaps it. The dead mount stays
+    /// attached (calls on it fail with ENOTCONN) until [`Mounted::detach`].
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("not mounted");
+        self.kill_child(&mut child);
+    }
+
+    /// Sends `sig` to the daemon (by pid) and waits for it to exit; returns its status, or
+    /// None if it did not exit in time (it is then unmounted the hard way).
+    pub fn signal_and_wait(&mut self, sig: i32) -> Option<ExitStatus> {
+        let mut child = self.child.take().expect("not mounted");
+        {
+            let _pid = self.pid.lock().unwrap();
+            // SAFETY: kill has no memory effects; the child is not reaped yet (pid not reused).
+            unsafe { libc::kill(child.id() as i32, sig) };
+        }
+        let status = wait_timeout(&mut child, EXIT_TIMEOUT);
+        if status.is_some() {
+            *self.pid.lock().unwrap() = None;
+        } else {
+            self.child = Some(child);
+            self.unmount();
+        }
+        status
+    }
+
+    /// Detaches a dead mount with `umount -l` (after [`Mounted::kill9`]).
+    pub fn detach(&mut self) {
+        assert!(self.child.is_none(), "the daemon is still running");
+        force_unmount(&self.mnt);
+        assert!(
+            !is_mounted(&self.mnt),
+            "the dead mount at {} is still attached",
+            self.mnt.display()
+        );
+    }
+
+    /// Unmounts (asserting the daemon exits successfully), then mounts again.
+    pub fn remount(&mut self) {
+        let status = self.unmount();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "the daemon did not exit cleanly on unmount: {status:?}\n{}",
+            self.diagnostics()
+        );
+        self.mount();
+    }
+
+    /// The backing directory.
+    pub fn backing(&self) -> &Path {
+        &self.backing
+    }
+
+    /// The ciphertext tree `BACKING/data`.
+    pub fn data(&self) -> PathBuf {
+        self.backing.join("data")
+    }
+
+    /// The mountpoint.
+    pub fn mnt(&self) -> &Path {
+        &self.mnt
+    }
+
+    /// `rel` under the mountpoint.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// `rel` under `BACKING/data`.
+    pub fn backing_path(&self, rel: &str) -> PathBuf {
+        self.data().join(rel)
+    }
+
+    /// A plain directory outside the mount for reference files.
+    pub fn scratch(&self) -> PathBuf {
+        self.dir.path().join("scratch")
+    }
+
+    /// The temp dir holding everything.
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The daemon's log file (`--log-file`).
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+
+    /// The daemon's log text so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Where the daemon's stderr went before it redirected itself to the log.
+    pub fn stderr_path(&self) -> PathBuf {
+        self.dir.path().join("daemon.stderr")
+    }
+
+    /// The key file's path.
+    pub fn keyfile(&self) -> &Path {
+        &self.keyfile
+    }
+
+    /// The key file's 32 bytes.
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+
+    /// The running daemon's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// True while the daemon is running and the mount attached.
+    pub fn is_mounted(&self) -> bool {
+        self.child.is_some() && is_mounted(&self.mnt)
+    }
+
+    /// The log and early stderr, for failure messages.
+    pub fn diagnostics(&self) -> String {
+        let tail = |s: String| {
+            let lines: Vec<&str> = s.lines().collect();
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        };
+        format!(
+            "--- daemon stderr ---\n{}\n--- log {} (last 40 lines) ---\n{}",
+            tail(fs::read_to_string(self.stderr_path()).unwrap_or_default()),
+            self.log.display(),
+            tail(self.log_text())
+        )
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if std::thread::panicking() && self.child.is_some() {
+            eprintln!(
+                "test failed with {} mounted\n{}",
+                self.mnt.display(),
+                self.diagnostics()
+            );
+        }
+        self.unmount();
+        if is_mounted(&self.mnt) {
+            force_unmount(&self.mnt);
+        }
+        if let Some(small) = self.small_fs.take() {
+            let _ = Command::new("timeout")
+                .arg("10")
+                .arg("umount")
+                .arg("-l")
+                .arg(&small)
+                .stderr(Stdio::null())
+                .status();
+        }
+        if let Some((tx, handle)) = self.watchdog.take() {
+            drop(tx);
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Kills the daemon after [`WATCHDOG`] unless told to stop (by the sender being dropped).
+fn spawn_watchdog(pid: DaemonPid, mnt: PathBuf) -> (mpsc::Sender<()>, JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel::<()>();
+    let handle = std::thread::spawn(move || {
+        let limit = watchdog_limit();
+        let deadline = Instant::now() + limit;
+        loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(()) => continue,
+                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => break,
+            }
+        }
+        let guard = pid.lock().unwrap();
+        if let Some(p) = *guard {
+            eprintln!(
+                "watchdog: test still running after {limit:?}; killing daemon {p} of {}",
+                mnt.display()
+            );
+            // SAFETY: kill has no memory effects; `p` is our unreaped child (see DaemonPid).
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+    });
+    (tx, handle)
+}
+
+/// Reads a whole file, returning the raw errno on failure.
+pub fn read_errno(path: &Path) -> Result<Vec<u8>, i32> {
+    fs::read(path).map_err(|e| e.raw_os_error().unwrap_or(-1))
+}
+
+/// Every regular file under `dir` (recursively, symlinks not followed).
+pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// True when `needle` occurs in `hay`.
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
