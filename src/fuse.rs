@@ -109,20 +109,20 @@ fn set_time(t: TimeOrNow) -> SetTime {
 }
 
 /// Logs a failed request at the level it deserves and returns its errno.
-fn fail(op: &str, e: &FsError) -> Errno {
+fn fail(op: &str, ino: u64, e: &FsError) -> Errno {
     if e.is_alarming() {
-        log::warn!("{op}: {e}");
+        log::warn!("{op} inode {ino}: {e}");
     } else {
-        log::debug!("{op}: {e}");
+        log::debug!("{op} inode {ino}: {e}");
     }
     Errno::from_i32(e.errno())
 }
 
 macro_rules! reply {
-    ($reply:expr, $op:expr, $res:expr, |$v:ident| $ok:expr) => {
+    ($reply:expr, $op:expr, $ino:expr, $res:expr, |$v:ident| $ok:expr) => {
         match $res {
             Ok($v) => $ok,
-            Err(e) => $reply.error(fail($op, &e)),
+            Err(e) => $reply.error(fail($op, $ino, &e)),
         }
     };
 }
@@ -133,8 +133,8 @@ impl Adapter {
         Adapter { fs, ttl }
     }
 
-    fn entry(&self, reply: ReplyEntry, op: &str, res: Result<Attr, FsError>) {
-        reply!(reply, op, res, |a| reply.entry(
+    fn entry(&self, reply: ReplyEntry, op: &str, parent: u64, res: Result<Attr, FsError>) {
+        reply!(reply, op, parent, res, |a| reply.entry(
             &self.ttl,
             &file_attr(&a),
             Generation(0)
@@ -150,7 +150,7 @@ impl fuser::Filesystem for Adapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.entry(reply, "lookup", self.fs.lookup(parent.0, name));
+        self.entry(reply, "lookup", parent.0, self.fs.lookup(parent.0, name));
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -158,7 +158,7 @@ impl fuser::Filesystem for Adapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        reply!(reply, "getattr", self.fs.getattr(ino.0), |a| reply
+        reply!(reply, "getattr", ino.0, self.fs.getattr(ino.0), |a| reply
             .attr(&self.ttl, &file_attr(&a)))
     }
 
@@ -189,16 +189,14 @@ impl fuser::Filesystem for Adapter {
             mtime: mtime.map(set_time),
             fh: fh.map(|f| f.0),
         };
-        reply!(
-            reply,
-            "setattr",
+        reply!(reply, "setattr", ino.0,
             self.fs.setattr(ino.0, &set, &caller(req)),
             |a| reply.attr(&self.ttl, &file_attr(&a))
         )
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        reply!(reply, "readlink", self.fs.readlink(ino.0), |t| reply
+        reply!(reply, "readlink", ino.0, self.fs.readlink(ino.0), |t| reply
             .data(&t))
     }
 
@@ -212,9 +210,7 @@ impl fuser::Filesystem for Adapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.entry(
-            reply,
-            "mknod",
+        self.entry(reply, "mknod", parent.0,
             self.fs.mknod(parent.0, name, mode, rdev, &caller(req)),
         );
     }
@@ -228,20 +224,18 @@ impl fuser::Filesystem for Adapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        self.entry(
-            reply,
-            "mkdir",
+        self.entry(reply, "mkdir", parent.0,
             self.fs.mkdir(parent.0, name, mode, &caller(req)),
         );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply!(reply, "unlink", self.fs.unlink(parent.0, name), |_v| reply
+        reply!(reply, "unlink", parent.0, self.fs.unlink(parent.0, name), |_v| reply
             .ok())
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply!(reply, "rmdir", self.fs.rmdir(parent.0, name), |_v| reply
+        reply!(reply, "rmdir", parent.0, self.fs.rmdir(parent.0, name), |_v| reply
             .ok())
     }
 
@@ -253,9 +247,7 @@ impl fuser::Filesystem for Adapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        self.entry(
-            reply,
-            "symlink",
+        self.entry(reply, "symlink", parent.0,
             self.fs
                 .symlink(parent.0, link_name, target.as_os_str(), &caller(req)),
         );
@@ -271,9 +263,7 @@ impl fuser::Filesystem for Adapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply!(
-            reply,
-            "rename",
+        reply!(reply, "rename", parent.0,
             self.fs
                 .rename(parent.0, name, newparent.0, newname, flags.bits()),
             |_v| reply.ok()
@@ -288,13 +278,11 @@ impl fuser::Filesystem for Adapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.entry(reply, "link", self.fs.link(ino.0, newparent.0, newname));
+        self.entry(reply, "link", ino.0, self.fs.link(ino.0, newparent.0, newname));
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        reply!(
-            reply,
-            "open",
+        reply!(reply, "open", ino.0,
             self.fs.open(ino.0, flags.0, &caller(req)),
             |fh| reply.opened(FileHandle(fh), FopenFlags::empty())
         )
@@ -311,7 +299,7 @@ impl fuser::Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        reply!(reply, "read", self.fs.read(fh.0, offset, size), |d| reply
+        reply!(reply, "read", _ino.0, self.fs.read(fh.0, offset, size), |d| reply
             .data(&d))
     }
 
@@ -327,9 +315,7 @@ impl fuser::Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply!(
-            reply,
-            "write",
+        reply!(reply, "write", _ino.0,
             self.fs.write(fh.0, offset, data, &caller(req)),
             |n| reply.written(n)
         )
@@ -343,7 +329,7 @@ impl fuser::Filesystem for Adapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply!(reply, "flush", self.fs.flush(fh.0), |_v| reply.ok())
+        reply!(reply, "flush", _ino.0, self.fs.flush(fh.0), |_v| reply.ok())
     }
 
     fn release(
@@ -356,7 +342,7 @@ impl fuser::Filesystem for Adapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        reply!(reply, "release", self.fs.release(fh.0), |_v| reply.ok())
+        reply!(reply, "release", _ino.0, self.fs.release(fh.0), |_v| reply.ok())
     }
 
     fn fsync(
@@ -367,12 +353,12 @@ impl fuser::Filesystem for Adapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply!(reply, "fsync", self.fs.fsync(fh.0, datasync), |_v| reply
+        reply!(reply, "fsync", _ino.0, self.fs.fsync(fh.0, datasync), |_v| reply
             .ok())
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        reply!(reply, "opendir", self.fs.opendir(ino.0), |fh| reply
+        reply!(reply, "opendir", ino.0, self.fs.opendir(ino.0), |fh| reply
             .opened(FileHandle(fh), FopenFlags::empty()))
     }
 
@@ -393,7 +379,7 @@ impl fuser::Filesystem for Adapter {
                 }
                 reply.ok();
             }
-            Err(e) => reply.error(fail("readdir", &e)),
+            Err(e) => reply.error(fail("readdir", ino.0, &e)),
         }
     }
 
@@ -417,11 +403,11 @@ impl fuser::Filesystem for Adapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply!(reply, "fsyncdir", self.fs.fsyncdir(ino.0), |_v| reply.ok())
+        reply!(reply, "fsyncdir", ino.0, self.fs.fsyncdir(ino.0), |_v| reply.ok())
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        reply!(reply, "statfs", self.fs.statfs(), |s| reply.statfs(
+        reply!(reply, "statfs", _ino.0, self.fs.statfs(), |s| reply.statfs(
             s.f_blocks,
             s.f_bfree,
             s.f_bavail,
@@ -443,37 +429,33 @@ impl fuser::Filesystem for Adapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply!(
-            reply,
-            "setxattr",
+        reply!(reply, "setxattr", ino.0,
             self.fs.setxattr(ino.0, name, value, flags),
             |_v| reply.ok()
         )
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        reply!(reply, "getxattr", self.fs.getxattr(ino.0, name), |v| {
+        reply!(reply, "getxattr", ino.0, self.fs.getxattr(ino.0, name), |v| {
             xattr_reply(reply, &v, size)
         })
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        reply!(reply, "listxattr", self.fs.listxattr(ino.0), |v| {
+        reply!(reply, "listxattr", ino.0, self.fs.listxattr(ino.0), |v| {
             xattr_reply(reply, &v, size)
         })
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply!(
-            reply,
-            "removexattr",
+        reply!(reply, "removexattr", ino.0,
             self.fs.removexattr(ino.0, name),
             |_v| reply.ok()
         )
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        reply!(reply, "access", self.fs.access(ino.0), |_v| reply.ok())
+        reply!(reply, "access", ino.0, self.fs.access(ino.0), |_v| reply.ok())
     }
 
     fn create(
@@ -486,9 +468,7 @@ impl fuser::Filesystem for Adapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        reply!(
-            reply,
-            "create",
+        reply!(reply, "create", parent.0,
             self.fs.create(parent.0, name, mode, flags, &caller(req)),
             |v| reply.created(
                 &self.ttl,
@@ -510,9 +490,7 @@ impl fuser::Filesystem for Adapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply!(
-            reply,
-            "fallocate",
+        reply!(reply, "fallocate", _ino.0,
             self.fs.fallocate(fh.0, offset, length, mode, &caller(req)),
             |_v| reply.ok()
         )

@@ -223,16 +223,15 @@ impl EncFs {
         let mut nonces = vec![0u8; blocks.len() * NONCE_LEN];
         getrandom::fill(&mut nonces).expect("the OS random number generator failed");
         let mut plain = vec![0u8; bs as usize];
-        let mut run: Vec<u8> = Vec::new();
-        let mut run_start: Option<u64> = None;
+        // Seal everything first, as runs of contiguous blocks (backing offset, bytes).
+        let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut prev: Option<u64> = None;
         for (n, &i) in blocks.iter().enumerate() {
-            if prev.is_some_and(|p| p + 1 != i) {
-                file.write_all_at(&run, l.block_offset(run_start.take().expect("run open")))?;
-                run.clear();
+            if prev.is_none_or(|p| p + 1 != i) {
+                runs.push((l.block_offset(i), Vec::new()));
             }
-            run_start.get_or_insert(i);
             prev = Some(i);
+            let run = &mut runs.last_mut().expect("a run was just opened").1;
             let new_len = l.block_len(i, new_size) as usize;
             let bstart = i * bs;
             let p = &mut plain[..new_len];
@@ -266,8 +265,30 @@ impl EncFs {
                 .expect("nonce slice");
             cipher.seal(i, i + 1 == new_count, nonce, p, &mut run[at..]);
         }
-        if let Some(s) = run_start {
-            file.write_all_at(&run, l.block_offset(s))?;
+        // Growing: reserve the space the new bytes need before touching any existing block,
+        // so a full disk fails the request cleanly (ENOSPC) instead of tearing the old last
+        // block. Only the ranges written are reserved (a sparse gap stays sparse).
+        let old_backing = file.metadata()?.len();
+        for (off, bytes) in &runs {
+            let end = off + bytes.len() as u64;
+            if end > old_backing {
+                let start = (*off).max(old_backing);
+                match sys::fallocate(file, libc::FALLOC_FL_KEEP_SIZE, start, end - start) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        for (off, bytes) in &runs {
+            if let Err(e) = file.write_all_at(bytes, *off) {
+                // Best effort: give back the length the file had; the blocks written so far
+                // are whole (the space was reserved), the error is reported.
+                if file.metadata().is_ok_and(|m| m.len() > old_backing) {
+                    let _ = file.set_len(old_backing);
+                }
+                return Err(e.into());
+            }
         }
         if new_size < old_size {
             file.set_len(l.backing_size(new_size))?;
