@@ -256,7 +256,9 @@ fn init(backing: &Path, block_size: u32, keystore: Option<PathBuf>, secret: &Sec
     let ks_rel = keystore.map(|p| std::path::absolute(p).unwrap_or_default().display().to_string()).unwrap_or_else(|| vol::KEYSTORE_NAME.to_owned());
     let ks_path = if Path::new(&ks_rel).is_absolute() { PathBuf::from(&ks_rel) } else { backing.join(&ks_rel) };
     let unlock = read_unlock(secret, true)?;
-    eprintln!("Deriving the keystore key with Argon2id (64 MiB)...");
+    if matches!(unlock, Unlock::Passphrase(_)) {
+        eprintln!("Deriving the keystore key from the passphrase with Argon2id (64 MiB)...");
+    }
     let kms = LocalKms::create(&ks_path, &unlock)?;
     let cfg = vol::create(backing, &kms, "alias/default", block_size, ks_rel, now()).map_err(|e| match e {
         vol::VolumeCreateError::Volume(v) => CliError::from(v),
