@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo,
+    AccessFlags, Errno, InitFlags, ReplyDirectoryPlus, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo,
     KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
     ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
@@ -146,6 +146,16 @@ impl fuser::Filesystem for Adapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
+        // Each capability is optional: an old kernel without it just does without.
+        for cap in [
+            InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_AUTO_INVAL_DATA,
+        ] {
+            if let Err(missing) = config.add_capabilities(cap) {
+                log::info!("kernel lacks FUSE capability {missing:?}; continuing without it");
+            }
+        }
         Ok(())
     }
 
@@ -380,6 +390,33 @@ impl fuser::Filesystem for Adapter {
                 reply.ok();
             }
             Err(e) => reply.error(fail("readdir", ino.0, &e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        match self.fs.readdirplus(ino.0, fh.0, offset) {
+            Ok(entries) => {
+                let mut full = false;
+                for (next, e, attr) in entries {
+                    let dot = e.name == "." || e.name == "..";
+                    if full || reply.add(INodeNo(e.ino), next, &e.name, &self.ttl, &file_attr(&attr), Generation(0)) {
+                        full = true;
+                        if !dot {
+                            // Not passed on, so the kernel will never forget it: undo the lookup.
+                            self.fs.forget(e.ino, 1);
+                        }
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(fail("readdirplus", ino.0, &e)),
         }
     }
 

@@ -11,6 +11,9 @@ use super::error::{FsError, FsResult};
 use crate::keys::Caller;
 use crate::store::sys;
 
+/// Most entries one readdir call returns (the kernel's buffer holds far fewer anyway).
+const READDIR_BATCH: usize = 512;
+
 /// One entry of a directory listing.
 #[derive(Clone, Debug)]
 pub struct Entry {
@@ -235,13 +238,34 @@ impl EncFs {
             }
         }
         let skip = offset.saturating_sub(2) as usize;
-        for (i, e) in list.iter().enumerate().skip(skip) {
+        for (i, e) in list.iter().enumerate().skip(skip).take(READDIR_BATCH) {
             let entry = Entry {
                 ino: self.inodes.fuse_ino(e.ino),
                 kind: Kind::from_dtype(e.kind),
                 name: e.name.clone(),
             };
             out.push((i as u64 + 3, entry));
+        }
+        Ok(out)
+    }
+
+    /// readdirplus: like [`readdir`](Self::readdir) with each entry's attributes. Every entry
+    /// but "." and ".." counts one kernel lookup, as FUSE requires; the caller must
+    /// [`forget`](Self::forget) the entries it could not pass on. Entries that vanished since
+    /// opendir are left out.
+    pub fn readdirplus(&self, ino: u64, fh: u64, offset: u64) -> FsResult<Vec<(u64, Entry, Attr)>> {
+        let entries = self.readdir(ino, fh, offset)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (next, e) in entries {
+            if e.name == "." || e.name == ".." {
+                let attr = self.getattr(ino)?;
+                out.push((next, e, attr));
+                continue;
+            }
+            match self.lookup(ino, &e.name) {
+                Ok(attr) => out.push((next, Entry { ino: attr.ino, kind: attr.kind, name: e.name }, attr)),
+                Err(err) => log::debug!("readdirplus: {:?} vanished: {err}", e.name),
+            }
         }
         Ok(out)
     }
