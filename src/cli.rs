@@ -147,6 +147,19 @@ pub enum Command {
         /// An initialised volume.
         backing: PathBuf,
     },
+    /// Manage the volume's customer master keys: lifecycle, aliases, rotation, import,
+    /// policies and grants (docs/KEYS.md).
+    Key(crate::cli_keys::KeyArgs),
+    /// Show or verify the key service's audit log.
+    Audit(crate::cli_keys::AuditArgs),
+    /// Count files per key and key version from their headers (no passphrase needed).
+    Scan {
+        /// An initialised volume.
+        backing: PathBuf,
+        /// Print the counts as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// An error with the exit code it maps to.
@@ -247,6 +260,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Unmount { mountpoint } => crate::fuse::unmount(&mountpoint)
             .map_err(|e| fail(ExitCode::Failure, format!("cannot unmount {}: {e}", mountpoint.display()))),
         Command::Info { backing } => info(&backing),
+        Command::Key(args) => crate::cli_keys::run_key(args),
+        Command::Audit(args) => crate::cli_keys::run_audit(args),
+        Command::Scan { backing, json } => crate::cli_keys::run_scan(&backing, json),
     }
 }
 

@@ -13,6 +13,18 @@ pub enum KeyError {
     #[error("key not found: {0}; list keys with `envelopefs key list`")]
     NotFound(String),
 
+    /// The CMK was deleted: its deletion window passed and its material was destroyed.
+    #[error(
+        "key {key_id} was deleted (its material was destroyed at Unix time {deletion_date}); \
+         data wrapped only under it cannot be decrypted"
+    )]
+    Deleted {
+        /// The CMK.
+        key_id: String,
+        /// When the material was destroyed (seconds since the epoch).
+        deletion_date: u64,
+    },
+
     /// The CMK is disabled.
     #[error("key {key_id} is disabled; enable it with `envelopefs key enable {key_id}`")]
     Disabled {
@@ -95,6 +107,38 @@ pub enum KeyError {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
+    /// An alias name breaks the naming rules.
+    #[error(
+        "invalid alias name {0:?}: use alias/ followed by 1 to 250 of A-Z a-z 0-9 / _ - : (alias/aws/ is reserved)"
+    )]
+    InvalidAliasName(String),
+
+    /// A per-key limit was reached (for example 25 on-demand rotations).
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(String),
+
+    /// An import token is malformed, belongs to another key, or was replaced by newer
+    /// import parameters.
+    #[error("invalid import token: {0}")]
+    InvalidImportToken(String),
+
+    /// An import token's 24 hours have passed.
+    #[error("import token expired: {0}")]
+    ExpiredImportToken(String),
+
+    /// Imported material is not what the key expects (a re-import of different material, or
+    /// material that does not unwrap with the import parameters).
+    #[error("incorrect key material: {0}")]
+    IncorrectKeyMaterial(String),
+
+    /// A key policy document is malformed.
+    #[error("malformed key policy: {0}")]
+    MalformedPolicy(String),
+
+    /// No grant has this id (on this key).
+    #[error("invalid grant id: {0}")]
+    InvalidGrantId(String),
+
     /// The operation is not supported for this key.
     #[error("unsupported operation: {0}")]
     Unsupported(String),
@@ -118,7 +162,14 @@ impl KeyError {
     /// The AWS KMS exception name for this error (`__type` in a KMS JSON error response).
     pub fn code(&self) -> &'static str {
         match self {
-            KeyError::NotFound(_) => "NotFoundException",
+            KeyError::NotFound(_) | KeyError::Deleted { .. } => "NotFoundException",
+            KeyError::InvalidAliasName(_) => "InvalidAliasNameException",
+            KeyError::LimitExceeded(_) => "LimitExceededException",
+            KeyError::InvalidImportToken(_) => "InvalidImportTokenException",
+            KeyError::ExpiredImportToken(_) => "ExpiredImportTokenException",
+            KeyError::IncorrectKeyMaterial(_) => "IncorrectKeyMaterialException",
+            KeyError::MalformedPolicy(_) => "MalformedPolicyDocumentException",
+            KeyError::InvalidGrantId(_) => "InvalidGrantIdException",
             KeyError::Disabled { .. } => "DisabledException",
             KeyError::PendingDeletion { .. } | KeyError::InvalidState { .. } => {
                 "KMSInvalidStateException"
@@ -172,6 +223,19 @@ mod tests {
         assert_eq!(
             KeyError::InvalidCiphertext.code(),
             "InvalidCiphertextException"
+        );
+        let d = KeyError::Deleted {
+            key_id: "k".into(),
+            deletion_date: 1,
+        };
+        assert_eq!(d.code(), "NotFoundException");
+        assert_eq!(
+            KeyError::LimitExceeded("x".into()).code(),
+            "LimitExceededException"
+        );
+        assert_eq!(
+            KeyError::IncorrectKeyMaterial("x".into()).code(),
+            "IncorrectKeyMaterialException"
         );
     }
 

@@ -19,15 +19,11 @@
 //! Readers check `format`, then `version` (a larger one is refused as written by a newer
 //! envelopefs), then derive the keys, then verify `mac`, and only then trust `body`.
 //!
-//! # Keys (all 32 bytes; hex is lowercase)
+//! # Keys
 //!
-//! ```text
-//! root     = Argon2id(version 0x13, m = m_kib KiB, t, p, output 32 B)(passphrase, salt)
-//!          | blake3::derive_key("envelopefs keystore keyfile v1", K ‖ salt)   K = 32-B key file
-//! wrap_key = blake3::derive_key("envelopefs keystore wrap v1",  root)   AES-256-GCM-SIV key
-//! mac_key  = blake3::derive_key("envelopefs keystore mac v1",   root)   blake3 keyed-hash key
-//! check    = first 16 B of blake3::derive_key("envelopefs keystore check v1", root)
-//! ```
+//! The root key and the keys derived from it are described in [`crate::keys::kdf`]: `wrap_key`
+//! seals CMK material, `mac_key` authenticates the body, `check` tells a wrong secret from a
+//! modified file.
 //!
 //! `check` is stored in the body. When the MAC fails, a reader compares the (unauthenticated)
 //! stored `check` with its own: equal means the passphrase is right and the file was modified
@@ -38,16 +34,22 @@
 //!
 //! ```text
 //! {"created": <u64 secs>, "check": "<hex 16 B>",
-//!  "keys": [ {"key_id": "<hyphenated UUID>", "description": "<text>",
-//!             "creation_date": <secs>, "state": "Enabled"|"Disabled"|"PendingDeletion"|"PendingImport",
-//!             "deletion_date": null|<secs>, "origin": "AWS_KMS"|"EXTERNAL",
-//!             "rotation_period_days": null|<days>, "last_rotation": <secs>, "tags": {"k":"v",...},
-//!             "versions": [ {"version": <u32 ≥ 1>, "created": <secs>, "material": "<hex 60 B>"} ] } ],
-//!  "aliases": {"alias/default": "<key id>", ...} }
+//!  "keys": [ <key record>, ... ],                      (layout in crate::keys::record)
+//!  "aliases": {"alias/default": "<key id>", ...},
+//!  "deleted": [ {"key_id": "<uuid>", "deletion_date": <secs>, "description": "<text>"} ] }
 //! ```
 //!
-//! Versions are strictly increasing; the last is the current one. Unknown fields of the body and
-//! of key records are kept verbatim on rewrite (so later versions can add policies, grants, ...).
+//! Versions are numbered 1, 2, ...; the last is the current one. Unknown fields of the body,
+//! of key records and of version records are kept verbatim on rewrite.
+//!
+//! # Writers and readers
+//!
+//! Every write is an atomic replace done while holding an advisory lock (`flock`) on
+//! `<keystore>.lock`, after checking that the file is still the one this process last read or
+//! wrote (else [`KeyError::Conflict`], nothing written). A long-lived reader (the mount daemon)
+//! notices another process's write with one `stat` (device, inode, size, mtime, ctime: every
+//! write is a new inode) and re-reads the file with [`Keystore::reload_if_changed`], which
+//! verifies the MAC with the keys derived at open: no second Argon2 run.
 //!
 //! `material` of version `v` of key `K` (the 32-byte CMK material `M`):
 //!
@@ -62,8 +64,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::format::context::hex;
-use crate::keys::secret::{KeyMaterial, SEALED_LEN, Unlock, open32, random_bytes, seal32, unhex};
-use crate::keys::{KeyError, KeyId, KeyState};
+use crate::keys::kdf::{Kdf, Keys, SALT_LEN, derive_root};
+pub use crate::keys::record::{DeletedKey, KeyRecord, Origin, RotationType, VersionRecord};
+use crate::keys::secret::{KeyMaterial, SEALED_LEN, Unlock, open32, random_bytes, unhex};
+use crate::keys::{KeyError, KeyId};
 
 /// The `format` field.
 pub const FORMAT_NAME: &str = "envelopefs-keystore";
@@ -80,25 +84,7 @@ pub const DEFAULT_ALIAS: &str = "alias/default";
 /// The description of the key [`Keystore::create`] makes.
 pub const DEFAULT_DESCRIPTION: &str = "default key created by envelopefs init";
 
-const SALT_LEN: usize = 16;
-/// Largest Argon2 memory cost `open` accepts (4 GiB), so a damaged file cannot exhaust memory.
-const MAX_M_KIB: u32 = 4 * 1024 * 1024;
 const MATERIAL_AAD: &[u8] = b"envelopefs cmk material v1";
-
-/// How the root key is derived (the `kdf` field).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(tag = "alg")]
-enum Kdf {
-    #[serde(rename = "argon2id")]
-    Argon2id {
-        salt: String,
-        m_kib: u32,
-        t: u32,
-        p: u32,
-    },
-    #[serde(rename = "keyfile")]
-    KeyFile { salt: String },
-}
 
 #[derive(Serialize, Deserialize)]
 struct FileTop {
@@ -110,141 +96,44 @@ struct FileTop {
 }
 
 #[derive(Clone, Default, Serialize, Deserialize)]
-struct Body {
+pub(super) struct Body {
     created: u64,
     check: String,
     #[serde(default)]
-    keys: Vec<KeyRecord>,
+    pub(super) keys: Vec<KeyRecord>,
     #[serde(default)]
-    aliases: BTreeMap<String, String>,
+    pub(super) aliases: BTreeMap<String, String>,
+    /// Tombstones of keys whose deletion window passed.
+    #[serde(default)]
+    pub(super) deleted: Vec<DeletedKey>,
     /// Fields a later version added; kept verbatim on rewrite.
     #[serde(flatten)]
     extra: BTreeMap<String, serde_json::Value>,
 }
 
-/// Where a CMK's material came from (KMS `Origin`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Origin {
-    /// Generated by envelopefs.
-    #[default]
-    #[serde(rename = "AWS_KMS")]
-    AwsKms,
-    /// Imported (not supported yet; such keys start PendingImport).
-    #[serde(rename = "EXTERNAL")]
-    External,
+/// What identifies one version of the keystore file on disk, cheaply (one `stat`): every
+/// rewrite is an atomic rename of a new file, so the inode changes with each write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
 }
 
-/// The non-secret record of one CMK.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct KeyRecord {
-    #[serde(with = "key_id_text")]
-    key_id: KeyId,
-    /// Free text.
-    #[serde(default)]
-    pub description: String,
-    /// Seconds since the Unix epoch.
-    pub creation_date: u64,
-    /// Lifecycle state.
-    pub state: KeyState,
-    /// When a PendingDeletion key's material is destroyed (seconds since the epoch).
-    #[serde(default)]
-    pub deletion_date: Option<u64>,
-    /// Where the material came from.
-    #[serde(default)]
-    pub origin: Origin,
-    /// Automatic rotation period, if enabled.
-    #[serde(default)]
-    pub rotation_period_days: Option<u32>,
-    /// When the newest version was added (seconds since the epoch).
-    #[serde(default)]
-    pub last_rotation: u64,
-    /// KMS-style tags.
-    #[serde(default)]
-    pub tags: BTreeMap<String, String>,
-    versions: Vec<VersionRecord>,
-    /// Fields a later version added; kept verbatim on rewrite.
-    #[serde(flatten)]
-    extra: BTreeMap<String, serde_json::Value>,
-}
-
-/// One version of a CMK's material (the material itself stays sealed here).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct VersionRecord {
-    /// 1 for the original material, +1 per rotation.
-    pub version: u32,
-    /// Seconds since the Unix epoch.
-    pub created: u64,
-    material: String,
-}
-
-impl KeyRecord {
-    /// The key id.
-    pub fn key_id(&self) -> KeyId {
-        self.key_id
-    }
-
-    /// The material versions, oldest first.
-    pub fn versions(&self) -> &[VersionRecord] {
-        &self.versions
-    }
-
-    /// The newest version (0 when the key has no material yet).
-    pub fn current_version(&self) -> u32 {
-        self.versions.last().map_or(0, |v| v.version)
-    }
-
-    /// What is wrong with this record, if anything (checked once the MAC has verified).
-    fn problem(&self) -> Option<&'static str> {
-        if self
-            .versions
-            .windows(2)
-            .any(|w| w[0].version >= w[1].version)
-            || self.versions.first().is_some_and(|v| v.version == 0)
-        {
-            Some("its versions are not numbered 1, 2, ... in order")
-        } else if self.versions.is_empty() && self.state != KeyState::PendingImport {
-            Some("it has no material")
-        } else {
-            None
-        }
-    }
-}
-
-mod key_id_text {
-    use super::KeyId;
-    use serde::{Deserialize, Deserializer, Serializer, de::Error};
-
-    pub fn serialize<S: Serializer>(id: &KeyId, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(id)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<KeyId, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse()
-            .map_err(|_| D::Error::custom(format!("bad key id {s:?}")))
-    }
-}
-
-/// The keys derived from the root key; the secret ones zeroize on drop.
-struct Keys {
-    wrap: KeyMaterial,
-    mac: KeyMaterial,
-    check: String,
-}
-
-impl Keys {
-    fn from_root(root: &KeyMaterial) -> Self {
-        let d = |ctx| KeyMaterial::from_bytes(blake3::derive_key(ctx, root.expose_secret()));
-        let check = d("envelopefs keystore check v1");
-        Keys {
-            wrap: d("envelopefs keystore wrap v1"),
-            mac: d("envelopefs keystore mac v1"),
-            check: hex(&check.expose_secret()[..16]),
-        }
-    }
-
-    fn mac(&self, body: &str) -> blake3::Hash {
-        blake3::keyed_hash(self.mac.expose_secret(), body.as_bytes())
+impl FileStamp {
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Some(FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+        })
     }
 }
 
@@ -253,12 +142,14 @@ pub struct Keystore {
     /// The file; `None` for an in-memory keystore (tests), whose writes are no-ops.
     path: Option<PathBuf>,
     kdf: Kdf,
-    keys: Keys,
-    body: Body,
+    pub(super) keys: Keys,
+    pub(super) body: Body,
     /// Decrypted CMK material by (key, version); zeroized on drop.
-    materials: BTreeMap<(KeyId, u32), KeyMaterial>,
+    pub(super) materials: BTreeMap<(KeyId, u32), KeyMaterial>,
     /// The `mac` of the file as last read or written, to notice another writer.
     disk_mac: Option<String>,
+    /// The file's identity as last read or written, to notice a change with one `stat`.
+    stamp: Option<FileStamp>,
 }
 
 impl Keystore {
@@ -323,8 +214,9 @@ impl Keystore {
             body,
             materials: BTreeMap::new(),
             disk_mac: None,
+            stamp: None,
         };
-        let id = ks.add_key(DEFAULT_DESCRIPTION)?;
+        let id = ks.add_key(DEFAULT_DESCRIPTION, Origin::AwsKms, now_secs())?;
         ks.body
             .aliases
             .insert(DEFAULT_ALIAS.to_owned(), id.to_string());
@@ -334,39 +226,22 @@ impl Keystore {
     /// Opens and authenticates the keystore at `path`. Runs the KDF once; never writes.
     pub fn open(path: &Path, unlock: &Unlock) -> Result<Self, KeyError> {
         let bad = |why: String| KeyError::corrupt(path, why);
+        let stamp = FileStamp::of(path);
         let text = std::fs::read_to_string(path).map_err(|e| KeyError::io(path, e))?;
         let top = parse_top(path, &text)?;
-        let kdf: Kdf = serde_json::from_value(top.kdf).map_err(|e| bad(format!("bad kdf: {e}")))?;
+        let kdf: Kdf =
+            serde_json::from_value(top.kdf.clone()).map_err(|e| bad(format!("bad kdf: {e}")))?;
         let keys = Keys::from_root(&derive_root(&kdf, unlock, path, false)?);
-        let stored = unhex::<32>(&top.mac).ok_or_else(|| bad("bad mac field".into()))?;
-        if keys.mac(&top.body) != blake3::Hash::from_bytes(stored) {
-            // Tell a wrong secret from a modified file by the (unauthenticated) check value.
-            #[derive(Deserialize)]
-            struct CheckOnly {
-                check: String,
-            }
-            let right_secret =
-                serde_json::from_str::<CheckOnly>(&top.body).is_ok_and(|c| c.check == keys.check);
-            return Err(match right_secret {
-                true => {
-                    bad("it was modified after it was written (its MAC does not verify)".into())
-                }
-                false => KeyError::WrongPassphrase {
-                    path: path.to_owned(),
-                },
-            });
-        }
-        let body: Body =
-            serde_json::from_str(&top.body).map_err(|e| bad(format!("bad body: {e}")))?;
         let mut ks = Keystore {
             path: Some(path.to_owned()),
             kdf,
             keys,
-            body,
+            body: Body::default(),
             materials: BTreeMap::new(),
-            disk_mac: Some(top.mac),
+            disk_mac: None,
+            stamp,
         };
-        ks.check_and_decrypt().map_err(bad)?;
+        ks.load_top(top)?;
         warn_if_readable_by_others(path);
         log::debug!(
             "opened keystore {} ({} keys)",
@@ -376,49 +251,142 @@ impl Keystore {
         Ok(ks)
     }
 
-    /// Validates the authenticated body and decrypts every material version.
-    fn check_and_decrypt(&mut self) -> Result<(), String> {
-        if self.body.check != self.keys.check {
+    /// Verifies `top` with the derived keys and, only if everything checks, replaces the body
+    /// and the decrypted material. On error nothing in `self` changes.
+    fn load_top(&mut self, top: FileTop) -> Result<(), KeyError> {
+        let path = self.path.clone().unwrap_or_default();
+        let bad = |why: String| KeyError::corrupt(&path, why);
+        let stored = unhex::<32>(&top.mac).ok_or_else(|| bad("bad mac field".into()))?;
+        if self.keys.mac(&top.body) != blake3::Hash::from_bytes(stored) {
+            // Tell a wrong secret from a modified file by the (unauthenticated) check value.
+            #[derive(Deserialize)]
+            struct CheckOnly {
+                check: String,
+            }
+            let right_secret = serde_json::from_str::<CheckOnly>(&top.body)
+                .is_ok_and(|c| c.check == self.keys.check);
+            return Err(match right_secret {
+                true => {
+                    bad("it was modified after it was written (its MAC does not verify)".into())
+                }
+                false => KeyError::WrongPassphrase { path },
+            });
+        }
+        let body: Body =
+            serde_json::from_str(&top.body).map_err(|e| bad(format!("bad body: {e}")))?;
+        let materials = self.check_and_decrypt(&body).map_err(bad)?;
+        self.body = body;
+        self.materials = materials;
+        self.disk_mac = Some(top.mac);
+        Ok(())
+    }
+
+    /// Validates an authenticated body and decrypts every material version.
+    fn check_and_decrypt(
+        &self,
+        body: &Body,
+    ) -> Result<BTreeMap<(KeyId, u32), KeyMaterial>, String> {
+        if body.check != self.keys.check {
             return Err("its check value does not match".into());
         }
-        for (i, k) in self.body.keys.iter().enumerate() {
-            let dup = self.body.keys[..i].iter().any(|o| o.key_id == k.key_id);
+        let mut materials = BTreeMap::new();
+        for (i, k) in body.keys.iter().enumerate() {
+            let dup = body.keys[..i].iter().any(|o| o.key_id == k.key_id);
             if let Some(why) = k.problem().or(dup.then_some("it appears twice")) {
                 return Err(format!("key {}: {why}", k.key_id));
             }
             for v in &k.versions {
-                let (wrap, aad) = (
-                    self.keys.wrap.expose_secret(),
-                    material_aad(&k.key_id, v.version),
-                );
-                let blob = unhex::<SEALED_LEN>(&v.material).unwrap_or([0; SEALED_LEN]);
-                let mut m = KeyMaterial::zeroed();
-                if open32(wrap, &aad, &blob, m.expose_secret_mut()).is_err() {
-                    let (id, v) = (k.key_id, v.version);
-                    return Err(format!("material of key {id} version {v} is damaged"));
-                }
-                self.materials.insert((k.key_id, v.version), m);
+                let Some(sealed) = &v.material else { continue };
+                let m = self
+                    .open_material(&k.key_id, v.version, sealed)
+                    .ok_or_else(|| {
+                        format!(
+                            "material of key {} version {} is damaged",
+                            k.key_id, v.version
+                        )
+                    })?;
+                materials.insert((k.key_id, v.version), m);
             }
         }
-        let ids: Vec<String> = self
-            .body
-            .keys
-            .iter()
-            .map(|k| k.key_id.to_string())
-            .collect();
-        for (alias, target) in &self.body.aliases {
-            if !alias.starts_with("alias/") || !ids.contains(target) {
+        for (alias, target) in &body.aliases {
+            if !alias.starts_with("alias/")
+                || !body.keys.iter().any(|k| k.key_id.to_string() == *target)
+            {
                 return Err(format!(
                     "alias {alias} is malformed or points at a missing key"
                 ));
             }
         }
-        Ok(())
+        Ok(materials)
+    }
+
+    /// Decrypts one sealed material (hex).
+    pub(super) fn open_material(
+        &self,
+        id: &KeyId,
+        version: u32,
+        sealed: &str,
+    ) -> Option<KeyMaterial> {
+        let blob = unhex::<SEALED_LEN>(sealed)?;
+        let mut m = KeyMaterial::zeroed();
+        let wrap = self.keys.wrap.expose_secret();
+        open32(
+            wrap,
+            &material_aad(id, version),
+            &blob,
+            m.expose_secret_mut(),
+        )
+        .ok()?;
+        Some(m)
+    }
+
+    /// Whether the file on disk is no longer the one this keystore last read or wrote (one
+    /// `stat`). Always false in memory; true when the file cannot be examined.
+    pub(super) fn changed_on_disk(&self) -> bool {
+        match &self.path {
+            None => false,
+            Some(p) => FileStamp::of(p) != self.stamp,
+        }
+    }
+
+    /// Re-reads the file if it changed on disk, re-verifying its MAC with the keys derived at
+    /// open (no second KDF run). Returns whether the contents changed. On any error the
+    /// in-memory state is left as it was.
+    pub fn reload_if_changed(&mut self) -> Result<bool, KeyError> {
+        let Some(path) = self.path.clone() else {
+            return Ok(false);
+        };
+        let stamp = FileStamp::of(&path);
+        if stamp == self.stamp {
+            return Ok(false);
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| KeyError::io(&path, e))?;
+        let top = parse_top(&path, &text)?;
+        if Some(&top.mac) == self.disk_mac.as_ref() {
+            self.stamp = stamp;
+            return Ok(false);
+        }
+        let same_kdf = serde_json::from_value::<Kdf>(top.kdf.clone()).is_ok_and(|k| k == self.kdf);
+        if !same_kdf {
+            return Err(KeyError::corrupt(
+                &path,
+                "its passphrase or key file was changed by another process; restart to unlock it again",
+            ));
+        }
+        self.load_top(top)?;
+        self.stamp = stamp;
+        log::info!("reloaded keystore {} (changed on disk)", path.display());
+        Ok(true)
     }
 
     /// The keystore file (`None` when in memory).
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
+    }
+
+    /// The key of the keystore's audit log (`blake3::derive_key("envelopefs audit key v1", root)`).
+    pub fn audit_key(&self) -> [u8; 32] {
+        *self.keys.audit.expose_secret()
     }
 
     /// All key records, in creation order.
@@ -429,6 +397,11 @@ impl Keystore {
     /// One key record.
     pub fn key(&self, id: &KeyId) -> Option<&KeyRecord> {
         self.body.keys.iter().find(|k| k.key_id == *id)
+    }
+
+    /// Tombstones of deleted keys.
+    pub fn deleted_keys(&self) -> &[DeletedKey] {
+        &self.body.deleted
     }
 
     /// All aliases: name → key id (hyphenated).
@@ -447,14 +420,31 @@ impl Keystore {
             .collect()
     }
 
-    /// Resolves a key id (hyphenated UUID) or an alias (`alias/...`) to an existing key.
+    /// Resolves a key id (hyphenated UUID) or an alias (`alias/...`) to an existing key. A
+    /// deleted key is [`KeyError::Deleted`], which says when.
     pub fn resolve(&self, key: &str) -> Result<KeyId, KeyError> {
         let not_found = || KeyError::NotFound(key.to_owned());
         let id: KeyId = match key.starts_with("alias/") {
             true => self.body.aliases.get(key).ok_or_else(not_found)?.parse()?,
             false => key.parse()?,
         };
-        self.key(&id).map(|_| id).ok_or_else(not_found)
+        self.require_exists(&id)?;
+        Ok(id)
+    }
+
+    /// Fails with NotFound (or Deleted, for a tombstone) unless `id` exists.
+    pub fn require_exists(&self, id: &KeyId) -> Result<(), KeyError> {
+        if self.key(id).is_some() {
+            return Ok(());
+        }
+        let s = id.to_string();
+        Err(match self.body.deleted.iter().find(|d| d.key_id == s) {
+            Some(d) => KeyError::Deleted {
+                key_id: s,
+                deletion_date: d.deletion_date,
+            },
+            None => KeyError::NotFound(s),
+        })
     }
 
     /// The decrypted material of one version of one key. Never leaves the `keys` module.
@@ -464,19 +454,12 @@ impl Keystore {
 
     /// Creates an Enabled CMK with fresh material, and saves.
     pub fn create_key(&mut self, description: &str) -> Result<KeyId, KeyError> {
-        self.transact(|ks| ks.add_key(description))
+        self.transact(|ks| ks.add_key(description, Origin::AwsKms, now_secs()))
     }
 
     /// Adds a material version to `id` (rotation), and saves. Returns the new version.
-    pub fn add_version(&mut self, id: &KeyId) -> Result<u32, KeyError> {
-        self.transact(|ks| {
-            let next = ks.record_mut(id)?.current_version() + 1;
-            let version = ks.new_version(id, next)?;
-            let rec = ks.record_mut(id)?;
-            rec.last_rotation = version.created;
-            rec.versions.push(version);
-            Ok(next)
-        })
+    pub fn add_version(&mut self, id: &KeyId, how: RotationType) -> Result<u32, KeyError> {
+        self.transact(|ks| ks.push_version(id, how, now_secs()))
     }
 
     /// Changes the non-secret fields of one key record through `f`, and saves.
@@ -500,11 +483,20 @@ impl Keystore {
 
     /// Writes the current state to the file: atomic replace, mode 0600, fresh MAC. Fails with
     /// [`KeyError::Conflict`], writing nothing, if another process rewrote the file since this
-    /// one last read or wrote it.
+    /// one last read or wrote it. Writers serialize on an advisory lock on `<keystore>.lock`,
+    /// so the check and the replace are one step for every envelopefs process.
     pub fn save(&mut self) -> Result<(), KeyError> {
         let Some(path) = self.path.clone() else {
             return Ok(());
         };
+        let lock_path = lock_path(&path);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| KeyError::io(&lock_path, e))?;
+        lock.lock().map_err(|e| KeyError::io(&lock_path, e))?;
         if let Some(expected) = &self.disk_mac {
             let text = std::fs::read_to_string(&path).map_err(|e| KeyError::io(&path, e))?;
             if parse_top(&path, &text).ok().map(|t| t.mac).as_ref() != Some(expected) {
@@ -529,12 +521,15 @@ impl Keystore {
         crate::atomic::atomic_write(&path, text.as_bytes(), 0o600)
             .map_err(|e| KeyError::io(&path, e))?;
         self.disk_mac = Some(top.mac);
+        // Still under the lock: no other envelopefs process can have replaced the file since.
+        self.stamp = FileStamp::of(&path);
+        drop(lock);
         Ok(())
     }
 
     /// Runs `f` on the keystore, then saves; if either fails, the in-memory state is rolled
     /// back, so memory and file never disagree.
-    fn transact<T>(
+    pub(super) fn transact<T>(
         &mut self,
         f: impl FnOnce(&mut Self) -> Result<T, KeyError>,
     ) -> Result<T, KeyError> {
@@ -548,51 +543,22 @@ impl Keystore {
         result
     }
 
-    fn record_mut(&mut self, id: &KeyId) -> Result<&mut KeyRecord, KeyError> {
-        self.body
+    pub(super) fn record_mut(&mut self, id: &KeyId) -> Result<&mut KeyRecord, KeyError> {
+        self.require_exists(id)?;
+        Ok(self
+            .body
             .keys
             .iter_mut()
             .find(|k| k.key_id == *id)
-            .ok_or_else(|| KeyError::NotFound(id.to_string()))
+            .expect("checked above"))
     }
+}
 
-    /// Makes fresh material for version `version` of `id`: kept decrypted in memory, returned sealed.
-    fn new_version(&mut self, id: &KeyId, version: u32) -> Result<VersionRecord, KeyError> {
-        let m = KeyMaterial::random();
-        let sealed = seal32(
-            self.keys.wrap.expose_secret(),
-            &material_aad(id, version),
-            m.expose_secret(),
-        )?;
-        self.materials.insert((*id, version), m);
-        Ok(VersionRecord {
-            version,
-            created: now_secs(),
-            material: hex(&sealed),
-        })
-    }
-
-    /// Adds an Enabled key with fresh material, in memory only.
-    fn add_key(&mut self, description: &str) -> Result<KeyId, KeyError> {
-        let id = KeyId(*uuid::Uuid::new_v4().as_bytes());
-        let v1 = self.new_version(&id, 1)?;
-        let (description, now) = (description.to_owned(), v1.created);
-        self.body.keys.push(KeyRecord {
-            key_id: id,
-            description,
-            creation_date: now,
-            state: KeyState::Enabled,
-            deletion_date: None,
-            origin: Origin::AwsKms,
-            rotation_period_days: None,
-            last_rotation: now,
-            tags: BTreeMap::new(),
-            versions: vec![v1],
-            extra: BTreeMap::new(),
-        });
-        log::debug!("created key {id}");
-        Ok(id)
-    }
+/// The advisory lock file that serializes keystore writers.
+pub fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".lock");
+    path.with_file_name(name)
 }
 
 /// Parses the top-level object, checking `format` and `version` before anything else.
@@ -622,59 +588,7 @@ fn parse_top(path: &Path, text: &str) -> Result<FileTop, KeyError> {
     serde_json::from_str(text).map_err(|e| bad(format!("bad keystore fields: {e}")))
 }
 
-/// Derives the root key. When opening (not `creating`), absurd Argon2 costs that would
-/// exhaust memory are refused as corruption.
-fn derive_root(
-    kdf: &Kdf,
-    unlock: &Unlock,
-    path: &Path,
-    creating: bool,
-) -> Result<KeyMaterial, KeyError> {
-    let bad = |why: String| {
-        if creating {
-            KeyError::InvalidArgument(why)
-        } else {
-            KeyError::corrupt(path, why)
-        }
-    };
-    let salt = match kdf {
-        Kdf::Argon2id { salt, .. } | Kdf::KeyFile { salt } => {
-            unhex::<SALT_LEN>(salt).ok_or_else(|| bad("bad kdf salt".into()))?
-        }
-    };
-    match (kdf, unlock) {
-        (Kdf::Argon2id { m_kib, t, p, .. }, Unlock::Passphrase(pw)) => {
-            let costs = format!("argon2 costs m_kib={m_kib} t={t} p={p}");
-            if !creating && (*m_kib > MAX_M_KIB || *t > 1000 || *p > 255) {
-                return Err(bad(format!("unreasonable {costs}")));
-            }
-            let params = argon2::Params::new(*m_kib, *t, *p, Some(32))
-                .map_err(|e| bad(format!("{costs}: {e}")))?;
-            let mut root = KeyMaterial::zeroed();
-            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
-                .hash_password_into(pw, &salt, root.expose_secret_mut())
-                .map_err(|e| KeyError::Internal(format!("argon2: {e}")))?;
-            Ok(root)
-        }
-        (Kdf::KeyFile { .. }, Unlock::KeyFile(k)) => {
-            let input = zeroize::Zeroizing::new([&k[..], &salt[..]].concat());
-            Ok(KeyMaterial::from_bytes(blake3::derive_key(
-                "envelopefs keystore keyfile v1",
-                &input,
-            )))
-        }
-        (Kdf::Argon2id { .. }, Unlock::KeyFile(_)) => Err(KeyError::InvalidArgument(format!(
-            "keystore {} is protected by a passphrase, not a key file; give the passphrase (or --passfile)",
-            path.display()
-        ))),
-        (Kdf::KeyFile { .. }, Unlock::Passphrase(_)) => Err(KeyError::InvalidArgument(format!(
-            "keystore {} is protected by a key file, not a passphrase; pass it with --keyfile",
-            path.display()
-        ))),
-    }
-}
-
-fn material_aad(id: &KeyId, version: u32) -> Vec<u8> {
+pub(super) fn material_aad(id: &KeyId, version: u32) -> Vec<u8> {
     [MATERIAL_AAD, &id.0, &version.to_be_bytes()].concat()
 }
 
@@ -696,191 +610,6 @@ fn warn_if_readable_by_others(path: &Path) {
         );
     }
 }
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use zeroize::Zeroizing;
-
-    fn pw(s: &str) -> Unlock {
-        Unlock::Passphrase(Zeroizing::new(s.as_bytes().to_vec()))
-    }
-
-    /// A passphrase keystore with cheap Argon2 costs.
-    fn small(dir: &Path, pass: &str) -> (PathBuf, Keystore) {
-        let p = dir.join("keystore.json");
-        let ks = Keystore::create_with_params(&p, &pw(pass), 1024, 1, 1).unwrap();
-        (p, ks)
-    }
-
-    #[test]
-    fn passphrase_reopen_and_wrong_passphrase_writes_nothing() {
-        let d = tempfile::tempdir().unwrap();
-        let (p, ks) = small(d.path(), "right");
-        let id = ks.resolve(DEFAULT_ALIAS).unwrap();
-        let m1 = *ks.material(&id, 1).unwrap().expose_secret();
-        let before = std::fs::read(&p).unwrap();
-        let e = Keystore::open(&p, &pw("wrong")).err().unwrap();
-        assert!(matches!(e, KeyError::WrongPassphrase { .. }), "{e}");
-        assert_eq!(std::fs::read(&p).unwrap(), before);
-        let ks2 = Keystore::open(&p, &pw("right")).unwrap();
-        assert_eq!(ks2.material(&id, 1).unwrap().expose_secret(), &m1);
-        assert_eq!(ks2.key(&id).unwrap().description, DEFAULT_DESCRIPTION);
-        use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-    }
-
-    #[test]
-    fn tampering_is_detected() {
-        let d = tempfile::tempdir().unwrap();
-        let (p, _) = small(d.path(), "pw");
-        let orig = std::fs::read_to_string(&p).unwrap();
-        let mut top: serde_json::Value = serde_json::from_str(&orig).unwrap();
-        let body = top["body"]
-            .as_str()
-            .unwrap()
-            .replace("default key", "defau1t key");
-        top["body"] = body.into();
-        std::fs::write(&p, serde_json::to_string(&top).unwrap()).unwrap();
-        let e = Keystore::open(&p, &pw("pw")).err().unwrap();
-        assert!(matches!(e, KeyError::Corrupt { .. }), "{e}");
-        assert!(matches!(
-            Keystore::open(&p, &pw("other")),
-            Err(KeyError::WrongPassphrase { .. })
-        ));
-        std::fs::write(&p, orig.replace("\"mac\": \"", "\"mac\": \"00")).unwrap();
-        assert!(matches!(
-            Keystore::open(&p, &pw("pw")),
-            Err(KeyError::Corrupt { .. })
-        ));
-        std::fs::write(&p, &orig[..orig.len() / 2]).unwrap();
-        assert!(matches!(
-            Keystore::open(&p, &pw("pw")),
-            Err(KeyError::Corrupt { .. })
-        ));
-    }
-
-    #[test]
-    fn newer_version_and_foreign_files_are_refused() {
-        let d = tempfile::tempdir().unwrap();
-        let (p, _) = small(d.path(), "pw");
-        let orig = std::fs::read_to_string(&p).unwrap();
-        std::fs::write(&p, orig.replace("\"version\": 1", "\"version\": 2")).unwrap();
-        let e = Keystore::open(&p, &pw("pw")).err().unwrap().to_string();
-        assert!(e.contains("newer envelopefs"), "{e}");
-        std::fs::write(&p, b"{\"hello\": 1}").unwrap();
-        let e = Keystore::open(&p, &pw("pw")).err().unwrap().to_string();
-        assert!(e.contains("not an envelopefs keystore"), "{e}");
-    }
-
-    #[test]
-    fn keyfile_unlock_and_mismatched_unlock_kind() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("ks");
-        let key = Unlock::random_keyfile();
-        let ks = Keystore::create(&p, &key).unwrap();
-        let id = ks.resolve(DEFAULT_ALIAS).unwrap();
-        let ks2 = Keystore::open(&p, &key).unwrap();
-        assert_eq!(
-            ks2.material(&id, 1).unwrap().expose_secret(),
-            ks.material(&id, 1).unwrap().expose_secret()
-        );
-        let other = Unlock::random_keyfile();
-        assert!(matches!(
-            Keystore::open(&p, &other),
-            Err(KeyError::WrongPassphrase { .. })
-        ));
-        assert!(matches!(
-            Keystore::open(&p, &pw("x")),
-            Err(KeyError::InvalidArgument(_))
-        ));
-        assert!(matches!(
-            Keystore::create(&p, &key),
-            Err(KeyError::AlreadyExists(_))
-        ));
-    }
-
-    #[test]
-    fn mutations_persist_and_unknown_fields_survive() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("ks");
-        let key = Unlock::random_keyfile();
-        let mut ks = Keystore::create(&p, &key).unwrap();
-        let id = ks.create_key("second").unwrap();
-        assert_eq!(ks.add_version(&id).unwrap(), 2);
-        ks.set_alias("alias/two", Some(&id)).unwrap();
-        // A later version adds fields; this one must keep them when it rewrites the file.
-        let mut body: serde_json::Value = serde_json::to_value(&ks.body).unwrap();
-        body["policy_version"] = 7.into();
-        body["keys"][1]["grants"] = serde_json::json!([{"id": "g"}]);
-        ks.body = serde_json::from_value(body).unwrap();
-        ks.save().unwrap();
-        let mut ks2 = Keystore::open(&p, &key).unwrap();
-        assert_eq!(ks2.resolve("alias/two").unwrap(), id);
-        assert_eq!(ks2.key(&id).unwrap().current_version(), 2);
-        assert!(ks2.material(&id, 2).is_some() && ks2.material(&id, 1).is_some());
-        ks2.update_key(&id, |r| {
-            r.description = "renamed".into();
-            Ok(())
-        })
-        .unwrap();
-        let text = std::fs::read_to_string(&p).unwrap();
-        assert!(
-            text.contains("policy_version") && text.contains("grants") && text.contains("renamed")
-        );
-    }
-
-    #[test]
-    fn concurrent_writer_is_a_conflict_and_rolls_back() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("ks");
-        let key = Unlock::random_keyfile();
-        let mut a = Keystore::create(&p, &key).unwrap();
-        let mut b = Keystore::open(&p, &key).unwrap();
-        b.create_key("by b").unwrap();
-        let on_disk = std::fs::read(&p).unwrap();
-        assert!(matches!(
-            a.create_key("by a"),
-            Err(KeyError::Conflict { .. })
-        ));
-        assert_eq!(a.keys().len(), 1, "failed mutation must roll back");
-        assert_eq!(std::fs::read(&p).unwrap(), on_disk);
-    }
-
-    /// Key-derivation test vector for docs/FORMAT.md: key file 0x01×32, salt 0x02×16.
-    #[test]
-    fn keyfile_derivation_vector() {
-        let kdf = Kdf::KeyFile {
-            salt: hex(&[2; 16]),
-        };
-        let root = derive_root(
-            &kdf,
-            &Unlock::KeyFile(Zeroizing::new([1; 32])),
-            Path::new("v"),
-            false,
-        )
-        .unwrap();
-        let keys = Keys::from_root(&root);
-        let got = [
-            hex(root.expose_secret()),
-            hex(keys.wrap.expose_secret()),
-            hex(keys.mac.expose_secret()),
-            keys.check,
-        ];
-        assert_eq!(
-            got,
-            [
-                "62084641e6de7605b975e097cef095323ad442e78f89aba6fb7e84bb0e29c9e5",
-                "3e9492b87afd4048b7cdad0f0a1a0617fd94aa20612536b935e52500f8ba63d8",
-                "68f1967e16d60da5eb6046d99fd48afd3b3960ee787543b668deb2c86e54c1eb",
-                "65f43f8327e40f16e59d13f0894264b1",
-            ]
-        );
-        let aad = material_aad(&KeyId([0x22; 16]), 1);
-        let want = "656e76656c6f7065667320636d6b206d6174657269616c207631 22222222222222222222222222222222 00000001";
-        assert_eq!(hex(&aad), want.replace(' ', ""));
-    }
-}
+#[path = "keystore_tests.rs"]
+mod tests;

@@ -6,12 +6,24 @@
 //! trait later. CMK material never leaves an implementation in plaintext; data keys leave it
 //! only as [`DataKey`], which zeroizes itself on drop.
 
+pub mod access;
+pub mod audit;
 pub mod error;
+pub mod events;
+pub mod import;
+mod kdf;
+mod keystore_ops;
 pub mod keystore;
+pub mod lifecycle;
 pub mod local;
+pub mod policy;
+pub mod record;
+pub mod rotation;
 pub mod secret;
+pub mod timefmt;
 
 pub use error::KeyError;
+pub use record::Origin;
 pub use secret::{DataKey, DATA_KEY_LEN};
 
 use crate::format::context::EncryptionContext;
@@ -89,7 +101,26 @@ pub enum KeyState {
     PendingImport,
 }
 
-/// Non-secret facts about a CMK, as KMS's DescribeKey returns them.
+impl KeyState {
+    /// The KMS name of the state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Enabled => "Enabled",
+            KeyState::Disabled => "Disabled",
+            KeyState::PendingDeletion => "PendingDeletion",
+            KeyState::PendingImport => "PendingImport",
+        }
+    }
+}
+
+impl std::fmt::Display for KeyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Non-secret facts about a CMK, as KMS's DescribeKey returns them (plus its aliases, tags
+/// and rotation status, which KMS spreads over other calls).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KeyMetadata {
     /// The key id, hyphenated UUID.
@@ -104,6 +135,24 @@ pub struct KeyMetadata {
     pub state: KeyState,
     /// The newest key-material version (new wraps use it).
     pub current_version: u32,
+    /// How many material versions the key has (all of them still decrypt).
+    pub versions: u32,
+    /// Where the material came from.
+    pub origin: Origin,
+    /// When a PendingDeletion key's material will be destroyed (seconds since the epoch).
+    pub deletion_date: Option<u64>,
+    /// The waiting period chosen when the deletion was scheduled, in days.
+    pub pending_window_days: Option<u32>,
+    /// When imported material expires (seconds since the epoch); `None` = never.
+    pub valid_to: Option<u64>,
+    /// Whether automatic rotation is on.
+    pub rotation_enabled: bool,
+    /// The automatic rotation period, in days.
+    pub rotation_period_days: Option<u32>,
+    /// When automatic rotation is next due (seconds since the epoch).
+    pub next_rotation_date: Option<u64>,
+    /// KMS-style tags.
+    pub tags: std::collections::BTreeMap<String, String>,
 }
 
 /// The key-service interface the filesystem uses.

@@ -256,12 +256,71 @@ pub(crate) fn open32(
     })
 }
 
+/// Seals a secret of any length with AES-256-GCM-SIV under `key`, binding `aad`:
+/// nonce (12 B, random) ‖ ciphertext (same length as `secret`) ‖ tag (16 B). Used for secrets
+/// that are not 32 bytes (an import wrapping key's private half).
+pub(crate) fn seal_bytes(key: &[u8; 32], aad: &[u8], secret: &[u8]) -> Result<Vec<u8>, KeyError> {
+    let nonce: [u8; 12] = random_bytes()?;
+    let mut out = Vec::with_capacity(12 + secret.len() + 16);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(secret);
+    let sealed = Aes256GcmSiv::new(key.into()).encrypt_inout_detached(
+        &Nonce::from(nonce),
+        aad,
+        (&mut out[12..]).into(),
+    );
+    let Ok(tag) = sealed else {
+        out.zeroize();
+        return Err(KeyError::Internal("AES-GCM-SIV refused to encrypt".into()));
+    };
+    out.extend_from_slice(&tag);
+    Ok(out)
+}
+
+/// Opens what [`seal_bytes`] made. A short blob or a failed authentication is
+/// [`KeyError::InvalidCiphertext`]; the plaintext zeroizes itself when dropped.
+pub(crate) fn open_bytes(
+    key: &[u8; 32],
+    aad: &[u8],
+    blob: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    if blob.len() < 12 + 16 {
+        return Err(KeyError::InvalidCiphertext);
+    }
+    let (nonce, rest) = blob.split_at(12);
+    let (ct, tag) = rest.split_at(rest.len() - 16);
+    let nonce: [u8; 12] = nonce.try_into().map_err(|_| KeyError::InvalidCiphertext)?;
+    let tag: [u8; 16] = tag.try_into().map_err(|_| KeyError::InvalidCiphertext)?;
+    let mut out = Zeroizing::new(ct.to_vec());
+    Aes256GcmSiv::new(key.into())
+        .decrypt_inout_detached(
+            &Nonce::from(nonce),
+            aad,
+            (&mut out[..]).into(),
+            &Tag::from(tag),
+        )
+        .map_err(|_| KeyError::InvalidCiphertext)?;
+    Ok(out)
+}
+
 /// `N` bytes from the operating system's random generator.
 pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], KeyError> {
     let mut b = [0u8; N];
     getrandom::fill(&mut b)
         .map_err(|e| KeyError::Internal(format!("system random generator: {e}")))?;
     Ok(b)
+}
+
+/// Decodes hex of any even length (either case).
+pub(crate) fn unhex_vec(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    s.as_bytes()
+        .chunks_exact(2)
+        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
+        .collect()
 }
 
 /// Decodes exactly `N` bytes of hex (either case).
@@ -356,5 +415,22 @@ mod tests {
         assert_eq!(unhex::<2>("0aFf"), Some([0x0a, 0xff]));
         assert_eq!(unhex::<2>("0aF"), None);
         assert_eq!(unhex::<1>("+1"), None);
+    }
+
+    #[test]
+    fn seal_bytes_round_trip_and_tamper() {
+        let k = [3u8; 32];
+        let secret = b"a longer secret than 32 bytes, of any length";
+        let blob = seal_bytes(&k, b"ad", secret).unwrap();
+        assert_eq!(blob.len(), 12 + secret.len() + 16);
+        assert_eq!(
+            &open_bytes(&k, b"ad", &blob).unwrap()[..],
+            b"a longer secret than 32 bytes, of any length"
+        );
+        assert!(open_bytes(&k, b"aD", &blob).is_err());
+        let mut bad = blob.clone();
+        bad[13] ^= 1;
+        assert!(open_bytes(&k, b"ad", &bad).is_err());
+        assert!(open_bytes(&k, b"ad", &blob[..27]).is_err());
     }
 }

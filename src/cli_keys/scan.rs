@@ -1,0 +1,187 @@
+//! `envelopefs scan`: which CMK versions the files of a volume depend on, read from the file
+//! headers alone (the key id and version of each key slot are in the clear), so no passphrase
+//! is needed and no data is read: one 1 KiB read per file.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::format::header::{HEADER_REGION, KeySlot, candidates};
+use crate::keys::KeyId;
+use crate::store::volume as vol;
+
+/// Files per (key, version), and what could not be counted.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ScanReport {
+    /// Regular files examined.
+    pub files: u64,
+    /// key id → version → number of files with a slot under it.
+    pub by_key: BTreeMap<String, BTreeMap<u32, u64>>,
+    /// Empty files (no header yet: they depend on no key).
+    pub empty: u64,
+    /// Files whose header could not be read or parsed (name them with `--json`).
+    pub unreadable: Vec<PathBuf>,
+    /// The volume key (it encrypts xattr values and must unwrap at mount): key id and version.
+    pub volume_key: (String, u32),
+    /// False when the scan stopped at its time budget.
+    pub complete: bool,
+}
+
+impl ScanReport {
+    /// Files with a slot under `key` (any version), and whether the volume key is under it.
+    pub fn dependents(&self, key: &str) -> (u64, bool) {
+        let files = self.by_key.get(key).map_or(0, |v| v.values().sum());
+        (files, self.volume_key.0 == key)
+    }
+}
+
+/// Scans BACKING/data, stopping after `budget` if given (then `complete` is false).
+pub fn scan(backing: &Path, budget: Option<Duration>) -> Result<ScanReport, vol::VolumeError> {
+    let cfg = vol::read_config(backing)?;
+    let mut report = ScanReport {
+        volume_key: (cfg.volume_key.key_id.clone(), cfg.volume_key.version),
+        complete: true,
+        ..ScanReport::default()
+    };
+    let deadline = budget.map(|b| Instant::now() + b);
+    let mut stack = vec![backing.join(vol::DATA_DIR)];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            report.unreadable.push(dir);
+            continue;
+        };
+        for entry in entries.flatten() {
+            if deadline.is_some_and(|d| Instant::now() > d) {
+                report.complete = false;
+                return Ok(report);
+            }
+            let Ok(ft) = entry.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(entry.path());
+            } else if ft.is_file() {
+                report.files += 1;
+                count_file(&entry.path(), &mut report);
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn count_file(path: &Path, report: &mut ScanReport) {
+    let mut buf = Vec::with_capacity(HEADER_REGION);
+    let read =
+        std::fs::File::open(path).and_then(|f| f.take(HEADER_REGION as u64).read_to_end(&mut buf));
+    match read {
+        Ok(0) => report.empty += 1,
+        Ok(_) => match candidates(&buf) {
+            Ok(c) => {
+                // The newest copy; without the data key its MAC cannot be checked, which is
+                // fine for counting.
+                let mut seen = Vec::new();
+                for slot in &c[0].header.slots {
+                    if let KeySlot::Cmk {
+                        key_id, version, ..
+                    } = slot
+                        && !seen.contains(&(*key_id, *version))
+                    {
+                        seen.push((*key_id, *version));
+                        let id = KeyId(*key_id).to_string();
+                        *report
+                            .by_key
+                            .entry(id)
+                            .or_default()
+                            .entry(*version)
+                            .or_default() += 1;
+                    }
+                }
+            }
+            Err(_) => report.unreadable.push(path.to_owned()),
+        },
+        Err(_) => report.unreadable.push(path.to_owned()),
+    }
+}
+
+/// Key states and aliases as the keystore file says, read without the passphrase (so not
+/// authenticated: for display only).
+pub fn keystore_labels(backing: &Path) -> BTreeMap<String, String> {
+    let read = || -> Option<BTreeMap<String, String>> {
+        let cfg = vol::read_config(backing).ok()?;
+        let text = std::fs::read_to_string(vol::keystore_path(backing, &cfg)).ok()?;
+        let top: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let body: serde_json::Value = serde_json::from_str(top.get("body")?.as_str()?).ok()?;
+        let mut labels = BTreeMap::new();
+        for k in body.get("keys")?.as_array()? {
+            let id = k.get("key_id")?.as_str()?.to_owned();
+            let state = k.get("state").and_then(|s| s.as_str()).unwrap_or("?");
+            labels.insert(id, state.to_owned());
+        }
+        for (alias, target) in body.get("aliases")?.as_object()? {
+            if let Some(label) = target.as_str().and_then(|t| labels.get_mut(t)) {
+                label.push_str(&format!(", {alias}"));
+            }
+        }
+        for d in body
+            .get("deleted")
+            .and_then(|d| d.as_array())
+            .into_iter()
+            .flatten()
+        {
+            if let Some(id) = d.get("key_id").and_then(|i| i.as_str()) {
+                labels.insert(id.to_owned(), "DELETED".into());
+            }
+        }
+        Some(labels)
+    };
+    read().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_headers_of_a_fresh_volume() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("v");
+        let kms = crate::keys::local::LocalKms::in_memory_for_tests();
+        vol::prepare(&root).unwrap();
+        let cfg = vol::create(
+            &root,
+            &kms,
+            "alias/default",
+            4096,
+            "keystore.json".into(),
+            0,
+        )
+        .unwrap();
+        std::fs::write(root.join("data/empty"), b"").unwrap();
+        std::fs::write(root.join("data/junk"), b"not a header").unwrap();
+        let r = scan(&root, None).unwrap();
+        assert!(r.complete);
+        assert_eq!((r.files, r.empty, r.unreadable.len()), (2, 1, 1));
+        assert_eq!(r.dependents(&cfg.volume_key.key_id), (0, true));
+    }
+
+    #[test]
+    fn counts_real_files_per_key_version() {
+        let (fs, tmp, caller) = crate::fs::testing::fresh();
+        let root = tmp.path().join("vol");
+        for name in ["a", "b", "c"] {
+            let (_, fh) = fs
+                .create(1, std::ffi::OsStr::new(name), 0o600, libc::O_RDWR, &caller)
+                .unwrap();
+            if name != "c" {
+                fs.write(fh, 0, b"hello", &caller).unwrap();
+            }
+            fs.release(fh).unwrap();
+        }
+        let r = scan(&root, None).unwrap();
+        assert_eq!((r.files, r.empty, r.unreadable.len()), (3, 1, 0), "{r:?}");
+        let key = &r.volume_key.0;
+        assert_eq!(r.by_key[key][&1], 2);
+        assert_eq!(r.dependents(key), (2, true));
+    }
+}

@@ -1,0 +1,1880 @@
+//! The audit trail of the key service: one JSON record per key-service call, in a keyed
+//! blake3 hash chain, in size-rotated files.
+//!
+//! # Files
+//!
+//! A directory (created mode 0700) holds `audit-000001.jsonl`, `audit-000002.jsonl`, … (mode
+//! 0600), one record per line, each line ending in `\n`. A new file is started when the next
+//! record would take the current one past `max_bytes` (default 16 MiB); the chain continues
+//! across files. When at most N files are kept, the oldest are deleted after
+//! `audit-anchor.json` has been written (see *Anchor*). Only the newest file is ever written;
+//! a torn last line (a crash during a write) is cut off when the log is next opened.
+//!
+//! # Record
+//!
+//! Field names follow AWS CloudTrail where they fit. Members appear in this order; those marked
+//! `?` are left out when absent:
+//!
+//! ```text
+//! {"seq":7,                                  1 for the first record of a trail, then +1
+//!  "eventTime":"2026-11-23T10:00:00.123Z",   UTC, milliseconds
+//!  "eventName":"Decrypt",                    the KMS operation (no "kms:" prefix)
+//!  "eventSource":"envelopefs-kms",
+//!  "userIdentity":{"uid":1000,"userName"?:"alice","pid":4242,"processName"?:"cat"},
+//!  "requestParameters":{"keyId"?:"…","keyVersion"?:2,
+//!                       "destinationKeyId"?:"…","destinationKeyVersion"?:3,
+//!                       "encryptionContext"?:{…pairs sorted by key…},"path"?:"/a/b",
+//!                       …other non-secret request parameters, as strings, sorted by name…},
+//!  "additionalEventData"?:{"authorizedBy":"key policy statement \"…\""},
+//!  "errorCode"?:"AccessDeniedException","errorMessage"?:"…",
+//!  "readOnly":true,
+//!  "prev":"<64 hex digits>",
+//!  "hash":"<64 hex digits>"}
+//! ```
+//!
+//! (shown wrapped; on disk a record is compact JSON on one line, as serde_json writes it: no
+//! spaces, non-ASCII as raw UTF-8, `"` `\` and control characters escaped). `pid` is 0 when
+//! unknown. A record has no field that can hold bytes: key material, data keys, wrapped keys
+//! and plaintext have no way in.
+//!
+//! # Hash chain
+//!
+//! ```text
+//! line      = B[..len(B)-1] ‖ ",\"hash\":\"" ‖ hex(H) ‖ "\"}" ‖ "\n"
+//! B         = the record's JSON text without the "hash" member (it ends with '}')
+//! H         = blake3::keyed_hash(audit_key, P ‖ B)                  (32 bytes)
+//! P         = the previous record's H (32 raw bytes); 32 zero bytes for seq 1
+//! "prev"    = hex(P), inside B
+//! audit_key = 32 bytes from the key service (derive_audit_key: blake3::derive_key(
+//!             "envelopefs audit key v1", keystore root key)), so only a holder of the
+//!             keystore passphrase or key file can compute or check the chain.
+//! ```
+//!
+//! The hash covers the exact bytes of the line (less its own `"hash"` member), so a verifier
+//! needs no canonical form: take the line, cut the last 75 bytes (`,"hash":"` + 64 hex +
+//! `"}`), append `}`, prefix the previous hash. hex is lowercase.
+//!
+//! # Anchor (only when old files are deleted)
+//!
+//! ```text
+//! audit-anchor.json = {"file":N,"seq":S,"prev":"<hex P>","mac":"<hex M>"}
+//! M = blake3::keyed_hash(blake3::derive_key("envelopefs audit anchor v1", audit_key),
+//!                        "file=N;seq=S;prev=<hex P>")            (decimal N and S)
+//! ```
+//!
+//! It vouches that the first record in file N or later has seq S and prev P: [`verify`]
+//! trusts that record's start instead of the zero start of seq 1. It is written (atomically)
+//! before any file is deleted.
+//!
+//! # What verify detects, and what it cannot
+//!
+//! Detected, naming the file, line and seq of the first bad record: an edited field or byte
+//! (hash), a deleted, inserted, duplicated or reordered record (prev or seq), a deleted file
+//! in the middle or at the start (numbering gap, anchor), a forged or replaced anchor (mac,
+//! or a file it needs is gone), a wrong audit key (the first record fails). Not detectable
+//! from the log alone: records cut off at the end (the newest records, or newest files,
+//! deleted), or the whole directory deleted. The key service can close that gap by keeping
+//! the latest (seq, hash) somewhere the attacker cannot rewrite.
+//!
+//! # Cost
+//!
+//! One `write(2)` per record (the line is built in memory and written with `O_APPEND`), no
+//! fsync; [`AuditLog::sync`] at unmount. User names come from a cache (see
+//! [`crate::keys::policy::user_name`]); process names from `/proc/<pid>/comm`, cached for a
+//! second.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::format::context::{EncryptionContext, hex};
+use crate::keys::policy::{self, Principal};
+use crate::keys::{Caller, KeyError};
+
+/// `eventSource` of every record.
+pub const EVENT_SOURCE: &str = "envelopefs-kms";
+/// Default size at which a new audit file is started.
+pub const DEFAULT_MAX_BYTES: u64 = 16 << 20;
+/// blake3 `derive_key` context of the audit key (see [`derive_audit_key`]).
+pub const AUDIT_KEY_CONTEXT: &str = "envelopefs audit key v1";
+/// blake3 `derive_key` context of the anchor MAC key, derived from the audit key.
+const ANCHOR_KEY_CONTEXT: &str = "envelopefs audit anchor v1";
+/// Name of the anchor file in the audit directory.
+pub const ANCHOR_FILE: &str = "audit-anchor.json";
+/// What precedes the hex hash at the end of a line.
+const HASH_PREFIX: &[u8] = b",\"hash\":\"";
+/// Length of the hash member at the end of a line: `,"hash":"` + 64 hex + `"}`.
+const HASH_SUFFIX_LEN: usize = HASH_PREFIX.len() + 64 + 2;
+/// How long a pid → process name entry is reused.
+const PROC_NAME_TTL: Duration = Duration::from_secs(1);
+/// Entries kept in the process-name cache before it is emptied.
+const PROC_NAME_CACHE_MAX: usize = 4096;
+/// `requestParameters` members that [`AuditEvent::parameters`] may not reuse.
+const RESERVED_PARAMETERS: &[&str] = &[
+    "keyId",
+    "keyVersion",
+    "destinationKeyId",
+    "destinationKeyVersion",
+    "encryptionContext",
+    "path",
+];
+
+/// The audit key for a keystore root key: `blake3::derive_key(AUDIT_KEY_CONTEXT, root)`.
+pub fn derive_audit_key(root_key: &[u8; 32]) -> [u8; 32] {
+    blake3::derive_key(AUDIT_KEY_CONTEXT, root_key)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Records
+// ---------------------------------------------------------------------------------------------
+
+/// Who made the call.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UserIdentity {
+    /// Effective user id.
+    pub uid: u32,
+    /// User name, where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_name: Option<String>,
+    /// Process id (0 when unknown).
+    pub pid: u32,
+    /// Process name (`/proc/<pid>/comm`), where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_name: Option<String>,
+}
+
+/// The request's non-secret parameters.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestParameters {
+    /// The CMK (hyphenated id) the call was about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// Its key-material version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_version: Option<u32>,
+    /// ReEncrypt / rewrap: the destination CMK.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_key_id: Option<String>,
+    /// ReEncrypt / rewrap: the destination key-material version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_key_version: Option<u32>,
+    /// The encryption context (non-secret by definition).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub encryption_context: BTreeMap<String, String>,
+    /// The file's path in the volume, where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Other request parameters (pendingWindowInDays, aliasName, grantId, …).
+    #[serde(flatten)]
+    pub other: BTreeMap<String, String>,
+}
+
+/// Facts about the call beyond the request.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AdditionalEventData {
+    /// The key policy statement or grant that allowed the call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorized_by: Option<String>,
+}
+
+/// One line of the audit trail, as read back (see the module docs for the layout).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditRecord {
+    /// Position in the trail, from 1.
+    pub seq: u64,
+    /// `2026-11-23T10:00:00.123Z`.
+    pub event_time: String,
+    /// The KMS operation.
+    pub event_name: String,
+    /// [`EVENT_SOURCE`].
+    pub event_source: String,
+    /// The caller.
+    pub user_identity: UserIdentity,
+    /// The request.
+    pub request_parameters: RequestParameters,
+    /// Which statement or grant allowed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub additional_event_data: Option<AdditionalEventData>,
+    /// KMS exception name when the call failed or was denied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    /// Error text when the call failed or was denied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+    /// True for calls that change no key state.
+    pub read_only: bool,
+    /// Hex of the previous record's hash.
+    pub prev: String,
+    /// Hex of this record's hash. Must stay the last field: the writer serializes the record
+    /// with an empty hash (so the member is left out) to get the hashed text.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hash: String,
+}
+
+/// True for operations that change no key state (CloudTrail's `readOnly`).
+pub fn is_read_only_event(event_name: &str) -> bool {
+    let n = event_name.strip_prefix("kms:").unwrap_or(event_name);
+    matches!(
+        n,
+        "Decrypt" | "Encrypt" | "ReEncrypt" | "DescribeKey" | "GenerateRandom"
+    ) || n.starts_with("GenerateDataKey")
+        || n.starts_with("List")
+        || n.starts_with("Get")
+}
+
+/// What the key service reports about one call; [`AuditLog::append`] turns it into a record.
+///
+/// Every field is text or a number: there is nowhere to put key material or plaintext.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// The KMS operation (`Decrypt`, `GenerateDataKey`, `ReEncrypt`, `DisableKey`, …).
+    pub event_name: String,
+    /// Caller's effective uid.
+    pub uid: u32,
+    /// Caller's pid (0 when unknown).
+    pub pid: u32,
+    /// Caller's user name; looked up (cached) when `None`.
+    pub user_name: Option<String>,
+    /// Caller's process name; read from `/proc/<pid>/comm` (cached) when `None`.
+    pub process_name: Option<String>,
+    /// CMK id.
+    pub key_id: Option<String>,
+    /// Key-material version.
+    pub key_version: Option<u32>,
+    /// Destination CMK id (ReEncrypt).
+    pub destination_key_id: Option<String>,
+    /// Destination key-material version (ReEncrypt).
+    pub destination_key_version: Option<u32>,
+    /// Encryption context.
+    pub encryption_context: BTreeMap<String, String>,
+    /// Path of the file, where known.
+    pub path: Option<String>,
+    /// Other non-secret request parameters; names must not be those of the fields above.
+    pub parameters: BTreeMap<String, String>,
+    /// The statement or grant that allowed the call.
+    pub authorized_by: Option<String>,
+    /// KMS exception name, on failure.
+    pub error_code: Option<String>,
+    /// Error text, on failure (never secrets: [`KeyError`] messages hold none).
+    pub error_message: Option<String>,
+    /// CloudTrail's readOnly; [`AuditEvent::new`] presets it from the event name.
+    pub read_only: bool,
+}
+
+impl AuditEvent {
+    /// An event for `caller` calling `event_name` (a `kms:` prefix is dropped).
+    pub fn new(event_name: &str, caller: &Caller) -> Self {
+        let name = event_name.strip_prefix("kms:").unwrap_or(event_name);
+        AuditEvent {
+            event_name: name.to_owned(),
+            uid: caller.uid,
+            pid: caller.pid,
+            read_only: is_read_only_event(name),
+            ..Default::default()
+        }
+    }
+
+    /// Takes the user name from an already resolved principal.
+    pub fn principal(mut self, p: &Principal) -> Self {
+        self.user_name = p.user_name.clone();
+        self
+    }
+
+    /// Sets the CMK and its version.
+    pub fn key(mut self, key_id: impl Into<String>, version: Option<u32>) -> Self {
+        self.key_id = Some(key_id.into());
+        self.key_version = version;
+        self
+    }
+
+    /// Sets the destination CMK and version (ReEncrypt, rewrap).
+    pub fn destination(mut self, key_id: impl Into<String>, version: Option<u32>) -> Self {
+        self.destination_key_id = Some(key_id.into());
+        self.destination_key_version = version;
+        self
+    }
+
+    /// Copies the encryption context.
+    pub fn context(mut self, ctx: &EncryptionContext) -> Self {
+        self.encryption_context = ctx
+            .iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        self
+    }
+
+    /// Sets the file's path.
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.path = Some(path.into());
+        self
+    }
+
+    /// Adds one other request parameter (`pendingWindowInDays` = `"7"`, …).
+    pub fn param(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.parameters.insert(name.to_owned(), value.into());
+        self
+    }
+
+    /// Records what allowed the call.
+    pub fn authorized_by(mut self, by: impl Into<String>) -> Self {
+        self.authorized_by = Some(by.into());
+        self
+    }
+
+    /// Records a failure: the KMS exception name and the message.
+    pub fn error(mut self, e: &KeyError) -> Self {
+        self.error_code = Some(e.code().to_owned());
+        self.error_message = Some(e.to_string());
+        self
+    }
+
+    /// Records a denial (`AccessDeniedException` with the reason).
+    pub fn denied(mut self, reason: impl Into<String>) -> Self {
+        self.error_code = Some("AccessDeniedException".to_owned());
+        self.error_message = Some(reason.into());
+        self
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Time
+// ---------------------------------------------------------------------------------------------
+
+/// `2026-11-23T10:00:00.123Z` for `t` (UTC, milliseconds; times before 1970 print as 1970).
+pub fn format_event_time(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (y, m, day) = civil_from_days((secs / 86_400) as i64);
+    let s = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        d.subsec_millis()
+    )
+}
+
+/// Parses `YYYY-MM-DD`, `YYYY-MM-DDTHH:MM`, `YYYY-MM-DDTHH:MM:SS` or with `.fff`, each
+/// optionally followed by `Z` (always UTC), into a time (for `audit show --since`).
+pub fn parse_event_time(s: &str) -> Option<SystemTime> {
+    let s = s.strip_suffix('Z').unwrap_or(s);
+    let (date, time) = s.split_once('T').unwrap_or((s, ""));
+    let mut d = date.splitn(3, '-');
+    let y: i64 = d.next()?.parse().ok()?;
+    let m: u32 = d.next()?.parse().ok()?;
+    let day: u32 = d.next()?.parse().ok()?;
+    if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) || day < 1 || day > days_in_month(y, m)
+    {
+        return None;
+    }
+    let (mut hh, mut mm, mut ss, mut ms) = (0u64, 0u64, 0u64, 0u64);
+    if !time.is_empty() {
+        let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
+        let mut t = hms.split(':');
+        hh = t.next()?.parse().ok()?;
+        mm = t.next()?.parse().ok()?;
+        ss = t.next().map_or(Some(0), |x| x.parse().ok())?;
+        if t.next().is_some() || hh > 23 || mm > 59 || ss > 60 {
+            return None;
+        }
+        if !frac.is_empty() {
+            if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            ms = format!("{frac:0<3}").parse().ok()?;
+        }
+    }
+    let days = u64::try_from(days_from_civil(y, m, day)).ok()?;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    Some(UNIX_EPOCH + Duration::from_millis(secs * 1000 + ms))
+}
+
+fn days_in_month(y: i64, m: u32) -> u32 {
+    match m {
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Year, month, day of the proleptic Gregorian calendar for days since 1970-01-01.
+/// (Counts in 400-year eras of 146097 days, with years starting on 1 March so that the
+/// leap day is the last day of a year.)
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468; // days since 0000-03-01
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097); // day of era, 0..=146096
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // year of era, 0..=399
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of (March-based) year, 0..=365
+    let mp = (5 * doy + 2) / 153; // March = 0 … February = 11
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (inverse of [`civil_from_days`]).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from(if m > 2 { m - 3 } else { m + 9 });
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files
+// ---------------------------------------------------------------------------------------------
+
+/// `audit-000042.jsonl`.
+pub fn file_name(n: u32) -> String {
+    format!("audit-{n:06}.jsonl")
+}
+
+fn parse_file_name(name: &str) -> Option<u32> {
+    let digits = name.strip_prefix("audit-")?.strip_suffix(".jsonl")?;
+    (digits.len() >= 6 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+        .filter(|&n| n >= 1)
+}
+
+/// The audit files in `dir`, oldest first.
+fn list_files(dir: &Path) -> io::Result<Vec<(u32, PathBuf)>> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(n) = entry.file_name().to_str().and_then(parse_file_name) {
+            files.push((n, entry.path()));
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn invalid_data(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// Decodes 64 lowercase hex digits.
+fn unhex32(s: &str) -> Option<[u8; 32]> {
+    let b = s.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let nib = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = nib(b[2 * i])? << 4 | nib(b[2 * i + 1])?;
+    }
+    Some(out)
+}
+
+/// Splits a line (without its `\n`) into the hashed text B and the hash it claims.
+fn split_line(line: &[u8]) -> Option<(Vec<u8>, [u8; 32])> {
+    if line.len() < HASH_SUFFIX_LEN + 2 || !line.ends_with(b"\"}") {
+        return None;
+    }
+    let cut = line.len() - HASH_SUFFIX_LEN;
+    if &line[cut..cut + HASH_PREFIX.len()] != HASH_PREFIX {
+        return None;
+    }
+    let hash = unhex32(std::str::from_utf8(&line[cut + HASH_PREFIX.len()..line.len() - 2]).ok()?)?;
+    let mut body = Vec::with_capacity(cut + 1);
+    body.extend_from_slice(&line[..cut]);
+    body.push(b'}');
+    Some((body, hash))
+}
+
+fn chain_hash(key: &[u8; 32], prev: &[u8; 32], body: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_keyed(key);
+    h.update(prev);
+    h.update(body);
+    *h.finalize().as_bytes()
+}
+
+/// The anchor file's contents.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+struct Anchor {
+    file: u32,
+    seq: u64,
+    prev: String,
+    mac: String,
+}
+
+impl Anchor {
+    fn mac(key: &[u8; 32], file: u32, seq: u64, prev: &str) -> String {
+        let k = Zeroizing::new(blake3::derive_key(ANCHOR_KEY_CONTEXT, key));
+        let msg = format!("file={file};seq={seq};prev={prev}");
+        hex(blake3::keyed_hash(&k, msg.as_bytes()).as_bytes())
+    }
+
+    fn new(key: &[u8; 32], file: u32, seq: u64, prev: &[u8; 32]) -> Self {
+        let prev = hex(prev);
+        Anchor {
+            file,
+            seq,
+            mac: Self::mac(key, file, seq, &prev),
+            prev,
+        }
+    }
+
+    fn mac_ok(&self, key: &[u8; 32]) -> bool {
+        let want = Self::mac(key, self.file, self.seq, &self.prev);
+        // Not secret-dependent timing worth guarding: the MAC is stored in the clear beside it.
+        want == self.mac
+    }
+
+    fn read(dir: &Path) -> io::Result<Option<Anchor>> {
+        let path = dir.join(ANCHOR_FILE);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                invalid_data(format!("{} is not an audit anchor: {e}", path.display()))
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Reads complete lines (without `\n`) of one file, with 1-based numbers. Returns whether the
+/// file ended in an incomplete line (which is not passed to `f`).
+fn for_each_line(
+    path: &Path,
+    mut f: impl FnMut(u64, &[u8]) -> io::Result<bool>,
+) -> io::Result<bool> {
+    let mut r = BufReader::with_capacity(64 * 1024, File::open(path)?);
+    let mut buf = Vec::with_capacity(1024);
+    let mut n = 0u64;
+    loop {
+        buf.clear();
+        if r.read_until(b'\n', &mut buf)? == 0 {
+            return Ok(false);
+        }
+        if buf.last() != Some(&b'\n') {
+            return Ok(true);
+        }
+        n += 1;
+        buf.pop();
+        if !f(n, &buf)? {
+            return Ok(false);
+        }
+    }
+}
+
+/// The last complete line of `file` and the length up to and including its `\n` (0 and
+/// `None` when the file has no complete line). Reads backwards from the end in chunks.
+fn last_line(file: &mut File) -> io::Result<(Option<Vec<u8>>, u64)> {
+    const CHUNK: u64 = 16 * 1024;
+    let len = file.metadata()?.len();
+    let mut tail: Vec<u8> = Vec::new(); // the file's bytes [pos, len)
+    let mut pos = len;
+    let mut end: Option<u64> = None; // file offset of the last '\n'
+    loop {
+        if end.is_none()
+            && let Some(i) = tail.iter().rposition(|&b| b == b'\n')
+        {
+            end = Some(pos + i as u64);
+        }
+        match end {
+            Some(e) => {
+                let rel = (e - pos) as usize;
+                if let Some(i) = tail[..rel].iter().rposition(|&b| b == b'\n') {
+                    return Ok((Some(tail[i + 1..rel].to_vec()), e + 1));
+                }
+                if pos == 0 {
+                    return Ok((Some(tail[..rel].to_vec()), e + 1));
+                }
+            }
+            None if pos == 0 => return Ok((None, 0)),
+            None => {}
+        }
+        let step = CHUNK.min(pos);
+        pos -= step;
+        let mut chunk = vec![0u8; step as usize];
+        file.seek(SeekFrom::Start(pos))?;
+        file.read_exact(&mut chunk)?;
+        chunk.extend_from_slice(&tail);
+        tail = chunk;
+    }
+}
+
+/// The first complete line of `path`, if any.
+fn first_line(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    let mut out = None;
+    for_each_line(path, |_, line| {
+        out = Some(line.to_vec());
+        Ok(false)
+    })?;
+    Ok(out)
+}
+
+/// Parses a line into a record, or says why not.
+fn parse_record(line: &[u8]) -> Result<AuditRecord, String> {
+    serde_json::from_slice(line).map_err(|e| format!("not an audit record: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writer
+// ---------------------------------------------------------------------------------------------
+
+/// How an [`AuditLog`] rotates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuditOptions {
+    /// Start a new file before one would grow past this many bytes (0 = the default).
+    pub max_bytes: u64,
+    /// Keep at most this many files, deleting the oldest (`None` = keep all).
+    pub max_files: Option<u32>,
+}
+
+impl Default for AuditOptions {
+    fn default() -> Self {
+        AuditOptions {
+            max_bytes: DEFAULT_MAX_BYTES,
+            max_files: None,
+        }
+    }
+}
+
+/// State that moves forward with every record.
+struct Writer {
+    /// The newest file, opened for appending.
+    file: File,
+    /// Its number.
+    file_no: u32,
+    /// Its length: everything up to here is complete records.
+    len: u64,
+    /// `seq` of the next record.
+    next_seq: u64,
+    /// Hash of the last record (zeros before the first).
+    prev: [u8; 32],
+    /// The line being built (reused, so appends do not allocate it afresh).
+    buf: Vec<u8>,
+    /// A new file was created since the last [`AuditLog::sync`]: the directory needs an fsync.
+    dir_dirty: bool,
+    /// A failed write may have left a partial line past `len` that could not be cut off yet.
+    needs_repair: bool,
+}
+
+/// An open audit trail. `Send + Sync`; share it behind an `Arc`.
+pub struct AuditLog {
+    dir: PathBuf,
+    key: Zeroizing<[u8; 32]>,
+    opts: AuditOptions,
+    /// Guards the writer state: the current file, its number and length, the next seq and the
+    /// previous record's hash. They advance together under this lock, so records reach the
+    /// file in chain order and no two records share a seq.
+    writer: Mutex<Writer>,
+    /// Guards the pid → (process name, when read) cache; entries live [`PROC_NAME_TTL`].
+    proc_names: Mutex<HashMap<u32, (Option<String>, Instant)>>,
+}
+
+impl AuditLog {
+    /// Opens (creating if needed, mode 0700) the trail in `dir`, keeping every file.
+    /// `max_bytes` 0 means [`DEFAULT_MAX_BYTES`]. See [`AuditLog::open_with`].
+    pub fn open(dir: &Path, audit_key: [u8; 32], max_bytes: u64) -> io::Result<Self> {
+        Self::open_with(
+            dir,
+            audit_key,
+            AuditOptions {
+                max_bytes,
+                max_files: None,
+            },
+        )
+    }
+
+    /// Opens the trail and continues its chain: reads the tail of the newest file for the
+    /// last seq and hash. An incomplete last line (a crash during a write) is cut off and
+    /// logged. A last record that does not parse is an error (the trail must not fork); one
+    /// whose hash does not verify under `audit_key` is logged as a warning and chained to.
+    ///
+    /// The key is copied into zeroize-on-drop memory and the argument wiped; a caller that
+    /// keeps its own copy must wipe that itself.
+    pub fn open_with(dir: &Path, mut audit_key: [u8; 32], opts: AuditOptions) -> io::Result<Self> {
+        let key = Zeroizing::new(audit_key);
+        zeroize::Zeroize::zeroize(&mut audit_key);
+        let opts = AuditOptions {
+            max_bytes: if opts.max_bytes == 0 {
+                DEFAULT_MAX_BYTES
+            } else {
+                opts.max_bytes
+            },
+            max_files: opts.max_files.map(|n| n.max(1)),
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let files = list_files(dir)?;
+        let anchor = Anchor::read(dir)?.filter(|a| {
+            let ok = a.mac_ok(&key);
+            if !ok {
+                log::warn!(
+                    "audit anchor {} does not verify under this audit key; ignoring it \
+                     (run `envelopefs audit verify`)",
+                    dir.join(ANCHOR_FILE).display()
+                );
+            }
+            ok
+        });
+
+        // Continue after the last complete record, searching back over empty files.
+        let mut last: Option<(AuditRecord, Vec<u8>, PathBuf)> = None;
+        for (i, (_, path)) in files.iter().enumerate().rev() {
+            let newest = i + 1 == files.len();
+            let mut f = OpenOptions::new().read(true).write(newest).open(path)?;
+            let (line, good_len) = last_line(&mut f)?;
+            let len = f.metadata()?.len();
+            if newest && good_len < len {
+                log::warn!(
+                    "audit log {}: cutting off an incomplete last line ({} bytes) left by a \
+                     crash",
+                    path.display(),
+                    len - good_len
+                );
+                f.set_len(good_len)?;
+                f.sync_all()?;
+            }
+            if let Some(line) = line {
+                let rec = parse_record(&line).map_err(|e| {
+                    invalid_data(format!(
+                        "audit log {}: the last record is damaged ({e}); move the file aside \
+                         and run `envelopefs audit verify`",
+                        path.display()
+                    ))
+                })?;
+                last = Some((rec, line, path.clone()));
+                break;
+            }
+        }
+        let (next_seq, prev) = match &last {
+            Some((rec, line, path)) => {
+                let hash = unhex32(&rec.hash).ok_or_else(|| {
+                    invalid_data(format!(
+                        "audit log {}: the last record has no valid hash",
+                        path.display()
+                    ))
+                })?;
+                let verifies = split_line(line).is_some_and(|(body, h)| {
+                    unhex32(&rec.prev).is_some_and(|p| chain_hash(&key, &p, &body) == h)
+                });
+                if !verifies {
+                    log::warn!(
+                        "audit log {}: the last record (seq {}) does not verify under this audit \
+                         key: the trail was edited or the key changed; run `envelopefs audit \
+                         verify`",
+                        path.display(),
+                        rec.seq
+                    );
+                }
+                (rec.seq + 1, hash)
+            }
+            None => match &anchor {
+                Some(a) => (a.seq, unhex32(&a.prev).unwrap_or([0; 32])),
+                None => (1, [0; 32]),
+            },
+        };
+        if last.is_none() && anchor.is_some() && files.is_empty() {
+            log::warn!(
+                "audit directory {} has an anchor but no audit files: the trail was deleted",
+                dir.display()
+            );
+        }
+        let (file_no, mut dir_dirty) = match files.last() {
+            Some((n, _)) => (*n, false),
+            None => (anchor.as_ref().map_or(1, |a| a.file.max(1)), true),
+        };
+        let file = open_for_append(&dir.join(file_name(file_no)))?;
+        let len = file.metadata()?.len();
+        if dir_dirty {
+            crate::atomic::sync_dir(dir)?;
+            dir_dirty = false;
+        }
+        Ok(AuditLog {
+            dir: dir.to_owned(),
+            key,
+            opts,
+            writer: Mutex::new(Writer {
+                file,
+                file_no,
+                len,
+                next_seq,
+                prev,
+                buf: Vec::with_capacity(1024),
+                dir_dirty,
+                needs_repair: false,
+            }),
+            proc_names: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The directory of the trail.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Appends one record: one `write(2)`, no fsync. User and process names missing from
+    /// `ev` are looked up (cached). Fails with `InvalidInput` when a parameter name collides
+    /// with a fixed `requestParameters` member, and with the I/O error when the write fails
+    /// (a partial line is then cut off, and the chain does not advance).
+    pub fn append(&self, ev: AuditEvent) -> io::Result<()> {
+        if let Some(bad) = ev
+            .parameters
+            .keys()
+            .find(|k| RESERVED_PARAMETERS.contains(&k.as_str()))
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("audit parameter name {bad:?} is reserved"),
+            ));
+        }
+        let user_name = ev.user_name.or_else(|| policy::user_name(ev.uid));
+        let process_name = match ev.process_name {
+            Some(n) => Some(n),
+            None if ev.pid != 0 => self.process_name(ev.pid),
+            None => None,
+        };
+        let mut rec = AuditRecord {
+            seq: 0,
+            event_time: String::new(),
+            event_name: ev.event_name,
+            event_source: EVENT_SOURCE.to_owned(),
+            user_identity: UserIdentity {
+                uid: ev.uid,
+                user_name,
+                pid: ev.pid,
+                process_name,
+            },
+            request_parameters: RequestParameters {
+                key_id: ev.key_id,
+                key_version: ev.key_version,
+                destination_key_id: ev.destination_key_id,
+                destination_key_version: ev.destination_key_version,
+                encryption_context: ev.encryption_context,
+                path: ev.path,
+                other: ev.parameters,
+            },
+            additional_event_data: ev.authorized_by.map(|by| AdditionalEventData {
+                authorized_by: Some(by),
+            }),
+            error_code: ev.error_code,
+            error_message: ev.error_message,
+            read_only: ev.read_only,
+            prev: String::new(),
+            hash: String::new(),
+        };
+
+        let mut guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let w = &mut *guard;
+        if w.needs_repair {
+            w.file.set_len(w.len)?;
+            w.needs_repair = false;
+        }
+        rec.seq = w.next_seq;
+        rec.event_time = format_event_time(SystemTime::now());
+        rec.prev = hex(&w.prev);
+        w.buf.clear();
+        serde_json::to_writer(&mut w.buf, &rec).map_err(io::Error::other)?;
+        let hash = chain_hash(&self.key, &w.prev, &w.buf);
+        w.buf.pop(); // the closing '}'
+        w.buf.extend_from_slice(HASH_PREFIX);
+        w.buf.extend_from_slice(hex(&hash).as_bytes());
+        w.buf.extend_from_slice(b"\"}\n");
+
+        if w.len > 0 && w.len + w.buf.len() as u64 > self.opts.max_bytes {
+            self.rotate(w)?;
+        }
+        if let Err(e) = w.file.write_all(&w.buf) {
+            if w.file.set_len(w.len).is_err() {
+                w.needs_repair = true;
+            }
+            return Err(e);
+        }
+        w.len += w.buf.len() as u64;
+        w.next_seq += 1;
+        w.prev = hash;
+        Ok(())
+    }
+
+    /// Starts the next file, then deletes the oldest beyond `max_files` (logging, not
+    /// failing, when that does not work).
+    fn rotate(&self, w: &mut Writer) -> io::Result<()> {
+        let next = w
+            .file_no
+            .checked_add(1)
+            .ok_or_else(|| io::Error::other("audit file numbers exhausted"))?;
+        let file = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(self.dir.join(file_name(next)))?;
+        w.file = file;
+        w.file_no = next;
+        w.len = 0;
+        w.dir_dirty = true;
+        if let Err(e) = self.prune(w) {
+            log::warn!(
+                "audit log {}: could not delete old files: {e}",
+                self.dir.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Keeps the newest `max_files` files: writes the anchor for the oldest kept, then
+    /// deletes older files, oldest first.
+    fn prune(&self, w: &Writer) -> io::Result<()> {
+        let Some(max) = self.opts.max_files else {
+            return Ok(());
+        };
+        let files = list_files(&self.dir)?;
+        if files.len() <= max as usize {
+            return Ok(());
+        }
+        let keep = &files[files.len() - max as usize..];
+        let keep_from = keep[0].0;
+        // The first record at or after `keep_from`; if none is written yet, the next one.
+        let mut start = None;
+        for (_, path) in keep {
+            if let Some(line) = first_line(path)? {
+                let rec = parse_record(&line).map_err(invalid_data)?;
+                let prev = unhex32(&rec.prev).ok_or_else(|| invalid_data("bad prev".into()))?;
+                start = Some((rec.seq, prev));
+                break;
+            }
+        }
+        let (seq, prev) = start.unwrap_or((w.next_seq, w.prev));
+        let anchor = Anchor::new(&self.key, keep_from, seq, &prev);
+        let text = serde_json::to_vec(&anchor).map_err(io::Error::other)?;
+        crate::atomic::atomic_write(&self.dir.join(ANCHOR_FILE), &text, 0o600)?;
+        for (n, path) in &files {
+            if *n < keep_from {
+                fs::remove_file(path)?;
+            }
+        }
+        crate::atomic::sync_dir(&self.dir)
+    }
+
+    /// Flushes the current file (and the directory after a rotation) to stable storage; call
+    /// at unmount and after administrative commands.
+    pub fn sync(&self) -> io::Result<()> {
+        let mut w = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        w.file.sync_data()?;
+        if w.dir_dirty {
+            crate::atomic::sync_dir(&self.dir)?;
+            w.dir_dirty = false;
+        }
+        Ok(())
+    }
+
+    /// `seq` the next record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .next_seq
+    }
+
+    /// The name of process `pid`, from `/proc/<pid>/comm`, cached for a second.
+    fn process_name(&self, pid: u32) -> Option<String> {
+        let now = Instant::now();
+        if let Some((name, at)) = self
+            .proc_names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&pid)
+            && now.duration_since(*at) < PROC_NAME_TTL
+        {
+            return name.clone();
+        }
+        let name = fs::read_to_string(format!("/proc/{pid}/comm"))
+            .ok()
+            .map(|s| s.trim_end_matches('\n').to_owned());
+        let mut cache = self
+            .proc_names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= PROC_NAME_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(pid, (name.clone(), now));
+        name
+    }
+}
+
+fn open_for_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Readers
+// ---------------------------------------------------------------------------------------------
+
+/// Calls `f` with every record of the trail in `dir`, oldest first, until it returns false.
+/// Needs no key and checks nothing (use [`verify`]); an incomplete last line of the newest
+/// file (a write in progress) is skipped. A line that is not a record is an `InvalidData`
+/// error naming the file and line.
+pub fn for_each_record(dir: &Path, mut f: impl FnMut(AuditRecord) -> bool) -> io::Result<()> {
+    for (_, path) in list_files(dir)? {
+        let mut go_on = true;
+        for_each_line(&path, |n, line| {
+            let rec = parse_record(line).map_err(|e| {
+                invalid_data(format!(
+                    "{}:{n}: {e}; run `envelopefs audit verify`",
+                    path.display()
+                ))
+            })?;
+            go_on = f(rec);
+            Ok(go_on)
+        })?;
+        if !go_on {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Every record of the trail in `dir`, oldest first (for `envelopefs audit show`).
+pub fn read_all(dir: &Path) -> io::Result<Vec<AuditRecord>> {
+    let mut out = Vec::new();
+    for_each_record(dir, |r| {
+        out.push(r);
+        true
+    })?;
+    Ok(out)
+}
+
+/// What [`verify`] checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Records checked.
+    pub records: u64,
+    /// Files checked.
+    pub files: usize,
+    /// seq of the first and last record (0 when there are none).
+    pub first_seq: u64,
+    /// seq of the last record.
+    pub last_seq: u64,
+    /// Hex hash of the last record (the head of the chain; empty when there are none).
+    pub last_hash: String,
+    /// When older files were deleted: the file whose start the anchor vouched for.
+    pub anchored_at_file: Option<u32>,
+    /// The newest file ends in an incomplete line (a write in progress, or a crash the
+    /// writer has not repaired yet); it was not checked.
+    pub incomplete_tail: bool,
+}
+
+/// The first bad record (or file) [`verify`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyError {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line in it (0 when the problem is the file itself).
+    pub line: u64,
+    /// The record's seq, when it could be read.
+    pub seq: Option<u64>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl std::fmt::Display for VerifyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.line > 0 {
+            write!(f, " line {}", self.line)?;
+        }
+        if let Some(seq) = self.seq {
+            write!(f, " (record seq {seq})")?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+impl std::error::Error for VerifyError {}
+
+/// Checks the whole trail in `dir` under `audit_key` (see the module docs for what is and is
+/// not detected). `Ok` tells how much was checked; `Err` names the first bad record.
+pub fn verify(dir: &Path, audit_key: &[u8; 32]) -> Result<VerifyReport, VerifyError> {
+    let dir_err = |reason: String| VerifyError {
+        file: dir.to_owned(),
+        line: 0,
+        seq: None,
+        reason,
+    };
+    let files =
+        list_files(dir).map_err(|e| dir_err(format!("cannot list the audit directory: {e}")))?;
+    let anchor_path = dir.join(ANCHOR_FILE);
+    let anchor = Anchor::read(dir).map_err(|e| VerifyError {
+        file: anchor_path.clone(),
+        line: 0,
+        seq: None,
+        reason: e.to_string(),
+    })?;
+    if let Some(a) = &anchor
+        && (!a.mac_ok(audit_key) || unhex32(&a.prev).is_none())
+    {
+        return Err(VerifyError {
+            file: anchor_path,
+            line: 0,
+            seq: Some(a.seq),
+            reason: "the anchor's MAC does not verify: it was edited or forged, or the audit \
+                     key is wrong"
+                .into(),
+        });
+    }
+    let mut report = VerifyReport {
+        records: 0,
+        files: files.len(),
+        first_seq: 0,
+        last_seq: 0,
+        last_hash: String::new(),
+        anchored_at_file: None,
+        incomplete_tail: false,
+    };
+    let Some(&(oldest, _)) = files.first() else {
+        return match anchor {
+            Some(a) => Err(dir_err(format!(
+                "no audit files, but the anchor expects {}: the trail was deleted",
+                file_name(a.file)
+            ))),
+            None => Ok(report),
+        };
+    };
+    for pair in files.windows(2) {
+        if pair[1].0 != pair[0].0 + 1 {
+            return Err(VerifyError {
+                file: dir.join(file_name(pair[0].0 + 1)),
+                line: 0,
+                seq: None,
+                reason: format!(
+                    "missing: the files between {} and {} were deleted",
+                    file_name(pair[0].0),
+                    file_name(pair[1].0)
+                ),
+            });
+        }
+    }
+    // Where the chain starts: seq 1 after 32 zero bytes, or (older files deleted) wherever the
+    // oldest remaining file starts, pinned by the anchor.
+    let mut expect: Option<(u64, [u8; 32])> = if oldest == 1 {
+        Some((1, [0; 32]))
+    } else {
+        None
+    };
+    if oldest > 1 {
+        match &anchor {
+            Some(a) if a.file >= oldest => report.anchored_at_file = Some(a.file),
+            Some(a) => {
+                return Err(dir_err(format!(
+                    "{} is missing: the anchor says the trail starts there, but the oldest \
+                     file is {}",
+                    file_name(a.file),
+                    file_name(oldest)
+                )));
+            }
+            None => {
+                return Err(dir_err(format!(
+                    "{} to {} are missing and no anchor vouches for the start of {}: old audit \
+                     files were deleted by hand",
+                    file_name(1),
+                    file_name(oldest - 1),
+                    file_name(oldest)
+                )));
+            }
+        }
+    }
+    let mut anchor_pending = anchor.as_ref().filter(|a| a.file >= oldest);
+    let last_index = files.len() - 1;
+    for (i, (file_no, path)) in files.iter().enumerate() {
+        let mut failure: Option<VerifyError> = None;
+        let torn = for_each_line(path, |n, line| {
+            let fail = |seq: Option<u64>, reason: String| VerifyError {
+                file: path.clone(),
+                line: n,
+                seq,
+                reason,
+            };
+            let rec = match parse_record(line) {
+                Ok(r) => r,
+                Err(e) => {
+                    let seq = serde_json::from_slice::<serde_json::Value>(line)
+                        .ok()
+                        .and_then(|v| v.get("seq").and_then(|s| s.as_u64()));
+                    failure = Some(fail(seq, e));
+                    return Ok(false);
+                }
+            };
+            let seq = Some(rec.seq);
+            let Some((body, hash)) = split_line(line) else {
+                failure = Some(fail(
+                    seq,
+                    "the line does not end with its hash member".into(),
+                ));
+                return Ok(false);
+            };
+            let Some(prev) = unhex32(&rec.prev) else {
+                failure = Some(fail(seq, "prev is not 64 lowercase hex digits".into()));
+                return Ok(false);
+            };
+            if chain_hash(audit_key, &prev, &body) != hash {
+                let hint = if report.records == 0 {
+                    " (or the audit key is wrong: is this the right keystore and passphrase?)"
+                } else {
+                    ""
+                };
+                failure = Some(fail(
+                    seq,
+                    format!("hash mismatch: the record was edited{hint}"),
+                ));
+                return Ok(false);
+            }
+            if let Some(a) = anchor_pending
+                && *file_no >= a.file
+            {
+                if rec.seq != a.seq || rec.prev != a.prev {
+                    failure = Some(fail(
+                        seq,
+                        format!(
+                            "the first record from {} on should be seq {} (per the anchor): \
+                             records before it were deleted or replaced",
+                            file_name(a.file),
+                            a.seq
+                        ),
+                    ));
+                    return Ok(false);
+                }
+                anchor_pending = None;
+            }
+            match expect {
+                None => {} // unanchored start of files older than the anchor
+                Some((want_seq, want_prev)) => {
+                    if prev != want_prev {
+                        let what = if rec.seq > want_seq {
+                            format!(
+                                "{} record(s) before it are missing (expected seq {want_seq})",
+                                rec.seq - want_seq
+                            )
+                        } else if rec.seq < want_seq {
+                            format!("it is out of order (expected seq {want_seq})")
+                        } else {
+                            "a record before it was deleted, inserted or replaced".to_owned()
+                        };
+                        failure = Some(fail(
+                            seq,
+                            format!("prev does not match the hash of the record before: {what}"),
+                        ));
+                        return Ok(false);
+                    }
+                    if rec.seq != want_seq {
+                        failure = Some(fail(
+                            seq,
+                            format!("seq {} where {want_seq} was expected", rec.seq),
+                        ));
+                        return Ok(false);
+                    }
+                }
+            }
+            if report.records == 0 {
+                report.first_seq = rec.seq;
+            }
+            report.records += 1;
+            report.last_seq = rec.seq;
+            expect = Some((rec.seq + 1, hash));
+            Ok(true)
+        })
+        .map_err(|e| VerifyError {
+            file: path.clone(),
+            line: 0,
+            seq: None,
+            reason: format!("cannot read: {e}"),
+        })?;
+        if let Some(f) = failure {
+            return Err(f);
+        }
+        if torn {
+            if i != last_index {
+                return Err(VerifyError {
+                    file: path.clone(),
+                    line: 0,
+                    seq: None,
+                    reason: "ends in an incomplete line, but it is not the newest file".into(),
+                });
+            }
+            report.incomplete_tail = true;
+        }
+    }
+    if let Some((_, h)) = expect
+        && report.records > 0
+    {
+        report.last_hash = hex(&h);
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: [u8; 32] = [7; 32];
+
+    fn caller() -> Caller {
+        Caller {
+            uid: 1000,
+            gid: 1000,
+            pid: 0,
+        }
+    }
+
+    fn ev(i: u64) -> AuditEvent {
+        let mut ctx = EncryptionContext::new();
+        ctx.insert("envelopefs:file-id", &format!("{i:032x}"));
+        ctx.insert("envelopefs:volume-id", "vol");
+        AuditEvent::new("Decrypt", &caller())
+            .key("1b4e28ba-2fa1-11d2-883f-0016d3cca427", Some(2))
+            .context(&ctx)
+            .path(format!("/dir/file{i}"))
+            .authorized_by("key policy statement \"x\"")
+    }
+
+    fn write_n(dir: &Path, n: u64, max_bytes: u64) {
+        let log = AuditLog::open(dir, KEY, max_bytes).unwrap();
+        for i in 0..n {
+            log.append(ev(i)).unwrap();
+        }
+    }
+
+    fn lines(path: &Path) -> Vec<String> {
+        fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn put_lines(path: &Path, lines: &[String]) {
+        let mut s = lines.join("\n");
+        s.push('\n');
+        fs::write(path, s).unwrap();
+    }
+
+    fn only_file(dir: &Path) -> PathBuf {
+        dir.join(file_name(1))
+    }
+
+    #[test]
+    fn append_then_verify() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("audit");
+        write_n(&dir, 5, 0);
+        let r = verify(&dir, &KEY).unwrap();
+        assert_eq!((r.records, r.files, r.first_seq, r.last_seq), (5, 1, 1, 5));
+        assert!(!r.incomplete_tail && r.anchored_at_file.is_none());
+        let recs = read_all(&dir).unwrap();
+        assert_eq!(recs.len(), 5);
+        assert_eq!(recs[0].prev, "0".repeat(64));
+        assert_eq!(recs[4].hash, r.last_hash);
+        let r0 = &recs[0];
+        assert_eq!(
+            (r0.seq, r0.event_name.as_str(), r0.event_source.as_str()),
+            (1, "Decrypt", EVENT_SOURCE)
+        );
+        assert_eq!(r0.user_identity.uid, 1000);
+        assert!(r0.read_only);
+        assert_eq!(r0.request_parameters.key_version, Some(2));
+        assert_eq!(r0.request_parameters.path.as_deref(), Some("/dir/file0"));
+        assert_eq!(
+            r0.request_parameters.encryption_context["envelopefs:volume-id"],
+            "vol"
+        );
+        assert_eq!(r0.event_time.len(), "2026-11-23T10:00:00.123Z".len());
+        // Permissions: the directory 0700, files 0600.
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        assert_eq!(
+            fs::metadata(only_file(&dir)).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // The line is exactly the record's JSON, with the hash last.
+        let first = &lines(&only_file(&dir))[0];
+        assert_eq!(*first, serde_json::to_string(r0).unwrap());
+        assert!(first.starts_with("{\"seq\":1,\"eventTime\":\""), "{first}");
+        assert!(
+            first.contains(",\"readOnly\":true,\"prev\":\"000"),
+            "{first}"
+        );
+    }
+
+    #[test]
+    fn hash_layout_matches_the_documentation() {
+        let d = tempfile::tempdir().unwrap();
+        write_n(d.path(), 2, 0);
+        let ls = lines(&only_file(d.path()));
+        let mut prev = [0u8; 32];
+        for l in &ls {
+            let cut = l.len() - 75;
+            assert!(l[cut..].starts_with(",\"hash\":\""));
+            let body = format!("{}}}", &l[..cut]);
+            let mut input = prev.to_vec();
+            input.extend_from_slice(body.as_bytes());
+            let h = blake3::keyed_hash(&KEY, &input);
+            assert_eq!(&l[cut + 9..l.len() - 2], h.to_hex().as_str());
+            prev = *h.as_bytes();
+        }
+    }
+
+    #[test]
+    fn editing_any_field_of_a_middle_record_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        write_n(d.path(), 5, 0);
+        let path = only_file(d.path());
+        let orig = lines(&path);
+        let edits: &[(&str, &str)] = &[
+            ("\"seq\":3", "\"seq\":4"),
+            ("\"eventName\":\"Decrypt\"", "\"eventName\":\"Encrypt\""),
+            ("\"uid\":1000", "\"uid\":0"),
+            ("\"keyVersion\":2", "\"keyVersion\":1"),
+            ("/dir/file2", "/dir/fileX"),
+            ("\"vol\"", "\"lov\""),
+            ("\"readOnly\":true", "\"readOnly\":false"),
+            ("2026", "2025"),
+            (
+                "\"eventSource\":\"envelopefs-kms\",",
+                "\"eventSource\":\"envelopefs-kms\", ",
+            ),
+        ];
+        for (from, to) in edits {
+            let mut ls = orig.clone();
+            if !ls[2].contains(from) {
+                assert!(*from == "2026", "edit {from} does not apply");
+                ls[2] = ls[2].replacen("\"eventTime\":\"2", "\"eventTime\":\"1", 1);
+            } else {
+                ls[2] = ls[2].replacen(from, to, 1);
+            }
+            put_lines(&path, &ls);
+            let e = verify(d.path(), &KEY).unwrap_err();
+            assert_eq!((e.line, e.file.clone()), (3, path.clone()), "{from}: {e}");
+            assert!(e.reason.contains("edited"), "{from}: {e}");
+            assert_eq!(e.seq, Some(if *from == "\"seq\":3" { 4 } else { 3 }), "{e}");
+            assert!(e.to_string().contains("line 3"), "{e}");
+        }
+        // Editing the hash itself.
+        let mut ls = orig.clone();
+        let n = ls[2].len();
+        let flipped = if &ls[2][n - 3..n - 2] == "0" {
+            "1"
+        } else {
+            "0"
+        };
+        ls[2].replace_range(n - 3..n - 2, flipped);
+        put_lines(&path, &ls);
+        let e = verify(d.path(), &KEY).unwrap_err();
+        assert_eq!((e.line, e.seq), (3, Some(3)), "{e}");
+        put_lines(&path, &orig);
+        verify(d.path(), &KEY).unwrap();
+    }
+
+    #[test]
+    fn deleted_duplicated_or_reordered_records_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        write_n(d.path(), 6, 0);
+        let path = only_file(d.path());
+        let orig = lines(&path);
+
+        let mut ls = orig.clone();
+        ls.remove(2); // seq 3
+        put_lines(&path, &ls);
+        let e = verify(d.path(), &KEY).unwrap_err();
+        assert_eq!((e.line, e.seq), (3, Some(4)), "{e}");
+        assert!(
+            e.reason.contains("1 record(s) before it are missing"),
+            "{e}"
+        );
+
+        let mut ls = orig.clone();
+        ls.swap(2, 3);
+        put_lines(&path, &ls);
+        let e = verify(d.path(), &KEY).unwrap_err();
+        assert_eq!((e.line, e.seq), (3, Some(4)), "{e}");
+
+        let mut ls = orig.clone();
+        ls.insert(3, orig[2].clone());
+        put_lines(&path, &ls);
+        let e = verify(d.path(), &KEY).unwrap_err();
+        assert_eq!((e.line, e.seq), (4, Some(3)), "{e}");
+        assert!(e.reason.contains("out of order"), "{e}");
+
+        let mut ls = orig.clone();
+        ls.remove(0);
+        put_lines(&path, &ls);
+        let e = verify(d.path(), &KEY).unwrap_err();
+        assert_eq!((e.line, e.seq), (1, Some(2)), "{e}");
+
+        let mut ls = orig.clone();
+        ls[1] = "garbage".into();
+        put_lines(&path, &ls);
+        let e = verify(d.path(), &KEY).unwrap_err();
+        assert_eq!((e.line, e.seq), (2, None), "{e}");
+        assert!(e.reason.contains("not an audit record"), "{e}");
+    }
+
+    #[test]
+    fn wrong_key_fails_at_the_first_record() {
+        let d = tempfile::tempdir().unwrap();
+        write_n(d.path(), 3, 0);
+        let e = verify(d.path(), &[8; 32]).unwrap_err();
+        assert_eq!((e.line, e.seq), (1, Some(1)));
+        assert!(e.reason.contains("audit key is wrong"), "{e}");
+    }
+
+    #[test]
+    fn reopening_continues_the_chain() {
+        let d = tempfile::tempdir().unwrap();
+        write_n(d.path(), 3, 0);
+        let log = AuditLog::open(d.path(), KEY, 0).unwrap();
+        assert_eq!(log.next_seq(), 4);
+        log.append(ev(9)).unwrap();
+        log.sync().unwrap();
+        drop(log);
+        write_n(d.path(), 2, 0);
+        let r = verify(d.path(), &KEY).unwrap();
+        assert_eq!((r.records, r.last_seq, r.files), (6, 6, 1));
+    }
+
+    #[test]
+    fn rotation_by_size_continues_the_chain_across_files() {
+        let d = tempfile::tempdir().unwrap();
+        let one = {
+            let t = tempfile::tempdir().unwrap();
+            write_n(t.path(), 1, 0);
+            fs::metadata(only_file(t.path())).unwrap().len()
+        };
+        // About three records per file.
+        write_n(d.path(), 10, one * 3 + one / 2);
+        write_n(d.path(), 4, one * 3 + one / 2);
+        let r = verify(d.path(), &KEY).unwrap();
+        assert_eq!(r.records, 14);
+        assert_eq!(r.files, 5);
+        for (_, p) in list_files(d.path()).unwrap() {
+            assert!(
+                fs::metadata(&p).unwrap().len() <= one * 3 + one / 2 + 8,
+                "{p:?}"
+            );
+        }
+        // Deleting a middle file is named.
+        fs::remove_file(d.path().join(file_name(3))).unwrap();
+        let e = verify(d.path(), &KEY).unwrap_err();
+        assert_eq!(e.file, d.path().join(file_name(3)), "{e}");
+        // Deleting the first file without an anchor is named too.
+        let d2 = tempfile::tempdir().unwrap();
+        write_n(d2.path(), 10, one * 3 + one / 2);
+        fs::remove_file(d2.path().join(file_name(1))).unwrap();
+        let e = verify(d2.path(), &KEY).unwrap_err();
+        assert!(e.reason.contains("no anchor"), "{e}");
+    }
+
+    #[test]
+    fn keeping_n_files_anchors_the_oldest() {
+        let d = tempfile::tempdir().unwrap();
+        let opts = AuditOptions {
+            max_bytes: 1500,
+            max_files: Some(3),
+        };
+        let log = AuditLog::open_with(d.path(), KEY, opts).unwrap();
+        for i in 0..40 {
+            log.append(ev(i)).unwrap();
+        }
+        drop(log);
+        let files = list_files(d.path()).unwrap();
+        assert_eq!(files.len(), 3);
+        assert!(files[0].0 > 1);
+        let r = verify(d.path(), &KEY).unwrap();
+        assert_eq!(r.anchored_at_file, Some(files[0].0));
+        assert_eq!(r.last_seq, 40);
+        assert!(r.first_seq > 1);
+        assert_eq!(r.records, 40 - r.first_seq + 1);
+
+        // Deleting the oldest kept file, or forging the anchor, is detected.
+        let saved = fs::read(&files[0].1).unwrap();
+        fs::remove_file(&files[0].1).unwrap();
+        let e = verify(d.path(), &KEY).unwrap_err();
+        assert!(e.reason.contains("anchor"), "{e}");
+        fs::write(&files[0].1, &saved).unwrap();
+        let a = fs::read_to_string(d.path().join(ANCHOR_FILE)).unwrap();
+        let forged = a.replacen(
+            &format!("\"file\":{}", files[0].0),
+            &format!("\"file\":{}", files[1].0),
+            1,
+        );
+        fs::write(d.path().join(ANCHOR_FILE), forged).unwrap();
+        let e = verify(d.path(), &KEY).unwrap_err();
+        assert!(e.reason.contains("MAC"), "{e}");
+        fs::write(d.path().join(ANCHOR_FILE), a).unwrap();
+        // Emptying the oldest file's first records is detected through the anchor.
+        let mut ls = lines(&files[0].1);
+        ls.remove(0);
+        put_lines(&files[0].1, &ls);
+        let e = verify(d.path(), &KEY).unwrap_err();
+        assert_eq!(e.line, 1, "{e}");
+        assert!(e.reason.contains("per the anchor"), "{e}");
+    }
+
+    #[test]
+    fn torn_last_line_is_cut_off_on_open() {
+        let d = tempfile::tempdir().unwrap();
+        write_n(d.path(), 3, 0);
+        let path = only_file(d.path());
+        let good = fs::read(&path).unwrap();
+        let mut torn = good.clone();
+        torn.extend_from_slice(b"{\"seq\":4,\"eventTi");
+        fs::write(&path, &torn).unwrap();
+        // Readers skip it; verify reports it.
+        assert_eq!(read_all(d.path()).unwrap().len(), 3);
+        assert!(verify(d.path(), &KEY).unwrap().incomplete_tail);
+        let log = AuditLog::open(d.path(), KEY, 0).unwrap();
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            good,
+            "cut back to the last complete line"
+        );
+        assert_eq!(log.next_seq(), 4);
+        log.append(ev(4)).unwrap();
+        drop(log);
+        let r = verify(d.path(), &KEY).unwrap();
+        assert_eq!((r.records, r.incomplete_tail), (4, false));
+
+        // A file holding only a torn line.
+        let d2 = tempfile::tempdir().unwrap();
+        fs::write(only_file(d2.path()), b"{\"seq\":1,\"ev").unwrap();
+        let log = AuditLog::open(d2.path(), KEY, 0).unwrap();
+        assert_eq!(fs::metadata(only_file(d2.path())).unwrap().len(), 0);
+        log.append(ev(0)).unwrap();
+        assert_eq!(verify(d2.path(), &KEY).unwrap().records, 1);
+    }
+
+    #[test]
+    fn a_damaged_last_record_refuses_to_open() {
+        let d = tempfile::tempdir().unwrap();
+        write_n(d.path(), 2, 0);
+        let path = only_file(d.path());
+        let mut ls = lines(&path);
+        ls[1] = "not json".into();
+        put_lines(&path, &ls);
+        let e = AuditLog::open(d.path(), KEY, 0).err().unwrap();
+        assert!(e.to_string().contains("damaged"), "{e}");
+    }
+
+    #[test]
+    fn last_line_reads_backwards_across_chunks() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        let long = "x".repeat(40_000);
+        fs::write(&p, format!("a\n{long}\ntorn")).unwrap();
+        let mut f = File::open(&p).unwrap();
+        let (line, len) = last_line(&mut f).unwrap();
+        assert_eq!(line.unwrap(), long.as_bytes());
+        assert_eq!(len, 2 + 40_001);
+        fs::write(&p, format!("{long}\n")).unwrap();
+        let (line, _) = last_line(&mut File::open(&p).unwrap()).unwrap();
+        assert_eq!(line.unwrap(), long.as_bytes());
+        fs::write(&p, "no newline").unwrap();
+        assert_eq!(last_line(&mut File::open(&p).unwrap()).unwrap(), (None, 0));
+        fs::write(&p, "").unwrap();
+        assert_eq!(last_line(&mut File::open(&p).unwrap()).unwrap(), (None, 0));
+    }
+
+    #[test]
+    fn records_hold_no_secrets_unless_given_as_context() {
+        let d = tempfile::tempdir().unwrap();
+        let secret = hex(&[0x5a; 32]);
+        let log = AuditLog::open(d.path(), KEY, 0).unwrap();
+        let me = Caller::current();
+        let denied = KeyError::AccessDenied {
+            key_id: "k".into(),
+            reason: "no statement".into(),
+        };
+        log.append(
+            AuditEvent::new("kms:GenerateDataKey", &me)
+                .key("k", Some(1))
+                .error(&denied),
+        )
+        .unwrap();
+        log.append(
+            AuditEvent::new("DisableKey", &me)
+                .key("k", None)
+                .param("reason", "test"),
+        )
+        .unwrap();
+        let all = fs::read_to_string(only_file(d.path())).unwrap();
+        assert!(!all.contains(&secret) && !all.contains(&hex(&KEY)), "{all}");
+        let mut ctx = EncryptionContext::new();
+        ctx.insert("note", &secret);
+        log.append(AuditEvent::new("Decrypt", &me).context(&ctx))
+            .unwrap();
+        assert!(
+            fs::read_to_string(only_file(d.path()))
+                .unwrap()
+                .contains(&secret)
+        );
+
+        let recs = read_all(d.path()).unwrap();
+        assert_eq!(recs[0].event_name, "GenerateDataKey");
+        assert_eq!(recs[0].error_code.as_deref(), Some("AccessDeniedException"));
+        assert!(recs[0].read_only && !recs[1].read_only);
+        assert_eq!(recs[1].request_parameters.other["reason"], "test");
+        // The process name and user name were filled in.
+        assert_eq!(recs[0].user_identity.pid, me.pid);
+        let comm = fs::read_to_string("/proc/self/comm").unwrap();
+        assert_eq!(
+            recs[0].user_identity.process_name.as_deref(),
+            Some(comm.trim_end())
+        );
+        assert_eq!(recs[0].user_identity.user_name, policy::user_name(me.uid));
+        // Reserved parameter names are refused.
+        let bad = AuditEvent::new("Decrypt", &me).param("keyId", "x");
+        assert_eq!(
+            log.append(bad).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        verify(d.path(), &KEY).unwrap();
+    }
+
+    #[test]
+    fn empty_or_missing_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let r = verify(d.path(), &KEY).unwrap();
+        assert_eq!((r.records, r.files), (0, 0));
+        assert!(read_all(&d.path().join("nope")).is_err());
+        let log = AuditLog::open(&d.path().join("new/deeper"), KEY, 0).unwrap();
+        assert_eq!(log.next_seq(), 1);
+        assert_eq!(verify(log.dir(), &KEY).unwrap().records, 0);
+    }
+
+    #[test]
+    fn concurrent_appends_stay_in_chain_order() {
+        let d = tempfile::tempdir().unwrap();
+        let log = std::sync::Arc::new(AuditLog::open(d.path(), KEY, 4096).unwrap());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        log.append(ev(t * 1000 + i)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let r = verify(d.path(), &KEY).unwrap();
+        assert_eq!(r.records, 200);
+        assert!(r.files > 1);
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<AuditLog>();
+    }
+
+    #[test]
+    fn event_times() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_428_000_123);
+        assert_eq!(format_event_time(t), "2026-11-23T10:00:00.123Z");
+        assert_eq!(format_event_time(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(1_709_251_199);
+        assert_eq!(format_event_time(leap), "2024-02-29T23:59:59.000Z");
+        assert_eq!(parse_event_time("2026-11-23T10:00:00.123Z"), Some(t));
+        assert_eq!(parse_event_time("2024-02-29T23:59:59"), Some(leap));
+        assert_eq!(
+            parse_event_time("2026-11-23"),
+            Some(UNIX_EPOCH + Duration::from_secs(1_795_428_000 - 10 * 3600))
+        );
+        assert_eq!(
+            parse_event_time("2026-11-23T10:00Z"),
+            Some(UNIX_EPOCH + Duration::from_secs(1_795_428_000))
+        );
+        assert_eq!(
+            parse_event_time("2026-11-23T10:00:00.1Z"),
+            Some(UNIX_EPOCH + Duration::from_millis(1_795_428_000_100))
+        );
+        for bad in [
+            "2023-02-29",
+            "2026-13-01",
+            "2026-11-23T24:00",
+            "x",
+            "2026-11",
+            "2026-11-23T10:00:00.1234",
+        ] {
+            assert_eq!(parse_event_time(bad), None, "{bad}");
+        }
+        // Every day for 1000 years round-trips.
+        for days in (0..365_250).step_by(7) {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+            assert!(d <= days_in_month(y, m));
+        }
+    }
+
+    /// Throughput of appends (not a pass/fail test):
+    /// `cargo test --release --lib keys::audit::tests::append_throughput -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn append_throughput() {
+        let d = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(d.path(), KEY, 0).unwrap();
+        // As the key service calls it: a resolved principal (user name known), the caller's
+        // pid (process name from the cache).
+        let me = Caller::current();
+        let who = Principal::from_caller(&me, 0);
+        let n = 100_000u64;
+        let start = Instant::now();
+        for i in 0..n {
+            let mut e = ev(i).principal(&who);
+            e.pid = me.pid;
+            log.append(e).unwrap();
+        }
+        log.sync().unwrap();
+        let el = start.elapsed();
+        let t = Instant::now();
+        let r = verify(d.path(), &KEY).unwrap();
+        let vel = t.elapsed();
+        let bytes: u64 = list_files(d.path())
+            .unwrap()
+            .iter()
+            .map(|(_, p)| fs::metadata(p).unwrap().len())
+            .sum();
+        println!(
+            "{n} appends in {el:?}: {:.0} appends/s, {:.2} µs each, {} bytes/record, {} files; verify {:?} ({:.0} records/s)",
+            n as f64 / el.as_secs_f64(),
+            el.as_secs_f64() * 1e6 / n as f64,
+            bytes / n,
+            r.files,
+            vel,
+            n as f64 / vel.as_secs_f64()
+        );
+    }
+}

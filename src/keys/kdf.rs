@@ -1,0 +1,163 @@
+//! The keystore's key derivation: the `kdf` field of the keystore file, the root key derived
+//! from a passphrase or key file, and the keys derived from the root (all 32 bytes):
+//!
+//! ```text
+//! root       = Argon2id(version 0x13, m = m_kib KiB, t, p, output 32 B)(passphrase, salt)
+//!            | blake3::derive_key("envelopefs keystore keyfile v1", K ‖ salt)   K = 32-B key file
+//! wrap_key   = blake3::derive_key("envelopefs keystore wrap v1",  root)   AES-256-GCM-SIV key
+//! mac_key    = blake3::derive_key("envelopefs keystore mac v1",   root)   blake3 keyed-hash key
+//! check      = first 16 B of blake3::derive_key("envelopefs keystore check v1", root)
+//! audit_key  = blake3::derive_key("envelopefs audit key v1", root)         audit-log chain key
+//! token_key  = blake3::derive_key("envelopefs import token v1", root)      import-token MAC key
+//! digest_key = blake3::derive_key("envelopefs imported material digest v1", root)
+//! ```
+//!
+//! The root key itself is dropped (zeroized) as soon as these are derived; the derived keys live
+//! as long as the open keystore, so re-reading the file (live refresh) needs no second Argon2 run.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::format::context::hex;
+use crate::keys::KeyError;
+use crate::keys::secret::{KeyMaterial, Unlock, unhex};
+
+pub(super) const SALT_LEN: usize = 16;
+/// Largest Argon2 memory cost `open` accepts (4 GiB), so a damaged file cannot exhaust memory.
+const MAX_M_KIB: u32 = 4 * 1024 * 1024;
+
+/// How the root key is derived (the `kdf` field).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "alg")]
+pub(super) enum Kdf {
+    #[serde(rename = "argon2id")]
+    Argon2id {
+        salt: String,
+        m_kib: u32,
+        t: u32,
+        p: u32,
+    },
+    #[serde(rename = "keyfile")]
+    KeyFile { salt: String },
+}
+
+/// The keys derived from the root key; the secret ones zeroize on drop.
+pub(super) struct Keys {
+    pub(super) wrap: KeyMaterial,
+    mac: KeyMaterial,
+    pub(super) check: String,
+    pub(super) audit: KeyMaterial,
+    pub(super) token: KeyMaterial,
+    pub(super) digest: KeyMaterial,
+}
+
+impl Keys {
+    pub(super) fn from_root(root: &KeyMaterial) -> Self {
+        let d = |ctx| KeyMaterial::from_bytes(blake3::derive_key(ctx, root.expose_secret()));
+        let check = d("envelopefs keystore check v1");
+        Keys {
+            wrap: d("envelopefs keystore wrap v1"),
+            mac: d("envelopefs keystore mac v1"),
+            check: hex(&check.expose_secret()[..16]),
+            audit: d("envelopefs audit key v1"),
+            token: d("envelopefs import token v1"),
+            digest: d("envelopefs imported material digest v1"),
+        }
+    }
+
+    pub(super) fn mac(&self, body: &str) -> blake3::Hash {
+        blake3::keyed_hash(self.mac.expose_secret(), body.as_bytes())
+    }
+}
+
+/// Derives the root key. When opening (not `creating`), absurd Argon2 costs that would
+/// exhaust memory are refused as corruption.
+pub(super) fn derive_root(
+    kdf: &Kdf,
+    unlock: &Unlock,
+    path: &Path,
+    creating: bool,
+) -> Result<KeyMaterial, KeyError> {
+    let bad = |why: String| {
+        if creating {
+            KeyError::InvalidArgument(why)
+        } else {
+            KeyError::corrupt(path, why)
+        }
+    };
+    let salt = match kdf {
+        Kdf::Argon2id { salt, .. } | Kdf::KeyFile { salt } => {
+            unhex::<SALT_LEN>(salt).ok_or_else(|| bad("bad kdf salt".into()))?
+        }
+    };
+    match (kdf, unlock) {
+        (Kdf::Argon2id { m_kib, t, p, .. }, Unlock::Passphrase(pw)) => {
+            let costs = format!("argon2 costs m_kib={m_kib} t={t} p={p}");
+            if !creating && (*m_kib > MAX_M_KIB || *t > 1000 || *p > 255) {
+                return Err(bad(format!("unreasonable {costs}")));
+            }
+            let params = argon2::Params::new(*m_kib, *t, *p, Some(32))
+                .map_err(|e| bad(format!("{costs}: {e}")))?;
+            let mut root = KeyMaterial::zeroed();
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+                .hash_password_into(pw, &salt, root.expose_secret_mut())
+                .map_err(|e| KeyError::Internal(format!("argon2: {e}")))?;
+            Ok(root)
+        }
+        (Kdf::KeyFile { .. }, Unlock::KeyFile(k)) => {
+            let input = zeroize::Zeroizing::new([&k[..], &salt[..]].concat());
+            Ok(KeyMaterial::from_bytes(blake3::derive_key(
+                "envelopefs keystore keyfile v1",
+                &input,
+            )))
+        }
+        (Kdf::Argon2id { .. }, Unlock::KeyFile(_)) => Err(KeyError::InvalidArgument(format!(
+            "keystore {} is protected by a passphrase, not a key file; give the passphrase (or --passfile)",
+            path.display()
+        ))),
+        (Kdf::KeyFile { .. }, Unlock::Passphrase(_)) => Err(KeyError::InvalidArgument(format!(
+            "keystore {} is protected by a key file, not a passphrase; pass it with --keyfile",
+            path.display()
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zeroize::Zeroizing;
+
+    /// Key-derivation test vector for docs/FORMAT.md: key file 0x01×32, salt 0x02×16.
+    #[test]
+    fn keyfile_derivation_vector() {
+        let kdf = Kdf::KeyFile {
+            salt: hex(&[2; 16]),
+        };
+        let root = derive_root(
+            &kdf,
+            &Unlock::KeyFile(Zeroizing::new([1; 32])),
+            Path::new("v"),
+            false,
+        )
+        .unwrap();
+        let keys = Keys::from_root(&root);
+        let got = [
+            hex(root.expose_secret()),
+            hex(keys.wrap.expose_secret()),
+            hex(keys.mac.expose_secret()),
+            keys.check.clone(),
+        ];
+        assert_eq!(
+            got,
+            [
+                "62084641e6de7605b975e097cef095323ad442e78f89aba6fb7e84bb0e29c9e5",
+                "3e9492b87afd4048b7cdad0f0a1a0617fd94aa20612536b935e52500f8ba63d8",
+                "68f1967e16d60da5eb6046d99fd48afd3b3960ee787543b668deb2c86e54c1eb",
+                "65f43f8327e40f16e59d13f0894264b1",
+            ]
+        );
+        let audit = blake3::derive_key("envelopefs audit key v1", root.expose_secret());
+        assert_eq!(keys.audit.expose_secret(), &audit);
+    }
+}

@@ -1,0 +1,2347 @@
+//! Key policies and grants: who may do what with a CMK, decided the way AWS KMS decides.
+//!
+//! # Principals
+//!
+//! A [`Principal`] is the caller as the key service sees it: a local uid, its primary and
+//! supplementary gids, the user and group names the system databases give for them, and
+//! whether it is the volume administrator (the uid the key service was told to trust, and
+//! root). Principals are built per request from the calling process
+//! ([`Principal::from_caller`]); supplementary groups come from `/proc/<pid>/status`.
+//!
+//! # Key policy document
+//!
+//! Every CMK has exactly one key policy, a JSON document of at most 32 KiB in AWS's syntax:
+//!
+//! ```json
+//! {
+//!   "Version": "2012-10-17",
+//!   "Statement": [
+//!     { "Sid": "Enable administrator", "Effect": "Allow",
+//!       "Principal": { "Admin": true }, "Action": "kms:*" },
+//!     { "Sid": "Staff may decrypt files of this volume", "Effect": "Allow",
+//!       "Principal": { "Group": ["staff", "1001"], "User": "alice" },
+//!       "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
+//!       "Condition": { "StringEquals": {
+//!           "kms:EncryptionContext:envelopefs:volume-id": "0c6f…" } } },
+//!     { "Sid": "Never bob", "Effect": "Deny", "Principal": { "User": "bob" },
+//!       "Action": "kms:*" }
+//!   ]
+//! }
+//! ```
+//!
+//! - `Version`: `2012-10-17` (default when absent) or `2008-10-17`.
+//! - `Sid`: optional; unique within the policy; names the statement in denials and audit records.
+//! - `Effect`: `Allow` or `Deny`.
+//! - `Principal`: `"*"` (every local user), or an object with any of `User` (user names or
+//!   numeric uids), `Group` (group names or numeric gids; primary or supplementary), `Admin`
+//!   (`true` = the volume administrator). Each of `User`/`Group` is a string or an array. A
+//!   statement matches a caller that matches any listed entry. An all-digit entry is an id.
+//! - `Action`: a string or an array of key actions ([`action::ALL`]); `*` and `?` are
+//!   wildcards (`kms:*`, `kms:ReEncrypt*`, `kms:Describe*`), matched case-insensitively.
+//!   A name or pattern that matches no known action makes the document malformed (a typo must
+//!   not silently allow or deny nothing).
+//! - `Resource`: optional, and if present must be `"*"` (a key policy governs its own key).
+//! - `Condition`: optional; operators `StringEquals` and `StringLike` (`*` any run of
+//!   characters, `?` one character; values compared case-sensitively) over the keys
+//!   `kms:EncryptionContext:<context-key>` (the value of that pair of the request's encryption
+//!   context; the condition key name, including `<context-key>`, is matched case-insensitively
+//!   as IAM matches condition key names) and `kms:EncryptionContextKeys` (the request's context
+//!   has a key equal to / like one of the values). Several values for one condition key: any
+//!   one may match. Several condition keys or operators: all must hold. A condition on a
+//!   context key the request does not carry does not hold. Any other operator, condition key,
+//!   or member of a statement makes the document malformed; nothing is silently ignored.
+//!
+//! # Grants
+//!
+//! A [`Grant`] lets one user or group (the grantee) perform a list of KMS grant operations on
+//! one key, optionally only when the request's encryption context contains
+//! (`encryption_context_subset`) or equals (`encryption_context_equals`) given pairs. As in
+//! KMS, constraint keys compare case-insensitively and values case-sensitively, constraints do
+//! not apply to `DescribeKey`, `RetireGrant` and `CreateGrant` (for `CreateGrant` the new grant
+//! must instead be at least as strict, see [`evaluate_create_grant`]), and a grant allows but
+//! never denies.
+//!
+//! # Evaluation ([`evaluate`]), as in KMS
+//!
+//! 1. A `Deny` statement whose principal, action and condition match: denied, whatever else
+//!    says (the reason names the statement's Sid, or `Statement[i]` with its 0-based index).
+//! 2. Else an `Allow` statement that matches, or a grant that matches: allowed.
+//! 3. Else denied: nothing is allowed that the policy or a grant does not allow.
+//!
+//! There is no implicit power: the administrator and root can do only what the policy lets
+//! them (the default policy lets the administrator do everything); [`check_lockout`] is the
+//! safety check KMS runs on PutKeyPolicy.
+//!
+//! # Differences from KMS
+//!
+//! Principals are local users and groups instead of IAM ARNs; only the encryption-context
+//! condition keys exist; there are no IAM policies, so the key policy alone decides (KMS
+//! needs the policy to delegate to IAM first); grants take effect at once (KMS: eventually
+//! consistent, up to 5 minutes) and have no grant tokens.
+
+use std::collections::BTreeMap;
+use std::ffi::CStr;
+use std::fmt;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::ser::{SerializeMap, SerializeSeq, Serializer};
+use serde::{Deserialize, Serialize};
+
+use crate::format::context::{EncryptionContext, hex};
+use crate::keys::{Caller, KeyError};
+
+/// Largest key policy document accepted, in bytes (the KMS quota).
+pub const MAX_POLICY_BYTES: usize = 32 * 1024;
+/// The policy language version written into new policies.
+pub const POLICY_VERSION: &str = "2012-10-17";
+/// Policy language versions accepted on input (both mean the same here).
+const ACCEPTED_VERSIONS: &[&str] = &["2012-10-17", "2008-10-17"];
+/// Most grants one key may carry (the KMS quota); enforced by the key service.
+pub const MAX_GRANTS_PER_KEY: usize = 50_000;
+/// Most encryption-context pairs in one grant constraint (the KMS limit).
+pub const MAX_CONSTRAINT_PAIRS: usize = 8;
+/// Longest encryption-context value in a grant constraint, in characters (the KMS limit).
+pub const MAX_CONSTRAINT_VALUE_CHARS: usize = 384;
+/// Longest grant name, in characters (the KMS limit).
+pub const MAX_GRANT_NAME_CHARS: usize = 256;
+
+/// Defines one `&str` constant per key action, and [`action::ALL`] listing them.
+macro_rules! key_actions {
+    ($($(#[$doc:meta])* $name:ident = $value:literal,)*) => {
+        $($(#[$doc])* pub const $name: &str = $value;)*
+        /// Every key-scoped action, in the order of this module.
+        pub const ALL: &[&str] = &[$($value),*];
+    };
+}
+
+/// The key-scoped actions a key policy can allow or deny (KMS names; `ListKeys` and
+/// `CreateKey` are not key-scoped and so are not governed by a key policy).
+pub mod action {
+    key_actions! {
+        /// Encrypt (envelopefs does not wrap caller plaintext today; reserved).
+        ENCRYPT = "kms:Encrypt",
+        /// Unwrap a data key (open a file).
+        DECRYPT = "kms:Decrypt",
+        /// Make and wrap a new data key (create a file).
+        GENERATE_DATA_KEY = "kms:GenerateDataKey",
+        /// Re-wrap: the source key's half.
+        RE_ENCRYPT_FROM = "kms:ReEncryptFrom",
+        /// Re-wrap: the destination key's half.
+        RE_ENCRYPT_TO = "kms:ReEncryptTo",
+        /// Describe the key.
+        DESCRIBE_KEY = "kms:DescribeKey",
+        /// Enable the key.
+        ENABLE_KEY = "kms:EnableKey",
+        /// Disable the key.
+        DISABLE_KEY = "kms:DisableKey",
+        /// Schedule the key's deletion.
+        SCHEDULE_KEY_DELETION = "kms:ScheduleKeyDeletion",
+        /// Cancel a scheduled deletion.
+        CANCEL_KEY_DELETION = "kms:CancelKeyDeletion",
+        /// Rotate now.
+        ROTATE_KEY_ON_DEMAND = "kms:RotateKeyOnDemand",
+        /// Turn automatic rotation on.
+        ENABLE_KEY_ROTATION = "kms:EnableKeyRotation",
+        /// Turn automatic rotation off.
+        DISABLE_KEY_ROTATION = "kms:DisableKeyRotation",
+        /// Read the rotation settings.
+        GET_KEY_ROTATION_STATUS = "kms:GetKeyRotationStatus",
+        /// List the key's material versions.
+        LIST_KEY_ROTATIONS = "kms:ListKeyRotations",
+        /// Replace the key policy.
+        PUT_KEY_POLICY = "kms:PutKeyPolicy",
+        /// Read the key policy.
+        GET_KEY_POLICY = "kms:GetKeyPolicy",
+        /// Create a grant.
+        CREATE_GRANT = "kms:CreateGrant",
+        /// List grants.
+        LIST_GRANTS = "kms:ListGrants",
+        /// Retire a grant.
+        RETIRE_GRANT = "kms:RetireGrant",
+        /// Revoke a grant.
+        REVOKE_GRANT = "kms:RevokeGrant",
+        /// Point a new alias at the key.
+        CREATE_ALIAS = "kms:CreateAlias",
+        /// Move an alias to or from the key.
+        UPDATE_ALIAS = "kms:UpdateAlias",
+        /// Delete an alias of the key.
+        DELETE_ALIAS = "kms:DeleteAlias",
+        /// Change the description.
+        UPDATE_KEY_DESCRIPTION = "kms:UpdateKeyDescription",
+        /// Add tags.
+        TAG_RESOURCE = "kms:TagResource",
+        /// Remove tags.
+        UNTAG_RESOURCE = "kms:UntagResource",
+        /// List tags.
+        LIST_RESOURCE_TAGS = "kms:ListResourceTags",
+        /// Import key material.
+        IMPORT_KEY_MATERIAL = "kms:ImportKeyMaterial",
+        /// Get a wrapping key and import token.
+        GET_PARAMETERS_FOR_IMPORT = "kms:GetParametersForImport",
+        /// Delete imported key material.
+        DELETE_IMPORTED_KEY_MATERIAL = "kms:DeleteImportedKeyMaterial",
+    }
+}
+
+/// The operations a grant can allow (KMS grant operation names, without `kms:`).
+pub const GRANT_OPERATIONS: &[&str] = &[
+    "Decrypt",
+    "Encrypt",
+    "GenerateDataKey",
+    "ReEncryptFrom",
+    "ReEncryptTo",
+    "DescribeKey",
+    "CreateGrant",
+    "RetireGrant",
+];
+
+/// Grant operations to which encryption-context constraints do not apply (as in KMS).
+const UNCONSTRAINED_GRANT_OPERATIONS: &[&str] = &["DescribeKey", "RetireGrant", "CreateGrant"];
+
+// ---------------------------------------------------------------------------------------------
+// Principals
+// ---------------------------------------------------------------------------------------------
+
+/// The caller, resolved for policy evaluation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// Effective (filesystem) user id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Primary and supplementary group ids, primary first, without duplicates.
+    pub groups: Vec<u32>,
+    /// The user's name, when the password database knows the uid.
+    pub user_name: Option<String>,
+    /// Names of the groups in `groups` that the group database knows.
+    pub group_names: Vec<String>,
+    /// The volume administrator (the configured admin uid, or root).
+    pub is_admin: bool,
+}
+
+impl Principal {
+    /// Resolves a caller: user name (`getpwuid_r`), primary group plus the supplementary
+    /// groups of process `pid` (from the `Groups:` line of `/proc/<pid>/status`, used only
+    /// when that process's effective or filesystem uid is `c.uid`, so a recycled pid cannot
+    /// lend its groups), group names (`getgrgid_r`). With `pid == 0`, or when `/proc` cannot
+    /// tell, the groups are just `c.gid`. Names are cached for a minute.
+    ///
+    /// Reading `/proc/<pid>/status` costs about 20 µs (the kernel formats the whole file);
+    /// when [`needs_groups`] says no statement or grant names a group, use
+    /// [`Principal::from_caller_with`] with `supplementary = false` to skip it (about 1 µs).
+    pub fn from_caller(c: &Caller, admin_uid: u32) -> Self {
+        Self::from_caller_with(c, admin_uid, true)
+    }
+
+    /// [`Principal::from_caller`], reading the supplementary groups only when
+    /// `supplementary` is true (otherwise `groups` is just the primary gid). Deliberately not
+    /// cached: a process may drop groups with setgroups(2) at any moment.
+    pub fn from_caller_with(c: &Caller, admin_uid: u32, supplementary: bool) -> Self {
+        let mut groups = vec![c.gid];
+        if c.pid != 0 && supplementary {
+            for g in proc_groups(c.pid, c.uid).unwrap_or_default() {
+                if !groups.contains(&g) {
+                    groups.push(g);
+                }
+            }
+        }
+        let group_names = groups.iter().filter_map(|&g| group_name(g)).collect();
+        Principal {
+            uid: c.uid,
+            gid: c.gid,
+            groups,
+            user_name: user_name(c.uid),
+            group_names,
+            is_admin: c.uid == admin_uid || c.uid == 0,
+        }
+    }
+
+    /// `uid 1000 (alice)`, or `uid 1000` when the name is unknown: for log lines and reasons.
+    pub fn label(&self) -> String {
+        match &self.user_name {
+            Some(n) => format!("uid {} ({n})", self.uid),
+            None => format!("uid {}", self.uid),
+        }
+    }
+}
+
+/// True when a statement of `policy` or one of `grants` names a group, so evaluation needs
+/// the caller's supplementary groups (see [`Principal::from_caller_with`]).
+pub fn needs_groups(policy: &KeyPolicy, grants: &[Grant]) -> bool {
+    let names_group =
+        |p: &PrincipalSpec| matches!(p, PrincipalSpec::Local(l) if !l.groups.is_empty());
+    policy.statement.iter().any(|s| names_group(&s.principal))
+        || grants.iter().any(|g| {
+            names_group(&g.grantee) || g.retiring_principal.as_ref().is_some_and(names_group)
+        })
+}
+
+/// Supplementary groups of `pid`, if its effective or filesystem uid is `uid`.
+fn proc_groups(pid: u32, uid: u32) -> Option<Vec<u32>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let mut uid_ok = false;
+    let mut groups = None;
+    for line in status.lines() {
+        if let Some(rest) = line.strip_prefix("Uid:") {
+            // real, effective, saved, filesystem
+            let ids: Vec<u32> = rest
+                .split_whitespace()
+                .filter_map(|s| s.parse().ok())
+                .collect();
+            uid_ok = ids.len() == 4 && (ids[1] == uid || ids[3] == uid);
+        } else if let Some(rest) = line.strip_prefix("Groups:") {
+            groups = Some(
+                rest.split_whitespace()
+                    .filter_map(|s| s.parse().ok())
+                    .collect(),
+            );
+        }
+    }
+    if !uid_ok {
+        log::debug!("process {pid} no longer runs as uid {uid}; using its primary group only");
+        return None;
+    }
+    groups
+}
+
+/// How long a resolved (or unresolvable) user or group name is reused.
+const NAME_TTL: Duration = Duration::from_secs(60);
+/// Entries kept per name cache before it is emptied.
+const NAME_CACHE_MAX: usize = 4096;
+
+/// A cached id → name map.
+type NameCache = Mutex<BTreeMap<u32, (Option<String>, Instant)>>;
+
+/// Guards the uid → user name cache (entries live [`NAME_TTL`]).
+static USER_NAMES: NameCache = Mutex::new(BTreeMap::new());
+/// Guards the gid → group name cache (entries live [`NAME_TTL`]).
+static GROUP_NAMES: NameCache = Mutex::new(BTreeMap::new());
+
+fn cached_name(cache: &NameCache, id: u32, lookup: fn(u32) -> Option<String>) -> Option<String> {
+    let now = Instant::now();
+    if let Some((name, at)) = cache
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(&id)
+        && now.duration_since(*at) < NAME_TTL
+    {
+        return name.clone();
+    }
+    // The lookup may read /etc/passwd or ask a directory service: done without the lock.
+    let name = lookup(id);
+    let mut map = cache.lock().unwrap_or_else(PoisonError::into_inner);
+    if map.len() >= NAME_CACHE_MAX {
+        map.clear();
+    }
+    map.insert(id, (name.clone(), now));
+    name
+}
+
+/// The name of user `uid` (cached for a minute), or `None` when the system does not know it.
+pub fn user_name(uid: u32) -> Option<String> {
+    cached_name(&USER_NAMES, uid, lookup_user_name)
+}
+
+/// The name of group `gid` (cached for a minute), or `None` when the system does not know it.
+pub fn group_name(gid: u32) -> Option<String> {
+    cached_name(&GROUP_NAMES, gid, lookup_group_name)
+}
+
+/// Largest buffer offered to `getpwuid_r`/`getgrgid_r` (a group with many members needs a lot).
+const MAX_NSS_BUF: usize = 1 << 20;
+
+fn lookup_user_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0u8; 1024];
+    loop {
+        // SAFETY: `passwd` is a plain C struct of integers and pointers; all-zero is valid.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call and `buf.len()` is its true length;
+        // getpwuid_r writes only into `pwd`, `buf` and `result`.
+        let rc = unsafe {
+            libc::getpwuid_r(
+                uid,
+                &mut pwd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < MAX_NSS_BUF {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 || result.is_null() || pwd.pw_name.is_null() {
+            return None;
+        }
+        // SAFETY: on success `pw_name` points to a NUL-terminated string inside `buf`, which
+        // is alive and unchanged here.
+        let name = unsafe { CStr::from_ptr(pwd.pw_name) };
+        return Some(name.to_string_lossy().into_owned());
+    }
+}
+
+fn lookup_group_name(gid: u32) -> Option<String> {
+    let mut buf = vec![0u8; 1024];
+    loop {
+        // SAFETY: `group` is a plain C struct of integers and pointers; all-zero is valid.
+        let mut grp: libc::group = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call and `buf.len()` is its true length;
+        // getgrgid_r writes only into `grp`, `buf` and `result`.
+        let rc = unsafe {
+            libc::getgrgid_r(
+                gid,
+                &mut grp,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < MAX_NSS_BUF {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 || result.is_null() || grp.gr_name.is_null() {
+            return None;
+        }
+        // SAFETY: on success `gr_name` points to a NUL-terminated string inside `buf`, which
+        // is alive and unchanged here.
+        let name = unsafe { CStr::from_ptr(grp.gr_name) };
+        return Some(name.to_string_lossy().into_owned());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Policy document types
+// ---------------------------------------------------------------------------------------------
+
+/// A JSON member that may be written as one string or as an array of strings.
+/// Serialized as a bare string when it holds exactly one element.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OneOrMany<T>(pub Vec<T>);
+
+impl<T> OneOrMany<T> {
+    /// The elements.
+    pub fn as_slice(&self) -> &[T] {
+        &self.0
+    }
+
+    /// True when there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<&str> for OneOrMany<String> {
+    fn from(s: &str) -> Self {
+        OneOrMany(vec![s.to_owned()])
+    }
+}
+
+impl<const N: usize> From<[&str; N]> for OneOrMany<String> {
+    fn from(a: [&str; N]) -> Self {
+        OneOrMany(a.iter().map(|s| (*s).to_owned()).collect())
+    }
+}
+
+impl Serialize for OneOrMany<String> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if let [one] = self.0.as_slice() {
+            return s.serialize_str(one);
+        }
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for v in &self.0 {
+            seq.serialize_element(v)?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for OneOrMany<String> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OneOrMany<String>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(OneOrMany(vec![v.to_owned()]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(v) = seq.next_element::<String>()? {
+                    out.push(v);
+                }
+                Ok(OneOrMany(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `Allow` or `Deny`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// The statement allows what it matches.
+    Allow,
+    /// The statement denies what it matches, overriding any allow.
+    Deny,
+}
+
+/// Named local principals: `{"User": …, "Group": …, "Admin": true}`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LocalPrincipals {
+    /// User names or numeric uids.
+    #[serde(rename = "User", default, skip_serializing_if = "OneOrMany::is_empty")]
+    pub users: OneOrMany<String>,
+    /// Group names or numeric gids (primary or supplementary membership).
+    #[serde(rename = "Group", default, skip_serializing_if = "OneOrMany::is_empty")]
+    pub groups: OneOrMany<String>,
+    /// The volume administrator.
+    #[serde(rename = "Admin", default, skip_serializing_if = "is_false")]
+    pub admin: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Whom a statement (or grant) is about: `"*"` or named local principals.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PrincipalSpec {
+    /// Every local user (`"*"`).
+    Any,
+    /// Users, groups and/or the administrator.
+    Local(LocalPrincipals),
+}
+
+impl PrincipalSpec {
+    /// One user, by name or numeric uid.
+    pub fn user(name_or_uid: &str) -> Self {
+        PrincipalSpec::Local(LocalPrincipals {
+            users: name_or_uid.into(),
+            ..Default::default()
+        })
+    }
+
+    /// One group, by name or numeric gid.
+    pub fn group(name_or_gid: &str) -> Self {
+        PrincipalSpec::Local(LocalPrincipals {
+            groups: name_or_gid.into(),
+            ..Default::default()
+        })
+    }
+
+    /// The volume administrator.
+    pub fn admin() -> Self {
+        PrincipalSpec::Local(LocalPrincipals {
+            admin: true,
+            ..Default::default()
+        })
+    }
+
+    /// Parses the command-line form: `user:NAME|UID`, `group:NAME|GID`, `admin` or `*`.
+    pub fn from_cli(s: &str) -> Result<Self, KeyError> {
+        let spec = if s == "*" {
+            PrincipalSpec::Any
+        } else if s.eq_ignore_ascii_case("admin") {
+            PrincipalSpec::admin()
+        } else if let Some(u) = s.strip_prefix("user:") {
+            PrincipalSpec::user(u)
+        } else if let Some(g) = s.strip_prefix("group:") {
+            PrincipalSpec::group(g)
+        } else {
+            return Err(KeyError::InvalidArgument(format!(
+                "principal {s:?}: write user:NAME, user:UID, group:NAME, group:GID, admin or *"
+            )));
+        };
+        spec.validate().map_err(KeyError::InvalidArgument)?;
+        Ok(spec)
+    }
+
+    /// True for exactly one user, one group, or the administrator alone (what a grant's
+    /// grantee and retiring principal must be).
+    pub fn is_single(&self) -> bool {
+        match self {
+            PrincipalSpec::Any => false,
+            PrincipalSpec::Local(l) => {
+                l.users.0.len() + l.groups.0.len() + usize::from(l.admin) == 1
+            }
+        }
+    }
+
+    /// True when `who` is one of the principals named.
+    pub fn matches(&self, who: &Principal) -> bool {
+        let l = match self {
+            PrincipalSpec::Any => return true,
+            PrincipalSpec::Local(l) => l,
+        };
+        if l.admin && who.is_admin {
+            return true;
+        }
+        let user_hit = l.users.0.iter().any(|u| match numeric_id(u) {
+            Some(uid) => uid == who.uid,
+            None => who.user_name.as_deref() == Some(u.as_str()),
+        });
+        let group_hit = || {
+            l.groups.0.iter().any(|g| match numeric_id(g) {
+                Some(gid) => who.groups.contains(&gid) || who.gid == gid,
+                None => who.group_names.iter().any(|n| n == g),
+            })
+        };
+        user_hit || group_hit()
+    }
+
+    /// Checks the entries; `Err` is a sentence for a MalformedPolicyDocument message.
+    fn validate(&self) -> Result<(), String> {
+        let PrincipalSpec::Local(l) = self else {
+            return Ok(());
+        };
+        if l.users.is_empty() && l.groups.is_empty() && !l.admin {
+            return Err("Principal names no User, Group or Admin".into());
+        }
+        for (kind, entries) in [("User", &l.users), ("Group", &l.groups)] {
+            for e in &entries.0 {
+                if e.is_empty() || e.trim() != e || e.contains(':') {
+                    return Err(format!("Principal {kind} entry {e:?} is not a valid name"));
+                }
+                if e.bytes().all(|b| b.is_ascii_digit()) && numeric_id(e).is_none() {
+                    return Err(format!("Principal {kind} id {e:?} is out of range"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An all-digit principal entry as an id (`None` for names and out-of-range numbers).
+fn numeric_id(s: &str) -> Option<u32> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        s.parse().ok()
+    } else {
+        None
+    }
+}
+
+impl fmt::Display for PrincipalSpec {
+    /// `*`, `admin`, `user:alice`, `group:100`, or `user:a,user:b,group:c,admin`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let l = match self {
+            PrincipalSpec::Any => return f.write_str("*"),
+            PrincipalSpec::Local(l) => l,
+        };
+        let mut parts: Vec<String> = Vec::new();
+        parts.extend(l.users.0.iter().map(|u| format!("user:{u}")));
+        parts.extend(l.groups.0.iter().map(|g| format!("group:{g}")));
+        if l.admin {
+            parts.push("admin".into());
+        }
+        f.write_str(&parts.join(","))
+    }
+}
+
+impl Serialize for PrincipalSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            PrincipalSpec::Any => s.serialize_str("*"),
+            PrincipalSpec::Local(l) => l.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PrincipalSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = PrincipalSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(r#""*" or an object with "User", "Group" and/or "Admin""#)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                if v == "*" {
+                    Ok(PrincipalSpec::Any)
+                } else {
+                    Err(E::custom(format!(
+                        r#"Principal {v:?}: write "*" for everyone, or {{"User": [...], "Group": [...], "Admin": true}}"#
+                    )))
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                LocalPrincipals::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(PrincipalSpec::Local)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A supported condition operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConditionOperator {
+    /// Exact, case-sensitive string equality.
+    StringEquals,
+    /// Case-sensitive match against a pattern with `*` and `?`.
+    StringLike,
+}
+
+impl ConditionOperator {
+    fn name(self) -> &'static str {
+        match self {
+            ConditionOperator::StringEquals => "StringEquals",
+            ConditionOperator::StringLike => "StringLike",
+        }
+    }
+
+    fn test(self, pattern: &str, value: &str) -> bool {
+        match self {
+            ConditionOperator::StringEquals => pattern == value,
+            ConditionOperator::StringLike => glob_match(pattern, value, false),
+        }
+    }
+}
+
+/// A supported condition key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConditionKey {
+    /// `kms:EncryptionContext:<key>`: the value of that encryption-context pair.
+    EncryptionContext(String),
+    /// `kms:EncryptionContextKeys`: the keys of the encryption context.
+    EncryptionContextKeys,
+}
+
+const CK_CONTEXT_PREFIX: &str = "kms:EncryptionContext:";
+const CK_CONTEXT_KEYS: &str = "kms:EncryptionContextKeys";
+
+impl ConditionKey {
+    fn parse(s: &str) -> Option<Self> {
+        if s.eq_ignore_ascii_case(CK_CONTEXT_KEYS) {
+            return Some(ConditionKey::EncryptionContextKeys);
+        }
+        let head = s.get(..CK_CONTEXT_PREFIX.len())?;
+        let rest = &s[CK_CONTEXT_PREFIX.len()..];
+        (head.eq_ignore_ascii_case(CK_CONTEXT_PREFIX) && !rest.is_empty())
+            .then(|| ConditionKey::EncryptionContext(rest.to_owned()))
+    }
+
+    fn name(&self) -> String {
+        match self {
+            ConditionKey::EncryptionContext(k) => format!("{CK_CONTEXT_PREFIX}{k}"),
+            ConditionKey::EncryptionContextKeys => CK_CONTEXT_KEYS.to_owned(),
+        }
+    }
+}
+
+/// One test: `operator` applied to condition `key` against any of `values`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConditionClause {
+    /// How to compare.
+    pub operator: ConditionOperator,
+    /// What to compare.
+    pub key: ConditionKey,
+    /// The policy's values; any one may match.
+    pub values: Vec<String>,
+}
+
+impl ConditionClause {
+    fn holds(&self, ctx: &EncryptionContext) -> bool {
+        let op = self.operator;
+        match &self.key {
+            ConditionKey::EncryptionContext(k) => ctx
+                .iter()
+                .filter(|(ck, _)| ck.eq_ignore_ascii_case(k))
+                .any(|(_, cv)| self.values.iter().any(|v| op.test(v, cv))),
+            ConditionKey::EncryptionContextKeys => ctx
+                .iter()
+                .any(|(ck, _)| self.values.iter().any(|v| op.test(v, ck))),
+        }
+    }
+}
+
+/// A statement's `Condition` block: every clause must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Condition(pub Vec<ConditionClause>);
+
+impl Condition {
+    /// True when every clause holds for `ctx`.
+    pub fn holds(&self, ctx: &EncryptionContext) -> bool {
+        self.0.iter().all(|c| c.holds(ctx))
+    }
+}
+
+impl Serialize for Condition {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Group clauses by operator, keeping the order of first appearance.
+        let mut groups: Vec<(ConditionOperator, Vec<&ConditionClause>)> = Vec::new();
+        for c in &self.0 {
+            match groups.iter_mut().find(|(op, _)| *op == c.operator) {
+                Some((_, v)) => v.push(c),
+                None => groups.push((c.operator, vec![c])),
+            }
+        }
+        struct Inner<'a>(&'a [&'a ConditionClause]);
+        impl Serialize for Inner<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some(self.0.len()))?;
+                for c in self.0 {
+                    m.serialize_entry(&c.key.name(), &OneOrMany(c.values.clone()))?;
+                }
+                m.end()
+            }
+        }
+        let mut m = s.serialize_map(Some(groups.len()))?;
+        for (op, clauses) in &groups {
+            m.serialize_entry(op.name(), &Inner(clauses))?;
+        }
+        m.end()
+    }
+}
+
+/// The members of one JSON object, in order, rejecting duplicate names.
+struct UniqueEntries<V>(Vec<(String, V)>);
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueEntries<V> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Vis<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for Vis<V> {
+            type Value = UniqueEntries<V>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out: Vec<(String, V)> = Vec::new();
+                while let Some(k) = map.next_key::<String>()? {
+                    if out.iter().any(|(seen, _)| *seen == k) {
+                        return Err(de::Error::custom(format!("{k:?} appears twice")));
+                    }
+                    let v = map.next_value()?;
+                    out.push((k, v));
+                }
+                Ok(UniqueEntries(out))
+            }
+        }
+        d.deserialize_map(Vis(std::marker::PhantomData))
+    }
+}
+
+impl<'de> Deserialize<'de> for Condition {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let outer = UniqueEntries::<UniqueEntries<OneOrMany<String>>>::deserialize(d)?;
+        let mut clauses = Vec::new();
+        for (op_name, inner) in outer.0 {
+            let operator = match op_name.as_str() {
+                "StringEquals" => ConditionOperator::StringEquals,
+                "StringLike" => ConditionOperator::StringLike,
+                _ => {
+                    return Err(de::Error::custom(format!(
+                        "unsupported condition operator {op_name:?}; envelopefs supports \
+                         StringEquals and StringLike"
+                    )));
+                }
+            };
+            if inner.0.is_empty() {
+                return Err(de::Error::custom(format!(
+                    "condition operator {op_name} names no condition key"
+                )));
+            }
+            for (key_name, values) in inner.0 {
+                let key = ConditionKey::parse(&key_name).ok_or_else(|| {
+                    de::Error::custom(format!(
+                        "unsupported condition key {key_name:?} under {op_name}; envelopefs \
+                         supports kms:EncryptionContext:<context-key> and \
+                         kms:EncryptionContextKeys"
+                    ))
+                })?;
+                if values.is_empty() {
+                    return Err(de::Error::custom(format!(
+                        "condition {op_name} {key_name:?} has no values"
+                    )));
+                }
+                clauses.push(ConditionClause {
+                    operator,
+                    key,
+                    values: values.0,
+                });
+            }
+        }
+        Ok(Condition(clauses))
+    }
+}
+
+/// One statement of a key policy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Statement {
+    /// Optional statement id, unique within the policy.
+    #[serde(rename = "Sid", default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    /// Allow or deny.
+    #[serde(rename = "Effect")]
+    pub effect: Effect,
+    /// Whom it is about.
+    #[serde(rename = "Principal")]
+    pub principal: PrincipalSpec,
+    /// Action names or patterns.
+    #[serde(rename = "Action")]
+    pub action: OneOrMany<String>,
+    /// Must be `"*"` when present.
+    #[serde(rename = "Resource", default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<OneOrMany<String>>,
+    /// Tests on the request's encryption context.
+    #[serde(rename = "Condition", default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<Condition>,
+}
+
+impl Statement {
+    /// `statement "Sid"` or `Statement[i]`.
+    fn label(&self, index: usize) -> String {
+        match &self.sid {
+            Some(sid) => format!("statement {sid:?}"),
+            None => format!("Statement[{index}]"),
+        }
+    }
+
+    /// True when principal, action and condition all match.
+    pub fn matches(&self, who: &Principal, action: &str, ctx: &EncryptionContext) -> bool {
+        self.principal.matches(who)
+            && self.action.0.iter().any(|p| action_matches(p, action))
+            && self.condition.as_ref().is_none_or(|c| c.holds(ctx))
+    }
+}
+
+/// A key policy document.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyPolicy {
+    /// Policy language version.
+    #[serde(rename = "Version", default = "default_version")]
+    pub version: String,
+    /// The statements, evaluated as described in the module docs.
+    #[serde(rename = "Statement")]
+    pub statement: Vec<Statement>,
+}
+
+fn default_version() -> String {
+    POLICY_VERSION.to_owned()
+}
+
+impl KeyPolicy {
+    /// The document as indented JSON (what GetKeyPolicy returns).
+    pub fn to_json_pretty(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a key policy always serializes")
+    }
+
+    /// Checks what serde cannot: version, unique Sids, principals, known actions, Resource.
+    /// `Err` is the sentence after `MalformedPolicyDocument: `.
+    pub fn validate(&self) -> Result<(), String> {
+        if !ACCEPTED_VERSIONS.contains(&self.version.as_str()) {
+            return Err(format!(
+                "unsupported Version {:?}; use \"{POLICY_VERSION}\"",
+                self.version
+            ));
+        }
+        for (i, st) in self.statement.iter().enumerate() {
+            let label = st.label(i);
+            if let Some(sid) = &st.sid {
+                if sid.is_empty() {
+                    return Err(format!("Statement[{i}] has an empty Sid"));
+                }
+                if self.statement[..i]
+                    .iter()
+                    .any(|s| s.sid.as_ref() == Some(sid))
+                {
+                    return Err(format!("Sid {sid:?} is used by more than one statement"));
+                }
+            }
+            st.principal
+                .validate()
+                .map_err(|e| format!("{label}: {e}"))?;
+            if st.action.is_empty() {
+                return Err(format!("{label}: Action is empty"));
+            }
+            for a in &st.action.0 {
+                let well_formed =
+                    a == "*" || a.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("kms:"));
+                if !well_formed || !action::ALL.iter().any(|known| action_matches(a, known)) {
+                    return Err(format!(
+                        "{label}: action {a:?} is not a known key action (for example \
+                         kms:Decrypt, kms:GenerateDataKey*, kms:*)"
+                    ));
+                }
+            }
+            if let Some(r) = &st.resource
+                && (r.is_empty() || r.0.iter().any(|r| r != "*"))
+            {
+                return Err(format!(
+                    "{label}: Resource must be \"*\" (a key policy applies to its own key)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses and checks a key policy document (at most [`MAX_POLICY_BYTES`]).
+///
+/// Every error is `KeyError::InvalidArgument("MalformedPolicyDocument: …")` naming the
+/// problem (unknown operator or condition key, bad Effect, unknown member, unknown action, …).
+pub fn parse_policy(json: &str) -> Result<KeyPolicy, KeyError> {
+    let malformed = |m: String| KeyError::InvalidArgument(format!("MalformedPolicyDocument: {m}"));
+    if json.len() > MAX_POLICY_BYTES {
+        return Err(malformed(format!(
+            "the document is {} bytes; a key policy may have at most {MAX_POLICY_BYTES}",
+            json.len()
+        )));
+    }
+    let policy: KeyPolicy = serde_json::from_str(json).map_err(|e| malformed(e.to_string()))?;
+    policy.validate().map_err(malformed)?;
+    Ok(policy)
+}
+
+/// The key policy of a new CMK:
+///
+/// ```json
+/// { "Version": "2012-10-17",
+///   "Statement": [
+///     { "Sid": "Enable administrator", "Effect": "Allow",
+///       "Principal": { "Admin": true }, "Action": "kms:*" },
+///     { "Sid": "Allow use of the key by local users", "Effect": "Allow", "Principal": "*",
+///       "Action": ["kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey*",
+///                  "kms:ReEncrypt*", "kms:DescribeKey"] } ] }
+/// ```
+///
+/// Why: the first statement plays the part of KMS's "Enable IAM User Permissions" statement:
+/// the volume administrator (and root) can always manage the key, so a new key cannot lock
+/// its owner out. The second lets every local user use the key to create and open files:
+/// on a multi-user mount (`--allow-other`) who may read or write a file is already decided by
+/// its mode bits and ACLs, which still apply, and a default that refused other users would
+/// make a shared mount unusable. The key policy is a second gate, on the key: to restrict a
+/// key to some users, replace `"*"` in the second statement by, for example,
+/// `{"Group": "staff"}`, or add a `Deny` statement (`envelopefs key policy put`).
+pub fn default_policy() -> KeyPolicy {
+    KeyPolicy {
+        version: POLICY_VERSION.to_owned(),
+        statement: vec![
+            Statement {
+                sid: Some("Enable administrator".into()),
+                effect: Effect::Allow,
+                principal: PrincipalSpec::admin(),
+                action: "kms:*".into(),
+                resource: None,
+                condition: None,
+            },
+            Statement {
+                sid: Some("Allow use of the key by local users".into()),
+                effect: Effect::Allow,
+                principal: PrincipalSpec::Any,
+                action: [
+                    action::ENCRYPT,
+                    action::DECRYPT,
+                    "kms:GenerateDataKey*",
+                    "kms:ReEncrypt*",
+                    action::DESCRIBE_KEY,
+                ]
+                .into(),
+                resource: None,
+                condition: None,
+            },
+        ],
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Grants
+// ---------------------------------------------------------------------------------------------
+
+/// Encryption-context constraints of a grant (at most one of the two, as in KMS).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GrantConstraints {
+    /// Every pair listed must be in the request's context (which may have more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_context_subset: Option<BTreeMap<String, String>>,
+    /// The request's context must be exactly these pairs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_context_equals: Option<BTreeMap<String, String>>,
+}
+
+/// True when `ctx` has a pair whose key equals `k` ignoring ASCII case and whose value is `v`.
+fn ctx_has_pair(ctx: &EncryptionContext, k: &str, v: &str) -> bool {
+    ctx.iter()
+        .any(|(ck, cv)| ck.eq_ignore_ascii_case(k) && cv == v)
+}
+
+/// True when every pair of `sub` is in `sup` (keys ignoring ASCII case, values exactly).
+fn map_contains(sup: &BTreeMap<String, String>, sub: &BTreeMap<String, String>) -> bool {
+    sub.iter().all(|(k, v)| {
+        sup.iter()
+            .any(|(sk, sv)| sk.eq_ignore_ascii_case(k) && sv == v)
+    })
+}
+
+impl GrantConstraints {
+    /// True when `ctx` satisfies the constraints.
+    pub fn satisfied_by(&self, ctx: &EncryptionContext) -> bool {
+        if let Some(sub) = &self.encryption_context_subset
+            && !sub.iter().all(|(k, v)| ctx_has_pair(ctx, k, v))
+        {
+            return false;
+        }
+        if let Some(eq) = &self.encryption_context_equals {
+            let all_listed = eq.iter().all(|(k, v)| ctx_has_pair(ctx, k, v));
+            let nothing_else = ctx.iter().all(|(ck, cv)| {
+                eq.iter()
+                    .any(|(k, v)| ck.eq_ignore_ascii_case(k) && cv == v)
+            });
+            if !(all_listed && nothing_else) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// True when every context that satisfies `self` also satisfies `parent`, i.e. `self` is
+    /// at least as strict (what KMS requires of a grant made through a grant's CreateGrant).
+    pub fn at_least_as_strict_as(&self, parent: Option<&GrantConstraints>) -> bool {
+        let Some(parent) = parent else { return true };
+        let (mine_sub, mine_eq) = (
+            self.encryption_context_subset.as_ref(),
+            self.encryption_context_equals.as_ref(),
+        );
+        if let Some(p_eq) = &parent.encryption_context_equals {
+            // Only the very same context satisfies an equals constraint.
+            return mine_eq.is_some_and(|e| map_contains(e, p_eq) && map_contains(p_eq, e));
+        }
+        if let Some(p_sub) = &parent.encryption_context_subset {
+            return mine_eq.is_some_and(|e| map_contains(e, p_sub))
+                || mine_sub.is_some_and(|s| map_contains(s, p_sub));
+        }
+        true
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.encryption_context_subset.is_some() && self.encryption_context_equals.is_some() {
+            return Err("a grant may have an encryption_context_subset or an \
+                 encryption_context_equals constraint, not both"
+                .into());
+        }
+        for map in [
+            &self.encryption_context_subset,
+            &self.encryption_context_equals,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if map.is_empty() || map.len() > MAX_CONSTRAINT_PAIRS {
+                return Err(format!(
+                    "a grant constraint must list 1 to {MAX_CONSTRAINT_PAIRS} encryption \
+                     context pairs"
+                ));
+            }
+            if let Some((k, _)) = map
+                .iter()
+                .find(|(k, v)| k.is_empty() || v.chars().count() > MAX_CONSTRAINT_VALUE_CHARS)
+            {
+                return Err(format!(
+                    "grant constraint pair {k:?}: keys must be non-empty and values at most \
+                     {MAX_CONSTRAINT_VALUE_CHARS} characters"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A grant on one key. Stored by the key service beside the key (snake_case JSON).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    /// 64 lowercase hex digits ([`new_grant_id`]).
+    pub grant_id: String,
+    /// Optional friendly name (1–256 of `[a-zA-Z0-9:/_-]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The one user or group the grant is for.
+    pub grantee: PrincipalSpec,
+    /// Who may retire the grant besides a grantee holding `RetireGrant`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retiring_principal: Option<PrincipalSpec>,
+    /// Grant operations ([`GRANT_OPERATIONS`]).
+    pub operations: Vec<String>,
+    /// Encryption-context constraints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constraints: Option<GrantConstraints>,
+    /// Seconds since the Unix epoch.
+    pub creation_date: u64,
+}
+
+/// A fresh random grant id: 32 random bytes as 64 lowercase hex digits.
+///
+/// # Panics
+/// If the operating system cannot provide randomness.
+pub fn new_grant_id() -> String {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).expect("the system random generator failed");
+    hex(&b)
+}
+
+impl Grant {
+    /// Builds and checks a new grant: operation names are accepted in any case and with or
+    /// without `kms:`, and stored canonically without duplicates; empty constraints are
+    /// dropped. Errors are `InvalidArgument` naming the problem.
+    pub fn new(
+        grantee: PrincipalSpec,
+        operations: &[&str],
+        retiring_principal: Option<PrincipalSpec>,
+        constraints: Option<GrantConstraints>,
+        name: Option<String>,
+    ) -> Result<Grant, KeyError> {
+        let mut ops: Vec<String> = Vec::new();
+        for op in operations {
+            let bare = op
+                .get(..4)
+                .filter(|p| p.eq_ignore_ascii_case("kms:"))
+                .map_or(*op, |_| &op[4..]);
+            let canonical = GRANT_OPERATIONS
+                .iter()
+                .find(|g| g.eq_ignore_ascii_case(bare))
+                .ok_or_else(|| {
+                    KeyError::InvalidArgument(format!(
+                        "grant operation {op:?} is not one of {}",
+                        GRANT_OPERATIONS.join(", ")
+                    ))
+                })?;
+            if !ops.iter().any(|o| o == canonical) {
+                ops.push((*canonical).to_owned());
+            }
+        }
+        let constraints = constraints.and_then(|mut c| {
+            c.encryption_context_subset = c.encryption_context_subset.filter(|m| !m.is_empty());
+            c.encryption_context_equals = c.encryption_context_equals.filter(|m| !m.is_empty());
+            (c != GrantConstraints::default()).then_some(c)
+        });
+        let grant = Grant {
+            grant_id: new_grant_id(),
+            name,
+            grantee,
+            retiring_principal,
+            operations: ops,
+            constraints,
+            creation_date: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        };
+        grant.validate()?;
+        Ok(grant)
+    }
+
+    /// Checks a grant (as built by [`Grant::new`] or read back from storage).
+    pub fn validate(&self) -> Result<(), KeyError> {
+        let bad = |m: String| Err(KeyError::InvalidArgument(m));
+        if self.grant_id.len() != 64
+            || !self
+                .grant_id
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return bad(format!(
+                "grant id {:?} is not 64 lowercase hex digits",
+                self.grant_id
+            ));
+        }
+        if let Some(n) = &self.name
+            && (n.is_empty()
+                || n.chars().count() > MAX_GRANT_NAME_CHARS
+                || !n
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b":/_-".contains(&b)))
+        {
+            return bad(format!(
+                "grant name {n:?}: use 1 to {MAX_GRANT_NAME_CHARS} of a-z A-Z 0-9 : / _ -"
+            ));
+        }
+        for (what, p) in [
+            ("grantee", Some(&self.grantee)),
+            ("retiring principal", self.retiring_principal.as_ref()),
+        ] {
+            let Some(p) = p else { continue };
+            if !p.is_single() {
+                return bad(format!(
+                    "the grant's {what} must be one user, one group or admin, not {p}"
+                ));
+            }
+            p.validate().map_err(KeyError::InvalidArgument)?;
+        }
+        if self.operations.is_empty() {
+            return bad("a grant must allow at least one operation".into());
+        }
+        for (i, op) in self.operations.iter().enumerate() {
+            if !GRANT_OPERATIONS.contains(&op.as_str()) || self.operations[..i].contains(op) {
+                return bad(format!(
+                    "grant operation {op:?} is unknown or repeated; use {}",
+                    GRANT_OPERATIONS.join(", ")
+                ));
+            }
+        }
+        if let Some(c) = &self.constraints {
+            c.validate().map_err(KeyError::InvalidArgument)?;
+        }
+        Ok(())
+    }
+
+    /// The grant operation that `action` (`kms:Decrypt`, …) corresponds to, if listed.
+    fn operation_for(&self, action: &str) -> Option<&str> {
+        let bare = action
+            .get(..4)
+            .filter(|p| p.eq_ignore_ascii_case("kms:"))
+            .map(|_| &action[4..])?;
+        self.operations
+            .iter()
+            .map(String::as_str)
+            .find(|op| op.eq_ignore_ascii_case(bare))
+    }
+
+    /// True when this grant lets `who` perform `action` with context `ctx`.
+    pub fn allows(&self, who: &Principal, action: &str, ctx: &EncryptionContext) -> bool {
+        let Some(op) = self.operation_for(action) else {
+            return false;
+        };
+        self.grantee.matches(who)
+            && (UNCONSTRAINED_GRANT_OPERATIONS.contains(&op)
+                || self
+                    .constraints
+                    .as_ref()
+                    .is_none_or(|c| c.satisfied_by(ctx)))
+    }
+
+    /// True when `who` may retire this grant through the grant itself: it is the retiring
+    /// principal, or the grantee and the grant lists `RetireGrant`. (A principal the key
+    /// policy allows `kms:RetireGrant` may retire any grant of the key as well; the key
+    /// service checks that with [`evaluate`].)
+    pub fn may_retire(&self, who: &Principal) -> bool {
+        self.retiring_principal
+            .as_ref()
+            .is_some_and(|r| r.matches(who))
+            || (self.grantee.matches(who) && self.operations.iter().any(|o| o == "RetireGrant"))
+    }
+
+    /// `grant 3f2a…c9 ("name")`: for reasons and audit records.
+    pub fn label(&self) -> String {
+        let short = self.grant_id.get(..12).unwrap_or(&self.grant_id);
+        match &self.name {
+            Some(n) => format!("grant {short}… ({n:?})"),
+            None => format!("grant {short}…"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Evaluation
+// ---------------------------------------------------------------------------------------------
+
+/// The outcome of an authorization check. The texts are for log lines and audit records;
+/// they name statements, grants and principals, never key material.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed; `by` names the statement or grant that allowed it.
+    Allow {
+        /// `key policy statement "Sid"` or `grant 3f2a… ("name")`.
+        by: String,
+    },
+    /// Denied; `reason` says why.
+    Deny {
+        /// An explicit deny statement, or that nothing allowed it.
+        reason: String,
+    },
+}
+
+impl Decision {
+    /// True for [`Decision::Allow`].
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Decision::Allow { .. })
+    }
+
+    /// `Ok(by)`, or `KeyError::AccessDenied` for `key_id` with the reason.
+    pub fn into_result(self, key_id: &str) -> Result<String, KeyError> {
+        match self {
+            Decision::Allow { by } => Ok(by),
+            Decision::Deny { reason } => Err(KeyError::AccessDenied {
+                key_id: key_id.to_owned(),
+                reason,
+            }),
+        }
+    }
+}
+
+/// Decides whether `who` may perform `action` (a `kms:` name from [`action`]) on the key
+/// governed by `policy` and `grants`, for a request with encryption context `ctx` (empty for
+/// operations that take none). See the module docs for the order of evaluation.
+pub fn evaluate(
+    policy: &KeyPolicy,
+    grants: &[Grant],
+    who: &Principal,
+    action: &str,
+    ctx: &EncryptionContext,
+) -> Decision {
+    debug_assert!(
+        action::ALL.iter().any(|a| a.eq_ignore_ascii_case(action)),
+        "BUG: evaluate called with unknown action {action:?}"
+    );
+    match policy_outcome(policy, who, action, ctx) {
+        PolicyOutcome::Denied(reason) => return Decision::Deny { reason },
+        PolicyOutcome::Allowed(by) => return Decision::Allow { by },
+        PolicyOutcome::Silent => {}
+    }
+    if let Some(g) = grants.iter().find(|g| g.allows(who, action, ctx)) {
+        return Decision::Allow { by: g.label() };
+    }
+    Decision::Deny {
+        reason: format!("no statement or grant allows {action} for {}", who.label()),
+    }
+}
+
+/// What the key policy alone says about a request.
+enum PolicyOutcome {
+    /// A Deny statement matched (the reason).
+    Denied(String),
+    /// No Deny matched and an Allow statement did (which one).
+    Allowed(String),
+    /// No statement matched.
+    Silent,
+}
+
+fn policy_outcome(
+    policy: &KeyPolicy,
+    who: &Principal,
+    action: &str,
+    ctx: &EncryptionContext,
+) -> PolicyOutcome {
+    let mut allowed_by = None;
+    for (i, st) in policy.statement.iter().enumerate() {
+        if !st.matches(who, action, ctx) {
+            continue;
+        }
+        match st.effect {
+            Effect::Deny => {
+                return PolicyOutcome::Denied(format!(
+                    "{action} for {} is explicitly denied by key policy {}",
+                    who.label(),
+                    st.label(i)
+                ));
+            }
+            Effect::Allow => {
+                allowed_by.get_or_insert_with(|| format!("key policy {}", st.label(i)));
+            }
+        }
+    }
+    allowed_by.map_or(PolicyOutcome::Silent, PolicyOutcome::Allowed)
+}
+
+/// Decides whether `who` may create `new_grant` on the key. As in KMS: an explicit deny of
+/// `kms:CreateGrant` wins; the key policy allowing `kms:CreateGrant` allows any grant; a
+/// grant allows it only when the new grant's operations are a subset of that grant's and
+/// its constraints are at least as strict.
+pub fn evaluate_create_grant(
+    policy: &KeyPolicy,
+    grants: &[Grant],
+    who: &Principal,
+    new_grant: &Grant,
+) -> Decision {
+    let empty = EncryptionContext::new();
+    match policy_outcome(policy, who, action::CREATE_GRANT, &empty) {
+        PolicyOutcome::Allowed(by) => return Decision::Allow { by },
+        PolicyOutcome::Denied(reason) => return Decision::Deny { reason },
+        PolicyOutcome::Silent => {}
+    }
+    let parent = grants.iter().find(|g| {
+        g.allows(who, action::CREATE_GRANT, &empty)
+            && new_grant
+                .operations
+                .iter()
+                .all(|op| g.operations.contains(op))
+            && new_grant
+                .constraints
+                .clone()
+                .unwrap_or_default()
+                .at_least_as_strict_as(g.constraints.as_ref())
+    });
+    match parent {
+        Some(g) => Decision::Allow { by: g.label() },
+        None => Decision::Deny {
+            reason: format!(
+                "no statement or grant allows {} to create this grant (a grant can only \
+                 pass on its own operations, with constraints at least as strict)",
+                who.label()
+            ),
+        },
+    }
+}
+
+/// KMS's policy lockout safety check for PutKeyPolicy: `Err` when `policy` would not let
+/// `who` (the principal setting it) change the policy again.
+pub fn check_lockout(policy: &KeyPolicy, who: &Principal) -> Result<(), KeyError> {
+    match evaluate(
+        policy,
+        &[],
+        who,
+        action::PUT_KEY_POLICY,
+        &EncryptionContext::new(),
+    ) {
+        Decision::Allow { .. } => Ok(()),
+        Decision::Deny { reason } => Err(KeyError::InvalidArgument(format!(
+            "MalformedPolicyDocument: the new key policy would lock you out: {reason}; keep \
+             a statement that allows you kms:PutKeyPolicy (such as the default \"Enable \
+             administrator\" statement)"
+        ))),
+    }
+}
+
+/// True when action pattern `pattern` (`*`, `kms:Decrypt`, `kms:ReEncrypt*`, …) matches
+/// `action`, ignoring ASCII case.
+pub fn action_matches(pattern: &str, action: &str) -> bool {
+    pattern == "*" || glob_match(pattern, action, true)
+}
+
+/// Matches `text` against `pattern`, where `*` stands for any run of characters (also
+/// empty) and `?` for exactly one character.
+fn glob_match(pattern: &str, text: &str, ignore_ascii_case: bool) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let eq = |a: char, b: char| {
+        if ignore_ascii_case {
+            a.eq_ignore_ascii_case(&b)
+        } else {
+            a == b
+        }
+    };
+    let (mut pi, mut ti) = (0, 0);
+    // Position of the last `*` seen and the text position it is currently absorbing up to.
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && (p[pi] == '?' || eq(p[pi], t[ti])) {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            // Let the last `*` absorb one more character and retry after it.
+            star = Some((sp, st + 1));
+            pi = sp + 1;
+            ti = st + 1;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(uid: u32, name: &str, groups: &[(u32, &str)]) -> Principal {
+        Principal {
+            uid,
+            gid: groups.first().map_or(uid, |g| g.0),
+            groups: groups.iter().map(|g| g.0).collect(),
+            user_name: Some(name.to_owned()),
+            group_names: groups.iter().map(|g| g.1.to_owned()).collect(),
+            is_admin: false,
+        }
+    }
+
+    fn alice() -> Principal {
+        user(1000, "alice", &[(1000, "alice"), (50, "staff")])
+    }
+
+    fn bob() -> Principal {
+        user(1001, "bob", &[(1001, "bob")])
+    }
+
+    fn admin() -> Principal {
+        Principal {
+            is_admin: true,
+            ..user(500, "root-ish", &[(500, "adm")])
+        }
+    }
+
+    fn ctx(pairs: &[(&str, &str)]) -> EncryptionContext {
+        let mut c = EncryptionContext::new();
+        for (k, v) in pairs {
+            c.insert(k, v);
+        }
+        c
+    }
+
+    fn no_ctx() -> EncryptionContext {
+        EncryptionContext::new()
+    }
+
+    fn policy(json: &str) -> KeyPolicy {
+        parse_policy(json).unwrap_or_else(|e| panic!("{e}\n{json}"))
+    }
+
+    fn allowed(
+        p: &KeyPolicy,
+        g: &[Grant],
+        who: &Principal,
+        a: &str,
+        c: &EncryptionContext,
+    ) -> bool {
+        evaluate(p, g, who, a, c).is_allowed()
+    }
+
+    fn malformed(json: &str) -> String {
+        match parse_policy(json) {
+            Err(KeyError::InvalidArgument(m)) => {
+                assert!(m.starts_with("MalformedPolicyDocument: "), "{m}");
+                m
+            }
+            other => panic!("expected MalformedPolicyDocument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_policy_allows_nothing() {
+        let p = policy(r#"{"Version":"2012-10-17","Statement":[]}"#);
+        for a in action::ALL {
+            for who in [alice(), admin()] {
+                let d = evaluate(&p, &[], &who, a, &no_ctx());
+                let Decision::Deny { reason } = d else {
+                    panic!("{a} allowed")
+                };
+                assert!(
+                    reason.starts_with(&format!("no statement or grant allows {a} for uid")),
+                    "{reason}"
+                );
+            }
+        }
+        let Decision::Deny { reason } = evaluate(&p, &[], &alice(), action::DECRYPT, &no_ctx())
+        else {
+            unreachable!()
+        };
+        assert_eq!(
+            reason,
+            "no statement or grant allows kms:Decrypt for uid 1000 (alice)"
+        );
+    }
+
+    #[test]
+    fn explicit_deny_beats_allow_and_grants() {
+        let p = policy(
+            r#"{"Statement":[
+                {"Effect":"Allow","Principal":"*","Action":"kms:*"},
+                {"Sid":"NoBob","Effect":"Deny","Principal":{"User":"bob"},"Action":"kms:Decrypt"},
+                {"Effect":"Deny","Principal":{"User":"1000"},"Action":"kms:DisableKey"}]}"#,
+        );
+        let g = Grant::new(PrincipalSpec::user("bob"), &["Decrypt"], None, None, None).unwrap();
+        let d = evaluate(
+            &p,
+            std::slice::from_ref(&g),
+            &bob(),
+            action::DECRYPT,
+            &no_ctx(),
+        );
+        assert_eq!(
+            d,
+            Decision::Deny {
+                reason: "kms:Decrypt for uid 1001 (bob) is explicitly denied by key policy \
+                         statement \"NoBob\""
+                    .into()
+            }
+        );
+        assert!(allowed(&p, &[], &bob(), action::ENCRYPT, &no_ctx()));
+        assert!(allowed(&p, &[], &alice(), action::DECRYPT, &no_ctx()));
+        let Decision::Deny { reason } = evaluate(&p, &[], &alice(), action::DISABLE_KEY, &no_ctx())
+        else {
+            panic!("deny by uid ignored")
+        };
+        assert!(reason.contains("Statement[2]"), "{reason}");
+    }
+
+    #[test]
+    fn wildcard_actions() {
+        let p = policy(
+            r#"{"Statement":[{"Effect":"Allow","Principal":"*",
+                "Action":["kms:ReEncryptF*","KMS:describe*","kms:ReEncryptT?"]}]}"#,
+        );
+        let a = alice();
+        assert!(allowed(&p, &[], &a, action::RE_ENCRYPT_FROM, &no_ctx()));
+        assert!(allowed(&p, &[], &a, action::RE_ENCRYPT_TO, &no_ctx()));
+        assert!(allowed(&p, &[], &a, action::DESCRIBE_KEY, &no_ctx()));
+        assert!(!allowed(&p, &[], &a, action::GENERATE_DATA_KEY, &no_ctx()));
+        assert!(!allowed(&p, &[], &a, action::DECRYPT, &no_ctx()));
+        let re = policy(
+            r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:ReEncrypt*"}]}"#,
+        );
+        assert!(allowed(&re, &[], &a, action::RE_ENCRYPT_FROM, &no_ctx()));
+        assert!(allowed(&re, &[], &a, action::RE_ENCRYPT_TO, &no_ctx()));
+        assert!(!allowed(&re, &[], &a, action::ENCRYPT, &no_ctx()));
+        let star = policy(r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"*"}]}"#);
+        assert!(
+            action::ALL
+                .iter()
+                .all(|x| allowed(&star, &[], &a, x, &no_ctx()))
+        );
+        let kms_star =
+            policy(r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*"}]}"#);
+        assert!(
+            action::ALL
+                .iter()
+                .all(|x| allowed(&kms_star, &[], &a, x, &no_ctx()))
+        );
+        // A pattern that matches no action is a typo, not a statement about nothing.
+        malformed(
+            r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:GenerateDataKey?"}]}"#,
+        );
+    }
+
+    #[test]
+    fn glob_matching() {
+        assert!(glob_match("a*b?c", "aXXbYc", false));
+        assert!(glob_match("*", "", false));
+        assert!(glob_match("**a", "a", false));
+        assert!(!glob_match("a*b", "acbx", false));
+        assert!(glob_match("a*b*", "axbyb", false));
+        assert!(!glob_match("A", "a", false));
+        assert!(glob_match("A", "a", true));
+        assert!(glob_match("é?", "éü", false));
+        assert!(!glob_match("", "x", false));
+    }
+
+    #[test]
+    fn users_by_name_and_uid_groups_by_supplementary_membership() {
+        let by_name = policy(
+            r#"{"Statement":[{"Effect":"Allow","Principal":{"User":"alice"},"Action":"kms:Decrypt"}]}"#,
+        );
+        let by_uid = policy(
+            r#"{"Statement":[{"Effect":"Allow","Principal":{"User":["9","1000"]},"Action":"kms:Decrypt"}]}"#,
+        );
+        let by_group = policy(
+            r#"{"Statement":[{"Effect":"Allow","Principal":{"Group":"staff"},"Action":"kms:Decrypt"}]}"#,
+        );
+        let by_gid = policy(
+            r#"{"Statement":[{"Effect":"Allow","Principal":{"Group":["50"]},"Action":"kms:Decrypt"}]}"#,
+        );
+        for p in [&by_name, &by_uid, &by_group, &by_gid] {
+            assert!(allowed(p, &[], &alice(), action::DECRYPT, &no_ctx()));
+            assert!(!allowed(p, &[], &bob(), action::DECRYPT, &no_ctx()));
+            assert!(!allowed(p, &[], &alice(), action::ENCRYPT, &no_ctx()));
+        }
+        // A principal whose name is unknown still matches by uid, never by name.
+        let nameless = Principal {
+            user_name: None,
+            group_names: vec![],
+            ..alice()
+        };
+        assert!(allowed(&by_uid, &[], &nameless, action::DECRYPT, &no_ctx()));
+        assert!(allowed(&by_gid, &[], &nameless, action::DECRYPT, &no_ctx()));
+        assert!(!allowed(
+            &by_name,
+            &[],
+            &nameless,
+            action::DECRYPT,
+            &no_ctx()
+        ));
+        assert!(!allowed(
+            &by_group,
+            &[],
+            &nameless,
+            action::DECRYPT,
+            &no_ctx()
+        ));
+    }
+
+    #[test]
+    fn admin_principal() {
+        let p = policy(
+            r#"{"Statement":[{"Effect":"Allow","Principal":{"Admin":true},"Action":"kms:*"}]}"#,
+        );
+        assert!(
+            action::ALL
+                .iter()
+                .all(|a| allowed(&p, &[], &admin(), a, &no_ctx()))
+        );
+        assert!(!allowed(&p, &[], &alice(), action::DECRYPT, &no_ctx()));
+    }
+
+    #[test]
+    fn default_policy_lets_users_use_and_only_admin_manage() {
+        let p = default_policy();
+        assert_eq!(parse_policy(&p.to_json_pretty()).unwrap(), p, "round trip");
+        let mut rnd = [0u8; 4];
+        getrandom::fill(&mut rnd).unwrap();
+        let uid = 1000 + u32::from_le_bytes(rnd) % 1_000_000;
+        let anyone = Principal {
+            uid,
+            gid: uid,
+            groups: vec![uid],
+            user_name: None,
+            group_names: vec![],
+            is_admin: false,
+        };
+        let c = EncryptionContext::for_file("vol", &[7; 16]);
+        for a in [
+            action::DECRYPT,
+            action::GENERATE_DATA_KEY,
+            action::RE_ENCRYPT_FROM,
+            action::RE_ENCRYPT_TO,
+            action::DESCRIBE_KEY,
+            action::ENCRYPT,
+        ] {
+            assert!(allowed(&p, &[], &anyone, a, &c), "{a}");
+        }
+        for a in [
+            action::DISABLE_KEY,
+            action::PUT_KEY_POLICY,
+            action::CREATE_GRANT,
+            action::SCHEDULE_KEY_DELETION,
+        ] {
+            assert!(!allowed(&p, &[], &anyone, a, &no_ctx()), "{a}");
+        }
+        for a in action::ALL {
+            assert_eq!(
+                evaluate(&p, &[], &admin(), a, &no_ctx()),
+                Decision::Allow {
+                    by: "key policy statement \"Enable administrator\"".into()
+                }
+            );
+        }
+        assert!(!needs_groups(&p, &[]), "the default policy names no group");
+        let g = Grant::new(
+            PrincipalSpec::group("staff"),
+            &["Decrypt"],
+            None,
+            None,
+            None,
+        )
+        .unwrap();
+        assert!(needs_groups(&p, &[g]));
+        let mut with_group = p.clone();
+        with_group.statement[1].principal = PrincipalSpec::group("staff");
+        assert!(needs_groups(&with_group, &[]));
+        assert!(check_lockout(&p, &admin()).is_ok());
+        assert!(check_lockout(&p, &anyone).is_err());
+    }
+
+    #[test]
+    fn grant_allows_until_removed() {
+        let p = policy(
+            r#"{"Statement":[{"Effect":"Allow","Principal":{"Admin":true},"Action":"kms:*"}]}"#,
+        );
+        let g = Grant::new(
+            PrincipalSpec::user("bob"),
+            &["kms:decrypt", "GenerateDataKey"],
+            None,
+            None,
+            Some("bob-read".into()),
+        )
+        .unwrap();
+        assert_eq!(g.operations, ["Decrypt", "GenerateDataKey"]);
+        let c = ctx(&[("envelopefs:file-id", "ab")]);
+        let d = evaluate(&p, std::slice::from_ref(&g), &bob(), action::DECRYPT, &c);
+        assert_eq!(d, Decision::Allow { by: g.label() });
+        assert!(g.label().contains("bob-read"));
+        assert!(!allowed(
+            &p,
+            std::slice::from_ref(&g),
+            &bob(),
+            action::RE_ENCRYPT_FROM,
+            &c
+        ));
+        assert!(!allowed(
+            &p,
+            std::slice::from_ref(&g),
+            &alice(),
+            action::DECRYPT,
+            &c
+        ));
+        assert!(!allowed(&p, &[], &bob(), action::DECRYPT, &c), "revoked");
+        // A group grant reaches members through supplementary groups.
+        let gg = Grant::new(
+            PrincipalSpec::group("staff"),
+            &["Decrypt"],
+            None,
+            None,
+            None,
+        )
+        .unwrap();
+        assert!(allowed(
+            &p,
+            std::slice::from_ref(&gg),
+            &alice(),
+            action::DECRYPT,
+            &c
+        ));
+        assert!(!allowed(
+            &p,
+            std::slice::from_ref(&gg),
+            &bob(),
+            action::DECRYPT,
+            &c
+        ));
+    }
+
+    #[test]
+    fn grant_constraints_subset_and_equals() {
+        let p = policy(r#"{"Statement":[]}"#);
+        let pairs = |ps: &[(&str, &str)]| -> BTreeMap<String, String> {
+            ps.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let subset = Grant::new(
+            PrincipalSpec::user("bob"),
+            &["Decrypt", "DescribeKey"],
+            None,
+            Some(GrantConstraints {
+                encryption_context_subset: Some(pairs(&[("Vol", "v1")])),
+                ..Default::default()
+            }),
+            None,
+        )
+        .unwrap();
+        let g = std::slice::from_ref(&subset);
+        assert!(
+            allowed(
+                &p,
+                g,
+                &bob(),
+                action::DECRYPT,
+                &ctx(&[("vol", "v1"), ("file", "f")])
+            ),
+            "key case-insensitive"
+        );
+        assert!(
+            !allowed(&p, g, &bob(), action::DECRYPT, &ctx(&[("vol", "V1")])),
+            "value case-sensitive"
+        );
+        assert!(!allowed(
+            &p,
+            g,
+            &bob(),
+            action::DECRYPT,
+            &ctx(&[("file", "f")])
+        ));
+        assert!(
+            allowed(&p, g, &bob(), action::DESCRIBE_KEY, &no_ctx()),
+            "DescribeKey is unconstrained"
+        );
+
+        let equals = Grant::new(
+            PrincipalSpec::user("1001"),
+            &["Decrypt"],
+            None,
+            Some(GrantConstraints {
+                encryption_context_equals: Some(pairs(&[("vol", "v1"), ("file", "f")])),
+                ..Default::default()
+            }),
+            None,
+        )
+        .unwrap();
+        let g = std::slice::from_ref(&equals);
+        assert!(allowed(
+            &p,
+            g,
+            &bob(),
+            action::DECRYPT,
+            &ctx(&[("file", "f"), ("vol", "v1")])
+        ));
+        assert!(!allowed(
+            &p,
+            g,
+            &bob(),
+            action::DECRYPT,
+            &ctx(&[("vol", "v1")])
+        ));
+        assert!(!allowed(
+            &p,
+            g,
+            &bob(),
+            action::DECRYPT,
+            &ctx(&[("vol", "v1"), ("file", "f"), ("x", "y")])
+        ));
+
+        // Both kinds at once, too many pairs, or over-long values are refused.
+        let both = GrantConstraints {
+            encryption_context_subset: Some(pairs(&[("a", "b")])),
+            encryption_context_equals: Some(pairs(&[("a", "b")])),
+        };
+        assert!(
+            Grant::new(
+                PrincipalSpec::user("bob"),
+                &["Decrypt"],
+                None,
+                Some(both),
+                None
+            )
+            .is_err()
+        );
+        let many: BTreeMap<_, _> = (0..9).map(|i| (format!("k{i}"), "v".to_owned())).collect();
+        let c = GrantConstraints {
+            encryption_context_subset: Some(many),
+            ..Default::default()
+        };
+        assert!(
+            Grant::new(
+                PrincipalSpec::user("bob"),
+                &["Decrypt"],
+                None,
+                Some(c),
+                None
+            )
+            .is_err()
+        );
+        let long = GrantConstraints {
+            encryption_context_subset: Some(pairs(&[("k", &"x".repeat(385))])),
+            ..Default::default()
+        };
+        assert!(
+            Grant::new(
+                PrincipalSpec::user("bob"),
+                &["Decrypt"],
+                None,
+                Some(long),
+                None
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn grant_validation_and_retirement() {
+        assert!(Grant::new(PrincipalSpec::Any, &["Decrypt"], None, None, None).is_err());
+        let two = PrincipalSpec::Local(LocalPrincipals {
+            users: ["a", "b"].into(),
+            ..Default::default()
+        });
+        assert!(Grant::new(two, &["Decrypt"], None, None, None).is_err());
+        assert!(
+            Grant::new(
+                PrincipalSpec::user("bob"),
+                &["DisableKey"],
+                None,
+                None,
+                None
+            )
+            .is_err()
+        );
+        assert!(Grant::new(PrincipalSpec::user("bob"), &[], None, None, None).is_err());
+        assert!(
+            Grant::new(
+                PrincipalSpec::user("bob"),
+                &["Decrypt"],
+                None,
+                None,
+                Some("bad name".into())
+            )
+            .is_err()
+        );
+
+        let g = Grant::new(
+            PrincipalSpec::user("bob"),
+            &["Decrypt"],
+            Some(PrincipalSpec::group("staff")),
+            None,
+            None,
+        )
+        .unwrap();
+        assert_eq!(g.grant_id.len(), 64);
+        assert_ne!(g.grant_id, new_grant_id());
+        assert!(g.may_retire(&alice()), "retiring principal via group");
+        assert!(!g.may_retire(&bob()), "grantee without RetireGrant");
+        let g2 = Grant::new(
+            PrincipalSpec::user("bob"),
+            &["Decrypt", "RetireGrant"],
+            None,
+            None,
+            None,
+        )
+        .unwrap();
+        assert!(g2.may_retire(&bob()));
+
+        // Storage round trip, and unknown members refused (a future constraint is never ignored).
+        let json = serde_json::to_string(&g).unwrap();
+        assert!(
+            json.contains("\"grant_id\"")
+                && json.contains("\"retiring_principal\":{\"Group\":\"staff\"}"),
+            "{json}"
+        );
+        let back: Grant = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, g);
+        back.validate().unwrap();
+        let extra = json.replacen('{', "{\"source_arn\":\"x\",", 1);
+        assert!(serde_json::from_str::<Grant>(&extra).is_err());
+    }
+
+    #[test]
+    fn create_grant_through_a_grant_must_not_widen() {
+        let p = policy(r#"{"Statement":[]}"#);
+        let sub = |k: &str, v: &str| GrantConstraints {
+            encryption_context_subset: Some([(k.to_owned(), v.to_owned())].into()),
+            ..Default::default()
+        };
+        let parent = Grant::new(
+            PrincipalSpec::user("bob"),
+            &["Decrypt", "CreateGrant"],
+            None,
+            Some(sub("vol", "v1")),
+            None,
+        )
+        .unwrap();
+        let parents = std::slice::from_ref(&parent);
+        let ok = Grant::new(
+            PrincipalSpec::user("alice"),
+            &["Decrypt"],
+            None,
+            Some(sub("VOL", "v1")),
+            None,
+        )
+        .unwrap();
+        assert!(evaluate_create_grant(&p, parents, &bob(), &ok).is_allowed());
+        let wider_ops = Grant::new(
+            PrincipalSpec::user("alice"),
+            &["Decrypt", "Encrypt"],
+            None,
+            Some(sub("vol", "v1")),
+            None,
+        )
+        .unwrap();
+        assert!(!evaluate_create_grant(&p, parents, &bob(), &wider_ops).is_allowed());
+        let unconstrained =
+            Grant::new(PrincipalSpec::user("alice"), &["Decrypt"], None, None, None).unwrap();
+        assert!(!evaluate_create_grant(&p, parents, &bob(), &unconstrained).is_allowed());
+        assert!(
+            !evaluate_create_grant(&p, parents, &alice(), &ok).is_allowed(),
+            "alice holds no grant"
+        );
+        let admin_policy = default_policy();
+        assert!(evaluate_create_grant(&admin_policy, &[], &admin(), &unconstrained).is_allowed());
+    }
+
+    #[test]
+    fn conditions_on_the_encryption_context() {
+        let p = policy(
+            r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:Decrypt",
+               "Condition":{
+                 "StringEquals":{"kms:EncryptionContext:envelopefs:volume-id":["vol-a","vol-b"]},
+                 "StringLike":{"KMS:ENCRYPTIONCONTEXT:envelopefs:file-id":"ab*"}}}]}"#,
+        );
+        let a = alice();
+        let c = |v: &str, f: &str| ctx(&[("envelopefs:volume-id", v), ("envelopefs:file-id", f)]);
+        assert!(allowed(&p, &[], &a, action::DECRYPT, &c("vol-a", "ab01")));
+        assert!(allowed(&p, &[], &a, action::DECRYPT, &c("vol-b", "ab")));
+        assert!(!allowed(&p, &[], &a, action::DECRYPT, &c("vol-c", "ab01")));
+        assert!(!allowed(&p, &[], &a, action::DECRYPT, &c("vol-a", "cd01")));
+        assert!(
+            !allowed(&p, &[], &a, action::DECRYPT, &c("VOL-A", "ab01")),
+            "values are case-sensitive"
+        );
+        assert!(
+            !allowed(
+                &p,
+                &[],
+                &a,
+                action::DECRYPT,
+                &ctx(&[("envelopefs:file-id", "ab")])
+            ),
+            "missing key"
+        );
+
+        let keys = policy(
+            r#"{"Statement":[
+                {"Effect":"Allow","Principal":"*","Action":"kms:*"},
+                {"Sid":"PurposeOnlyForAdmin","Effect":"Deny","Principal":"*","Action":"kms:Decrypt",
+                 "Condition":{"StringEquals":{"kms:EncryptionContextKeys":"envelopefs:purpose"}}}]}"#,
+        );
+        assert!(allowed(
+            &keys,
+            &[],
+            &a,
+            action::DECRYPT,
+            &EncryptionContext::for_file("v", &[1; 16])
+        ));
+        let d = evaluate(
+            &keys,
+            &[],
+            &a,
+            action::DECRYPT,
+            &EncryptionContext::for_volume_key("v"),
+        );
+        assert!(matches!(d, Decision::Deny { reason } if reason.contains("PurposeOnlyForAdmin")));
+        let like = policy(
+            r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:Decrypt",
+               "Condition":{"StringLike":{"kms:EncryptionContextKeys":"envelopefs:*"}}}]}"#,
+        );
+        assert!(allowed(
+            &like,
+            &[],
+            &a,
+            action::DECRYPT,
+            &ctx(&[("envelopefs:x", "1")])
+        ));
+        assert!(!allowed(
+            &like,
+            &[],
+            &a,
+            action::DECRYPT,
+            &ctx(&[("other", "1")])
+        ));
+        assert!(!allowed(&like, &[], &a, action::DECRYPT, &no_ctx()));
+    }
+
+    #[test]
+    fn malformed_policies_are_rejected_with_a_reason() {
+        let m = malformed(
+            r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:Decrypt",
+               "Condition":{"StringNotEquals":{"kms:EncryptionContext:a":"b"}}}]}"#,
+        );
+        assert!(
+            m.contains("StringNotEquals") && m.contains("StringEquals and StringLike"),
+            "{m}"
+        );
+        let m = malformed(
+            r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:Decrypt",
+               "Condition":{"StringEquals":{"aws:SourceIp":"1.2.3.4"}}}]}"#,
+        );
+        assert!(m.contains("aws:SourceIp"), "{m}");
+        let m = malformed(
+            r#"{"Statement":[{"Effect":"Maybe","Principal":"*","Action":"kms:Decrypt"}]}"#,
+        );
+        assert!(m.contains("Maybe"), "{m}");
+        let m = malformed(
+            r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:Decrpyt"}]}"#,
+        );
+        assert!(m.contains("kms:Decrpyt"), "{m}");
+        let m = malformed(r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"s3:*"}]}"#);
+        assert!(m.contains("s3:*"), "{m}");
+        let m =
+            malformed(r#"{"Statement":[{"Effect":"Allow","NotPrincipal":"*","Action":"kms:*"}]}"#);
+        assert!(m.contains("NotPrincipal"), "{m}");
+        let m = malformed(
+            r#"{"Statement":[{"Effect":"Allow","Principal":{"AWS":"*"},"Action":"kms:*"}]}"#,
+        );
+        assert!(m.contains("AWS"), "{m}");
+        malformed(r#"{"Statement":[{"Effect":"Allow","Principal":{},"Action":"kms:*"}]}"#);
+        malformed(r#"{"Statement":[{"Effect":"Allow","Principal":"alice","Action":"kms:*"}]}"#);
+        malformed(
+            r#"{"Statement":[{"Effect":"Allow","Principal":{"User":"99999999999"},"Action":"kms:*"}]}"#,
+        );
+        malformed(r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":[]}]}"#);
+        malformed(
+            r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"arn:x"}]}"#,
+        );
+        malformed(r#"{"Version":"2099-01-01","Statement":[]}"#);
+        malformed(
+            r#"{"Statement":[{"Sid":"a","Effect":"Allow","Principal":"*","Action":"kms:*"},{"Sid":"a","Effect":"Deny","Principal":"*","Action":"kms:*"}]}"#,
+        );
+        malformed(
+            r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*","Condition":{"StringEquals":{"kms:EncryptionContext:a":"1","kms:EncryptionContext:a":"2"}}}]}"#,
+        );
+        malformed(
+            r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*","Condition":{"StringEquals":{}}}]}"#,
+        );
+        malformed(
+            r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*","Condition":{"StringEquals":{"kms:EncryptionContext:":"x"}}}]}"#,
+        );
+        malformed(
+            r#"{"Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*","Effect":"Deny"}]}"#,
+        );
+        malformed("not json");
+        malformed("");
+
+        let pad = " ".repeat(MAX_POLICY_BYTES);
+        let m = malformed(&format!(r#"{{"Statement":[]}}{pad}"#));
+        assert!(m.contains("32768"), "{m}");
+        // Exactly at the limit is fine.
+        let body = r#"{"Statement":[]}"#;
+        parse_policy(&format!(
+            "{body}{}",
+            " ".repeat(MAX_POLICY_BYTES - body.len())
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn policies_round_trip_through_json() {
+        let p = policy(
+            r#"{"Version":"2008-10-17","Statement":[
+                {"Sid":"s","Effect":"Deny","Principal":{"User":["alice","7"],"Group":"g","Admin":true},
+                 "Action":["kms:Decrypt","kms:ReEncrypt*"],"Resource":"*",
+                 "Condition":{"StringLike":{"kms:EncryptionContext:x":["a*","b"]},
+                              "StringEquals":{"kms:EncryptionContextKeys":"k"}}}]}"#,
+        );
+        let again = parse_policy(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(again, p);
+        assert_eq!(parse_policy(&p.to_json_pretty()).unwrap(), p);
+    }
+
+    #[test]
+    fn principal_spec_cli_forms() {
+        assert_eq!(
+            PrincipalSpec::from_cli("user:alice").unwrap(),
+            PrincipalSpec::user("alice")
+        );
+        assert_eq!(
+            PrincipalSpec::from_cli("group:100").unwrap(),
+            PrincipalSpec::group("100")
+        );
+        assert_eq!(
+            PrincipalSpec::from_cli("admin").unwrap(),
+            PrincipalSpec::admin()
+        );
+        assert_eq!(PrincipalSpec::from_cli("*").unwrap(), PrincipalSpec::Any);
+        assert!(PrincipalSpec::from_cli("alice").is_err());
+        assert!(PrincipalSpec::from_cli("user:").is_err());
+        assert_eq!(PrincipalSpec::user("alice").to_string(), "user:alice");
+    }
+
+    #[test]
+    fn principal_from_the_current_process() {
+        let me = Caller::current();
+        let p = Principal::from_caller(&me, u32::MAX);
+        assert_eq!((p.uid, p.gid), (me.uid, me.gid));
+        assert_eq!(p.groups[0], me.gid);
+        assert_eq!(p.is_admin, me.uid == 0);
+        assert_eq!(p.user_name, lookup_user_name(me.uid));
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let sup: Vec<u32> = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Groups:"))
+            .unwrap()
+            .split_whitespace()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert!(
+            sup.iter().all(|g| p.groups.contains(g)),
+            "{sup:?} ⊄ {:?}",
+            p.groups
+        );
+        assert!(Principal::from_caller(&me, me.uid).is_admin);
+
+        // A pid now running as someone else lends no groups; pid 0 means just the gid.
+        let stranger = Caller {
+            uid: me.uid.wrapping_add(12345),
+            ..me
+        };
+        assert_eq!(
+            Principal::from_caller(&stranger, u32::MAX).groups,
+            vec![me.gid]
+        );
+        let skipped = Principal::from_caller_with(&me, u32::MAX, false);
+        assert_eq!(skipped.groups, vec![me.gid]);
+        assert_eq!(skipped.user_name, p.user_name);
+        let no_pid = Caller { pid: 0, ..me };
+        assert_eq!(
+            Principal::from_caller(&no_pid, u32::MAX).groups,
+            vec![me.gid]
+        );
+        assert_eq!(lookup_user_name(0).as_deref(), Some("root"));
+        assert_eq!(group_name(0).as_deref(), Some("root"));
+    }
+}
