@@ -50,6 +50,7 @@ impl FsError {
                 KeyError::Disabled { .. }
                 | KeyError::PendingDeletion { .. }
                 | KeyError::InvalidState { .. }
+                | KeyError::Deleted { .. }
                 | KeyError::AccessDenied { .. } => libc::EACCES,
                 _ => libc::EIO,
             },

@@ -678,6 +678,9 @@ struct Writer {
 
 /// An open audit trail. `Send + Sync`; share it behind an `Arc`.
 pub struct AuditLog {
+    /// `DIR/.lock`, flock()ed around every append and rotation, so that several processes on
+    /// one keystore (a mounted daemon and CLI commands) extend one chain.
+    lock_file: File,
     dir: PathBuf,
     key: Zeroizing<[u8; 32]>,
     opts: AuditOptions,
@@ -810,7 +813,15 @@ impl AuditLog {
             crate::atomic::sync_dir(dir)?;
             dir_dirty = false;
         }
+        let lock_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(dir.join(LOCK_FILE))?;
         Ok(AuditLog {
+            lock_file,
             dir: dir.to_owned(),
             key,
             opts,
@@ -886,10 +897,12 @@ impl AuditLog {
 
         let mut guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let w = &mut *guard;
+        let _flock = FileLock::exclusive(&self.lock_file)?;
         if w.needs_repair {
             w.file.set_len(w.len)?;
             w.needs_repair = false;
         }
+        self.follow_other_writers(w)?;
         rec.seq = w.next_seq;
         rec.event_time = format_event_time(SystemTime::now());
         rec.prev = hex(&w.prev);
@@ -913,6 +926,47 @@ impl AuditLog {
         w.len += w.buf.len() as u64;
         w.next_seq += 1;
         w.prev = hash;
+        Ok(())
+    }
+
+    /// Another process (holding the same flock) may have appended or started a new file since
+    /// this one last wrote: if so, continue after its last record instead of forking the chain.
+    /// A partial line found here, under the lock, can only be left by a writer that crashed:
+    /// it is cut off.
+    fn follow_other_writers(&self, w: &mut Writer) -> io::Result<()> {
+        let moved_on = self.dir.join(file_name(w.file_no.saturating_add(1))).exists();
+        if !moved_on && w.file.metadata()?.len() == w.len {
+            return Ok(());
+        }
+        let files = list_files(&self.dir)?;
+        if let Some((n, path)) = files.last()
+            && *n != w.file_no
+        {
+            w.file = open_for_append(path)?;
+            w.file_no = *n;
+        }
+        for (i, (_, path)) in files.iter().enumerate().rev() {
+            let newest = i + 1 == files.len();
+            let mut f = OpenOptions::new().read(true).write(newest).open(path)?;
+            let (line, good_len) = last_line(&mut f)?;
+            if newest {
+                if good_len < f.metadata()?.len() {
+                    log::warn!(
+                        "audit log {}: cutting off an incomplete line left by a crashed writer",
+                        path.display()
+                    );
+                    f.set_len(good_len)?;
+                }
+                w.len = good_len;
+            }
+            if let Some(line) = line {
+                let rec = parse_record(&line).map_err(invalid_data)?;
+                w.next_seq = rec.seq + 1;
+                w.prev = unhex32(&rec.hash)
+                    .ok_or_else(|| invalid_data(format!("{}: last record has no valid hash", path.display())))?;
+                return Ok(());
+            }
+        }
         Ok(())
     }
 
@@ -1019,6 +1073,34 @@ impl AuditLog {
         }
         cache.insert(pid, (name.clone(), now));
         name
+    }
+}
+
+/// Name of the lock file in an audit directory.
+pub const LOCK_FILE: &str = ".lock";
+
+/// An exclusive `flock`, released on drop.
+struct FileLock<'a>(&'a File);
+
+impl<'a> FileLock<'a> {
+    fn exclusive(f: &'a File) -> io::Result<Self> {
+        loop {
+            // SAFETY: flock on a valid open fd has no memory-safety preconditions.
+            if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(f), libc::LOCK_EX) } == 0 {
+                return Ok(FileLock(f));
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(e);
+            }
+        }
+    }
+}
+
+impl Drop for FileLock<'_> {
+    fn drop(&mut self) {
+        // SAFETY: releases a lock this process holds on a valid fd.
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(self.0), libc::LOCK_UN) };
     }
 }
 

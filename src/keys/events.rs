@@ -293,7 +293,6 @@ mod tests {
     /// A mount daemon and the CLI write the same trail from two processes. This needs the
     /// audit log to re-read the chain head written by the other process before appending.
     #[test]
-    #[ignore = "keys::audit keeps the chain head in memory per process; two writers fork the chain"]
     fn two_services_on_one_keystore_keep_one_chain() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("keystore.json");
