@@ -23,6 +23,12 @@ pub struct OpenFile {
     pub(crate) state: RwLock<FileState>,
 }
 
+/// A new file's data key and header, made before the file exists.
+pub(crate) struct NewFileKeys {
+    dek: crate::keys::DataKey,
+    header: FileHeader,
+}
+
 /// What an open file knows about itself.
 #[derive(Debug)]
 pub(crate) struct FileState {
@@ -63,6 +69,13 @@ impl EncFs {
     /// Gives an empty, header-less file its header: a fresh file id and data key wrapped
     /// under the volume's default CMK, written to both header copies.
     fn create_header(&self, st: &mut FileState, file: &File, caller: &Caller) -> FsResult<()> {
+        let keys = self.new_file_keys(caller)?;
+        self.install_header(st, file, keys)
+    }
+
+    /// Asks the key service for a new file's data key (with the caller's rights, so a
+    /// caller the key policy refuses is stopped before anything is created).
+    pub(crate) fn new_file_keys(&self, caller: &Caller) -> FsResult<NewFileKeys> {
         let file_id = loop {
             let id = random_bytes::<16>();
             if id != [0; 16] {
@@ -73,7 +86,7 @@ impl EncFs {
         let (dek, wrapped) = self
             .keys
             .generate_data_key(&self.default_key, &ctx, caller)?;
-        let h = FileHeader {
+        let header = FileHeader {
             block_size: self.block_size,
             file_id,
             seq: 1,
@@ -83,9 +96,14 @@ impl EncFs {
                 blob: wrapped.blob,
             }],
         };
-        file_header::write_new(file, &h, &dek)?;
-        st.cipher = Some(Arc::new(BlockCipher::new(dek.expose_secret(), file_id)));
-        st.header = Some(h);
+        Ok(NewFileKeys { dek, header })
+    }
+
+    /// Writes a new file's header (both copies) and keeps its cipher in the open state.
+    pub(crate) fn install_header(&self, st: &mut FileState, file: &File, keys: NewFileKeys) -> FsResult<()> {
+        file_header::write_new(file, &keys.header, &keys.dek)?;
+        st.cipher = Some(Arc::new(BlockCipher::new(keys.dek.expose_secret(), keys.header.file_id)));
+        st.header = Some(keys.header);
         Ok(())
     }
 

@@ -113,7 +113,10 @@ impl EncFs {
         caller: &Caller,
     ) -> FsResult<(Attr, u64)> {
         let pfd = self.inodes.get(parent)?;
+        // The key service decides first: a caller it refuses gets EACCES and nothing is made.
+        let keys = self.new_file_keys(caller)?;
         let bflags = backing_flags(flags) | libc::O_CREAT;
+        let mut fresh = false;
         let file: File = match sys::openat(
             pfd.as_raw_fd(),
             name,
@@ -125,6 +128,7 @@ impl EncFs {
                 if let Err(e) = give_to_caller(pfd.as_raw_fd(), f.as_raw_fd(), caller, mode) {
                     log::warn!("could not give a new file to uid {}: {e}", caller.uid);
                 }
+                fresh = true;
                 f
             }
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
@@ -139,6 +143,19 @@ impl EncFs {
         };
         let attr = self.lookup(parent, name)?;
         let fh = self.register(attr.ino, file, caller, flags)?;
+        if fresh {
+            let h = self.handle(fh)?;
+            let mut st = h.open.state.write().expect("file state poisoned");
+            if st.cipher.is_none() {
+                if let Err(e) = self.install_header(&mut st, &h.file, keys) {
+                    drop(st);
+                    let _ = self.release(fh);
+                    let _ = self.unlink(parent, name);
+                    self.forget(attr.ino, 1);
+                    return Err(e);
+                }
+            }
+        }
         Ok((attr, fh))
     }
 

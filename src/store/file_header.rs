@@ -64,7 +64,13 @@ pub fn unlock(
     let refusal = |e: &HeaderError| {
         matches!(
             e,
-            HeaderError::Key(KeyError::Disabled { .. } | KeyError::PendingDeletion { .. } | KeyError::AccessDenied { .. })
+            HeaderError::Key(
+                KeyError::Disabled { .. }
+                    | KeyError::PendingDeletion { .. }
+                    | KeyError::InvalidState { .. }
+                    | KeyError::Deleted { .. }
+                    | KeyError::AccessDenied { .. }
+            )
         )
     };
     for cand in candidates {
