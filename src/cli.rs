@@ -298,8 +298,12 @@ pub fn mount(backing: &Path, mountpoint: &Path, secret: &SecretArgs, opts: &Moun
     if !mountpoint.is_dir() {
         return Err(fail(ExitCode::MountFailed, format!("mountpoint {} is not a directory; create it with mkdir -p", mountpoint.display())));
     }
-    let kms = open_kms(&volume, secret)?;
-    let fs = EncFs::new(volume, Arc::new(kms), &Caller::current()).map_err(|e| fail(ExitCode::Failure, format!("cannot open the volume: {e}")))?;
+    let kms = Arc::new(open_kms(&volume, secret)?);
+    for done in kms.maintain(now()) {
+        log::info!("key maintenance: {done}");
+    }
+    let fs = EncFs::new(volume, kms.clone(), &Caller::current()).map_err(|e| fail(ExitCode::Failure, format!("cannot open the volume: {e}")))?;
+    spawn_maintenance(kms.clone());
     // SAFETY: umask only changes this process's file-creation mask: modes arrive from the
     // kernel with the caller's umask already applied and must reach the backing store as is.
     unsafe { libc::umask(0) };
@@ -323,9 +327,35 @@ pub fn mount(backing: &Path, mountpoint: &Path, secret: &SecretArgs, opts: &Moun
     log::info!("mounted {} at {}", backing.display(), mountpoint.display());
     eprintln!("Mounted {} at {}. Press Ctrl-C or run `envelopefs unmount {}` to stop.", backing.display(), mountpoint.display(), mountpoint.display());
     let _ = std::io::stderr().flush();
-    session.run().map_err(|e| fail(ExitCode::Failure, format!("the FUSE session ended with an error: {e}")))?;
+    let result = session.run();
+    if let Err(e) = kms.sync_audit() {
+        log::error!("cannot flush the audit trail: {e}");
+    }
+    result.map_err(|e| fail(ExitCode::Failure, format!("the FUSE session ended with an error: {e}")))?;
     log::info!("unmounted {}", mountpoint.display());
     Ok(())
+}
+
+/// How often a mounted daemon runs key maintenance (automatic rotation when due, ended
+/// deletion windows, expired imported material) and flushes the audit trail to disk.
+pub const MAINTENANCE_PERIOD: Duration = Duration::from_secs(60);
+
+/// Runs key maintenance every [`MAINTENANCE_PERIOD`] for the life of the daemon.
+fn spawn_maintenance(kms: Arc<LocalKms>) {
+    let spawned = std::thread::Builder::new().name("key-maintenance".into()).spawn(move || {
+        loop {
+            std::thread::sleep(MAINTENANCE_PERIOD);
+            for done in kms.maintain(now()) {
+                log::info!("key maintenance: {done}");
+            }
+            if let Err(e) = kms.sync_audit() {
+                log::warn!("cannot flush the audit trail: {e}");
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        log::warn!("cannot start the key-maintenance thread ({e}); rotation runs only at mount");
+    }
 }
 
 fn info(backing: &Path) -> Result<(), CliError> {
