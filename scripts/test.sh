@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-cargo test --all-targets --no-fail-fast -- --test-threads="${TEST_THREADS:-2}"
+# Benchmarks are built (so they cannot rot) but not run: scripts/bench.sh and `cargo bench` do.
+cargo build --benches
+cargo test --lib --bins --tests --no-fail-fast -- --test-threads="${TEST_THREADS:-2}"
