@@ -1874,3 +1874,19 @@ fn enospc_during_append_keeps_old_data() {
     m.remount();
     check_a(&m, "after remount");
 }
+
+/// open(O_CREAT|O_RDONLY) creates a file (the header is still written); O_CREAT|O_WRONLY too.
+#[test]
+fn create_with_read_only_and_write_only_access() {
+    let Some(m) = Mounted::new() else { return };
+    for (name, opts) in [
+        ("ro", OpenOptions::new().read(true).custom_flags(libc::O_CREAT).mode(0o644).clone()),
+        ("wo", OpenOptions::new().write(true).create(true).clone()),
+    ] {
+        let f = opts.open(m.path(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        drop(f);
+        assert_eq!(fs::read(m.path(name)).unwrap(), b"", "{name}");
+        fs::write(m.path(name), b"later").unwrap();
+        assert_eq!(fs::read(m.path(name)).unwrap(), b"later", "{name}");
+    }
+}

@@ -115,7 +115,9 @@ impl EncFs {
         let pfd = self.inodes.get(parent)?;
         // The key service decides first: a caller it refuses gets EACCES and nothing is made.
         let keys = self.new_file_keys(caller)?;
-        let bflags = backing_flags(flags) | libc::O_CREAT;
+        // Read-write whatever the caller asked for: the header is written through this fd
+        // (the kernel still enforces the caller's access mode on its own file descriptor).
+        let bflags = backing_flags((flags & !libc::O_ACCMODE) | libc::O_RDWR) | libc::O_CREAT;
         let mut fresh = false;
         let file: File = match sys::openat(
             pfd.as_raw_fd(),
