@@ -102,7 +102,14 @@ pub fn rewrap_file(
         header.slots[i] = KeySlot::Cmk { key_id: new.key_id.0, version: new.version, blob: new.blob };
     }
     if changed && !opts.dry_run {
+        // A re-wrap is not a change of contents: keep the file's times as they were.
+        let st = super::sys::fstat(std::os::fd::AsRawFd::as_raw_fd(&file))?;
         file_header::rewrite(&file, header, &unlocked.dek, unlocked.copy, unlocked.max_seq)?;
+        let (at, mt) = (
+            super::sys::SetTime::At(st.st_atime, st.st_atime_nsec as u32),
+            super::sys::SetTime::At(st.st_mtime, st.st_mtime_nsec as u32),
+        );
+        super::sys::utimens(std::os::fd::AsRawFd::as_raw_fd(&file), at, mt)?;
     }
     Ok(Some(changed))
 }
@@ -174,10 +181,13 @@ mod tests {
             file_header::unlock(&kms, "vol", 4096, &r, &Caller::current()).unwrap().dek.expose_secret().to_vec()
         };
         kms.rotate("alias/default", &Caller::current()).unwrap();
+        let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+        File::options().write(true).open(&p).unwrap().set_modified(old).unwrap();
         let opts = RewrapOptions::default();
         let s = rewrap_tree(d.path(), &kms, "vol", 4096, &opts, &Caller::current(), |_, _| {}).unwrap();
         assert_eq!((s.files, s.rewrapped, s.current), (1, 1, 0));
         assert_eq!(slot_version(&p, &kms), (2, 2));
+        assert_eq!(std::fs::metadata(&p).unwrap().modified().unwrap(), old, "mtime kept");
         let after = {
             let f = File::open(&p).unwrap();
             let r = file_header::read_region(&f).unwrap();
