@@ -143,7 +143,7 @@ impl EncFs {
             }
             Err(e) => return Err(e.into()),
         };
-        let attr = self.lookup(parent, name)?;
+        let mut attr = self.lookup(parent, name)?;
         let fh = self.register(attr.ino, file, caller, flags)?;
         if fresh {
             let h = self.handle(fh)?;
@@ -157,6 +157,9 @@ impl EncFs {
                     return Err(e);
                 }
             }
+            drop(st);
+            // The kernel caches what create replies: the times and blocks after the header.
+            attr = self.getattr(attr.ino)?;
         }
         Ok((attr, fh))
     }
