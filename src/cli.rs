@@ -110,6 +110,10 @@ pub enum Command {
         /// Request-handling threads.
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// Drop the kernel's page cache of a file at every open (for benchmarks and debugging;
+        /// slower).
+        #[arg(long, hide = true)]
+        no_kernel_cache: bool,
         /// Write the daemon's log here (appending) instead of stderr.
         #[arg(long, value_name = "FILE")]
         log_file: Option<PathBuf>,
@@ -242,8 +246,15 @@ pub fn read_unlock(args: &SecretArgs, confirm: bool) -> Result<Unlock, CliError>
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Init { backing, block_size, keystore, secret } => init(&backing, block_size, keystore, &secret),
-        Command::Mount { backing, mountpoint, background, allow_other, read_only, threads, log_file, secret } => {
-            let opts = MountOptions { allow_other, threads, read_only, fsname: backing.display().to_string(), ..MountOptions::default() };
+        Command::Mount { backing, mountpoint, background, allow_other, read_only, threads, no_kernel_cache, log_file, secret } => {
+            let opts = MountOptions {
+                allow_other,
+                threads,
+                read_only,
+                kernel_cache: !no_kernel_cache,
+                fsname: backing.display().to_string(),
+                ..MountOptions::default()
+            };
             if background {
                 crate::cli_daemon::spawn_background(&backing, &mountpoint, &secret, &opts, log_file, cli.verbose)
             } else {
@@ -307,7 +318,7 @@ pub fn mount(backing: &Path, mountpoint: &Path, secret: &SecretArgs, opts: &Moun
     // SAFETY: umask only changes this process's file-creation mask: modes arrive from the
     // kernel with the caller's umask already applied and must reach the backing store as is.
     unsafe { libc::umask(0) };
-    let adapter = Adapter::new(Arc::new(fs), opts.ttl);
+    let adapter = Adapter::new(Arc::new(fs), opts);
     let mut session = fuser::Session::new(adapter, mountpoint, &crate::fuse::fuser_config(opts))
         .map_err(|e| fail(ExitCode::MountFailed, format!("cannot mount at {}: {e} (is fuse3 installed and /dev/fuse usable?)", mountpoint.display())))?;
     let mut unmounter = session.unmount_callable();

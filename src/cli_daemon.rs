@@ -59,6 +59,9 @@ pub fn spawn_background(
     if opts.read_only {
         cmd.arg("--read-only");
     }
+    if !opts.kernel_cache {
+        cmd.arg("--no-kernel-cache");
+    }
     for _ in 0..verbose {
         cmd.arg("-v");
     }

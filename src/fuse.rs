@@ -30,6 +30,8 @@ pub struct MountOptions {
     pub read_only: bool,
     /// Attribute and entry cache lifetime given to the kernel.
     pub ttl: Duration,
+    /// Keep the kernel's page cache of a file across opens.
+    pub kernel_cache: bool,
 }
 
 impl Default for MountOptions {
@@ -40,6 +42,7 @@ impl Default for MountOptions {
             fsname: "envelopefs".into(),
             read_only: false,
             ttl: Duration::from_secs(1),
+            kernel_cache: true,
         }
     }
 }
@@ -48,6 +51,7 @@ impl Default for MountOptions {
 pub struct Adapter {
     fs: Arc<EncFs>,
     ttl: Duration,
+    kernel_cache: bool,
 }
 
 fn caller(req: &Request) -> Caller {
@@ -129,8 +133,15 @@ macro_rules! reply {
 
 impl Adapter {
     /// Wraps a core.
-    pub fn new(fs: Arc<EncFs>, ttl: Duration) -> Self {
-        Adapter { fs, ttl }
+    pub fn new(fs: Arc<EncFs>, opts: &MountOptions) -> Self {
+        Adapter { fs, ttl: opts.ttl, kernel_cache: opts.kernel_cache }
+    }
+
+    /// FOPEN_KEEP_CACHE: the kernel keeps a file's cached pages across opens. Safe because
+    /// every change to a file's contents goes through this daemon (and so through the kernel's
+    /// cache); FUSE_AUTO_INVAL_DATA drops them if the mtime changes anyway.
+    fn open_flags(&self) -> FopenFlags {
+        if self.kernel_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() }
     }
 
     fn entry(&self, reply: ReplyEntry, op: &str, parent: u64, res: Result<Attr, FsError>) {
@@ -294,7 +305,7 @@ impl fuser::Filesystem for Adapter {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         reply!(reply, "open", ino.0,
             self.fs.open(ino.0, flags.0, &caller(req)),
-            |fh| reply.opened(FileHandle(fh), FopenFlags::empty())
+            |fh| reply.opened(FileHandle(fh), self.open_flags())
         )
     }
 
@@ -512,7 +523,7 @@ impl fuser::Filesystem for Adapter {
                 &file_attr(&v.0),
                 Generation(0),
                 FileHandle(v.1),
-                FopenFlags::empty()
+                self.open_flags()
             )
         )
     }
