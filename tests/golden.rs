@@ -94,9 +94,12 @@ fn v1_volume_reads_back_exactly() {
     assert_eq!(fs.readlink(link).unwrap(), b"../small.txt");
 }
 
+/// A named way of damaging a backing file.
+type Tamper<'a> = (&'a str, &'a dyn Fn(&Path));
+
 #[test]
 fn tampered_v1_copies_fail_with_eio() {
-    let cases: &[(&str, &dyn Fn(&Path))] = &[
+    let cases: &[Tamper] = &[
         ("flip a ciphertext byte", &|p| flip(p, 1024 + 100)),
         ("flip a tag byte", &|p| flip(p, 1024 + 4124 - 1)),
         ("truncate at a block boundary", &|p| set_len(p, 1024 + 4124)),

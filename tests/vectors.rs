@@ -10,7 +10,7 @@ use envelopefs::format::header::{verify_mac, FileHeader, KeySlot};
 use envelopefs::format::layout::Layout;
 
 fn unhex(s: &str) -> Vec<u8> {
-    assert!(s.len() % 2 == 0, "odd hex length");
+    assert!(s.len().is_multiple_of(2), "odd hex length");
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
 }
 

@@ -256,7 +256,7 @@ pub fn candidates(region: &[u8]) -> Result<Vec<HeaderCandidate>, FormatError> {
     if found.is_empty() {
         return Err(first_err.expect("two copies examined"));
     }
-    found.sort_by(|a, b| b.header.seq.cmp(&a.header.seq));
+    found.sort_by_key(|c| std::cmp::Reverse(c.header.seq));
     Ok(found)
 }
 

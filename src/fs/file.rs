@@ -148,14 +148,14 @@ impl EncFs {
         if fresh {
             let h = self.handle(fh)?;
             let mut st = h.open.state.write().expect("file state poisoned");
-            if st.cipher.is_none() {
-                if let Err(e) = self.install_header(&mut st, &h.file, keys) {
-                    drop(st);
-                    let _ = self.release(fh);
-                    let _ = self.unlink(parent, name);
-                    self.forget(attr.ino, 1);
-                    return Err(e);
-                }
+            if st.cipher.is_none()
+                && let Err(e) = self.install_header(&mut st, &h.file, keys)
+            {
+                drop(st);
+                let _ = self.release(fh);
+                let _ = self.unlink(parent, name);
+                self.forget(attr.ino, 1);
+                return Err(e);
             }
             drop(st);
             // The kernel caches what create replies: the times and blocks after the header.
