@@ -62,8 +62,19 @@ fn report_cpu_features() {
             f("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
             if zmm_state { "enabled" } else { "not enabled" },
         );
-        let vaes256 = std::arch::is_x86_feature_detected!("vaes") && zmm_state;
-        let vaes512 = vaes256 && std::arch::is_x86_feature_detected!("avx512f");
+        // cpufeatures answers `true` without asking the CPU when the feature is enabled at
+        // compile time (e.g. RUSTFLAGS="-C target-cpu=native"), so VAES is then used even
+        // without the zmm state its run-time check insists on.
+        let vaes256 = cfg!(target_feature = "vaes") || (std::arch::is_x86_feature_detected!("vaes") && zmm_state);
+        let vaes512 = (cfg!(all(target_feature = "vaes", target_feature = "avx512f")))
+            || (vaes256 && zmm_state && std::arch::is_x86_feature_detected!("avx512f"));
+        eprintln!(
+            "compile-time target features: aes={} vaes={} avx2={} avx512f={}",
+            cfg!(target_feature = "aes"),
+            cfg!(target_feature = "vaes"),
+            cfg!(target_feature = "avx2"),
+            cfg!(target_feature = "avx512f")
+        );
         eprintln!(
             "aes 0.9 backend: {} (aes::hardware_accelerated() = {}); polyval 0.7 backend: {}",
             if vaes512 {
