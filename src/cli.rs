@@ -315,6 +315,14 @@ pub fn mount(backing: &Path, mountpoint: &Path, secret: &SecretArgs, opts: &Moun
     }
     let fs = EncFs::new(volume, kms.clone(), &Caller::current()).map_err(|e| fail(ExitCode::Failure, format!("cannot open the volume: {e}")))?;
     spawn_maintenance(kms.clone());
+    match crate::store::sys::raise_fd_limit() {
+        Ok(n) if n < 65536 => log::warn!(
+            "open-file limit is {n}; trees with more inodes than that in use fail with EMFILE \
+             (raise the hard limit: ulimit -Hn, or LimitNOFILE= in a systemd unit)"
+        ),
+        Ok(n) => log::debug!("open-file limit {n}"),
+        Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
+    }
     // SAFETY: umask only changes this process's file-creation mask: modes arrive from the
     // kernel with the caller's umask already applied and must reach the backing store as is.
     unsafe { libc::umask(0) };

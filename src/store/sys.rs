@@ -307,3 +307,32 @@ pub fn list_dir(fd: RawFd) -> io::Result<Vec<DirEntry>> {
     unsafe { libc::closedir(dir) };
     result.map(|()| out)
 }
+
+/// Raises this process's open-file soft limit to its hard limit and returns the new limit.
+/// The filesystem core keeps one O_PATH descriptor per inode the kernel remembers, so a large
+/// tree needs far more than the usual soft limit of 1024.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid, writable rlimit struct.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    // Root may raise the hard limit too (CAP_SYS_RESOURCE), up to the kernel's nr_open.
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(1 << 20);
+        let want = libc::rlimit { rlim_cur: nr_open, rlim_max: nr_open };
+        // SAFETY: `want` is a valid rlimit struct; failure leaves the limits unchanged.
+        if nr_open > lim.rlim_max && unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+            return Ok(nr_open);
+        }
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a valid rlimit struct; raising the soft limit up to the hard limit
+        // needs no privilege.
+        check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
+    }
+    Ok(lim.rlim_cur)
+}
