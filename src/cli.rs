@@ -306,6 +306,15 @@ fn open_kms(volume: &vol::Volume, secret: &SecretArgs) -> Result<LocalKms, CliEr
 pub fn mount(backing: &Path, mountpoint: &Path, secret: &SecretArgs, opts: &MountOptions) -> Result<(), CliError> {
     let volume = vol::open(backing)?;
     let _lock = vol::lock(backing)?;
+    match crate::store::sys::raise_fd_limit() {
+        Ok(n) if n < 4096 => log::warn!(
+            "open-file limit is only {n}: few files can be open at once through the mount \
+             (raise the hard limit: ulimit -Hn, or LimitNOFILE= in a systemd unit)"
+        ),
+        Ok(n) => log::debug!("open-file limit {n}"),
+        Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
+    }
+
     if !mountpoint.is_dir() {
         return Err(fail(ExitCode::MountFailed, format!("mountpoint {} is not a directory; create it with mkdir -p", mountpoint.display())));
     }
@@ -315,14 +324,6 @@ pub fn mount(backing: &Path, mountpoint: &Path, secret: &SecretArgs, opts: &Moun
     }
     let fs = EncFs::new(volume, kms.clone(), &Caller::current()).map_err(|e| fail(ExitCode::Failure, format!("cannot open the volume: {e}")))?;
     spawn_maintenance(kms.clone());
-    match crate::store::sys::raise_fd_limit() {
-        Ok(n) if n < 65536 => log::warn!(
-            "open-file limit is {n}; trees with more inodes than that in use fail with EMFILE \
-             (raise the hard limit: ulimit -Hn, or LimitNOFILE= in a systemd unit)"
-        ),
-        Ok(n) => log::debug!("open-file limit {n}"),
-        Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
-    }
     // SAFETY: umask only changes this process's file-creation mask: modes arrive from the
     // kernel with the caller's umask already applied and must reach the backing store as is.
     unsafe { libc::umask(0) };

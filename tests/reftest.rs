@@ -16,6 +16,9 @@ use envelopefs::store::volume;
 use proptest::prelude::*;
 
 const NAMES: &[&str] = &["a", "b", "c", "d", "e"];
+/// Inode descriptors the core may cache: tiny, so trees outgrow it and eviction, reopening by
+/// name, renames and pinning are exercised on every run.
+const FD_CACHE: usize = 16;
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -93,12 +96,12 @@ impl Harness {
         let kms = Arc::new(LocalKms::in_memory_for_tests());
         volume::create(&root, kms.as_ref(), "alias/default", 4096, "keystore.json".into(), 0).unwrap();
         let caller = Caller::current();
-        let fs = EncFs::new(volume::open(&root).unwrap(), kms.clone(), &caller).unwrap();
+        let fs = EncFs::with_fd_cache(volume::open(&root).unwrap(), kms.clone(), &caller, FD_CACHE).unwrap();
         Harness { _tmp: tmp, root, kms, fs, caller }
     }
 
     fn remount(&mut self) {
-        self.fs = EncFs::new(volume::open(&self.root).unwrap(), self.kms.clone(), &self.caller).unwrap();
+        self.fs = EncFs::with_fd_cache(volume::open(&self.root).unwrap(), self.kms.clone(), &self.caller, FD_CACHE).unwrap();
     }
 
     /// Resolves a path to (parent ino, ino).

@@ -164,12 +164,14 @@ impl EncFs {
     /// unlink.
     pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         let pfd = self.inodes.get(parent)?;
+        self.pin_target(pfd.as_raw_fd(), name);
         Ok(sys::unlinkat(pfd.as_raw_fd(), name, 0)?)
     }
 
     /// rmdir.
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         let pfd = self.inodes.get(parent)?;
+        self.pin_target(pfd.as_raw_fd(), name);
         Ok(sys::unlinkat(pfd.as_raw_fd(), name, libc::AT_REMOVEDIR)?)
     }
 
@@ -184,13 +186,29 @@ impl EncFs {
     ) -> FsResult<()> {
         let pfd = self.inodes.get(parent)?;
         let npfd = self.inodes.get(newparent)?;
-        Ok(sys::renameat2(
-            pfd.as_raw_fd(),
-            name,
-            npfd.as_raw_fd(),
-            newname,
-            flags,
-        )?)
+        let ino_of = |dir: RawFd, n: &OsStr| sys::lstatat(dir, n).ok().map(|st| self.inodes.fuse_ino(st.st_ino));
+        let moving = ino_of(pfd.as_raw_fd(), name);
+        let target = ino_of(npfd.as_raw_fd(), newname);
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        if !exchange && let Some(t) = target {
+            // The target's name is about to lead elsewhere: keep its inode reachable.
+            self.inodes.pin(t);
+        }
+        sys::renameat2(pfd.as_raw_fd(), name, npfd.as_raw_fd(), newname, flags)?;
+        if let Some(m) = moving {
+            self.inodes.renamed(m, newparent, newname);
+        }
+        if exchange && let Some(t) = target {
+            self.inodes.renamed(t, parent, name);
+        }
+        Ok(())
+    }
+
+    /// Pins the inode `name` in `dir` leads to (see [`super::inode`]) before that name goes.
+    fn pin_target(&self, dir: RawFd, name: &OsStr) {
+        if let Ok(st) = sys::lstatat(dir, name) {
+            self.inodes.pin(self.inodes.fuse_ino(st.st_ino));
+        }
     }
 
     /// link: a new name for `ino` in `newparent`. The data key is per inode, so every name of a

@@ -1,9 +1,19 @@
-//! The inode table: FUSE inode number → O_PATH fd of the backing inode plus its kernel lookup
+//! The inode table: FUSE inode number → where the backing inode is, plus the kernel's lookup
 //! count. FUSE inode numbers are the backing inode numbers, except that the backing root and
 //! backing inode 1 swap places (FUSE's root is always 1).
+//!
+//! Each inode is known by its parent inode and name (updated by lookups and by renames made
+//! through the mount) and reached through an O_PATH file descriptor. Descriptors are cached in
+//! a bounded LRU, so a tree of any size works under a small open-file limit: an evicted inode
+//! is reopened by parent fd + name and checked to be the same inode (ESTALE otherwise, which
+//! only happens if the backing tree was changed behind the mount's back). An inode whose last
+//! known name is about to go away (unlink, rmdir, rename over it) is *pinned*: its descriptor
+//! is opened first and kept until the kernel forgets the inode, so open-but-unlinked files and
+//! other hard links keep working.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
+use std::num::NonZeroUsize;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
@@ -14,22 +24,45 @@ use crate::store::sys;
 pub const ROOT_INO: u64 = 1;
 
 struct Node {
-    fd: Arc<OwnedFd>,
     nlookup: u64,
+    /// Last known parent and name.
+    parent: u64,
+    name: OsString,
+    /// The O_PATH descriptor, when cached (always, when pinned).
+    fd: Option<Arc<OwnedFd>>,
+    /// Never evict the descriptor: the name may no longer lead here.
+    pinned: bool,
+}
+
+struct Table {
+    nodes: HashMap<u64, Node>,
+    /// Inodes whose descriptor is cached and not pinned, least recently used first.
+    lru: lru::LruCache<u64, ()>,
 }
 
 /// The inode table.
 pub struct InodeTable {
     root_backing_ino: u64,
     root: Arc<OwnedFd>,
-    /// Guards the map of looked-up inodes (the root is not in it and never forgotten).
-    map: Mutex<HashMap<u64, Node>>,
+    /// Guards every node (lookup count, name, descriptor) and the descriptor LRU. Never held
+    /// across a system call that resolves a name.
+    table: Mutex<Table>,
 }
 
 impl InodeTable {
-    /// A table whose root is the O_PATH fd `root` (backing inode `root_backing_ino`).
-    pub fn new(root: OwnedFd, root_backing_ino: u64) -> Self {
-        InodeTable { root_backing_ino, root: Arc::new(root), map: Mutex::new(HashMap::new()) }
+    /// A table whose root is the O_PATH fd `root` (backing inode `root_backing_ino`), caching
+    /// at most `max_fds` descriptors of unpinned inodes.
+    pub fn new(root: OwnedFd, root_backing_ino: u64, max_fds: usize) -> Self {
+        let cap = NonZeroUsize::new(max_fds.max(16)).expect("non-zero");
+        InodeTable {
+            root_backing_ino,
+            root: Arc::new(root),
+            table: Mutex::new(Table { nodes: HashMap::new(), lru: lru::LruCache::new(cap) }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().expect("inode table poisoned")
     }
 
     /// The FUSE inode number of a backing inode number.
@@ -43,12 +76,54 @@ impl InodeTable {
         }
     }
 
-    /// The O_PATH fd of an inode.
+    /// Caches `fd` for `ino`, evicting the least recently used unpinned descriptor if full.
+    fn cache(t: &mut Table, ino: u64, fd: Arc<OwnedFd>) {
+        if let Some(node) = t.nodes.get_mut(&ino) {
+            node.fd = Some(fd);
+            if !node.pinned
+                && let Some((old, ())) = t.lru.push(ino, ())
+                && old != ino
+                && let Some(n) = t.nodes.get_mut(&old)
+                && !n.pinned
+            {
+                n.fd = None;
+            }
+        }
+    }
+
+    /// The O_PATH fd of an inode, reopening it by parent and name if it was evicted.
     pub fn get(&self, ino: u64) -> FsResult<Arc<OwnedFd>> {
         if ino == ROOT_INO {
             return Ok(self.root.clone());
         }
-        self.map.lock().expect("inode table poisoned").get(&ino).map(|n| n.fd.clone()).ok_or(FsError::StaleInode(ino))
+        let (parent, name) = {
+            let mut t = self.lock();
+            let node = t.nodes.get(&ino).ok_or(FsError::StaleInode(ino))?;
+            if let Some(fd) = &node.fd {
+                let fd = fd.clone();
+                if !node.pinned {
+                    t.lru.promote(&ino);
+                }
+                return Ok(fd);
+            }
+            (node.parent, node.name.clone())
+        };
+        let pfd = self.get(parent)?;
+        let fd = sys::open_path(pfd.as_raw_fd(), &name).map_err(|_| FsError::StaleInode(ino))?;
+        let st = sys::fstat(fd.as_raw_fd())?;
+        if self.fuse_ino(st.st_ino) != ino {
+            return Err(FsError::StaleInode(ino));
+        }
+        let fd = Arc::new(fd);
+        let mut t = self.lock();
+        match t.nodes.get(&ino).and_then(|n| n.fd.clone()) {
+            Some(existing) => Ok(existing),
+            None if t.nodes.contains_key(&ino) => {
+                Self::cache(&mut t, ino, fd.clone());
+                Ok(fd)
+            }
+            None => Err(FsError::StaleInode(ino)),
+        }
     }
 
     /// Looks `name` up in directory `parent`, counting one kernel lookup of the result.
@@ -59,33 +134,134 @@ impl InodeTable {
         let st = sys::fstat(fd.as_raw_fd())?;
         let ino = self.fuse_ino(st.st_ino);
         if ino != ROOT_INO {
-            let mut map = self.map.lock().expect("inode table poisoned");
-            map.entry(ino).and_modify(|n| n.nlookup += 1).or_insert(Node { fd: Arc::new(fd), nlookup: 1 });
+            let mut t = self.lock();
+            let node = t.nodes.entry(ino).or_insert_with(|| Node {
+                nlookup: 0,
+                parent,
+                name: name.to_owned(),
+                fd: None,
+                pinned: false,
+            });
+            node.nlookup += 1;
+            if !node.pinned {
+                node.parent = parent;
+                node.name = name.to_owned();
+            }
+            if node.fd.is_none() {
+                Self::cache(&mut t, ino, Arc::new(fd));
+            } else if !t.nodes[&ino].pinned {
+                t.lru.promote(&ino);
+            }
         }
         Ok((ino, st))
     }
 
-    /// Drops `n` kernel lookups of `ino`; the fd closes when none remain.
+    /// Keeps `ino`'s descriptor for as long as the kernel remembers the inode: call before
+    /// the name that leads to it is removed or replaced.
+    pub fn pin(&self, ino: u64) {
+        if ino == ROOT_INO || !self.lock().nodes.contains_key(&ino) {
+            return;
+        }
+        if self.get(ino).is_ok() {
+            let mut t = self.lock();
+            if let Some(n) = t.nodes.get_mut(&ino)
+                && n.fd.is_some()
+            {
+                n.pinned = true;
+                t.lru.pop(&ino);
+            }
+        }
+    }
+
+    /// Records that `ino` is now called `name` in `parent` (after a rename through the mount).
+    pub fn renamed(&self, ino: u64, parent: u64, name: &OsStr) {
+        let mut t = self.lock();
+        if let Some(n) = t.nodes.get_mut(&ino) {
+            n.parent = parent;
+            n.name = name.to_owned();
+        }
+    }
+
+    /// Drops `n` kernel lookups of `ino`; the node goes when none remain.
     pub fn forget(&self, ino: u64, n: u64) {
         if ino == ROOT_INO {
             return;
         }
-        let mut map = self.map.lock().expect("inode table poisoned");
-        if let Some(node) = map.get_mut(&ino) {
+        let mut t = self.lock();
+        if let Some(node) = t.nodes.get_mut(&ino) {
             node.nlookup = node.nlookup.saturating_sub(n);
             if node.nlookup == 0 {
-                map.remove(&ino);
+                t.nodes.remove(&ino);
+                t.lru.pop(&ino);
             }
         }
     }
 
     /// Number of inodes currently remembered (the root excluded).
     pub fn len(&self) -> usize {
-        self.map.lock().expect("inode table poisoned").len()
+        self.lock().nodes.len()
     }
 
     /// True when no inode but the root is remembered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Number of cached descriptors (pinned ones included).
+    pub fn open_fds(&self) -> usize {
+        self.lock().nodes.values().filter(|n| n.fd.is_some()).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(dir: &std::path::Path, max: usize) -> InodeTable {
+        let f = std::fs::File::open(dir).unwrap();
+        let root = sys::open_path(f.as_raw_fd(), OsStr::new(".")).unwrap();
+        let st = sys::fstat(root.as_raw_fd()).unwrap();
+        InodeTable::new(root, st.st_ino, max)
+    }
+
+    #[test]
+    fn evicted_inodes_reopen_by_name_and_descriptors_stay_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        for i in 0..100 {
+            std::fs::write(d.path().join(format!("f{i}")), b"x").unwrap();
+        }
+        let t = table(d.path(), 16);
+        let inos: Vec<u64> = (0..100).map(|i| t.lookup(ROOT_INO, OsStr::new(&format!("f{i}"))).unwrap().0).collect();
+        assert!(t.open_fds() <= 16, "{} descriptors cached", t.open_fds());
+        for ino in &inos {
+            let fd = t.get(*ino).unwrap();
+            assert_eq!(t.fuse_ino(sys::fstat(fd.as_raw_fd()).unwrap().st_ino), *ino);
+        }
+        assert!(t.open_fds() <= 16);
+    }
+
+    #[test]
+    fn renamed_and_pinned_inodes_stay_reachable() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        std::fs::write(d.path().join("sub/a"), b"x").unwrap();
+        std::fs::write(d.path().join("gone"), b"y").unwrap();
+        let t = table(d.path(), 16);
+        let sub = t.lookup(ROOT_INO, OsStr::new("sub")).unwrap().0;
+        let a = t.lookup(sub, OsStr::new("a")).unwrap().0;
+        let gone = t.lookup(ROOT_INO, OsStr::new("gone")).unwrap().0;
+        std::fs::rename(d.path().join("sub/a"), d.path().join("b")).unwrap();
+        t.renamed(a, ROOT_INO, OsStr::new("b"));
+        t.pin(gone);
+        std::fs::remove_file(d.path().join("gone")).unwrap();
+        // Push everything else out of the cache.
+        for i in 0..40 {
+            std::fs::write(d.path().join(format!("f{i}")), b"x").unwrap();
+            t.lookup(ROOT_INO, OsStr::new(&format!("f{i}"))).unwrap();
+        }
+        assert!(t.get(a).is_ok(), "renamed inode reopens under its new name");
+        assert!(t.get(gone).is_ok(), "pinned inode survives its unlink");
+        t.forget(a, 1);
+        assert!(matches!(t.get(a), Err(FsError::StaleInode(_))));
     }
 }

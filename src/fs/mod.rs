@@ -57,9 +57,21 @@ impl std::fmt::Debug for EncFs {
     }
 }
 
+/// How many inode descriptors to cache: half the open-file limit (the rest is for open files,
+/// directory listings and the key service), between 256 and 65536.
+fn fd_cache_size() -> usize {
+    (crate::store::sys::fd_limit() / 2).clamp(256, 65536) as usize
+}
+
 impl EncFs {
     /// Opens the core over `volume`, unwrapping the volume key with `caller`'s rights.
     pub fn new(volume: Volume, keys: Arc<dyn KeyService>, caller: &Caller) -> FsResult<Self> {
+        Self::with_fd_cache(volume, keys, caller, fd_cache_size())
+    }
+
+    /// [`new`](Self::new) with an explicit bound on cached inode descriptors (tests use a
+    /// tiny one to exercise eviction).
+    pub fn with_fd_cache(volume: Volume, keys: Arc<dyn KeyService>, caller: &Caller, max_fds: usize) -> FsResult<Self> {
         let cfg = &volume.config;
         let xattr = xattr::XattrCipher::unwrap(keys.as_ref(), cfg, caller)?;
         let root_st = crate::store::sys::fstat(std::os::fd::AsRawFd::as_raw_fd(&volume.data))?;
@@ -70,7 +82,7 @@ impl EncFs {
             default_key: cfg.default_key.clone(),
             keys,
             xattr,
-            inodes: InodeTable::new(volume.data, root_st.st_ino),
+            inodes: InodeTable::new(volume.data, root_st.st_ino, max_fds),
             open_files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             dir_handles: Mutex::new(HashMap::new()),

@@ -336,3 +336,11 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     }
     Ok(lim.rlim_cur)
 }
+
+/// This process's open-file soft limit.
+pub fn fd_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 1024, rlim_max: 1024 };
+    // SAFETY: `lim` is a valid, writable rlimit struct; on failure it keeps the default.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    lim.rlim_cur
+}
