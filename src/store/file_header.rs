@@ -118,14 +118,15 @@ pub fn write_new(file: &File, h: &FileHeader, dek: &DataKey) -> Result<(), Heade
 }
 
 /// Rewrites a header crash-safely: encodes `h` with sequence `max_seq + 1` into the copy
-/// *other* than `current` (the one just unlocked stays intact until the new one is durable),
-/// then fdatasyncs. The caller holds the file's [`FileLock`].
+/// *other* than `current`, which stays untouched. The caller holds the file's [`FileLock`] and
+/// must have made `current` durable before (a re-wrap run syncs the filesystem when it starts)
+/// and must make the new copy durable before another rewrite of the same file (it syncs when
+/// it ends): then a crash at any instant leaves at least one valid copy.
 pub fn rewrite(file: &File, mut h: FileHeader, dek: &DataKey, current: usize, max_seq: u64) -> Result<FileHeader, HeaderError> {
     h.seq = max_seq + 1;
     let bytes = h.encode(dek.expose_secret())?;
     let target = 1 - current;
     file.write_all_at(&bytes, (target * HEADER_COPY_LEN) as u64)?;
-    file.sync_data()?;
     Ok(h)
 }
 

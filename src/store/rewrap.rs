@@ -14,6 +14,9 @@ use crate::format::context::EncryptionContext;
 use crate::format::header::KeySlot;
 use crate::keys::{Caller, KeyId, KeyService};
 
+/// Lock file (in the backing directory) held for the length of a re-wrap run.
+pub const REWRAP_LOCK: &str = ".rewrap.lock";
+
 /// What to re-wrap.
 #[derive(Clone, Debug, Default)]
 pub struct RewrapOptions {
@@ -67,7 +70,7 @@ pub fn rewrap_file(
     volume_id: &str,
     block_size: u32,
     opts: &RewrapOptions,
-    newest: &mut HashMap<KeyId, u32>,
+    newest: &mut HashMap<String, (KeyId, u32)>,
     caller: &Caller,
 ) -> Result<Option<bool>, HeaderError> {
     let file: File = OpenOptions::new().read(true).write(!opts.dry_run).open(path)?;
@@ -87,9 +90,15 @@ pub fn rewrap_file(
             _ => wrapped.key_id.to_string(),
         };
         first = false;
-        let dest_meta = keys.describe_key(&dest)?;
-        let dest_id: KeyId = dest_meta.key_id.parse()?;
-        let latest = *newest.entry(dest_id).or_insert(dest_meta.current_version);
+        let (dest_id, latest) = match newest.get(&dest) {
+            Some(v) => *v,
+            None => {
+                let meta = keys.describe_key(&dest)?;
+                let v = (meta.key_id.parse::<KeyId>()?, meta.current_version);
+                newest.insert(dest.clone(), v);
+                v
+            }
+        };
         let threshold = opts.min_version.unwrap_or(latest).min(latest);
         if dest_id == wrapped.key_id && wrapped.version >= threshold {
             continue;
@@ -124,6 +133,13 @@ pub fn rewrap_tree(
     caller: &Caller,
     mut progress: impl FnMut(u64, u64),
 ) -> std::io::Result<RewrapSummary> {
+    // One re-wrap at a time per volume, and everything written before this run durable first:
+    // each header rewrite below overwrites only the copy it did not read, so the copy it read
+    // must already be on disk (see file_header::rewrite). One syncfs at the end makes the
+    // run's own writes durable, instead of an fsync per file.
+    let lock_file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(data_dir.join("..").join(REWRAP_LOCK))?;
+    let _run_lock = FileLock::exclusive(&lock_file)?;
+    super::sys::syncfs(&lock_file)?;
     let files = regular_files(data_dir)?;
     let total = files.len() as u64;
     let mut summary = RewrapSummary::default();
@@ -142,6 +158,7 @@ pub fn rewrap_tree(
         }
         progress(n as u64 + 1, total);
     }
+    super::sys::syncfs(&lock_file)?;
     Ok(summary)
 }
 
@@ -151,6 +168,14 @@ mod tests {
     use crate::format::header::{FileHeader, HEADER_COPY_LEN};
     use crate::keys::local::LocalKms;
     use std::os::unix::fs::FileExt;
+
+    /// A backing directory's `data` dir (re-wrap keeps its lock file beside it).
+    struct Data(PathBuf);
+    impl Data {
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
 
     fn make_file(dir: &Path, name: &str, kms: &LocalKms) -> PathBuf {
         let file_id = [7u8; 16];
@@ -172,7 +197,9 @@ mod tests {
 
     #[test]
     fn rewrap_moves_to_newest_version_once_and_keeps_the_key() {
-        let d = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let d = Data(tmp.path().join("data"));
+        std::fs::create_dir(&d.0).unwrap();
         let kms = LocalKms::in_memory_for_tests();
         let p = make_file(d.path(), "f", &kms);
         let before = {
@@ -200,7 +227,9 @@ mod tests {
 
     #[test]
     fn torn_new_copy_leaves_the_old_header_usable() {
-        let d = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let d = Data(tmp.path().join("data"));
+        std::fs::create_dir(&d.0).unwrap();
         let kms = LocalKms::in_memory_for_tests();
         let p = make_file(d.path(), "f", &kms);
         kms.rotate("alias/default", &Caller::current()).unwrap();
@@ -213,7 +242,9 @@ mod tests {
 
     #[test]
     fn dry_run_writes_nothing_and_empty_files_are_skipped() {
-        let d = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let d = Data(tmp.path().join("data"));
+        std::fs::create_dir(&d.0).unwrap();
         let kms = LocalKms::in_memory_for_tests();
         let p = make_file(d.path(), "f", &kms);
         File::create_new(d.path().join("empty")).unwrap();
@@ -227,7 +258,9 @@ mod tests {
 
     #[test]
     fn to_key_moves_files_to_another_cmk() {
-        let d = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let d = Data(tmp.path().join("data"));
+        std::fs::create_dir(&d.0).unwrap();
         let kms = LocalKms::in_memory_for_tests();
         let p = make_file(d.path(), "f", &kms);
         let other = kms.create_key("other", &Caller::current()).unwrap();

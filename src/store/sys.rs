@@ -344,3 +344,9 @@ pub fn fd_limit() -> u64 {
     unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
     lim.rlim_cur
 }
+
+/// `syncfs`: makes everything written to the filesystem holding `f` durable.
+pub fn syncfs(f: &File) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    check(unsafe { libc::syncfs(f.as_raw_fd()) }).map(drop)
+}
