@@ -41,7 +41,9 @@ impl Default for MountOptions {
             threads: 2,
             fsname: "envelopefs".into(),
             read_only: false,
-            ttl: Duration::from_secs(1),
+            // Every change goes through this daemon (and so through the kernel's caches), so the
+            // kernel may keep attributes and names longer than libfuse's 1 s default.
+            ttl: Duration::from_secs(10),
             kernel_cache: true,
         }
     }

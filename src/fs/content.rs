@@ -286,7 +286,8 @@ impl EncFs {
         // Growing: reserve the space the new bytes need before touching any existing block,
         // so a full disk fails the request cleanly (ENOSPC) instead of tearing the old last
         // block. Only the ranges written are reserved (a sparse gap stays sparse).
-        let old_backing = file.metadata()?.len();
+        // The file has its header (a cipher), so its backing length follows from its size.
+        let old_backing = l.backing_size(old_size);
         for (off, bytes) in &runs {
             let end = off + bytes.len() as u64;
             if end > old_backing {

@@ -1,0 +1,635 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of envelopefs against gocryptfs, securefs (lite), CryFS, bindfs (plain
+# FUSE passthrough: the ceiling for any FUSE filesystem) and the native directory (the physical
+# limit). See docs/PERFORMANCE.md for what each workload measures and the latest results.
+#
+# Usage: scripts/bench.sh [options]
+#
+#   --rounds N          interleaved rounds (default 3; 1 with --quick)
+#   --only a,b          filesystems to run, from: envelopefs,gocryptfs,securefs,cryfs,bindfs,native
+#                       (default: all; a peer that is not installed is skipped with a note)
+#   --workloads a,b     workloads to run, from: seqwrite,seqread,randread1,randread2,randwrite1,
+#                       randwrite2,untar,lsr,catall,rm (default: all)
+#   --quick             smaller sizes for a smoke test: 128 MiB sequential, 32 MiB random-I/O
+#                       file, 3 s fio runs, /usr/include as the tree
+#   --out FILE          also write the markdown report to FILE (raw per-round values go to
+#                       FILE.tsv)
+#   --dir DIR           where the work directory is created (default ${TMPDIR:-/var/tmp}); it must
+#                       not be a tmpfs unless --tmpfs is given
+#   --tmpfs             put the work directory on /dev/shm (a tmpfs), to take the disk out
+#   --threads N         envelopefs --threads (default: the daemon's own default)
+#   --bin PATH          envelopefs binary to use (default: build target/release/envelopefs)
+#   --no-build          use the existing target/release/envelopefs without running cargo
+#   --tree DIR          source of the tree tarball (default /usr/share, without package-lists/)
+#   --seq-mib N         sequential file size in MiB (default 1024)
+#   --rand-mib N        random-I/O file size in MiB (default 256)
+#   --fio-runtime S     seconds per fio run (default 12)
+#   --warm              do not drop caches before ls -lR and the read-every-file pass
+#   --timeout S         wall-clock limit of each timed command (default 1800)
+#   --keep              keep the work directory (backing dirs, logs) after the run
+#   --nofile N          raise the open-file limit (ulimit -n) of every daemon to N (default:
+#                       inherited; envelopefs needs none: it keeps a bounded cache of
+#                       descriptors, but some peers keep one per inode the kernel knows)
+#
+# Environment: BINDFS_OPTS (default "-o big_writes --multithreaded"), TMPDIR (see --dir).
+#
+# Needs root (drop_caches, /dev/fuse), fio, python3 (fio JSON and the report), fusermount or
+# fusermount3. Every mount is made by a child of this script, recorded by mountpoint and PID,
+# and unmounted (then its daemon killed by PID) on any exit. Everything that touches a mount
+# runs under `timeout`.
+#
+# Method. All filesystems are mounted at once, each on a fresh backing directory under one work
+# directory. Rounds are interleaved at workload granularity: for each round, for each workload,
+# each filesystem runs it in turn (the order rotates by one every round), so background noise
+# hits every filesystem alike. The report gives the median over rounds per filesystem and
+# workload, the ratio of envelopefs to every peer (> 1 always means envelopefs is faster: for
+# throughputs ours/peer, for times peer/ours), the daemon CPU seconds (utime+stime deltas from
+# /proc/PID/stat, all threads) and the daemon peak RSS per workload (VmHWM after
+# `echo 5 > /proc/PID/clear_refs`).
+#
+# Exit status: 0 when every requested run produced a number, 1 when some failed (they show as
+# FAIL in the table), 2 on a setup error.
+
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+ALL_FS=(envelopefs gocryptfs securefs cryfs bindfs native)
+ALL_WL=(seqwrite seqread randread1 randread2 randwrite1 randwrite2 untar lsr catall rm)
+
+ROUNDS="" ONLY="" WORKLOADS="" QUICK=0 OUT="" BASE="${TMPDIR:-/var/tmp}" USE_TMPFS=0 THREADS=""
+BIN="" BUILD=1 TREE_SRC="" SEQ_MIB="" RAND_MIB="" FIO_RT="" WARM=0 TMO=1800 KEEP=0 NOFILE=""
+# bindfs is the plain-FUSE ceiling, so it gets the options that make it fastest: libfuse 2
+# caps writes at 4 KiB without big_writes (88 vs 319 MB/s measured here), and it is
+# single-threaded unless told otherwise.
+BINDFS_OPTS=${BINDFS_OPTS-"-o big_writes --multithreaded"}
+
+die() { echo "bench.sh: $*" >&2; exit 2; }
+note() { echo "bench.sh: $*" >&2; }
+usage() { sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+
+while (($#)); do
+    case $1 in
+        --rounds) ROUNDS=${2:?}; shift ;;
+        --only) ONLY=${2:?}; shift ;;
+        --workloads) WORKLOADS=${2:?}; shift ;;
+        --quick) QUICK=1 ;;
+        --out) OUT=${2:?}; shift ;;
+        --dir) BASE=${2:?}; shift ;;
+        --tmpfs) USE_TMPFS=1 ;;
+        --threads) THREADS=${2:?}; shift ;;
+        --bin) BIN=${2:?}; BUILD=0; shift ;;
+        --no-build) BUILD=0 ;;
+        --tree) TREE_SRC=${2:?}; shift ;;
+        --seq-mib) SEQ_MIB=${2:?}; shift ;;
+        --rand-mib) RAND_MIB=${2:?}; shift ;;
+        --fio-runtime) FIO_RT=${2:?}; shift ;;
+        --warm) WARM=1 ;;
+        --timeout) TMO=${2:?}; shift ;;
+        --keep) KEEP=1 ;;
+        --nofile) NOFILE=${2:?}; shift ;;
+        -h|--help) usage 0 ;;
+        *) echo "bench.sh: unknown option $1" >&2; usage 2 ;;
+    esac
+    shift
+done
+
+if ((QUICK)); then
+    : "${ROUNDS:=1}" "${SEQ_MIB:=128}" "${RAND_MIB:=32}" "${FIO_RT:=3}" "${TREE_SRC:=/usr/include}"
+else
+    : "${ROUNDS:=3}" "${SEQ_MIB:=1024}" "${RAND_MIB:=256}" "${FIO_RT:=12}" "${TREE_SRC:=/usr/share}"
+fi
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--rounds must be a positive integer"
+for v in SEQ_MIB RAND_MIB FIO_RT TMO; do [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer"; done
+[[ -z $THREADS || $THREADS =~ ^[1-9][0-9]*$ ]] || die "--threads must be a positive integer"
+[[ -z $NOFILE || $NOFILE =~ ^[1-9][0-9]*$ ]] || die "--nofile must be a positive integer"
+if [[ -n $NOFILE ]] && ! ( ulimit -Hn "$NOFILE" 2>/dev/null || true; ulimit -Sn "$NOFILE" ) 2>/dev/null; then
+    die "cannot raise the open-file limit to $NOFILE (hard limit $(ulimit -Hn); raising it needs CAP_SYS_RESOURCE)"
+fi
+
+in_list() { local x=$1; shift; local y; for y in "$@"; do [[ $x == "$y" ]] && return 0; done; return 1; }
+
+FSS=() WLS=()
+if [[ -n $ONLY ]]; then
+    IFS=, read -r -a req <<<"$ONLY"
+    for f in "${req[@]}"; do in_list "$f" "${ALL_FS[@]}" || die "unknown filesystem '$f' (known: ${ALL_FS[*]})"; done
+    for f in "${ALL_FS[@]}"; do in_list "$f" "${req[@]}" && FSS+=("$f"); done
+else
+    FSS=("${ALL_FS[@]}")
+fi
+if [[ -n $WORKLOADS ]]; then
+    IFS=, read -r -a req <<<"$WORKLOADS"
+    for w in "${req[@]}"; do in_list "$w" "${ALL_WL[@]}" || die "unknown workload '$w' (known: ${ALL_WL[*]})"; done
+    for w in "${ALL_WL[@]}"; do in_list "$w" "${req[@]}" && WLS+=("$w"); done
+else
+    WLS=("${ALL_WL[@]}")
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Preconditions
+command -v python3 >/dev/null || die "python3 is needed (fio JSON, report)"
+command -v timeout >/dev/null || die "timeout (coreutils) is needed"
+if in_list randread1 "${WLS[@]}" || in_list randread2 "${WLS[@]}" || in_list randwrite1 "${WLS[@]}" ||
+    in_list randwrite2 "${WLS[@]}"; then
+    command -v fio >/dev/null || die "fio is needed for the random-I/O workloads (apt-get install -y fio)"
+fi
+FUSERMOUNT=$(command -v fusermount3 || command -v fusermount || true)
+[[ -e /dev/fuse ]] || die "/dev/fuse is missing"
+IS_ROOT=0; [[ $(id -u) == 0 ]] && IS_ROOT=1
+((IS_ROOT)) || note "not root: caches cannot be dropped, so the read workloads are NOT cold (see the report)"
+CLK_TCK=$(getconf CLK_TCK)
+
+NOTES=()   # lines for the report's notes section
+addnote() { NOTES+=("$*"); note "$*"; }
+
+# Peers: skip those that are not installed.
+declare -A PEER_CMD=([gocryptfs]=gocryptfs [securefs]=securefs [cryfs]=cryfs [bindfs]=bindfs)
+ACTIVE=()
+for f in "${FSS[@]}"; do
+    if [[ -n ${PEER_CMD[$f]:-} ]] && ! command -v "${PEER_CMD[$f]}" >/dev/null; then
+        addnote "$f is not installed: skipped (apt-get install -y $f)"
+        continue
+    fi
+    ACTIVE+=("$f")
+done
+FSS=("${ACTIVE[@]}")
+((${#FSS[@]})) || die "no filesystem to run"
+
+# ---------------------------------------------------------------------------------------------
+# Work directory and cleanup
+if ((USE_TMPFS)); then BASE=/dev/shm; fi
+mkdir -p "$BASE"
+WORK=$(mktemp -d "$BASE/envfs-bench.XXXXXX")
+FSTYPE=$(findmnt -n -o FSTYPE -T "$WORK" 2>/dev/null || stat -f -c %T "$WORK")
+if ((USE_TMPFS)); then
+    [[ $FSTYPE == tmpfs ]] || { rmdir "$WORK"; die "/dev/shm is not a tmpfs here ($FSTYPE)"; }
+elif [[ $FSTYPE == tmpfs || $FSTYPE == ramfs ]]; then
+    rmdir "$WORK"; die "$BASE is a $FSTYPE; pass --dir on a disk, or --tmpfs to mean it"
+fi
+mkdir -p "$WORK/logs" "$WORK/bin"
+
+declare -A PID=() MNT=() BACK=() DEAD=()
+MOUNTED=()   # filesystems with a mount made by us, in mount order
+
+unmount_one() { # fs — unmount, then make sure the daemon is gone; never broad kills
+    local f=$1 m=${MNT[$1]} p=${PID[$1]:-} i
+    if [[ -n $p ]] && kill -0 "$p" 2>/dev/null; then
+        if [[ $f == envelopefs ]]; then
+            kill -TERM "$p" 2>/dev/null || true              # SIGTERM = clean unmount
+        else
+            timeout 20 ${FUSERMOUNT:-umount} -u "$m" 2>/dev/null || timeout 20 umount "$m" 2>/dev/null ||
+                kill -TERM "$p" 2>/dev/null || true
+        fi
+        for ((i = 0; i < 100; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$p" 2>/dev/null; then kill -TERM "$p" 2>/dev/null || true; sleep 1; fi
+        if kill -0 "$p" 2>/dev/null; then kill -KILL "$p" 2>/dev/null || true; fi
+    fi
+    if timeout 5 mountpoint -q "$m" 2>/dev/null || grep -qF " $m " /proc/self/mounts; then
+        timeout 20 umount "$m" 2>/dev/null || timeout 20 umount -l "$m" 2>/dev/null || true
+    fi
+}
+
+cleanup() {
+    local rc=$? f
+    trap - EXIT INT TERM
+    for f in "${MOUNTED[@]}"; do unmount_one "$f"; done
+    local still=0
+    for f in "${MOUNTED[@]}"; do grep -qF " ${MNT[$f]} " /proc/self/mounts && { still=1; note "still mounted: ${MNT[$f]}"; }; done
+    if ((KEEP)); then
+        note "work directory kept: $WORK"
+    elif ((still)); then
+        note "not removing $WORK: something is still mounted in it"
+    else
+        timeout 600 rm -rf --one-file-system "$WORK" || note "could not fully remove $WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+now() { echo "${EPOCHREALTIME/[.,]/}"; }          # microseconds, no fork
+elapsed() { echo $(( $(now) - $1 )); }            # µs since $1
+
+drop_caches() {
+    ((IS_ROOT)) || return 0
+    timeout 300 sync || true
+    echo 3 >/proc/sys/vm/drop_caches
+}
+
+cpu_ticks() { # pid → utime+stime of the whole process (all threads)
+    local s
+    s=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+    s=${s##*) }
+    local -a a
+    read -r -a a <<<"$s"
+    echo $(( a[11] + a[12] ))
+}
+reset_hwm() { echo 5 >"/proc/$1/clear_refs" 2>/dev/null || true; }
+hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+alive() { # fs → daemon running and mount answering
+    local f=$1
+    [[ -n ${DEAD[$f]:-} ]] && return 1
+    [[ $f == native ]] && return 0
+    kill -0 "${PID[$f]}" 2>/dev/null && timeout 10 mountpoint -q "${MNT[$f]}"
+}
+
+wait_mounted() { # fs seconds
+    local f=$1 deadline=$(( $(now) + $2 * 1000000 ))
+    while (( $(now) < deadline )); do
+        if ! kill -0 "${PID[$f]}" 2>/dev/null; then return 1; fi
+        timeout 5 mountpoint -q "${MNT[$f]}" 2>/dev/null && return 0
+        sleep 0.2
+    done
+    return 1
+}
+
+# ---------------------------------------------------------------------------------------------
+# envelopefs binary (copied into the work dir so concurrent rebuilds cannot swap it mid-run)
+ENVFS_REV=""
+if in_list envelopefs "${FSS[@]}"; then
+    if [[ -z $BIN ]]; then
+        BIN=$ROOT/target/release/envelopefs
+        if ((BUILD)); then
+            note "building envelopefs (cargo build --release)"
+            if ! (cd "$ROOT" && timeout 3600 cargo build --release -q); then
+                [[ -x $BIN ]] || die "cargo build --release failed and there is no $BIN"
+                addnote "cargo build --release failed (tree being edited?); used the existing binary from $(date -r "$BIN" '+%F %T')"
+            fi
+        fi
+    fi
+    [[ -x $BIN ]] || die "no envelopefs binary at $BIN"
+    cp "$BIN" "$WORK/bin/envelopefs"
+    ENVFS_REV="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+    if [[ -n $(git -C "$ROOT" status --porcelain -- src Cargo.toml 2>/dev/null) ]]; then ENVFS_REV+="+uncommitted changes"; fi
+    ENVFS_REV+=", binary built $(date -r "$BIN" '+%F %T')"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Mounts
+head -c 32 /dev/urandom >"$WORK/keyfile"
+printf 'envelopefs-bench-password\n' >"$WORK/password"
+
+daemon() { # command... — run in the background (caller redirects), with the --nofile limit
+    if [[ -n $NOFILE ]]; then
+        ( ulimit -Hn "$NOFILE" 2>/dev/null || true; ulimit -Sn "$NOFILE" && exec "$@" ) &
+    else
+        "$@" &
+    fi
+}
+
+mount_fs() { # fs → 0 when mounted
+    local f=$1 b=$WORK/backing-$1 m=$WORK/mnt-$1 log=$WORK/logs/$1.log
+    mkdir -p "$b" "$m"
+    BACK[$f]=$b MNT[$f]=$m
+    case $f in
+        native)
+            MNT[$f]=$b; return 0 ;;
+        envelopefs)
+            timeout 120 "$WORK/bin/envelopefs" init "$b" --keyfile "$WORK/keyfile" >"$log" 2>&1 || return 1
+            local extra=(); [[ -n $THREADS ]] && extra=(--threads "$THREADS")
+            daemon "$WORK/bin/envelopefs" mount "$b" "$m" --keyfile "$WORK/keyfile" "${extra[@]}" </dev/null >>"$log" 2>&1
+            ;;
+        gocryptfs)
+            timeout 120 gocryptfs -init -q -passfile "$WORK/password" -scryptn 10 "$b" >"$log" 2>&1 || return 1
+            daemon gocryptfs -fg -q -passfile "$WORK/password" "$b" "$m" </dev/null >>"$log" 2>&1
+            ;;
+        securefs)
+            # Format 4 = lite (the default); PBKDF2 with few rounds only to make setup fast.
+            timeout 120 securefs create --format 4 --keyfile "$WORK/keyfile" \
+                --pbkdf pkcs5-pbkdf2-hmac-sha256 --rounds 1000 "$b" >"$log" 2>&1 || return 1
+            daemon securefs mount --keyfile "$WORK/keyfile" "$b" "$m" </dev/null >>"$log" 2>&1
+            ;;
+        cryfs)
+            # Noninteractive frontend reads the password from stdin; default cipher and block size.
+            # XDG_DATA_HOME keeps CryFS's local state (known filesystems) inside the work dir.
+            CRYFS_FRONTEND=noninteractive CRYFS_NO_UPDATE_CHECK=true XDG_DATA_HOME=$WORK/cryfs-state \
+                daemon cryfs -f "$b" "$m" <"$WORK/password" >"$log" 2>&1
+            ;;
+        bindfs)
+            # shellcheck disable=SC2086 # BINDFS_OPTS is a list of options
+            daemon bindfs -f $BINDFS_OPTS "$b" "$m" </dev/null >"$log" 2>&1
+            ;;
+    esac
+    PID[$f]=$!
+    MOUNTED+=("$f")
+    # CryFS runs scrypt (about 1 GB, seconds to a minute on a busy machine) before mounting.
+    wait_mounted "$f" 300 || return 1
+    timeout 30 touch "$m/.bench-probe" && timeout 30 rm -f "$m/.bench-probe"
+}
+
+for f in "${FSS[@]}"; do
+    note "mounting $f"
+    if ! mount_fs "$f"; then
+        addnote "$f failed to mount; skipped (log: $(tail -n 3 "$WORK/logs/$f.log" 2>/dev/null | tr '\n' ' '))"
+        DEAD[$f]=1
+        [[ -n ${PID[$f]:-} ]] && unmount_one "$f"
+    fi
+done
+LIVE=(); for f in "${FSS[@]}"; do [[ -z ${DEAD[$f]:-} ]] && LIVE+=("$f"); done
+FSS=("${LIVE[@]}")
+((${#FSS[@]})) || die "nothing mounted"
+
+# ---------------------------------------------------------------------------------------------
+# Tree tarball (built once per run from a real tree on this machine)
+TREE_TAR=$WORK/tree.tar TREE_DESC=""
+needs_tree=0
+for w in untar lsr catall rm; do in_list "$w" "${WLS[@]}" && needs_tree=1; done
+if ((needs_tree)); then
+    [[ -d $TREE_SRC ]] || die "tree source $TREE_SRC is not a directory"
+    note "building the tree tarball from $TREE_SRC"
+    excl=()
+    [[ $TREE_SRC == /usr/share ]] && excl=(--exclude=./package-lists)
+    timeout 1200 tar -C "$TREE_SRC" "${excl[@]}" --one-file-system -cf "$TREE_TAR" . 2>"$WORK/logs/tar-create.log" ||
+        [[ -s $TREE_TAR ]] || die "could not build the tree tarball (see $WORK/logs/tar-create.log)"
+    read -r T_FILES T_DIRS T_LINKS T_BYTES < <(tar -tvf "$TREE_TAR" | awk '
+        substr($1,1,1)=="-" {f++; b+=$3} substr($1,1,1)=="d" {d++} substr($1,1,1)=="l" {l++}
+        END {printf "%d %d %d %d\n", f, d, l, b}')
+    TREE_DESC="$TREE_SRC${excl:+ (without package-lists/)}: $T_FILES files, $T_DIRS directories, $T_LINKS symlinks, $(( T_BYTES / 1048576 )) MiB of file data (tarball $(( $(stat -c %s "$TREE_TAR") / 1048576 )) MiB)"
+    note "tree: $TREE_DESC"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Workloads. Each prints "VALUE" on success; untimed preparation is done before the clock starts.
+RES=$WORK/results.tsv
+printf 'round\tfs\tworkload\tvalue\tunit\tcpu_s\thwm_mib\n' >"$RES"
+
+declare -A UNIT=([seqwrite]=MB/s [seqread]=MB/s [randread1]=IOPS [randread2]=IOPS [randwrite1]=IOPS
+    [randwrite2]=IOPS [untar]=s [lsr]=s [catall]=s [rm]=s)
+
+prep_file() { # path MiB source — (re)create a file of that size, untimed
+    local p=$1 mib=$2 src=$3
+    if [[ -f $p ]] && [[ $(timeout 60 stat -c %s "$p") == $(( mib * 1048576 )) ]]; then return 0; fi
+    timeout "$TMO" rm -f "$p" || return 1
+    timeout "$TMO" dd if="$src" of="$p" bs=1M count="$mib" conv=fsync status=none
+}
+
+warm_backing() { # fs — after a cache drop, bring everything below the FUSE layer back into memory
+    local b=${BACK[$1]}
+    timeout "$TMO" ls -lR "$b" >/dev/null 2>&1 || true
+    timeout "$TMO" find "$b" -type f -size -20M -exec cat {} + >/dev/null 2>&1 || true
+}
+
+fio_iops() { # fs rw jobs → IOPS
+    local f=$1 rw=$2 jobs=$3 m=${MNT[$1]} json=$WORK/logs/fio-$1-$2-$3.json
+    local extra=(); [[ $rw == randwrite ]] && extra=(--end_fsync=1)
+    timeout $(( FIO_RT + TMO )) fio --name="$rw" --filename="$m/rand.dat" --rw="$rw" --bs=4k \
+        --size="${RAND_MIB}M" --numjobs="$jobs" --time_based --runtime="$FIO_RT" --direct=0 \
+        --ioengine=psync --invalidate=1 --group_reporting "${extra[@]}" \
+        --output-format=json --output="$json" >/dev/null 2>>"$WORK/logs/fio.err" || return 1
+    python3 - "$json" "${rw#rand}" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+print(round(d["jobs"][0][sys.argv[2]]["iops"]))
+EOF
+}
+
+tree_ready() { # fs — make sure an untarred tree exists (untimed), for lsr/catall/rm without untar
+    local m=${MNT[$1]}
+    [[ -f $m/.tree-complete ]] && return 0
+    timeout "$TMO" rm -rf "$m/tree" && mkdir -p "$m/tree" &&
+        timeout "$TMO" tar -xf "$TREE_TAR" -C "$m/tree" && touch "$m/.tree-complete"
+}
+
+# Globals set by run_one for the record: VALUE CPU_S HWM_MIB
+run_one() { # fs workload
+    local f=$1 w=$2 m=${MNT[$1]} p=${PID[$1]:-} t0 c0=0 us
+    VALUE="" CPU_S="" HWM_MIB=""
+    # --- untimed preparation
+    case $w in
+        seqwrite) timeout "$TMO" rm -f "$m/seq.dat" || return 1 ;;
+        seqread) prep_file "$m/seq.dat" "$SEQ_MIB" /dev/zero || return 1; drop_caches ;;
+        rand*) prep_file "$m/rand.dat" "$RAND_MIB" /dev/urandom || return 1 ;;
+        untar)
+            # The sequential file is not needed any more this round; keep the backing small.
+            timeout "$TMO" rm -f "$m/seq.dat" "$m/.tree-complete" && timeout "$TMO" rm -rf "$m/tree" || return 1
+            mkdir -p "$m/tree" || return 1
+            cat "$TREE_TAR" >/dev/null ;;                         # tarball itself in the page cache
+        lsr|catall)
+            tree_ready "$f" || return 1
+            if ((! WARM)); then drop_caches; warm_backing "$f"; fi ;;
+        rm) tree_ready "$f" || return 1 ;;
+    esac 2>>"$WORK/logs/$f-$w.err"
+    if [[ -n $p ]]; then c0=$(cpu_ticks "$p"); reset_hwm "$p"; fi
+    t0=$(now)
+    # --- timed
+    case $w in
+        seqwrite)
+            timeout "$TMO" dd if=/dev/zero of="$m/seq.dat" bs=1M count="$SEQ_MIB" conv=fsync status=none || return 1
+            us=$(elapsed "$t0"); VALUE=$(awk -v b=$(( SEQ_MIB * 1048576 )) -v us="$us" 'BEGIN {printf "%.1f", b / us}') ;;
+        seqread)
+            timeout "$TMO" dd if="$m/seq.dat" of=/dev/null bs=1M status=none || return 1
+            us=$(elapsed "$t0"); VALUE=$(awk -v b=$(( SEQ_MIB * 1048576 )) -v us="$us" 'BEGIN {printf "%.1f", b / us}') ;;
+        randread1) VALUE=$(fio_iops "$f" randread 1) || return 1 ;;
+        randread2) VALUE=$(fio_iops "$f" randread 2) || return 1 ;;
+        randwrite1) VALUE=$(fio_iops "$f" randwrite 1) || return 1 ;;
+        randwrite2) VALUE=$(fio_iops "$f" randwrite 2) || return 1 ;;
+        untar)
+            timeout "$TMO" tar -xf "$TREE_TAR" -C "$m/tree" || return 1
+            us=$(elapsed "$t0"); touch "$m/.tree-complete" ;;
+        lsr)
+            timeout "$TMO" ls -lR "$m/tree" >/dev/null || return 1
+            us=$(elapsed "$t0") ;;
+        catall)
+            timeout "$TMO" find "$m/tree" -type f -exec cat {} + >/dev/null || return 1
+            us=$(elapsed "$t0") ;;
+        rm)
+            timeout "$TMO" rm -f "$m/.tree-complete" && timeout "$TMO" rm -rf "$m/tree" || return 1
+            us=$(elapsed "$t0")
+            [[ -e $m/tree ]] && return 1 ;;
+    esac 2>>"$WORK/logs/$f-$w.err"
+    [[ ${UNIT[$w]} == s ]] && VALUE=$(awk -v us="$us" 'BEGIN {printf "%.2f", us / 1e6}')
+    if [[ -n $p ]]; then
+        CPU_S=$(awk -v t=$(( $(cpu_ticks "$p") - c0 )) -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", t / hz}')
+        HWM_MIB=$(awk -v k="$(hwm_kib "$p")" 'BEGIN {printf "%.1f", k / 1024}')
+    fi
+    return 0
+}
+
+# ---------------------------------------------------------------------------------------------
+# Run
+START_DATE=$(date '+%F %T %Z')
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+FAILS=0 LOADS=()
+note "work dir $WORK ($FSTYPE); filesystems: ${FSS[*]}; workloads: ${WLS[*]}; rounds: $ROUNDS"
+n=${#FSS[@]}
+for ((r = 1; r <= ROUNDS; r++)); do
+    LOADS+=(" round $r $(cut -d' ' -f1-3 /proc/loadavg)")
+    for w in "${WLS[@]}"; do
+        for ((i = 0; i < n; i++)); do
+            f=${FSS[$(( (i + r - 1) % n ))]}
+            if ! alive "$f"; then
+                [[ -z ${DEAD[$f]:-} ]] && { DEAD[$f]=1; addnote "$f: the mount stopped answering in round $r before $w; its later cells are FAIL"; }
+                printf '%s\t%s\t%s\tFAIL\t%s\t\t\n' "$r" "$f" "$w" "${UNIT[$w]}" >>"$RES"; FAILS=$((FAILS + 1))
+                continue
+            fi
+            if run_one "$f" "$w"; then
+                printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$f" "$w" "$VALUE" "${UNIT[$w]}" "$CPU_S" "$HWM_MIB" >>"$RES"
+                note "round $r/$ROUNDS  $w  $f: $VALUE ${UNIT[$w]}${CPU_S:+  (daemon cpu ${CPU_S}s, peak rss ${HWM_MIB} MiB)}"
+            else
+                printf '%s\t%s\t%s\tFAIL\t%s\t\t\n' "$r" "$f" "$w" "${UNIT[$w]}" >>"$RES"; FAILS=$((FAILS + 1))
+                addnote "$f: $w failed in round $r ($(grep -m1 . "$WORK/logs/$f-$w.err" 2>/dev/null | cut -c1-160); $(wc -l <"$WORK/logs/$f-$w.err" 2>/dev/null || echo 0) error lines)"
+            fi
+        done
+    done
+done
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---------------------------------------------------------------------------------------------
+# Report
+ver() { "$@" 2>&1 | head -n 1 | tr -d '\r' || true; }
+{
+    echo "date=$START_DATE"
+    echo "host=$(hostname) · $(nproc) CPUs ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)) · $(awk '/^MemTotal/ {printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo) · kernel $(uname -r)"
+    echo "workdir=$WORK on $(df --output=source "$WORK" | tail -n 1) ($FSTYPE)"
+    echo "envelopefs=${ENVFS_REV:-not run}${THREADS:+, --threads $THREADS}"
+    in_list gocryptfs "${FSS[@]}" && echo "gocryptfs=$(ver gocryptfs -version)"
+    in_list securefs "${FSS[@]}" && echo "securefs=$(dpkg-query -W -f '${Version}' securefs 2>/dev/null || echo '?') (format 4 = lite)"
+    in_list cryfs "${FSS[@]}" && echo "cryfs=$(ver cryfs --version) (default cipher xchacha20-poly1305, 16 KiB blocks)"
+    in_list bindfs "${FSS[@]}" && echo "bindfs=$(ver bindfs --version), options: ${BINDFS_OPTS:-none}"
+    echo "fio=$(ver fio --version)"
+    echo "limits=daemon open-file limit (ulimit -n) ${NOFILE:-$(ulimit -n) (inherited)}"
+    echo "sizes=sequential ${SEQ_MIB} MiB; random-I/O file ${RAND_MIB} MiB; fio ${FIO_RT} s per run"
+    echo "tree=${TREE_DESC:-not used}"
+    echo "rounds=$ROUNDS$( ((QUICK)) && echo ' (quick mode)')"
+    echo "caches=$( ((IS_ROOT)) || echo 'NOT dropped (not root); ')$( ((WARM)) && echo 'warm tree reads (--warm)' || echo 'drop_caches + backing re-warmed before ls -lR and read-all')"
+    echo "load=1/5/15-min load average at start $LOAD_START; $(IFS=';'; echo "${LOADS[*]}"); end $LOAD_END"
+    for x in "${NOTES[@]}"; do echo "note=$x"; done
+} >"$WORK/meta.txt"
+
+REPORT=$WORK/report.md
+python3 - "$RES" "$WORK/meta.txt" "${FSS[*]}" "${WLS[*]}" >"$REPORT" <<'EOF'
+import statistics, sys
+from collections import defaultdict
+
+res, meta, fss, wls = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4].split()
+NAMES = {
+    "seqwrite": "sequential write + fsync", "seqread": "sequential read, caches dropped",
+    "randread1": "fio 4 KiB random read, 1 job", "randread2": "fio 4 KiB random read, 2 jobs",
+    "randwrite1": "fio 4 KiB random write, 1 job", "randwrite2": "fio 4 KiB random write, 2 jobs",
+    "untar": "untar the tree", "lsr": "ls -lR of the tree", "catall": "read every file of the tree",
+    "rm": "rm -rf of the tree",
+}
+ENCRYPTED = ["gocryptfs", "securefs", "cryfs"]
+vals, cpu, hwm, units, raw = defaultdict(list), defaultdict(list), defaultdict(list), {}, defaultdict(list)
+with open(res) as fh:
+    next(fh)
+    for line in fh:
+        r, fs, w, v, unit, c, h = (line.rstrip("\n").split("\t") + [""] * 7)[:7]
+        units[w] = unit
+        raw[(fs, w)].append(v)
+        if v == "FAIL":
+            continue
+        vals[(fs, w)].append(float(v))
+        if c:
+            cpu[(fs, w)].append(float(c))
+        if h:
+            hwm[(fs, w)].append(float(h))
+
+def med(k):
+    return statistics.median(vals[k]) if vals.get(k) else None
+
+def fmt(x, unit):
+    if x is None:
+        return "FAIL"
+    if unit == "s":
+        return f"{x:.2f} s"
+    if unit == "IOPS":
+        return f"{x/1000:.1f}k" if x >= 1000 else f"{x:.0f}"
+    return f"{x:.0f}"
+
+def ratio(ours, peer, unit):
+    if ours is None or peer is None or ours == 0 or peer == 0:
+        return None
+    return peer / ours if unit == "s" else ours / peer
+
+def better(a, b, unit):  # is a better than b
+    return a < b if unit == "s" else a > b
+
+meta_lines = [l.rstrip("\n").split("=", 1) for l in open(meta) if "=" in l]
+m = {k: v for k, v in meta_lines if k != "note"}
+notes = [v for k, v in meta_lines if k == "note"]
+out = []
+out.append(f"## Benchmark run of {m['date']}\n")
+for k in ["host", "workdir", "envelopefs", "gocryptfs", "securefs", "cryfs", "bindfs", "fio", "limits", "sizes", "tree", "rounds", "caches", "load"]:
+    if k in m:
+        out.append(f"- **{k}**: {m[k]}")
+for n in notes:
+    out.append(f"- **note**: {n}")
+out.append("")
+out.append(f"### Medians over {m['rounds'].split()[0]} interleaved rounds (higher is better for MB/s and IOPS, lower for s)\n")
+out.append("| workload | unit | " + " | ".join(fss) + " |")
+out.append("|---|---|" + "---|" * len(fss))
+for w in wls:
+    u = units.get(w, "")
+    out.append(f"| {NAMES[w]} | {u} | " + " | ".join(fmt(med((f, w)), u) for f in fss) + " |")
+out.append("")
+if "envelopefs" in fss and len(fss) > 1:
+    peers = [f for f in fss if f != "envelopefs"]
+    enc = [f for f in peers if f in ENCRYPTED]
+    out.append("### envelopefs relative to each peer (> 1 means envelopefs is faster)\n")
+    out.append("Throughputs: envelopefs / peer. Times: peer time / envelopefs time.\n")
+    hdr = "| workload | " + " | ".join(f"vs {p}" for p in peers)
+    if enc:
+        hdr += " | best encrypted peer | vs best (target ≥ 1.30)"
+    out.append(hdr + " |")
+    out.append("|---|" + "---|" * (len(peers) + (2 if enc else 0)))
+    for w in wls:
+        u = units.get(w, "")
+        ours = med(("envelopefs", w))
+        cells = []
+        for p in peers:
+            r = ratio(ours, med((p, w)), u)
+            cells.append("–" if r is None else f"{r:.2f}")
+        if enc:
+            best = None
+            for p in enc:
+                v = med((p, w))
+                if v is not None and (best is None or better(v, best[1], u)):
+                    best = (p, v)
+            if best is None:
+                cells += ["–", "–"]
+            else:
+                r = ratio(ours, best[1], u)
+                cells += [f"{best[0]} ({fmt(best[1], u)})", "–" if r is None else f"**{r:.2f}**" if r < 1.3 else f"{r:.2f}"]
+        out.append(f"| {NAMES[w]} | " + " | ".join(cells) + " |")
+    out.append("")
+daemons = [f for f in fss if f != "native"]
+if daemons and any(cpu.get((f, w)) for f in daemons for w in wls):
+    out.append("### Daemon CPU seconds (median; utime+stime of all threads) and peak RSS (max VmHWM, MiB) per workload\n")
+    out.append("| workload | " + " | ".join(f"{f} CPU s | {f} RSS MiB" for f in daemons) + " |")
+    out.append("|---|" + "---|---|" * len(daemons))
+    for w in wls:
+        cells = []
+        for f in daemons:
+            c, h = cpu.get((f, w)), hwm.get((f, w))
+            cells.append(f"{statistics.median(c):.2f}" if c else "–")
+            cells.append(f"{max(h):.0f}" if h else "–")
+        out.append(f"| {NAMES[w]} | " + " | ".join(cells) + " |")
+    out.append("")
+out.append("### Every round (in run order; spread = (max − min) / median)\n")
+out.append("| workload | " + " | ".join(fss) + " |")
+out.append("|---|" + "---|" * len(fss))
+for w in wls:
+    cells = []
+    for f in fss:
+        xs = raw.get((f, w), [])
+        nums = vals.get((f, w), [])
+        s = " / ".join(xs) if xs else "–"
+        if len(nums) > 1 and statistics.median(nums):
+            s += f" ({(max(nums) - min(nums)) / statistics.median(nums) * 100:.0f} %)"
+        cells.append(s)
+    out.append(f"| {NAMES[w]} | " + " | ".join(cells) + " |")
+print("\n".join(out))
+EOF
+
+cat "$REPORT"
+if [[ -n $OUT ]]; then
+    cp "$REPORT" "$OUT"
+    cp "$RES" "$OUT.tsv"
+    note "report written to $OUT (raw values: $OUT.tsv)"
+fi
+((FAILS == 0)) || exit 1
+exit 0
