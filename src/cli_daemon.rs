@@ -62,6 +62,9 @@ pub fn spawn_background(
     if !opts.kernel_cache {
         cmd.arg("--no-kernel-cache");
     }
+    if !opts.writeback_cache {
+        cmd.arg("--no-writeback-cache");
+    }
     for _ in 0..verbose {
         cmd.arg("-v");
     }

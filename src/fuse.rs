@@ -32,6 +32,9 @@ pub struct MountOptions {
     pub ttl: Duration,
     /// Keep the kernel's page cache of a file across opens.
     pub kernel_cache: bool,
+    /// FUSE_WRITEBACK_CACHE: the kernel buffers writes in its page cache and sends them in
+    /// batches (it then owns size and mtime while pages are dirty).
+    pub writeback_cache: bool,
 }
 
 impl Default for MountOptions {
@@ -45,6 +48,7 @@ impl Default for MountOptions {
             // kernel may keep attributes and names longer than libfuse's 1 s default.
             ttl: Duration::from_secs(10),
             kernel_cache: true,
+            writeback_cache: true,
         }
     }
 }
@@ -54,6 +58,7 @@ pub struct Adapter {
     fs: Arc<EncFs>,
     ttl: Duration,
     kernel_cache: bool,
+    writeback_cache: bool,
 }
 
 fn caller(req: &Request) -> Caller {
@@ -136,7 +141,12 @@ macro_rules! reply {
 impl Adapter {
     /// Wraps a core.
     pub fn new(fs: Arc<EncFs>, opts: &MountOptions) -> Self {
-        Adapter { fs, ttl: opts.ttl, kernel_cache: opts.kernel_cache }
+        Adapter {
+            fs,
+            ttl: opts.ttl,
+            kernel_cache: opts.kernel_cache,
+            writeback_cache: opts.writeback_cache && opts.kernel_cache && !opts.read_only,
+        }
     }
 
     /// FOPEN_KEEP_CACHE: the kernel keeps a file's cached pages across opens. Safe because
@@ -166,6 +176,15 @@ impl fuser::Filesystem for Adapter {
             InitFlags::FUSE_AUTO_INVAL_DATA,
         ] {
             if let Err(missing) = config.add_capabilities(cap) {
+                log::info!("kernel lacks FUSE capability {missing:?}; continuing without it");
+            }
+        }
+        // Writeback caching is safe for the same reason as FOPEN_KEEP_CACHE (this daemon sees
+        // every change). The kernel may then read through a write-only handle (to fill a
+        // partially written page) and sends appends at the offset it computed; the core
+        // handles both (backing files of writers are O_RDWR, O_APPEND is not passed down).
+        if self.writeback_cache {
+            if let Err(missing) = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE) {
                 log::info!("kernel lacks FUSE capability {missing:?}; continuing without it");
             }
         }

@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
+use std::os::unix::io::IntoRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -89,14 +90,14 @@ fn write_version(m_path: &Path, h: &Hot, f: usize, v: u64) -> std::io::Result<()
                 file.write_all_at(chunk, off)?;
                 off += chunk.len() as u64;
             }
-            Ok(())
+            close(file)
         }
         Mode::Trunc => {
             let mut file = OpenOptions::new().write(true).truncate(true).open(&p)?;
             for chunk in data.chunks(5000) {
                 file.write_all(chunk)?;
             }
-            Ok(())
+            close(file)
         }
         Mode::Atomic => {
             let tmp = m_path.join(format!("{}.tmp", h.name));
@@ -111,6 +112,18 @@ fn write_version(m_path: &Path, h: &Hot, f: usize, v: u64) -> std::io::Result<()
             fs::rename(&tmp, &p)
         }
     }
+}
+
+/// Closes `file`, reporting the error `Drop` would swallow. With the kernel's writeback cache a
+/// write is buffered by the kernel and reaches the daemon at close (or fsync) at the latest, so
+/// a version counts as written only once close succeeded (as on NFS).
+fn close(file: fs::File) -> std::io::Result<()> {
+    let fd = file.into_raw_fd();
+    // SAFETY: `fd` was just released by `file`, so it is open and closed exactly once here.
+    if unsafe { libc::close(fd) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Classifies what a hot file reads as after the crash, or panics if it is not allowed.

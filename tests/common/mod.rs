@@ -238,6 +238,9 @@ pub struct Options {
     /// Put BACKING on its own tmpfs of this many bytes (to run out of space). Needs root;
     /// the test is skipped otherwise.
     pub backing_fs_size: Option<u64>,
+    /// Let the kernel buffer writes (the daemon's default); false mounts with
+    /// `--no-writeback-cache`, where every write reaches the daemon before it returns.
+    pub writeback: bool,
 }
 
 impl Default for Options {
@@ -246,6 +249,7 @@ impl Default for Options {
             verbose: 1,
             allow_other: false,
             backing_fs_size: None,
+            writeback: true,
         }
     }
 }
@@ -393,6 +397,9 @@ impl Mounted {
         }
         if self.opts.allow_other {
             cmd.arg("--allow-other");
+        }
+        if !self.opts.writeback {
+            cmd.arg("--no-writeback-cache");
         }
         cmd.env_remove("RUST_LOG")
             .stdin(Stdio::null())
