@@ -24,11 +24,11 @@ use std::hint::black_box;
 
 use aes_gcm_siv::aead::AeadInOut;
 use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
-use envelopefs::format::block::{BlockCipher, BLOCK_OVERHEAD, NONCE_LEN};
+use envelopefs::format::block::{BLOCK_OVERHEAD, BlockCipher, NONCE_LEN};
 use envelopefs::format::context::EncryptionContext;
-use envelopefs::format::header::{verify_mac, FileHeader, KeySlot};
+use envelopefs::format::header::{FileHeader, KeySlot, verify_mac};
 use envelopefs::keys::local::LocalKms;
 use envelopefs::keys::{Caller, KeyService};
 
@@ -54,18 +54,25 @@ fn report_cpu_features() {
         eprintln!(
             "cpu (std detection): {} {} {} {} {} {} {}; XCR0={xcr0:#x} (zmm state {})",
             f("aes", std::arch::is_x86_feature_detected!("aes")),
-            f("pclmulqdq", std::arch::is_x86_feature_detected!("pclmulqdq")),
+            f(
+                "pclmulqdq",
+                std::arch::is_x86_feature_detected!("pclmulqdq")
+            ),
             f("avx", std::arch::is_x86_feature_detected!("avx")),
             f("avx2", std::arch::is_x86_feature_detected!("avx2")),
             f("vaes", std::arch::is_x86_feature_detected!("vaes")),
-            f("vpclmulqdq", std::arch::is_x86_feature_detected!("vpclmulqdq")),
+            f(
+                "vpclmulqdq",
+                std::arch::is_x86_feature_detected!("vpclmulqdq")
+            ),
             f("avx512f", std::arch::is_x86_feature_detected!("avx512f")),
             if zmm_state { "enabled" } else { "not enabled" },
         );
         // cpufeatures answers `true` without asking the CPU when the feature is enabled at
         // compile time (e.g. RUSTFLAGS="-C target-cpu=native"), so VAES is then used even
         // without the zmm state its run-time check insists on.
-        let vaes256 = cfg!(target_feature = "vaes") || (std::arch::is_x86_feature_detected!("vaes") && zmm_state);
+        let vaes256 = cfg!(target_feature = "vaes")
+            || (std::arch::is_x86_feature_detected!("vaes") && zmm_state);
         let vaes512 = (cfg!(all(target_feature = "vaes", target_feature = "avx512f")))
             || (vaes256 && zmm_state && std::arch::is_x86_feature_detected!("avx512f"));
         eprintln!(
@@ -87,7 +94,9 @@ fn report_cpu_features() {
                 "soft (fixslice)"
             },
             aes::hardware_accelerated(),
-            if std::arch::is_x86_feature_detected!("avx") && std::arch::is_x86_feature_detected!("pclmulqdq") {
+            if std::arch::is_x86_feature_detected!("avx")
+                && std::arch::is_x86_feature_detected!("pclmulqdq")
+            {
                 "intrinsics (AVX + PCLMULQDQ, 128-bit)"
             } else {
                 "soft"
@@ -128,32 +137,71 @@ fn block(c: &mut Criterion) {
         let pt = Placed::new(size, 0, 0x5a);
         let mut sealed = Placed::new(size + BLOCK_OVERHEAD, 64, 0);
         cipher.seal(3, false, [1u8; NONCE_LEN], pt.get(), sealed.get_mut());
-        let sealed_ro = Placed { buf: sealed.buf.clone(), start: sealed.start, len: sealed.len };
+        let sealed_ro = Placed {
+            buf: sealed.buf.clone(),
+            start: sealed.start,
+            len: sealed.len,
+        };
         let mut out = Placed::new(size, 0, 0);
         g.throughput(Throughput::Bytes(size as u64));
         g.bench_with_input(BenchmarkId::new("seal", label(size)), &size, |b, _| {
-            b.iter(|| cipher.seal(black_box(3), false, [1u8; NONCE_LEN], black_box(pt.get()), sealed.get_mut()))
-        });
-        g.bench_with_input(BenchmarkId::new("open", label(size)), &size, |b, _| {
-            b.iter(|| cipher.open(black_box(3), false, black_box(sealed_ro.get()), out.get_mut()).unwrap())
-        });
-        // The seal path as the daemon runs it: a fresh random nonce per block (getrandom).
-        g.bench_with_input(BenchmarkId::new("seal+getrandom_nonce", label(size)), &size, |b, _| {
             b.iter(|| {
-                let mut nonce = [0u8; NONCE_LEN];
-                getrandom::fill(&mut nonce).unwrap();
-                cipher.seal(3, false, nonce, black_box(pt.get()), sealed.get_mut())
+                cipher.seal(
+                    black_box(3),
+                    false,
+                    [1u8; NONCE_LEN],
+                    black_box(pt.get()),
+                    sealed.get_mut(),
+                )
             })
         });
+        g.bench_with_input(BenchmarkId::new("open", label(size)), &size, |b, _| {
+            b.iter(|| {
+                cipher
+                    .open(
+                        black_box(3),
+                        false,
+                        black_box(sealed_ro.get()),
+                        out.get_mut(),
+                    )
+                    .unwrap()
+            })
+        });
+        // The seal path as the daemon runs it: a fresh random nonce per block (getrandom).
+        g.bench_with_input(
+            BenchmarkId::new("seal+getrandom_nonce", label(size)),
+            &size,
+            |b, _| {
+                b.iter(|| {
+                    let mut nonce = [0u8; NONCE_LEN];
+                    getrandom::fill(&mut nonce).unwrap();
+                    cipher.seal(3, false, nonce, black_box(pt.get()), sealed.get_mut())
+                })
+            },
+        );
         // Same seal with plaintext and output at the same page offset: the internal copy then
         // runs at (dst - src) mod 4096 = 12, glibc's slow `rep movsb` case on this CPU.
         let mut sealed_aliased = Placed::new(size + BLOCK_OVERHEAD, 0, 0);
-        g.bench_with_input(BenchmarkId::new("seal_page_aliased", label(size)), &size, |b, _| {
-            b.iter(|| cipher.seal(black_box(3), false, [1u8; NONCE_LEN], black_box(pt.get()), sealed_aliased.get_mut()))
-        });
+        g.bench_with_input(
+            BenchmarkId::new("seal_page_aliased", label(size)),
+            &size,
+            |b, _| {
+                b.iter(|| {
+                    cipher.seal(
+                        black_box(3),
+                        false,
+                        [1u8; NONCE_LEN],
+                        black_box(pt.get()),
+                        sealed_aliased.get_mut(),
+                    )
+                })
+            },
+        );
     }
     g.throughput(Throughput::Elements(1));
-    g.bench_function("BlockCipher::new", |b| b.iter(|| BlockCipher::new(black_box(&[7u8; 32]), [9u8; 16])));
+    g.bench_function("BlockCipher::new", |b| {
+        b.iter(|| BlockCipher::new(black_box(&[7u8; 32]), [9u8; 16]))
+    });
     g.finish();
 }
 
@@ -186,26 +234,42 @@ fn ceiling(c: &mut Criterion) {
     for size in SIZES {
         let mut buf = vec![0x5au8; size];
         g.throughput(Throughput::Bytes(size as u64));
-        g.bench_with_input(BenchmarkId::new("aes256gcmsiv_encrypt", label(size)), &size, |b, _| {
-            b.iter(|| aead.encrypt_inout_detached(&nonce, &ad, buf.as_mut_slice().into()).unwrap())
-        });
+        g.bench_with_input(
+            BenchmarkId::new("aes256gcmsiv_encrypt", label(size)),
+            &size,
+            |b, _| {
+                b.iter(|| {
+                    aead.encrypt_inout_detached(&nonce, &ad, buf.as_mut_slice().into())
+                        .unwrap()
+                })
+            },
+        );
         let mut ct = Placed::new(size, 0, 0x5a);
-        let tag: Tag = aead.encrypt_inout_detached(&nonce, &ad, ct.get_mut().into()).unwrap();
+        let tag: Tag = aead
+            .encrypt_inout_detached(&nonce, &ad, ct.get_mut().into())
+            .unwrap();
         let mut work = Placed::new(size, 64, 0);
         // Includes restoring the ciphertext (a benignly placed memcpy, see `memcpy`).
-        g.bench_with_input(BenchmarkId::new("aes256gcmsiv_decrypt", label(size)), &size, |b, _| {
-            b.iter(|| {
-                work.get_mut().copy_from_slice(ct.get());
-                aead.decrypt_inout_detached(&nonce, &ad, work.get_mut().into(), &tag).unwrap()
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("aes256gcmsiv_decrypt", label(size)),
+            &size,
+            |b, _| {
+                b.iter(|| {
+                    work.get_mut().copy_from_slice(ct.get());
+                    aead.decrypt_inout_detached(&nonce, &ad, work.get_mut().into(), &tag)
+                        .unwrap()
+                })
+            },
+        );
         // The two halves of GCM-SIV (and of GCM): AES-256 over every 16-byte block (CTR mode's
         // cost without the counter/XOR) and the POLYVAL universal hash.
         let aes = aes::Aes256::new(&[3u8; 32].into());
         let mut blocks = vec![aes::Block::default(); size / 16];
-        g.bench_with_input(BenchmarkId::new("aes256_blocks", label(size)), &size, |b, _| {
-            b.iter(|| aes.encrypt_blocks(black_box(&mut blocks)))
-        });
+        g.bench_with_input(
+            BenchmarkId::new("aes256_blocks", label(size)),
+            &size,
+            |b, _| b.iter(|| aes.encrypt_blocks(black_box(&mut blocks))),
+        );
         let data = vec![0x5au8; size];
         g.bench_with_input(BenchmarkId::new("polyval", label(size)), &size, |b, _| {
             b.iter(|| {
@@ -221,54 +285,107 @@ fn ceiling(c: &mut Criterion) {
 fn sample_header(kms: &LocalKms, caller: &Caller) -> (FileHeader, [u8; 32], EncryptionContext) {
     let file_id = [9u8; 16];
     let ctx = EncryptionContext::for_file("bench-volume", &file_id);
-    let (dek, wrapped) = kms.generate_data_key("alias/default", &ctx, caller).unwrap();
+    let (dek, wrapped) = kms
+        .generate_data_key("alias/default", &ctx, caller)
+        .unwrap();
     let header = FileHeader {
         block_size: 4096,
         file_id,
         seq: 1,
-        slots: vec![KeySlot::Cmk { key_id: wrapped.key_id.0, version: wrapped.version, blob: wrapped.blob }],
+        slots: vec![KeySlot::Cmk {
+            key_id: wrapped.key_id.0,
+            version: wrapped.version,
+            blob: wrapped.blob,
+        }],
     };
     (header, *dek.expose_secret(), ctx)
 }
 
 fn header(c: &mut Criterion) {
     let kms = LocalKms::in_memory_for_tests();
-    let caller = Caller { uid: 0, gid: 0, pid: 1 };
+    let caller = Caller {
+        uid: 0,
+        gid: 0,
+        pid: 1,
+    };
     let (hdr, dek, _) = sample_header(&kms, &caller);
     let bytes = hdr.encode(&dek).unwrap();
     let mut g = c.benchmark_group("header");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("encode", |b| b.iter(|| black_box(&hdr).encode(black_box(&dek)).unwrap()));
-    g.bench_function("decode", |b| b.iter(|| FileHeader::decode(black_box(&bytes)).unwrap()));
-    g.bench_function("verify_mac", |b| b.iter(|| verify_mac(black_box(&bytes), black_box(&dek)).unwrap()));
+    g.bench_function("encode", |b| {
+        b.iter(|| black_box(&hdr).encode(black_box(&dek)).unwrap())
+    });
+    g.bench_function("decode", |b| {
+        b.iter(|| FileHeader::decode(black_box(&bytes)).unwrap())
+    });
+    g.bench_function("verify_mac", |b| {
+        b.iter(|| verify_mac(black_box(&bytes), black_box(&dek)).unwrap())
+    });
     g.finish();
 }
 
 fn kms(c: &mut Criterion) {
     let kms = LocalKms::in_memory_for_tests();
-    let caller = Caller { uid: 0, gid: 0, pid: 1 };
+    let caller = Caller {
+        uid: 0,
+        gid: 0,
+        pid: 1,
+    };
     let (hdr, dek, ctx) = sample_header(&kms, &caller);
     let bytes = hdr.encode(&dek).unwrap();
-    let KeySlot::Cmk { key_id, version, blob } = hdr.slots[0].clone() else { unreachable!() };
-    let wrapped = envelopefs::keys::WrappedKey { key_id: envelopefs::keys::KeyId(key_id), version, blob };
+    let KeySlot::Cmk {
+        key_id,
+        version,
+        blob,
+    } = hdr.slots[0].clone()
+    else {
+        unreachable!()
+    };
+    let wrapped = envelopefs::keys::WrappedKey {
+        key_id: envelopefs::keys::KeyId(key_id),
+        version,
+        blob,
+    };
     let mut g = c.benchmark_group("kms");
     g.throughput(Throughput::Elements(1));
     g.bench_function("generate_data_key", |b| {
-        b.iter(|| kms.generate_data_key("alias/default", black_box(&ctx), &caller).unwrap())
-    });
-    g.bench_function("decrypt", |b| b.iter(|| kms.decrypt(black_box(&wrapped), black_box(&ctx), &caller).unwrap()));
-    // Everything a cold open of an existing file costs in CPU (no I/O): parse the header copy,
-    // unwrap the DEK, check the MAC with it, build the block cipher.
-    g.bench_function("open_path(decode+decrypt+verify_mac+BlockCipher::new)", |b| {
         b.iter(|| {
-            let h = FileHeader::decode(black_box(&bytes)).unwrap();
-            let KeySlot::Cmk { key_id, version, blob } = &h.slots[0] else { unreachable!() };
-            let w = envelopefs::keys::WrappedKey { key_id: envelopefs::keys::KeyId(*key_id), version: *version, blob: blob.clone() };
-            let dek = kms.decrypt(&w, &ctx, &caller).unwrap();
-            verify_mac(&bytes, dek.expose_secret()).unwrap();
-            BlockCipher::new(dek.expose_secret(), h.file_id)
+            kms.generate_data_key("alias/default", black_box(&ctx), &caller)
+                .unwrap()
         })
     });
+    g.bench_function("decrypt", |b| {
+        b.iter(|| {
+            kms.decrypt(black_box(&wrapped), black_box(&ctx), &caller)
+                .unwrap()
+        })
+    });
+    // Everything a cold open of an existing file costs in CPU (no I/O): parse the header copy,
+    // unwrap the DEK, check the MAC with it, build the block cipher.
+    g.bench_function(
+        "open_path(decode+decrypt+verify_mac+BlockCipher::new)",
+        |b| {
+            b.iter(|| {
+                let h = FileHeader::decode(black_box(&bytes)).unwrap();
+                let KeySlot::Cmk {
+                    key_id,
+                    version,
+                    blob,
+                } = &h.slots[0]
+                else {
+                    unreachable!()
+                };
+                let w = envelopefs::keys::WrappedKey {
+                    key_id: envelopefs::keys::KeyId(*key_id),
+                    version: *version,
+                    blob: blob.clone(),
+                };
+                let dek = kms.decrypt(&w, &ctx, &caller).unwrap();
+                verify_mac(&bytes, dek.expose_secret()).unwrap();
+                BlockCipher::new(dek.expose_secret(), h.file_id)
+            })
+        },
+    );
     g.finish();
 }
 

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use envelopefs::fs::EncFs;
+use envelopefs::keys::Caller;
 use envelopefs::keys::audit::AuditLog;
 use envelopefs::keys::local::LocalKms;
-use envelopefs::keys::Caller;
 use envelopefs::store::volume;
 
 const FILES: usize = 1000;
@@ -24,12 +24,22 @@ fn setup(audit: bool) -> (tempfile::TempDir, EncFs, Vec<u64>) {
         kms = kms.with_audit_log(AuditLog::open(&tmp.path().join("audit"), [7u8; 32], 0).unwrap());
     }
     let kms = Arc::new(kms);
-    volume::create(&root, kms.as_ref(), "alias/default", 4096, "keystore.json".into(), 0).unwrap();
+    volume::create(
+        &root,
+        kms.as_ref(),
+        "alias/default",
+        4096,
+        "keystore.json".into(),
+        0,
+    )
+    .unwrap();
     let c = Caller::current();
     let fs = EncFs::new(volume::open(&root).unwrap(), kms, &c).unwrap();
     let mut inos = Vec::new();
     for i in 0..FILES {
-        let (attr, fh) = fs.create(1, OsStr::new(&format!("f{i}")), 0o644, libc::O_RDWR, &c).unwrap();
+        let (attr, fh) = fs
+            .create(1, OsStr::new(&format!("f{i}")), 0o644, libc::O_RDWR, &c)
+            .unwrap();
         fs.write(fh, 0, b"some contents", &c).unwrap();
         fs.release(fh).unwrap();
         inos.push(attr.ino);

@@ -189,29 +189,50 @@ impl From<VolumeError> for CliError {
             VolumeError::Io { .. } => ExitCode::Failure,
             _ => ExitCode::BadVolume,
         };
-        CliError { code, message: e.to_string() }
+        CliError {
+            code,
+            message: e.to_string(),
+        }
     }
 }
 
 impl From<KeyError> for CliError {
     fn from(e: KeyError) -> Self {
-        let code = if matches!(e, KeyError::WrongPassphrase { .. }) { ExitCode::WrongPassphrase } else { ExitCode::Failure };
-        CliError { code, message: e.to_string() }
+        let code = if matches!(e, KeyError::WrongPassphrase { .. }) {
+            ExitCode::WrongPassphrase
+        } else {
+            ExitCode::Failure
+        };
+        CliError {
+            code,
+            message: e.to_string(),
+        }
     }
 }
 
 pub(crate) fn fail(code: ExitCode, message: impl Into<String>) -> CliError {
-    CliError { code, message: message.into() }
+    CliError {
+        code,
+        message: message.into(),
+    }
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Reads the unlock secret: key file, pass file, environment, or the terminal.
 pub fn read_unlock(args: &SecretArgs, confirm: bool) -> Result<Unlock, CliError> {
     if let Some(p) = &args.keyfile {
-        let bytes = Zeroizing::new(std::fs::read(p).map_err(|e| fail(ExitCode::Failure, format!("cannot read key file {}: {e}", p.display())))?);
+        let bytes = Zeroizing::new(std::fs::read(p).map_err(|e| {
+            fail(
+                ExitCode::Failure,
+                format!("cannot read key file {}: {e}", p.display()),
+            )
+        })?);
         let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
             fail(ExitCode::Failure, format!("key file {} must hold exactly 32 bytes (make one with `head -c 32 /dev/urandom > FILE`)", p.display()))
         })?;
@@ -219,8 +240,18 @@ pub fn read_unlock(args: &SecretArgs, confirm: bool) -> Result<Unlock, CliError>
     }
     let mut pass = if let Some(p) = &args.passfile {
         let mut s = Zeroizing::new(Vec::new());
-        let mut f = std::fs::File::open(p).map_err(|e| fail(ExitCode::Failure, format!("cannot read pass file {}: {e}", p.display())))?;
-        f.read_to_end(&mut s).map_err(|e| fail(ExitCode::Failure, format!("cannot read pass file {}: {e}", p.display())))?;
+        let mut f = std::fs::File::open(p).map_err(|e| {
+            fail(
+                ExitCode::Failure,
+                format!("cannot read pass file {}: {e}", p.display()),
+            )
+        })?;
+        f.read_to_end(&mut s).map_err(|e| {
+            fail(
+                ExitCode::Failure,
+                format!("cannot read pass file {}: {e}", p.display()),
+            )
+        })?;
         if let Some(i) = s.iter().position(|&b| b == b'\n') {
             s.truncate(i);
         }
@@ -233,9 +264,16 @@ pub fn read_unlock(args: &SecretArgs, confirm: bool) -> Result<Unlock, CliError>
         })?;
         let p = Zeroizing::new(p.into_bytes());
         if confirm {
-            let again = Zeroizing::new(rpassword::prompt_password("Repeat passphrase: ").unwrap_or_default().into_bytes());
+            let again = Zeroizing::new(
+                rpassword::prompt_password("Repeat passphrase: ")
+                    .unwrap_or_default()
+                    .into_bytes(),
+            );
             if *again != *p {
-                return Err(fail(ExitCode::Failure, "the passphrases differ; nothing was created"));
+                return Err(fail(
+                    ExitCode::Failure,
+                    "the passphrases differ; nothing was created",
+                ));
             }
         }
         p
@@ -244,7 +282,10 @@ pub fn read_unlock(args: &SecretArgs, confirm: bool) -> Result<Unlock, CliError>
         pass.pop();
     }
     if pass.is_empty() {
-        return Err(fail(ExitCode::Failure, "the passphrase is empty; pick a non-empty one"));
+        return Err(fail(
+            ExitCode::Failure,
+            "the passphrase is empty; pick a non-empty one",
+        ));
     }
     Ok(Unlock::Passphrase(pass))
 }
@@ -252,8 +293,24 @@ pub fn read_unlock(args: &SecretArgs, confirm: bool) -> Result<Unlock, CliError>
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Init { backing, block_size, keystore, secret } => init(&backing, block_size, keystore, &secret),
-        Command::Mount { backing, mountpoint, background, allow_other, read_only, threads, no_kernel_cache, no_writeback_cache, log_file, secret } => {
+        Command::Init {
+            backing,
+            block_size,
+            keystore,
+            secret,
+        } => init(&backing, block_size, keystore, &secret),
+        Command::Mount {
+            backing,
+            mountpoint,
+            background,
+            allow_other,
+            read_only,
+            threads,
+            no_kernel_cache,
+            no_writeback_cache,
+            log_file,
+            secret,
+        } => {
             let opts = MountOptions {
                 allow_other,
                 threads,
@@ -264,7 +321,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 ..MountOptions::default()
             };
             if background {
-                crate::cli_daemon::spawn_background(&backing, &mountpoint, &secret, &opts, log_file, cli.verbose)
+                crate::cli_daemon::spawn_background(
+                    &backing,
+                    &mountpoint,
+                    &secret,
+                    &opts,
+                    log_file,
+                    cli.verbose,
+                )
             } else {
                 if let Some(log) = &log_file {
                     crate::cli_daemon::redirect_stderr(log)?;
@@ -272,12 +336,27 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 mount(&backing, &mountpoint, &secret, &opts)
             }
         }
-        Command::Rewrap { backing, to_key, min_version, dry_run, json, secret } => {
-            let opts = crate::store::rewrap::RewrapOptions { to_key, min_version, dry_run };
+        Command::Rewrap {
+            backing,
+            to_key,
+            min_version,
+            dry_run,
+            json,
+            secret,
+        } => {
+            let opts = crate::store::rewrap::RewrapOptions {
+                to_key,
+                min_version,
+                dry_run,
+            };
             crate::cli_rewrap::run(&backing, &opts, &secret, json)
         }
-        Command::Unmount { mountpoint } => crate::fuse::unmount(&mountpoint)
-            .map_err(|e| fail(ExitCode::Failure, format!("cannot unmount {}: {e}", mountpoint.display()))),
+        Command::Unmount { mountpoint } => crate::fuse::unmount(&mountpoint).map_err(|e| {
+            fail(
+                ExitCode::Failure,
+                format!("cannot unmount {}: {e}", mountpoint.display()),
+            )
+        }),
         Command::Info { backing } => info(&backing),
         Command::Key(args) => crate::cli_keys::run_key(args),
         Command::Audit(args) => crate::cli_keys::run_audit(args),
@@ -285,23 +364,49 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-fn init(backing: &Path, block_size: u32, keystore: Option<PathBuf>, secret: &SecretArgs) -> Result<(), CliError> {
-    crate::format::header::check_block_size(block_size).map_err(|e| fail(ExitCode::Usage, e.to_string()))?;
+fn init(
+    backing: &Path,
+    block_size: u32,
+    keystore: Option<PathBuf>,
+    secret: &SecretArgs,
+) -> Result<(), CliError> {
+    crate::format::header::check_block_size(block_size)
+        .map_err(|e| fail(ExitCode::Usage, e.to_string()))?;
     vol::prepare(backing)?;
-    let ks_rel = keystore.map(|p| std::path::absolute(p).unwrap_or_default().display().to_string()).unwrap_or_else(|| vol::KEYSTORE_NAME.to_owned());
-    let ks_path = if Path::new(&ks_rel).is_absolute() { PathBuf::from(&ks_rel) } else { backing.join(&ks_rel) };
+    let ks_rel = keystore
+        .map(|p| {
+            std::path::absolute(p)
+                .unwrap_or_default()
+                .display()
+                .to_string()
+        })
+        .unwrap_or_else(|| vol::KEYSTORE_NAME.to_owned());
+    let ks_path = if Path::new(&ks_rel).is_absolute() {
+        PathBuf::from(&ks_rel)
+    } else {
+        backing.join(&ks_rel)
+    };
     let unlock = read_unlock(secret, true)?;
     if matches!(unlock, Unlock::Passphrase(_)) {
         eprintln!("Deriving the keystore key from the passphrase with Argon2id (64 MiB)...");
     }
     let kms = LocalKms::create(&ks_path, &unlock)?;
-    let cfg = vol::create(backing, &kms, "alias/default", block_size, ks_rel, now()).map_err(|e| match e {
-        vol::VolumeCreateError::Volume(v) => CliError::from(v),
-        vol::VolumeCreateError::Key(k) => CliError::from(k),
-    })?;
-    println!("Created envelopefs volume {} (volume id {}).", backing.display(), cfg.volume_id);
+    let cfg = vol::create(backing, &kms, "alias/default", block_size, ks_rel, now()).map_err(
+        |e| match e {
+            vol::VolumeCreateError::Volume(v) => CliError::from(v),
+            vol::VolumeCreateError::Key(k) => CliError::from(k),
+        },
+    )?;
+    println!(
+        "Created envelopefs volume {} (volume id {}).",
+        backing.display(),
+        cfg.volume_id
+    );
     println!("  keystore: {}", ks_path.display());
-    println!("Next: mkdir -p MNT && envelopefs mount {} MNT", backing.display());
+    println!(
+        "Next: mkdir -p MNT && envelopefs mount {} MNT",
+        backing.display()
+    );
     Ok(())
 }
 
@@ -311,7 +416,12 @@ fn open_kms(volume: &vol::Volume, secret: &SecretArgs) -> Result<LocalKms, CliEr
 }
 
 /// Mounts in the foreground until unmounted or signalled.
-pub fn mount(backing: &Path, mountpoint: &Path, secret: &SecretArgs, opts: &MountOptions) -> Result<(), CliError> {
+pub fn mount(
+    backing: &Path,
+    mountpoint: &Path,
+    secret: &SecretArgs,
+    opts: &MountOptions,
+) -> Result<(), CliError> {
     let volume = vol::open(backing)?;
     let _lock = vol::lock(backing)?;
     match crate::store::sys::raise_fd_limit() {
@@ -324,20 +434,35 @@ pub fn mount(backing: &Path, mountpoint: &Path, secret: &SecretArgs, opts: &Moun
     }
 
     if !mountpoint.is_dir() {
-        return Err(fail(ExitCode::MountFailed, format!("mountpoint {} is not a directory; create it with mkdir -p", mountpoint.display())));
+        return Err(fail(
+            ExitCode::MountFailed,
+            format!(
+                "mountpoint {} is not a directory; create it with mkdir -p",
+                mountpoint.display()
+            ),
+        ));
     }
     let kms = Arc::new(open_kms(&volume, secret)?);
     for done in kms.maintain(now()) {
         log::info!("key maintenance: {done}");
     }
-    let fs = EncFs::new(volume, kms.clone(), &Caller::current()).map_err(|e| fail(ExitCode::Failure, format!("cannot open the volume: {e}")))?;
+    let fs = EncFs::new(volume, kms.clone(), &Caller::current())
+        .map_err(|e| fail(ExitCode::Failure, format!("cannot open the volume: {e}")))?;
     spawn_maintenance(kms.clone());
     // SAFETY: umask only changes this process's file-creation mask: modes arrive from the
     // kernel with the caller's umask already applied and must reach the backing store as is.
     unsafe { libc::umask(0) };
     let adapter = Adapter::new(Arc::new(fs), opts);
     let mut session = fuser::Session::new(adapter, mountpoint, &crate::fuse::fuser_config(opts))
-        .map_err(|e| fail(ExitCode::MountFailed, format!("cannot mount at {}: {e} (is fuse3 installed and /dev/fuse usable?)", mountpoint.display())))?;
+        .map_err(|e| {
+            fail(
+                ExitCode::MountFailed,
+                format!(
+                    "cannot mount at {}: {e} (is fuse3 installed and /dev/fuse usable?)",
+                    mountpoint.display()
+                ),
+            )
+        })?;
     let mut unmounter = session.unmount_callable();
     let mnt = mountpoint.to_owned();
     ctrlc::set_handler(move || {
@@ -345,21 +470,39 @@ pub fn mount(backing: &Path, mountpoint: &Path, secret: &SecretArgs, opts: &Moun
         // fuser's own unmount first (so the session does not try again on exit); a busy
         // mount falls back to a lazy unmount, which completes when the last user goes.
         if let Err(e) = unmounter.unmount() {
-            log::debug!("plain unmount of {} failed ({e}); unmounting lazily", mnt.display());
+            log::debug!(
+                "plain unmount of {} failed ({e}); unmounting lazily",
+                mnt.display()
+            );
             if let Err(e) = crate::fuse::unmount(&mnt) {
                 log::error!("unmount of {} failed: {e}", mnt.display());
             }
         }
     })
-    .map_err(|e| fail(ExitCode::Failure, format!("cannot install the signal handler: {e}")))?;
+    .map_err(|e| {
+        fail(
+            ExitCode::Failure,
+            format!("cannot install the signal handler: {e}"),
+        )
+    })?;
     log::info!("mounted {} at {}", backing.display(), mountpoint.display());
-    eprintln!("Mounted {} at {}. Press Ctrl-C or run `envelopefs unmount {}` to stop.", backing.display(), mountpoint.display(), mountpoint.display());
+    eprintln!(
+        "Mounted {} at {}. Press Ctrl-C or run `envelopefs unmount {}` to stop.",
+        backing.display(),
+        mountpoint.display(),
+        mountpoint.display()
+    );
     let _ = std::io::stderr().flush();
     let result = session.run();
     if let Err(e) = kms.sync_audit() {
         log::error!("cannot flush the audit trail: {e}");
     }
-    result.map_err(|e| fail(ExitCode::Failure, format!("the FUSE session ended with an error: {e}")))?;
+    result.map_err(|e| {
+        fail(
+            ExitCode::Failure,
+            format!("the FUSE session ended with an error: {e}"),
+        )
+    })?;
     log::info!("unmounted {}", mountpoint.display());
     Ok(())
 }
@@ -370,17 +513,19 @@ pub const MAINTENANCE_PERIOD: Duration = Duration::from_secs(60);
 
 /// Runs key maintenance every [`MAINTENANCE_PERIOD`] for the life of the daemon.
 fn spawn_maintenance(kms: Arc<LocalKms>) {
-    let spawned = std::thread::Builder::new().name("key-maintenance".into()).spawn(move || {
-        loop {
-            std::thread::sleep(MAINTENANCE_PERIOD);
-            for done in kms.maintain(now()) {
-                log::info!("key maintenance: {done}");
+    let spawned = std::thread::Builder::new()
+        .name("key-maintenance".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(MAINTENANCE_PERIOD);
+                for done in kms.maintain(now()) {
+                    log::info!("key maintenance: {done}");
+                }
+                if let Err(e) = kms.sync_audit() {
+                    log::warn!("cannot flush the audit trail: {e}");
+                }
             }
-            if let Err(e) = kms.sync_audit() {
-                log::warn!("cannot flush the audit trail: {e}");
-            }
-        }
-    });
+        });
     if let Err(e) = spawned {
         log::warn!("cannot start the key-maintenance thread ({e}); rotation runs only at mount");
     }
@@ -393,7 +538,10 @@ fn info(backing: &Path) -> Result<(), CliError> {
     println!("format:      {} v{}", cfg.format, cfg.version);
     println!("block size:  {} bytes", cfg.block_size);
     println!("default key: {}", cfg.default_key);
-    println!("keystore:    {}", vol::keystore_path(backing, &cfg).display());
+    println!(
+        "keystore:    {}",
+        vol::keystore_path(backing, &cfg).display()
+    );
     println!("features:    {}", cfg.features.join(", "));
     println!("created:     {} (Unix seconds)", cfg.created);
     Ok(())

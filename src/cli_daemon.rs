@@ -8,16 +8,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use crate::cli::{fail, read_unlock, CliError, ExitCode, SecretArgs, BACKGROUND_TIMEOUT};
+use crate::cli::{BACKGROUND_TIMEOUT, CliError, ExitCode, SecretArgs, fail, read_unlock};
 use crate::fuse::MountOptions;
 use crate::keys::secret::Unlock;
 
 /// True when `mountpoint` appears in /proc/self/mountinfo.
 pub fn is_mounted(mountpoint: &Path) -> bool {
-    let Ok(canon) = std::fs::canonicalize(mountpoint) else { return false };
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Ok(canon) = std::fs::canonicalize(mountpoint) else {
+        return false;
+    };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
     let want = canon.to_string_lossy().replace(' ', "\\040");
-    info.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+    info.lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
 }
 
 /// Redirects this process's stderr to `path` (appending), for a daemon's log.
@@ -26,10 +31,21 @@ pub fn redirect_stderr(path: &Path) -> Result<(), CliError> {
         .create(true)
         .append(true)
         .open(path)
-        .map_err(|e| fail(ExitCode::Failure, format!("cannot open log file {}: {e}", path.display())))?;
+        .map_err(|e| {
+            fail(
+                ExitCode::Failure,
+                format!("cannot open log file {}: {e}", path.display()),
+            )
+        })?;
     // SAFETY: dup2 onto fd 2 with a valid open fd; the old stderr is closed atomically.
     if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&f), 2) } < 0 {
-        return Err(fail(ExitCode::Failure, format!("cannot redirect stderr: {}", std::io::Error::last_os_error())));
+        return Err(fail(
+            ExitCode::Failure,
+            format!(
+                "cannot redirect stderr: {}",
+                std::io::Error::last_os_error()
+            ),
+        ));
     }
     Ok(())
 }
@@ -49,9 +65,18 @@ pub fn spawn_background(
         let uid = unsafe { libc::getuid() };
         std::env::temp_dir().join(format!("envelopefs-{uid}-{}.log", std::process::id()))
     });
-    let exe = std::env::current_exe().map_err(|e| fail(ExitCode::Failure, format!("cannot find my own executable: {e}")))?;
+    let exe = std::env::current_exe().map_err(|e| {
+        fail(
+            ExitCode::Failure,
+            format!("cannot find my own executable: {e}"),
+        )
+    })?;
     let mut cmd = Command::new(exe);
-    cmd.arg("mount").arg(backing).arg(mountpoint).arg("--log-file").arg(&log);
+    cmd.arg("mount")
+        .arg(backing)
+        .arg(mountpoint)
+        .arg("--log-file")
+        .arg(&log);
     cmd.arg("--threads").arg(opts.threads.to_string());
     if opts.allow_other {
         cmd.arg("--allow-other");
@@ -72,7 +97,10 @@ pub fn spawn_background(
         Unlock::Passphrase(_) => cmd.arg("--passfile").arg("/dev/stdin"),
         Unlock::KeyFile(_) => cmd.arg("--keyfile").arg("/dev/stdin"),
     };
-    cmd.env_remove(crate::cli::PASSPHRASE_ENV).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.env_remove(crate::cli::PASSPHRASE_ENV)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     // SAFETY: setsid is async-signal-safe and only detaches the child from our terminal.
     unsafe {
         cmd.pre_exec(|| {
@@ -80,19 +108,35 @@ pub fn spawn_background(
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| fail(ExitCode::MountFailed, format!("cannot start the daemon: {e}")))?;
+    let mut child = cmd.spawn().map_err(|e| {
+        fail(
+            ExitCode::MountFailed,
+            format!("cannot start the daemon: {e}"),
+        )
+    })?;
     {
         let mut stdin = child.stdin.take().expect("stdin piped");
         let secret: &[u8] = match &unlock {
             Unlock::Passphrase(p) => p.as_slice(),
             Unlock::KeyFile(k) => k.as_slice(),
         };
-        stdin.write_all(secret).map_err(|e| fail(ExitCode::MountFailed, format!("cannot hand the secret to the daemon: {e}")))?;
+        stdin.write_all(secret).map_err(|e| {
+            fail(
+                ExitCode::MountFailed,
+                format!("cannot hand the secret to the daemon: {e}"),
+            )
+        })?;
     }
     let start = Instant::now();
     loop {
         if is_mounted(mountpoint) {
-            println!("Mounted {} at {} (daemon pid {}, log {}).", backing.display(), mountpoint.display(), child.id(), log.display());
+            println!(
+                "Mounted {} at {} (daemon pid {}, log {}).",
+                backing.display(),
+                mountpoint.display(),
+                child.id(),
+                log.display()
+            );
             return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
@@ -103,10 +147,25 @@ pub fn spawn_background(
                 Some(6) => ExitCode::Busy,
                 _ => ExitCode::MountFailed,
             };
-            return Err(fail(code, format!("the daemon exited ({status}) before mounting; its log {}:\n{}", log.display(), text.trim_end())));
+            return Err(fail(
+                code,
+                format!(
+                    "the daemon exited ({status}) before mounting; its log {}:\n{}",
+                    log.display(),
+                    text.trim_end()
+                ),
+            ));
         }
         if start.elapsed() > BACKGROUND_TIMEOUT {
-            return Err(fail(ExitCode::MountFailed, format!("the daemon (pid {}) did not mount within {:?}; see {}", child.id(), BACKGROUND_TIMEOUT, log.display())));
+            return Err(fail(
+                ExitCode::MountFailed,
+                format!(
+                    "the daemon (pid {}) did not mount within {:?}; see {}",
+                    child.id(),
+                    BACKGROUND_TIMEOUT,
+                    log.display()
+                ),
+            ));
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cli::{fail, read_unlock, CliError, ExitCode, SecretArgs};
-use crate::keys::local::LocalKms;
+use crate::cli::{CliError, ExitCode, SecretArgs, fail, read_unlock};
 use crate::keys::Caller;
-use crate::store::rewrap::{rewrap_tree, RewrapOptions};
+use crate::keys::local::LocalKms;
+use crate::store::rewrap::{RewrapOptions, rewrap_tree};
 use crate::store::volume as vol;
 
 /// Re-wraps the volume key in envelopefs.json like a file's data key (same key choice and
@@ -23,14 +23,22 @@ fn rewrap_volume_key(
     let rec = &cfg.volume_key;
     let dest = opts.to_key.clone().unwrap_or_else(|| rec.key_id.clone());
     let meta = kms.describe_key(&dest)?;
-    let threshold = opts.min_version.unwrap_or(meta.current_version).min(meta.current_version);
+    let threshold = opts
+        .min_version
+        .unwrap_or(meta.current_version)
+        .min(meta.current_version);
     if meta.key_id == rec.key_id && rec.version >= threshold {
         return Ok(None);
     }
     if opts.dry_run {
         return Ok(Some((meta.key_id, meta.current_version)));
     }
-    let bad = || fail(ExitCode::BadVolume, "envelopefs.json: volume_key is malformed");
+    let bad = || {
+        fail(
+            ExitCode::BadVolume,
+            "envelopefs.json: volume_key is malformed",
+        )
+    };
     let wrapped = WrappedKey {
         key_id: rec.key_id.parse().map_err(|_| bad())?,
         version: rec.version,
@@ -45,13 +53,22 @@ fn rewrap_volume_key(
         blob: crate::format::context::hex(&new.blob),
     };
     let path = backing.join(vol::CONFIG_NAME);
-    crate::atomic::atomic_write(&path, &cfg.to_bytes(), 0o644)
-        .map_err(|e| fail(ExitCode::Failure, format!("cannot write {}: {e}", path.display())))?;
+    crate::atomic::atomic_write(&path, &cfg.to_bytes(), 0o644).map_err(|e| {
+        fail(
+            ExitCode::Failure,
+            format!("cannot write {}: {e}", path.display()),
+        )
+    })?;
     Ok(Some((cfg.volume_key.key_id, new.version)))
 }
 
 /// Runs a re-wrap of a whole volume (mounted or not).
-pub fn run(backing: &Path, opts: &RewrapOptions, secret: &SecretArgs, json: bool) -> Result<(), CliError> {
+pub fn run(
+    backing: &Path,
+    opts: &RewrapOptions,
+    secret: &SecretArgs,
+    json: bool,
+) -> Result<(), CliError> {
     let cfg = vol::read_config(backing)?;
     let unlock = read_unlock(secret, false)?;
     let kms = Arc::new(LocalKms::open(&vol::keystore_path(backing, &cfg), &unlock)?);
@@ -59,23 +76,49 @@ pub fn run(backing: &Path, opts: &RewrapOptions, secret: &SecretArgs, json: bool
         crate::keys::KeyService::describe_key(kms.as_ref(), k)?;
     }
     let data = backing.join(vol::DATA_DIR);
-    let bar = if json { ProgressBar::hidden() } else { ProgressBar::new(0) };
+    let bar = if json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
     bar.set_style(
-        ProgressStyle::with_template("{spinner} rewrap [{bar:40}] {pos}/{len} files {per_sec} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} rewrap [{bar:40}] {pos}/{len} files {per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
-    let summary = rewrap_tree(&data, kms.as_ref(), &cfg.volume_id, cfg.block_size, opts, &Caller::current(), |done, total| {
-        bar.set_length(total);
-        bar.set_position(done);
-    })
-    .map_err(|e| fail(ExitCode::Failure, format!("cannot walk {}: {e}", data.display())))?;
+    let summary = rewrap_tree(
+        &data,
+        kms.as_ref(),
+        &cfg.volume_id,
+        cfg.block_size,
+        opts,
+        &Caller::current(),
+        |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        },
+    )
+    .map_err(|e| {
+        fail(
+            ExitCode::Failure,
+            format!("cannot walk {}: {e}", data.display()),
+        )
+    })?;
     bar.finish_and_clear();
     let volume_key = rewrap_volume_key(backing, &cfg, kms.as_ref(), opts)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&summary).expect("summary serialises"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).expect("summary serialises")
+        );
     } else {
-        let verb = if opts.dry_run { "would re-wrap" } else { "re-wrapped" };
+        let verb = if opts.dry_run {
+            "would re-wrap"
+        } else {
+            "re-wrapped"
+        };
         println!(
             "{} files: {verb} {}, already current {}, empty (no header) {}, failed {}",
             summary.files,
@@ -95,6 +138,12 @@ pub fn run(backing: &Path, opts: &RewrapOptions, secret: &SecretArgs, json: bool
     if summary.failed.is_empty() {
         Ok(())
     } else {
-        Err(fail(ExitCode::Failure, format!("{} files could not be re-wrapped (listed above); fix the cause and run rewrap again: it resumes", summary.failed.len())))
+        Err(fail(
+            ExitCode::Failure,
+            format!(
+                "{} files could not be re-wrapped (listed above); fix the cause and run rewrap again: it resumes",
+                summary.failed.len()
+            ),
+        ))
     }
 }

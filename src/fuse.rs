@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, Errno, InitFlags, ReplyDirectoryPlus, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo,
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
     KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::fs::{Attr, EncFs, FsError, Kind, SetAttr};
@@ -153,7 +153,11 @@ impl Adapter {
     /// every change to a file's contents goes through this daemon (and so through the kernel's
     /// cache); FUSE_AUTO_INVAL_DATA drops them if the mtime changes anyway.
     fn open_flags(&self) -> FopenFlags {
-        if self.kernel_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() }
+        if self.kernel_cache {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        }
     }
 
     fn entry(&self, reply: ReplyEntry, op: &str, parent: u64, res: Result<Attr, FsError>) {
@@ -231,7 +235,10 @@ impl fuser::Filesystem for Adapter {
             mtime: mtime.map(set_time),
             fh: fh.map(|f| f.0),
         };
-        reply!(reply, "setattr", ino.0,
+        reply!(
+            reply,
+            "setattr",
+            ino.0,
             self.fs.setattr(ino.0, &set, &caller(req)),
             |a| reply.attr(&self.ttl, &file_attr(&a))
         )
@@ -252,7 +259,10 @@ impl fuser::Filesystem for Adapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.entry(reply, "mknod", parent.0,
+        self.entry(
+            reply,
+            "mknod",
+            parent.0,
             self.fs.mknod(parent.0, name, mode, rdev, &caller(req)),
         );
     }
@@ -266,19 +276,32 @@ impl fuser::Filesystem for Adapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        self.entry(reply, "mkdir", parent.0,
+        self.entry(
+            reply,
+            "mkdir",
+            parent.0,
             self.fs.mkdir(parent.0, name, mode, &caller(req)),
         );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply!(reply, "unlink", parent.0, self.fs.unlink(parent.0, name), |_v| reply
-            .ok())
+        reply!(
+            reply,
+            "unlink",
+            parent.0,
+            self.fs.unlink(parent.0, name),
+            |_v| reply.ok()
+        )
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply!(reply, "rmdir", parent.0, self.fs.rmdir(parent.0, name), |_v| reply
-            .ok())
+        reply!(
+            reply,
+            "rmdir",
+            parent.0,
+            self.fs.rmdir(parent.0, name),
+            |_v| reply.ok()
+        )
     }
 
     fn symlink(
@@ -289,7 +312,10 @@ impl fuser::Filesystem for Adapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        self.entry(reply, "symlink", parent.0,
+        self.entry(
+            reply,
+            "symlink",
+            parent.0,
             self.fs
                 .symlink(parent.0, link_name, target.as_os_str(), &caller(req)),
         );
@@ -305,7 +331,10 @@ impl fuser::Filesystem for Adapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply!(reply, "rename", parent.0,
+        reply!(
+            reply,
+            "rename",
+            parent.0,
             self.fs
                 .rename(parent.0, name, newparent.0, newname, flags.bits()),
             |_v| reply.ok()
@@ -320,11 +349,19 @@ impl fuser::Filesystem for Adapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.entry(reply, "link", ino.0, self.fs.link(ino.0, newparent.0, newname));
+        self.entry(
+            reply,
+            "link",
+            ino.0,
+            self.fs.link(ino.0, newparent.0, newname),
+        );
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        reply!(reply, "open", ino.0,
+        reply!(
+            reply,
+            "open",
+            ino.0,
             self.fs.open(ino.0, flags.0, &caller(req)),
             |fh| reply.opened(FileHandle(fh), self.open_flags())
         )
@@ -341,8 +378,13 @@ impl fuser::Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        reply!(reply, "read", _ino.0, self.fs.read(fh.0, offset, size), |d| reply
-            .data(&d))
+        reply!(
+            reply,
+            "read",
+            _ino.0,
+            self.fs.read(fh.0, offset, size),
+            |d| reply.data(&d)
+        )
     }
 
     fn write(
@@ -357,7 +399,10 @@ impl fuser::Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply!(reply, "write", _ino.0,
+        reply!(
+            reply,
+            "write",
+            _ino.0,
             self.fs.write(fh.0, offset, data, &caller(req)),
             |n| reply.written(n)
         )
@@ -384,7 +429,8 @@ impl fuser::Filesystem for Adapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        reply!(reply, "release", _ino.0, self.fs.release(fh.0), |_v| reply.ok())
+        reply!(reply, "release", _ino.0, self.fs.release(fh.0), |_v| reply
+            .ok())
     }
 
     fn fsync(
@@ -395,8 +441,13 @@ impl fuser::Filesystem for Adapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply!(reply, "fsync", _ino.0, self.fs.fsync(fh.0, datasync), |_v| reply
-            .ok())
+        reply!(
+            reply,
+            "fsync",
+            _ino.0,
+            self.fs.fsync(fh.0, datasync),
+            |_v| reply.ok()
+        )
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -438,7 +489,16 @@ impl fuser::Filesystem for Adapter {
                 let mut full = false;
                 for (next, e, attr) in entries {
                     let dot = e.name == "." || e.name == "..";
-                    if full || reply.add(INodeNo(e.ino), next, &e.name, &self.ttl, &file_attr(&attr), Generation(0)) {
+                    if full
+                        || reply.add(
+                            INodeNo(e.ino),
+                            next,
+                            &e.name,
+                            &self.ttl,
+                            &file_attr(&attr),
+                            Generation(0),
+                        )
+                    {
                         full = true;
                         if !dot {
                             // Not passed on, so the kernel will never forget it: undo the lookup.
@@ -472,7 +532,9 @@ impl fuser::Filesystem for Adapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply!(reply, "fsyncdir", ino.0, self.fs.fsyncdir(ino.0), |_v| reply.ok())
+        reply!(reply, "fsyncdir", ino.0, self.fs.fsyncdir(ino.0), |_v| {
+            reply.ok()
+        })
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -498,16 +560,23 @@ impl fuser::Filesystem for Adapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply!(reply, "setxattr", ino.0,
+        reply!(
+            reply,
+            "setxattr",
+            ino.0,
             self.fs.setxattr(ino.0, name, value, flags),
             |_v| reply.ok()
         )
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        reply!(reply, "getxattr", ino.0, self.fs.getxattr(ino.0, name), |v| {
-            xattr_reply(reply, &v, size)
-        })
+        reply!(
+            reply,
+            "getxattr",
+            ino.0,
+            self.fs.getxattr(ino.0, name),
+            |v| { xattr_reply(reply, &v, size) }
+        )
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
@@ -517,14 +586,18 @@ impl fuser::Filesystem for Adapter {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply!(reply, "removexattr", ino.0,
+        reply!(
+            reply,
+            "removexattr",
+            ino.0,
             self.fs.removexattr(ino.0, name),
             |_v| reply.ok()
         )
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        reply!(reply, "access", ino.0, self.fs.access(ino.0), |_v| reply.ok())
+        reply!(reply, "access", ino.0, self.fs.access(ino.0), |_v| reply
+            .ok())
     }
 
     fn create(
@@ -537,7 +610,10 @@ impl fuser::Filesystem for Adapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        reply!(reply, "create", parent.0,
+        reply!(
+            reply,
+            "create",
+            parent.0,
             self.fs.create(parent.0, name, mode, flags, &caller(req)),
             |v| reply.created(
                 &self.ttl,
@@ -559,7 +635,10 @@ impl fuser::Filesystem for Adapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply!(reply, "fallocate", _ino.0,
+        reply!(
+            reply,
+            "fallocate",
+            _ino.0,
             self.fs.fallocate(fh.0, offset, length, mode, &caller(req)),
             |_v| reply.ok()
         )

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use envelopefs::fs::EncFs;
+use envelopefs::keys::Caller;
 use envelopefs::keys::local::LocalKms;
 use envelopefs::keys::secret::Unlock;
-use envelopefs::keys::Caller;
 use envelopefs::store::volume;
 
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden");
@@ -40,9 +40,16 @@ fn fixture() -> (tempfile::TempDir, PathBuf) {
 }
 
 fn open(root: &Path) -> EncFs {
-    let key: [u8; 32] = std::fs::read(Path::new(GOLDEN).join("keyfile")).unwrap().try_into().unwrap();
+    let key: [u8; 32] = std::fs::read(Path::new(GOLDEN).join("keyfile"))
+        .unwrap()
+        .try_into()
+        .unwrap();
     let vol = volume::open(root).expect("the v1 volume config still parses");
-    let kms = LocalKms::open(&vol.keystore_path(), &Unlock::KeyFile(zeroize::Zeroizing::new(key))).expect("the v1 keystore still opens");
+    let kms = LocalKms::open(
+        &vol.keystore_path(),
+        &Unlock::KeyFile(zeroize::Zeroizing::new(key)),
+    )
+    .expect("the v1 keystore still opens");
     EncFs::new(vol, Arc::new(kms), &Caller::current()).expect("the v1 volume key still unwraps")
 }
 
@@ -78,7 +85,10 @@ fn manifest() -> Vec<(String, String)> {
 
 fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[test]
@@ -114,13 +124,19 @@ fn tampered_v1_copies_fail_with_eio() {
         tamper(&root.join("data/multi.bin"));
         let fs = open(&root);
         assert_eq!(read(&fs, "multi.bin"), Err(libc::EIO), "{what}");
-        assert!(read(&fs, "small.txt").is_ok(), "{what}: other files unaffected");
+        assert!(
+            read(&fs, "small.txt").is_ok(),
+            "{what}: other files unaffected"
+        );
     }
     // One damaged header copy is survivable: the other one is used.
     let (_tmp, root) = fixture();
     flip(&root.join("data/multi.bin"), 100);
     let fs = open(&root);
-    let (_, hash) = manifest().into_iter().find(|(n, _)| n == "multi.bin").unwrap();
+    let (_, hash) = manifest()
+        .into_iter()
+        .find(|(n, _)| n == "multi.bin")
+        .unwrap();
     assert_eq!(sha256_hex(&read(&fs, "multi.bin").unwrap()), hash);
 }
 
@@ -131,5 +147,10 @@ fn flip(p: &Path, at: usize) {
 }
 
 fn set_len(p: &Path, len: u64) {
-    std::fs::OpenOptions::new().write(true).open(p).unwrap().set_len(len).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(p)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
 }

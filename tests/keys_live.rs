@@ -10,7 +10,7 @@ use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::fs::PermissionsExt;
 
-use common::{Mounted, Rng, BIN, tool};
+use common::{BIN, Mounted, Rng, tool};
 
 /// Runs `envelopefs ARGS... BACKING REST... --keyfile KF` and returns (success, stdout+stderr).
 fn cli(m: &Mounted, args: &[&str], rest: &[&str]) -> (bool, String) {
@@ -22,37 +22,55 @@ fn cli(m: &Mounted, args: &[&str], rest: &[&str]) -> (bool, String) {
             .arg("--keyfile")
             .arg(m.keyfile()),
     );
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
 fn ok(m: &Mounted, args: &[&str], rest: &[&str]) -> String {
     let (success, text) = cli(m, args, rest);
-    assert!(success, "envelopefs {args:?} {rest:?} failed:\n{text}\n{}", m.diagnostics());
+    assert!(
+        success,
+        "envelopefs {args:?} {rest:?} failed:\n{text}\n{}",
+        m.diagnostics()
+    );
     text
 }
 
 /// (key id, version) → file count, from `envelopefs scan --json` (no key needed).
 fn versions(m: &Mounted) -> serde_json::Value {
     let out = common::output(tool(BIN).args(["scan", "--json"]).arg(m.backing()));
-    assert!(out.status.success(), "scan failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "scan failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("scan --json prints JSON")
 }
 
 /// version → file count over all keys, from scan's `by_key: {key: {version: count}}`.
 fn version_counts(scan: &serde_json::Value) -> std::collections::BTreeMap<u64, u64> {
     let mut out = std::collections::BTreeMap::new();
-    let by_key = scan["by_key"].as_object().unwrap_or_else(|| panic!("scan output lacks by_key: {scan}"));
+    let by_key = scan["by_key"]
+        .as_object()
+        .unwrap_or_else(|| panic!("scan output lacks by_key: {scan}"));
     for versions in by_key.values() {
         for (v, n) in versions.as_object().expect("versions object") {
-            *out.entry(v.parse::<u64>().expect("numeric version")).or_default() += n.as_u64().expect("count");
+            *out.entry(v.parse::<u64>().expect("numeric version"))
+                .or_default() += n.as_u64().expect("count");
         }
     }
     out
 }
 
 fn hash_all(m: &Mounted, names: &[String]) -> Vec<[u8; 32]> {
-    names.iter().map(|n| *blake3::hash(&fs::read(m.path(n)).unwrap()).as_bytes()).collect()
+    names
+        .iter()
+        .map(|n| *blake3::hash(&fs::read(m.path(n)).unwrap()).as_bytes())
+        .collect()
 }
 
 #[test]
@@ -70,27 +88,54 @@ fn rotation_keeps_old_files_and_rewrap_of_a_live_mount_moves_every_header() {
     assert_eq!(version_counts(&versions(&m)).get(&1), Some(&40));
 
     ok(&m, &["key", "rotate"], &["alias/default"]);
-    assert_eq!(hash_all(&m, &names), before, "files written before the rotation still read");
+    assert_eq!(
+        hash_all(&m, &names),
+        before,
+        "files written before the rotation still read"
+    );
     fs::write(m.path("new"), b"after rotation").unwrap();
     let counts = version_counts(&versions(&m));
-    assert_eq!((counts.get(&1), counts.get(&2)), (Some(&40), Some(&1)), "new files use version 2");
+    assert_eq!(
+        (counts.get(&1), counts.get(&2)),
+        (Some(&40), Some(&1)),
+        "new files use version 2"
+    );
 
     // Keep one file open across the rewrap: the daemon must go on reading and writing it.
-    let mut open = fs::OpenOptions::new().read(true).write(true).open(m.path("f05")).unwrap();
+    let mut open = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("f05"))
+        .unwrap();
     let text = ok(&m, &["rewrap"], &[]);
     assert!(text.contains("re-wrapped 40"), "{text}");
     std::io::Write::write_all(&mut open, b"still writable").unwrap();
     drop(open);
     let counts = version_counts(&versions(&m));
-    assert_eq!((counts.get(&1), counts.get(&2)), (None, Some(&41)), "every header moved to version 2");
+    assert_eq!(
+        (counts.get(&1), counts.get(&2)),
+        (None, Some(&41)),
+        "every header moved to version 2"
+    );
     let mut expect = before.clone();
-    assert!(fs::read(m.path("f05")).unwrap().starts_with(b"still writable"));
+    assert!(
+        fs::read(m.path("f05"))
+            .unwrap()
+            .starts_with(b"still writable")
+    );
     expect[5] = *blake3::hash(&fs::read(m.path("f05")).unwrap()).as_bytes();
     assert_eq!(hash_all(&m, &names), expect, "contents unchanged by rewrap");
     assert_eq!(versions(&m)["volume_key"][1], 2, "the volume key moved too");
     let again = ok(&m, &["rewrap"], &[]);
-    assert!(again.contains("re-wrapped 0"), "rewrap is idempotent: {again}");
-    assert!(m.log_text().lines().all(|l| !l.contains("WARN")), "no warnings: {}", m.log_text());
+    assert!(
+        again.contains("re-wrapped 0"),
+        "rewrap is idempotent: {again}"
+    );
+    assert!(
+        m.log_text().lines().all(|l| !l.contains("WARN")),
+        "no warnings: {}",
+        m.log_text()
+    );
 }
 
 #[test]
@@ -99,12 +144,26 @@ fn disable_cuts_access_at_once_and_enable_restores_it() {
     fs::write(m.path("a"), b"secret contents").unwrap();
     ok(&m, &["key", "disable"], &["alias/default"]);
     let e = fs::read(m.path("a")).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "read under a disabled key: {e}");
+    assert_eq!(
+        e.kind(),
+        ErrorKind::PermissionDenied,
+        "read under a disabled key: {e}"
+    );
     let e = fs::write(m.path("b"), b"x").unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "create under a disabled key: {e}");
-    assert!(!m.path("b").exists(), "a refused create leaves nothing behind");
+    assert_eq!(
+        e.kind(),
+        ErrorKind::PermissionDenied,
+        "create under a disabled key: {e}"
+    );
+    assert!(
+        !m.path("b").exists(),
+        "a refused create leaves nothing behind"
+    );
     let log = m.log_text();
-    assert!(log.contains("disabled") || log.contains("Disabled"), "the log says why: {log}");
+    assert!(
+        log.contains("disabled") || log.contains("Disabled"),
+        "the log says why: {log}"
+    );
     ok(&m, &["key", "enable"], &["alias/default"]);
     assert_eq!(fs::read(m.path("a")).unwrap(), b"secret contents");
     fs::write(m.path("b"), b"x").unwrap();
@@ -112,7 +171,10 @@ fn disable_cuts_access_at_once_and_enable_restores_it() {
 
 #[test]
 fn policy_denies_a_user_until_a_grant_lets_them_in_and_revoke_shuts_them_out() {
-    let Some(m) = Mounted::with_options(common::Options { allow_other: true, ..Default::default() }) else {
+    let Some(m) = Mounted::with_options(common::Options {
+        allow_other: true,
+        ..Default::default()
+    }) else {
         return;
     };
     fs::set_permissions(m.mnt(), fs::Permissions::from_mode(0o755)).unwrap();
@@ -121,11 +183,23 @@ fn policy_denies_a_user_until_a_grant_lets_them_in_and_revoke_shuts_them_out() {
     let as_user = |script: &str| {
         common::output(
             tool("setpriv")
-                .args(["--reuid", "1000", "--regid", "1000", "--clear-groups", "sh", "-c", script])
+                .args([
+                    "--reuid",
+                    "1000",
+                    "--regid",
+                    "1000",
+                    "--clear-groups",
+                    "sh",
+                    "-c",
+                    script,
+                ])
                 .current_dir(m.mnt()),
         )
     };
-    assert!(as_user("cat shared").status.success(), "the default policy lets local users use the key");
+    assert!(
+        as_user("cat shared").status.success(),
+        "the default policy lets local users use the key"
+    );
 
     let policy = m.scratch().join("policy.json");
     fs::write(
@@ -133,21 +207,62 @@ fn policy_denies_a_user_until_a_grant_lets_them_in_and_revoke_shuts_them_out() {
         r#"{"Version":"2012-10-17","Statement":[{"Sid":"admin only","Effect":"Allow","Principal":{"Admin":true},"Action":"kms:*"}]}"#,
     )
     .unwrap();
-    ok(&m, &["key", "policy", "put"], &["alias/default", "--file", policy.to_str().unwrap()]);
+    ok(
+        &m,
+        &["key", "policy", "put"],
+        &["alias/default", "--file", policy.to_str().unwrap()],
+    );
     let out = as_user("cat shared");
-    assert!(!out.status.success(), "denied by policy although mode 0644 allows");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "EACCES: {out:?}");
-    assert_eq!(fs::read(m.path("shared")).unwrap(), b"for everyone by mode", "the admin still reads");
+    assert!(
+        !out.status.success(),
+        "denied by policy although mode 0644 allows"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "EACCES: {out:?}"
+    );
+    assert_eq!(
+        fs::read(m.path("shared")).unwrap(),
+        b"for everyone by mode",
+        "the admin still reads"
+    );
 
-    let text = ok(&m, &["key", "grant", "create"], &["alias/default", "--grantee", "uid:1000", "--operations", "Decrypt", "--json"]);
-    let grant: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("grant --json: {e}: {text}"));
-    let grant_id = grant["grant_id"].as_str().or_else(|| grant["GrantId"].as_str()).unwrap_or_else(|| panic!("no grant id in {grant}")).to_owned();
+    let text = ok(
+        &m,
+        &["key", "grant", "create"],
+        &[
+            "alias/default",
+            "--grantee",
+            "uid:1000",
+            "--operations",
+            "Decrypt",
+            "--json",
+        ],
+    );
+    let grant: serde_json::Value =
+        serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("grant --json: {e}: {text}"));
+    let grant_id = grant["grant_id"]
+        .as_str()
+        .or_else(|| grant["GrantId"].as_str())
+        .unwrap_or_else(|| panic!("no grant id in {grant}"))
+        .to_owned();
     let out = as_user("cat shared");
-    assert!(out.status.success(), "the grant lets uid 1000 in: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "the grant lets uid 1000 in: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stdout, b"for everyone by mode");
 
-    ok(&m, &["key", "grant", "revoke"], &["alias/default", &grant_id]);
-    assert!(!as_user("cat shared").status.success(), "revoked: denied again");
+    ok(
+        &m,
+        &["key", "grant", "revoke"],
+        &["alias/default", &grant_id],
+    );
+    assert!(
+        !as_user("cat shared").status.success(),
+        "revoked: denied again"
+    );
 }
 
 #[test]
@@ -163,22 +278,41 @@ fn edited_audit_record_fails_verify_naming_it() {
     assert!(text.contains("OK"), "{text}");
     let show = common::output(tool(BIN).args(["audit", "show", "--json"]).arg(m.backing()));
     let shown = String::from_utf8_lossy(&show.stdout);
-    assert!(shown.contains("GenerateDataKey") && shown.contains("Decrypt") && shown.contains("RotateKeyOnDemand"), "{shown}");
+    assert!(
+        shown.contains("GenerateDataKey")
+            && shown.contains("Decrypt")
+            && shown.contains("RotateKeyOnDemand"),
+        "{shown}"
+    );
 
     let dir = m.backing().join("keystore.json.audit");
     let file = dir.join("audit-000001.jsonl");
     let content = fs::read_to_string(&file).unwrap();
     let lines: Vec<&str> = content.lines().collect();
-    assert!(lines.len() >= 6, "expected several records, got {}", lines.len());
+    assert!(
+        lines.len() >= 6,
+        "expected several records, got {}",
+        lines.len()
+    );
     let target = lines.len() / 2;
     let edited: Vec<String> = lines
         .iter()
         .enumerate()
-        .map(|(i, l)| if i == target { l.replacen("\"uid\":0", "\"uid\":7", 1) } else { (*l).to_owned() })
+        .map(|(i, l)| {
+            if i == target {
+                l.replacen("\"uid\":0", "\"uid\":7", 1)
+            } else {
+                (*l).to_owned()
+            }
+        })
         .collect();
     assert_ne!(edited[target], lines[target], "the edit changed the record");
     fs::write(&file, edited.join("\n") + "\n").unwrap();
     let (success, text) = cli(&m, &["audit", "verify"], &[]);
     assert!(!success, "verify must fail after an edit: {text}");
-    assert!(text.contains(&format!("line {}", target + 1)), "names the edited record (line {}): {text}", target + 1);
+    assert!(
+        text.contains(&format!("line {}", target + 1)),
+        "names the edited record (line {}): {text}",
+        target + 1
+    );
 }

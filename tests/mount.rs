@@ -992,13 +992,20 @@ fn reference_tree(m: &Mounted) -> (std::path::PathBuf, std::path::PathBuf) {
 /// `exact` may differ by up to `slack` seconds.
 fn assert_listings_match(got: &str, want: &str, exact: &[&str], slack: f64) {
     let (g, w): (Vec<&str>, Vec<&str>) = (got.lines().collect(), want.lines().collect());
-    assert_eq!(g.len(), w.len(), "entries after remount:\n{got}\nbefore:\n{want}");
+    assert_eq!(
+        g.len(),
+        w.len(),
+        "entries after remount:\n{got}\nbefore:\n{want}"
+    );
     for (gl, wl) in g.iter().zip(&w) {
-        let (gf, wf): (Vec<&str>, Vec<&str>) =
-            (gl.split(' ').collect(), wl.split(' ').collect());
+        let (gf, wf): (Vec<&str>, Vec<&str>) = (gl.split(' ').collect(), wl.split(' ').collect());
         let loose = gf[1] == "f" && !exact.contains(&gf[0]);
         let same_but_time = gf.len() == wf.len()
-            && gf.iter().zip(&wf).enumerate().all(|(i, (a, b))| i == 4 || a == b);
+            && gf
+                .iter()
+                .zip(&wf)
+                .enumerate()
+                .all(|(i, (a, b))| i == 4 || a == b);
         let dt = (gf[4].parse::<f64>().unwrap() - wf[4].parse::<f64>().unwrap()).abs();
         assert!(
             same_but_time && (gf[4] == wf[4] || (loose && dt <= slack)),
@@ -1895,7 +1902,9 @@ fn enospc_with_writeback_cache_is_reported_by_fsync() {
             break;
         }
     }
-    let err = err.or_else(|| f.sync_all().err()).expect("2x the space written and fsynced");
+    let err = err
+        .or_else(|| f.sync_all().err())
+        .expect("2x the space written and fsynced");
     assert_eq!(errno(&err), libc::ENOSPC, "{err}");
     drop(f);
     assert_eq!(fs::read(m.path("keep")).unwrap(), keep);
@@ -1957,10 +1966,19 @@ fn enospc_during_append_keeps_old_data() {
 fn create_with_read_only_and_write_only_access() {
     let Some(m) = Mounted::new() else { return };
     for (name, opts) in [
-        ("ro", OpenOptions::new().read(true).custom_flags(libc::O_CREAT).mode(0o644).clone()),
+        (
+            "ro",
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_CREAT)
+                .mode(0o644)
+                .clone(),
+        ),
         ("wo", OpenOptions::new().write(true).create(true).clone()),
     ] {
-        let f = opts.open(m.path(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let f = opts
+            .open(m.path(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         drop(f);
         assert_eq!(fs::read(m.path(name)).unwrap(), b"", "{name}");
         fs::write(m.path(name), b"later").unwrap();

@@ -22,14 +22,42 @@ const FD_CACHE: usize = 16;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Create { dir: usize, name: usize },
-    Mkdir { dir: usize, name: usize },
-    Write { file: usize, offset: u32, len: u16, seed: u8 },
-    Read { file: usize, offset: u32, len: u16 },
-    Truncate { file: usize, size: u32 },
-    Rename { entry: usize, dir: usize, name: usize },
-    Link { file: usize, dir: usize, name: usize },
-    Unlink { entry: usize },
+    Create {
+        dir: usize,
+        name: usize,
+    },
+    Mkdir {
+        dir: usize,
+        name: usize,
+    },
+    Write {
+        file: usize,
+        offset: u32,
+        len: u16,
+        seed: u8,
+    },
+    Read {
+        file: usize,
+        offset: u32,
+        len: u16,
+    },
+    Truncate {
+        file: usize,
+        size: u32,
+    },
+    Rename {
+        entry: usize,
+        dir: usize,
+        name: usize,
+    },
+    Link {
+        file: usize,
+        dir: usize,
+        name: usize,
+    },
+    Unlink {
+        entry: usize,
+    },
     Remount,
 }
 
@@ -38,11 +66,27 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (any::<usize>(), 0..NAMES.len()).prop_map(|(dir, name)| Op::Create { dir, name }),
         (any::<usize>(), 0..NAMES.len()).prop_map(|(dir, name)| Op::Mkdir { dir, name }),
-        (any::<usize>(), off.clone(), 0u16..9000, any::<u8>()).prop_map(|(file, offset, len, seed)| Op::Write { file, offset, len, seed }),
-        (any::<usize>(), off.clone(), 0u16..9000).prop_map(|(file, offset, len)| Op::Read { file, offset, len }),
+        (any::<usize>(), off.clone(), 0u16..9000, any::<u8>()).prop_map(
+            |(file, offset, len, seed)| Op::Write {
+                file,
+                offset,
+                len,
+                seed
+            }
+        ),
+        (any::<usize>(), off.clone(), 0u16..9000).prop_map(|(file, offset, len)| Op::Read {
+            file,
+            offset,
+            len
+        }),
         (any::<usize>(), off).prop_map(|(file, size)| Op::Truncate { file, size }),
-        (any::<usize>(), any::<usize>(), 0..NAMES.len()).prop_map(|(entry, dir, name)| Op::Rename { entry, dir, name }),
-        (any::<usize>(), any::<usize>(), 0..NAMES.len()).prop_map(|(file, dir, name)| Op::Link { file, dir, name }),
+        (any::<usize>(), any::<usize>(), 0..NAMES.len())
+            .prop_map(|(entry, dir, name)| Op::Rename { entry, dir, name }),
+        (any::<usize>(), any::<usize>(), 0..NAMES.len()).prop_map(|(file, dir, name)| Op::Link {
+            file,
+            dir,
+            name
+        }),
         any::<usize>().prop_map(|entry| Op::Unlink { entry }),
         Just(Op::Remount),
     ]
@@ -65,19 +109,40 @@ enum Entry {
 impl Model {
     fn dirs(&self) -> Vec<String> {
         let mut d = vec![String::new()];
-        d.extend(self.entries.iter().filter(|(_, e)| **e == Entry::Dir).map(|(p, _)| p.clone()));
+        d.extend(
+            self.entries
+                .iter()
+                .filter(|(_, e)| **e == Entry::Dir)
+                .map(|(p, _)| p.clone()),
+        );
         d
     }
     fn files(&self) -> Vec<(String, usize)> {
-        self.entries.iter().filter_map(|(p, e)| if let Entry::File(id) = e { Some((p.clone(), *id)) } else { None }).collect()
+        self.entries
+            .iter()
+            .filter_map(|(p, e)| {
+                if let Entry::File(id) = e {
+                    Some((p.clone(), *id))
+                } else {
+                    None
+                }
+            })
+            .collect()
     }
     fn nlink(&self, id: usize) -> usize {
-        self.entries.values().filter(|e| **e == Entry::File(id)).count()
+        self.entries
+            .values()
+            .filter(|e| **e == Entry::File(id))
+            .count()
     }
 }
 
 fn join(dir: &str, name: &str) -> String {
-    if dir.is_empty() { name.to_owned() } else { format!("{dir}/{name}") }
+    if dir.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{dir}/{name}")
+    }
 }
 
 struct Harness {
@@ -94,14 +159,35 @@ impl Harness {
         let root = tmp.path().join("vol");
         volume::prepare(&root).unwrap();
         let kms = Arc::new(LocalKms::in_memory_for_tests());
-        volume::create(&root, kms.as_ref(), "alias/default", 4096, "keystore.json".into(), 0).unwrap();
+        volume::create(
+            &root,
+            kms.as_ref(),
+            "alias/default",
+            4096,
+            "keystore.json".into(),
+            0,
+        )
+        .unwrap();
         let caller = Caller::current();
-        let fs = EncFs::with_fd_cache(volume::open(&root).unwrap(), kms.clone(), &caller, FD_CACHE).unwrap();
-        Harness { _tmp: tmp, root, kms, fs, caller }
+        let fs = EncFs::with_fd_cache(volume::open(&root).unwrap(), kms.clone(), &caller, FD_CACHE)
+            .unwrap();
+        Harness {
+            _tmp: tmp,
+            root,
+            kms,
+            fs,
+            caller,
+        }
     }
 
     fn remount(&mut self) {
-        self.fs = EncFs::with_fd_cache(volume::open(&self.root).unwrap(), self.kms.clone(), &self.caller, FD_CACHE).unwrap();
+        self.fs = EncFs::with_fd_cache(
+            volume::open(&self.root).unwrap(),
+            self.kms.clone(),
+            &self.caller,
+            FD_CACHE,
+        )
+        .unwrap();
     }
 
     /// Resolves a path to (parent ino, ino).
@@ -140,7 +226,11 @@ impl Harness {
         let mut seen = BTreeMap::new();
         self.walk(1, "", &mut seen);
         let want: BTreeMap<String, Entry> = m.entries.clone();
-        assert_eq!(seen.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "tree shape differs");
+        assert_eq!(
+            seen.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>(),
+            "tree shape differs"
+        );
         for (path, e) in &want {
             let (kind, nlink) = seen[path];
             match e {
@@ -179,7 +269,9 @@ impl Harness {
 }
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
-    (0..len).map(|i| seed.wrapping_add((i * 7 % 251) as u8)).collect()
+    (0..len)
+        .map(|i| seed.wrapping_add((i * 7 % 251) as u8))
+        .collect()
 }
 
 fn apply(h: &mut Harness, m: &mut Model, op: &Op) {
@@ -193,7 +285,9 @@ fn apply(h: &mut Harness, m: &mut Model, op: &Op) {
                 return;
             }
             let p = h.resolve(d);
-            let (_, fh) = h.fs.create(p, OsStr::new(NAMES[name]), 0o644, libc::O_RDWR, &c).unwrap();
+            let (_, fh) =
+                h.fs.create(p, OsStr::new(NAMES[name]), 0o644, libc::O_RDWR, &c)
+                    .unwrap();
             h.fs.release(fh).unwrap();
             m.entries.insert(path, Entry::File(m.next_id));
             m.contents.insert(m.next_id, Vec::new());
@@ -206,10 +300,16 @@ fn apply(h: &mut Harness, m: &mut Model, op: &Op) {
             if m.entries.contains_key(&path) {
                 return;
             }
-            h.fs.mkdir(h.resolve(d), OsStr::new(NAMES[name]), 0o755, &c).unwrap();
+            h.fs.mkdir(h.resolve(d), OsStr::new(NAMES[name]), 0o755, &c)
+                .unwrap();
             m.entries.insert(path, Entry::Dir);
         }
-        Op::Write { file, offset, len, seed } => {
+        Op::Write {
+            file,
+            offset,
+            len,
+            seed,
+        } => {
             let files = m.files();
             if files.is_empty() {
                 return;
@@ -217,7 +317,10 @@ fn apply(h: &mut Harness, m: &mut Model, op: &Op) {
             let (path, id) = &files[file % files.len()];
             let data = pattern(seed, len as usize);
             let fh = h.fs.open(h.resolve(path), libc::O_WRONLY, &c).unwrap();
-            assert_eq!(h.fs.write(fh, u64::from(offset), &data, &c).unwrap() as usize, data.len());
+            assert_eq!(
+                h.fs.write(fh, u64::from(offset), &data, &c).unwrap() as usize,
+                data.len()
+            );
             h.fs.release(fh).unwrap();
             if !data.is_empty() {
                 let content = m.contents.get_mut(id).unwrap();
@@ -240,7 +343,10 @@ fn apply(h: &mut Harness, m: &mut Model, op: &Op) {
             let content = &m.contents[id];
             let s = (offset as usize).min(content.len());
             let e = (offset as usize + len as usize).min(content.len());
-            assert!(got == content[s..e], "read of {path} at {offset}+{len} differs");
+            assert!(
+                got == content[s..e],
+                "read of {path} at {offset}+{len} differs"
+            );
         }
         Op::Truncate { file, size } => {
             let files = m.files();
@@ -248,7 +354,10 @@ fn apply(h: &mut Harness, m: &mut Model, op: &Op) {
                 return;
             }
             let (path, id) = &files[file % files.len()];
-            let set = SetAttr { size: Some(u64::from(size)), ..SetAttr::default() };
+            let set = SetAttr {
+                size: Some(u64::from(size)),
+                ..SetAttr::default()
+            };
             h.fs.setattr(h.resolve(path), &set, &c).unwrap();
             m.contents.get_mut(id).unwrap().resize(size as usize, 0);
         }
@@ -262,12 +371,17 @@ fn apply(h: &mut Harness, m: &mut Model, op: &Op) {
             let d = dirs[dir % dirs.len()].clone();
             let to = join(&d, NAMES[name]);
             // Skip what POSIX forbids or what would need the model to know more.
-            if to == from || to.starts_with(&format!("{from}/")) || d == from || m.entries.contains_key(&to) {
+            if to == from
+                || to.starts_with(&format!("{from}/"))
+                || d == from
+                || m.entries.contains_key(&to)
+            {
                 return;
             }
             let (fp, fnm) = h.parent_and_name(&from);
             let (tp, tnm) = h.parent_and_name(&to);
-            h.fs.rename(fp, OsStr::new(fnm), tp, OsStr::new(tnm), 0).unwrap();
+            h.fs.rename(fp, OsStr::new(fnm), tp, OsStr::new(tnm), 0)
+                .unwrap();
             let moved: Vec<(String, Entry)> = m
                 .entries
                 .iter()
@@ -291,7 +405,8 @@ fn apply(h: &mut Harness, m: &mut Model, op: &Op) {
             if m.entries.contains_key(&to) {
                 return;
             }
-            h.fs.link(h.resolve(&path), h.resolve(d), OsStr::new(NAMES[name])).unwrap();
+            h.fs.link(h.resolve(&path), h.resolve(d), OsStr::new(NAMES[name]))
+                .unwrap();
             m.entries.insert(to, Entry::File(id));
         }
         Op::Unlink { entry } => {
@@ -337,11 +452,31 @@ proptest! {
 fn regression_grow_then_shrink_across_blocks() {
     run(&[
         Op::Create { dir: 0, name: 0 },
-        Op::Write { file: 0, offset: 4000, len: 300, seed: 1 },
-        Op::Truncate { file: 0, size: 4096 },
-        Op::Write { file: 0, offset: 19000, len: 5, seed: 2 },
-        Op::Truncate { file: 0, size: 4097 },
+        Op::Write {
+            file: 0,
+            offset: 4000,
+            len: 300,
+            seed: 1,
+        },
+        Op::Truncate {
+            file: 0,
+            size: 4096,
+        },
+        Op::Write {
+            file: 0,
+            offset: 19000,
+            len: 5,
+            seed: 2,
+        },
+        Op::Truncate {
+            file: 0,
+            size: 4097,
+        },
         Op::Remount,
-        Op::Read { file: 0, offset: 0, len: 8000 },
+        Op::Read {
+            file: 0,
+            offset: 0,
+            len: 8000,
+        },
     ]);
 }

@@ -5,17 +5,21 @@
 use std::collections::BTreeMap;
 
 use envelopefs::format::block::BlockCipher;
-use envelopefs::format::context::{hex, EncryptionContext};
-use envelopefs::format::header::{verify_mac, FileHeader, KeySlot};
+use envelopefs::format::context::{EncryptionContext, hex};
+use envelopefs::format::header::{FileHeader, KeySlot, verify_mac};
 use envelopefs::format::layout::Layout;
 
 fn unhex(s: &str) -> Vec<u8> {
     assert!(s.len().is_multiple_of(2), "odd hex length");
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
 }
 
 fn vectors() -> BTreeMap<String, BTreeMap<String, String>> {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/FORMAT.md")).expect("docs/FORMAT.md");
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/FORMAT.md"))
+        .expect("docs/FORMAT.md");
     let mut out = BTreeMap::new();
     let mut cur: Option<(String, BTreeMap<String, String>)> = None;
     for line in doc.lines() {
@@ -37,11 +41,17 @@ fn vectors() -> BTreeMap<String, BTreeMap<String, String>> {
 }
 
 fn arr<const N: usize>(v: &BTreeMap<String, String>, k: &str) -> [u8; N] {
-    unhex(&v[k]).try_into().unwrap_or_else(|_| panic!("{k} must be {N} bytes"))
+    unhex(&v[k])
+        .try_into()
+        .unwrap_or_else(|_| panic!("{k} must be {N} bytes"))
 }
 
-fn get<'a>(all: &'a BTreeMap<String, BTreeMap<String, String>>, name: &str) -> &'a BTreeMap<String, String> {
-    all.get(name).unwrap_or_else(|| panic!("docs/FORMAT.md lacks vector {name}"))
+fn get<'a>(
+    all: &'a BTreeMap<String, BTreeMap<String, String>>,
+    name: &str,
+) -> &'a BTreeMap<String, String> {
+    all.get(name)
+        .unwrap_or_else(|| panic!("docs/FORMAT.md lacks vector {name}"))
 }
 
 #[test]
@@ -50,7 +60,10 @@ fn block_vector() {
     let v = get(&all, "block-1");
     let dek: [u8; 32] = arr(v, "dek");
     let c = BlockCipher::new(&dek, arr(v, "file_id"));
-    assert_eq!(hex(&blake3::derive_key("envelopefs block key v1", &dek)), v["block_key"]);
+    assert_eq!(
+        hex(&blake3::derive_key("envelopefs block key v1", &dek)),
+        v["block_key"]
+    );
     let pt = unhex(&v["plaintext"]);
     let mut out = vec![0u8; pt.len() + 28];
     let index: u64 = v["index"].parse().unwrap();
@@ -71,7 +84,11 @@ fn header_vector() {
         block_size: v["block_size"].parse().unwrap(),
         file_id: arr(v, "file_id"),
         seq: v["seq"].parse().unwrap(),
-        slots: vec![KeySlot::Cmk { key_id: arr(v, "slot_key_id"), version: v["slot_version"].parse().unwrap(), blob: unhex(&v["slot_blob"]) }],
+        slots: vec![KeySlot::Cmk {
+            key_id: arr(v, "slot_key_id"),
+            version: v["slot_version"].parse().unwrap(),
+            blob: unhex(&v["slot_blob"]),
+        }],
     };
     let bytes = h.encode(&dek).unwrap();
     assert_eq!(hex(&bytes), v["copy"]);
@@ -94,7 +111,15 @@ fn size_vectors() {
     let v = get(&all, "sizes-4096");
     let l = Layout::new(4096);
     for (k, val) in v {
-        let plain: u64 = k.strip_prefix("plaintext_").expect("plaintext_N keys").parse().unwrap();
-        assert_eq!(l.backing_size(plain).to_string(), *val, "backing size of {plain}");
+        let plain: u64 = k
+            .strip_prefix("plaintext_")
+            .expect("plaintext_N keys")
+            .parse()
+            .unwrap();
+        assert_eq!(
+            l.backing_size(plain).to_string(),
+            *val,
+            "backing size of {plain}"
+        );
     }
 }

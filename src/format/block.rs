@@ -31,7 +31,9 @@ pub struct BlockCipher {
 
 impl std::fmt::Debug for BlockCipher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlockCipher").field("file_id", &super::context::hex(&self.file_id)).finish_non_exhaustive()
+        f.debug_struct("BlockCipher")
+            .field("file_id", &super::context::hex(&self.file_id))
+            .finish_non_exhaustive()
     }
 }
 
@@ -59,8 +61,19 @@ impl BlockCipher {
 
     /// Seals `plaintext` as block `index` into `out`, which must be exactly
     /// `plaintext.len() + BLOCK_OVERHEAD` bytes. `nonce` must be fresh random bytes.
-    pub fn seal(&self, index: u64, last: bool, nonce: [u8; NONCE_LEN], plaintext: &[u8], out: &mut [u8]) {
-        assert_eq!(out.len(), plaintext.len() + BLOCK_OVERHEAD, "BUG: seal output length");
+    pub fn seal(
+        &self,
+        index: u64,
+        last: bool,
+        nonce: [u8; NONCE_LEN],
+        plaintext: &[u8],
+        out: &mut [u8],
+    ) {
+        assert_eq!(
+            out.len(),
+            plaintext.len() + BLOCK_OVERHEAD,
+            "BUG: seal output length"
+        );
         assert!(!plaintext.is_empty(), "BUG: empty block");
         let (n, rest) = out.split_at_mut(NONCE_LEN);
         let (ct, tag_out) = rest.split_at_mut(plaintext.len());
@@ -76,7 +89,13 @@ impl BlockCipher {
 
     /// Opens sealed block `index` into `out` (length `sealed.len() - BLOCK_OVERHEAD`).
     /// An all-zero sealed block is a hole and yields zeros.
-    pub fn open(&self, index: u64, last: bool, sealed: &[u8], out: &mut [u8]) -> Result<(), FormatError> {
+    pub fn open(
+        &self,
+        index: u64,
+        last: bool,
+        sealed: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), FormatError> {
         if sealed.len() <= BLOCK_OVERHEAD || out.len() != sealed.len() - BLOCK_OVERHEAD {
             return Err(FormatError::BlockAuthFailed(index));
         }
@@ -130,7 +149,10 @@ mod tests {
     fn moved_block_is_detected() {
         let s = sealed(3, false, b"hello");
         let mut out = [0u8; 5];
-        assert_eq!(cipher().open(4, false, &s, &mut out), Err(FormatError::BlockAuthFailed(4)));
+        assert_eq!(
+            cipher().open(4, false, &s, &mut out),
+            Err(FormatError::BlockAuthFailed(4))
+        );
     }
 
     #[test]

@@ -80,7 +80,11 @@ impl EncryptionContext {
     /// envelopefs never builds such contexts, so this is a programming error.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(2 + self.pairs.len() * 48);
-        out.extend_from_slice(&u16::try_from(self.pairs.len()).expect("BUG: too many context pairs").to_be_bytes());
+        out.extend_from_slice(
+            &u16::try_from(self.pairs.len())
+                .expect("BUG: too many context pairs")
+                .to_be_bytes(),
+        );
         for (k, v) in &self.pairs {
             for s in [k, v] {
                 let len = u16::try_from(s.len()).expect("BUG: context entry too long");
@@ -112,7 +116,10 @@ mod tests {
         let mut c = EncryptionContext::new();
         c.insert("b", "2");
         c.insert("a", "1");
-        assert_eq!(c.encode(), b"\x00\x02\x00\x01a\x00\x011\x00\x01b\x00\x012".to_vec());
+        assert_eq!(
+            c.encode(),
+            b"\x00\x02\x00\x01a\x00\x011\x00\x01b\x00\x012".to_vec()
+        );
     }
 
     #[test]

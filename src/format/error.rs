@@ -50,7 +50,9 @@ pub enum FormatError {
     #[error("backing length {0} is not a valid envelopefs file length")]
     BadLength(u64),
     /// The volume config uses a feature this build does not know.
-    #[error("volume uses unknown feature '{0}'; it was made by a newer envelopefs: upgrade to mount it")]
+    #[error(
+        "volume uses unknown feature '{0}'; it was made by a newer envelopefs: upgrade to mount it"
+    )]
     UnknownFeature(String),
     /// The volume config cannot be parsed.
     #[error("invalid volume config: {0}")]

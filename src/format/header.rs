@@ -67,7 +67,11 @@ pub enum KeySlot {
 impl KeySlot {
     fn body(&self) -> (u8, Vec<u8>) {
         match self {
-            KeySlot::Cmk { key_id, version, blob } => {
+            KeySlot::Cmk {
+                key_id,
+                version,
+                blob,
+            } => {
                 let mut b = Vec::with_capacity(22 + blob.len());
                 b.extend_from_slice(key_id);
                 b.extend_from_slice(&version.to_be_bytes());
@@ -81,14 +85,19 @@ impl KeySlot {
 
     fn parse(kind: u8, body: &[u8]) -> Result<KeySlot, FormatError> {
         if kind != SLOT_KIND_CMK {
-            return Ok(KeySlot::Unknown { kind, body: body.to_vec() });
+            return Ok(KeySlot::Unknown {
+                kind,
+                body: body.to_vec(),
+            });
         }
         if body.len() < 22 {
             return Err(FormatError::BadSlot("CMK slot body too short"));
         }
         let blob_len = usize::from(u16::from_be_bytes([body[20], body[21]]));
         if body.len() != 22 + blob_len {
-            return Err(FormatError::BadSlot("CMK slot blob length does not match the body"));
+            return Err(FormatError::BadSlot(
+                "CMK slot blob length does not match the body",
+            ));
         }
         Ok(KeySlot::Cmk {
             key_id: body[..16].try_into().expect("16 bytes"),
@@ -166,7 +175,10 @@ impl FileHeader {
     /// call [`verify_mac`] once a slot has been unwrapped.
     pub fn decode(bytes: &[u8]) -> Result<FileHeader, FormatError> {
         if bytes.len() != HEADER_COPY_LEN {
-            return Err(FormatError::Truncated { need: HEADER_COPY_LEN, have: bytes.len() });
+            return Err(FormatError::Truncated {
+                need: HEADER_COPY_LEN,
+                have: bytes.len(),
+            });
         }
         if bytes[0..8] != HEADER_MAGIC {
             return Err(FormatError::BadMagic);
@@ -214,7 +226,12 @@ impl FileHeader {
         if bytes[pos..MAC_OFFSET].iter().any(|&b| b != 0) {
             return Err(FormatError::ReservedNotZero);
         }
-        Ok(FileHeader { block_size, file_id, seq, slots })
+        Ok(FileHeader {
+            block_size,
+            file_id,
+            seq,
+            slots,
+        })
     }
 }
 
@@ -225,7 +242,11 @@ pub fn verify_mac(copy: &[u8], dek: &[u8; 32]) -> Result<(), FormatError> {
     }
     let expected = blake3::Hash::from(mac(dek, &copy[..MAC_OFFSET]));
     let stored: [u8; 32] = copy[MAC_OFFSET..].try_into().expect("32 bytes");
-    if expected == blake3::Hash::from(stored) { Ok(()) } else { Err(FormatError::HeaderAuthFailed) }
+    if expected == blake3::Hash::from(stored) {
+        Ok(())
+    } else {
+        Err(FormatError::HeaderAuthFailed)
+    }
 }
 
 /// A structurally valid header copy found in a header region.
@@ -241,7 +262,10 @@ pub struct HeaderCandidate {
 /// (highest sequence number) first, or the first copy's error if neither is valid.
 pub fn candidates(region: &[u8]) -> Result<Vec<HeaderCandidate>, FormatError> {
     if region.len() < HEADER_REGION {
-        return Err(FormatError::Truncated { need: HEADER_REGION, have: region.len() });
+        return Err(FormatError::Truncated {
+            need: HEADER_REGION,
+            have: region.len(),
+        });
     }
     let mut found = Vec::with_capacity(2);
     let mut first_err = None;
@@ -269,7 +293,11 @@ mod tests {
             block_size: 4096,
             file_id: [0x11; 16],
             seq: 1,
-            slots: vec![KeySlot::Cmk { key_id: [0x22; 16], version: 1, blob: vec![0x33; 60] }],
+            slots: vec![KeySlot::Cmk {
+                key_id: [0x22; 16],
+                version: 1,
+                blob: vec![0x33; 60],
+            }],
         }
     }
 
@@ -279,7 +307,10 @@ mod tests {
         let bytes = sample().encode(&dek).unwrap();
         assert_eq!(FileHeader::decode(&bytes).unwrap(), sample());
         verify_mac(&bytes, &dek).unwrap();
-        assert_eq!(verify_mac(&bytes, &[6u8; 32]), Err(FormatError::HeaderAuthFailed));
+        assert_eq!(
+            verify_mac(&bytes, &[6u8; 32]),
+            Err(FormatError::HeaderAuthFailed)
+        );
     }
 
     #[test]
@@ -307,7 +338,10 @@ mod tests {
     #[test]
     fn unknown_slot_kind_survives() {
         let mut h = sample();
-        h.slots.push(KeySlot::Unknown { kind: 9, body: vec![1, 2, 3] });
+        h.slots.push(KeySlot::Unknown {
+            kind: 9,
+            body: vec![1, 2, 3],
+        });
         let bytes = h.encode(&[1; 32]).unwrap();
         assert_eq!(FileHeader::decode(&bytes).unwrap(), h);
     }
@@ -318,7 +352,9 @@ mod tests {
         for _ in 0..2000 {
             let mut b = [0u8; HEADER_COPY_LEN];
             for x in b.iter_mut() {
-                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 *x = (seed >> 56) as u8;
             }
             b[..8].copy_from_slice(&HEADER_MAGIC);
@@ -339,7 +375,10 @@ mod tests {
         assert_eq!(candidates(&region).unwrap()[0].copy, 1);
         region[600] ^= 0xff; // damage copy B's slot area
         let c = candidates(&region).unwrap_or_default();
-        let usable: Vec<_> = c.iter().filter(|c| verify_mac(&region[c.copy * 512..(c.copy + 1) * 512], &dek).is_ok()).collect();
+        let usable: Vec<_> = c
+            .iter()
+            .filter(|c| verify_mac(&region[c.copy * 512..(c.copy + 1) * 512], &dek).is_ok())
+            .collect();
         assert_eq!(usable[0].copy, 0);
     }
 }

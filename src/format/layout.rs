@@ -21,7 +21,9 @@ pub struct Layout {
 impl Layout {
     /// A layout for `block_size` plaintext bytes per block (checked by the volume config).
     pub fn new(block_size: u32) -> Self {
-        Layout { block_size: u64::from(block_size) }
+        Layout {
+            block_size: u64::from(block_size),
+        }
     }
 
     /// Plaintext bytes per block.
@@ -55,12 +57,16 @@ impl Layout {
         if len == 0 {
             return Ok(0);
         }
-        let data = len.checked_sub(HEADER_REGION as u64).ok_or(FormatError::BadLength(len))?;
+        let data = len
+            .checked_sub(HEADER_REGION as u64)
+            .ok_or(FormatError::BadLength(len))?;
         let sealed = self.sealed_block_size();
         let (full, rem) = (data / sealed, data % sealed);
         match rem {
             0 => Ok(full * self.block_size),
-            r if r > BLOCK_OVERHEAD as u64 => Ok(full * self.block_size + r - BLOCK_OVERHEAD as u64),
+            r if r > BLOCK_OVERHEAD as u64 => {
+                Ok(full * self.block_size + r - BLOCK_OVERHEAD as u64)
+            }
             _ => Err(FormatError::BadLength(len)),
         }
     }
@@ -69,7 +75,11 @@ impl Layout {
     pub fn backing_size(&self, size: u64) -> u64 {
         let full = size / self.block_size;
         let rem = size % self.block_size;
-        let tail = if rem == 0 { 0 } else { rem + BLOCK_OVERHEAD as u64 };
+        let tail = if rem == 0 {
+            0
+        } else {
+            rem + BLOCK_OVERHEAD as u64
+        };
         HEADER_REGION as u64 + full * self.sealed_block_size() + tail
     }
 }
@@ -91,8 +101,16 @@ mod tests {
     fn size_round_trips() {
         for bs in [512u32, 4096, 65536] {
             let l = Layout::new(bs);
-            for size in (0..3 * u64::from(bs) + 7).step_by(97).chain([1, u64::from(bs), 10 * u64::from(bs) + 1]) {
-                assert_eq!(l.plaintext_size(l.backing_size(size)), Ok(size), "bs {bs} size {size}");
+            for size in (0..3 * u64::from(bs) + 7).step_by(97).chain([
+                1,
+                u64::from(bs),
+                10 * u64::from(bs) + 1,
+            ]) {
+                assert_eq!(
+                    l.plaintext_size(l.backing_size(size)),
+                    Ok(size),
+                    "bs {bs} size {size}"
+                );
             }
         }
     }

@@ -83,9 +83,13 @@ impl VolumeConfig {
 
     /// Parses and validates a config.
     pub fn parse(bytes: &[u8]) -> Result<Self, FormatError> {
-        let c: VolumeConfig = serde_json::from_slice(bytes).map_err(|e| FormatError::BadConfig(e.to_string()))?;
+        let c: VolumeConfig =
+            serde_json::from_slice(bytes).map_err(|e| FormatError::BadConfig(e.to_string()))?;
         if c.format != VOLUME_FORMAT {
-            return Err(FormatError::BadConfig(format!("format is '{}', expected '{VOLUME_FORMAT}'", c.format)));
+            return Err(FormatError::BadConfig(format!(
+                "format is '{}', expected '{VOLUME_FORMAT}'",
+                c.format
+            )));
         }
         if c.version != VOLUME_VERSION {
             return Err(FormatError::BadConfig(format!(
@@ -93,7 +97,11 @@ impl VolumeConfig {
                 c.version
             )));
         }
-        if let Some(f) = c.features.iter().find(|f| !KNOWN_FEATURES.contains(&f.as_str())) {
+        if let Some(f) = c
+            .features
+            .iter()
+            .find(|f| !KNOWN_FEATURES.contains(&f.as_str()))
+        {
             return Err(FormatError::UnknownFeature(f.clone()));
         }
         check_block_size(c.block_size)?;
@@ -119,7 +127,11 @@ mod tests {
             4096,
             "alias/default".into(),
             "keystore.json".into(),
-            WrappedKeyRecord { key_id: "k".into(), version: 1, blob: "00".into() },
+            WrappedKeyRecord {
+                key_id: "k".into(),
+                version: 1,
+                blob: "00".into(),
+            },
         )
     }
 
@@ -132,7 +144,10 @@ mod tests {
     fn unknown_feature_refuses() {
         let mut c = sample();
         c.features.push("encrypted-names-v9".into());
-        assert_eq!(VolumeConfig::parse(&c.to_bytes()), Err(FormatError::UnknownFeature("encrypted-names-v9".into())));
+        assert_eq!(
+            VolumeConfig::parse(&c.to_bytes()),
+            Err(FormatError::UnknownFeature("encrypted-names-v9".into()))
+        );
     }
 
     #[test]

@@ -3,8 +3,8 @@
 use std::os::fd::AsRawFd;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::error::{errno, FsResult};
 use super::EncFs;
+use super::error::{FsResult, errno};
 use crate::keys::Caller;
 use crate::store::sys::{self, SetTime};
 
@@ -118,10 +118,12 @@ impl EncFs {
     pub(crate) fn attr_from_stat(&self, ino: u64, st: &libc::stat) -> Attr {
         let kind = Kind::from_mode(st.st_mode);
         let size = if kind == Kind::File {
-            self.layout.plaintext_size(st.st_size as u64).unwrap_or_else(|e| {
-                log::warn!("inode {ino}: {e}; reporting size 0 (reads will fail with EIO)");
-                0
-            })
+            self.layout
+                .plaintext_size(st.st_size as u64)
+                .unwrap_or_else(|e| {
+                    log::warn!("inode {ino}: {e}; reporting size 0 (reads will fail with EIO)");
+                    0
+                })
         } else {
             st.st_size as u64
         };
@@ -157,7 +159,11 @@ impl EncFs {
             self.truncate(ino, set.fh, size, caller)?;
         }
         if set.uid.is_some() || set.gid.is_some() {
-            sys::fchown(raw, set.uid.unwrap_or(u32::MAX), set.gid.unwrap_or(u32::MAX))?;
+            sys::fchown(
+                raw,
+                set.uid.unwrap_or(u32::MAX),
+                set.gid.unwrap_or(u32::MAX),
+            )?;
         }
         if let Some(mode) = set.mode {
             let st = sys::fstat(raw)?;
@@ -167,7 +173,11 @@ impl EncFs {
             sys::chmod_fd(raw, mode & 0o7777)?;
         }
         if set.atime.is_some() || set.mtime.is_some() {
-            sys::utimens(raw, set.atime.unwrap_or(SetTime::Omit), set.mtime.unwrap_or(SetTime::Omit))?;
+            sys::utimens(
+                raw,
+                set.atime.unwrap_or(SetTime::Omit),
+                set.mtime.unwrap_or(SetTime::Omit),
+            )?;
         }
         self.getattr(ino)
     }

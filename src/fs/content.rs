@@ -61,9 +61,19 @@ impl EncFs {
             });
         }
         let region = file_header::read_region(file)?;
-        let u = file_header::unlock(self.keys.as_ref(), &self.volume_id, self.block_size, &region, caller)?;
+        let u = file_header::unlock(
+            self.keys.as_ref(),
+            &self.volume_id,
+            self.block_size,
+            &region,
+            caller,
+        )?;
         let cipher = BlockCipher::new(u.dek.expose_secret(), u.header.file_id);
-        Ok(FileState { cipher: Some(Arc::new(cipher)), header: Some(u.header), size })
+        Ok(FileState {
+            cipher: Some(Arc::new(cipher)),
+            header: Some(u.header),
+            size,
+        })
     }
 
     /// Gives an empty, header-less file its header: a fresh file id and data key wrapped
@@ -100,9 +110,17 @@ impl EncFs {
     }
 
     /// Writes a new file's header (both copies) and keeps its cipher in the open state.
-    pub(crate) fn install_header(&self, st: &mut FileState, file: &File, keys: NewFileKeys) -> FsResult<()> {
+    pub(crate) fn install_header(
+        &self,
+        st: &mut FileState,
+        file: &File,
+        keys: NewFileKeys,
+    ) -> FsResult<()> {
         file_header::write_new(file, &keys.header, &keys.dek)?;
-        st.cipher = Some(Arc::new(BlockCipher::new(keys.dek.expose_secret(), keys.header.file_id)));
+        st.cipher = Some(Arc::new(BlockCipher::new(
+            keys.dek.expose_secret(),
+            keys.header.file_id,
+        )));
         st.header = Some(keys.header);
         Ok(())
     }

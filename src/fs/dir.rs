@@ -186,7 +186,11 @@ impl EncFs {
     ) -> FsResult<()> {
         let pfd = self.inodes.get(parent)?;
         let npfd = self.inodes.get(newparent)?;
-        let ino_of = |dir: RawFd, n: &OsStr| sys::lstatat(dir, n).ok().map(|st| self.inodes.fuse_ino(st.st_ino));
+        let ino_of = |dir: RawFd, n: &OsStr| {
+            sys::lstatat(dir, n)
+                .ok()
+                .map(|st| self.inodes.fuse_ino(st.st_ino))
+        };
         let moving = ino_of(pfd.as_raw_fd(), name);
         let target = ino_of(npfd.as_raw_fd(), newname);
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
@@ -281,7 +285,15 @@ impl EncFs {
                 continue;
             }
             match self.lookup(ino, &e.name) {
-                Ok(attr) => out.push((next, Entry { ino: attr.ino, kind: attr.kind, name: e.name }, attr)),
+                Ok(attr) => out.push((
+                    next,
+                    Entry {
+                        ino: attr.ino,
+                        kind: attr.kind,
+                        name: e.name,
+                    },
+                    attr,
+                )),
                 Err(err) => log::debug!("readdirplus: {:?} vanished: {err}", e.name),
             }
         }

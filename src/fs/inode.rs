@@ -57,7 +57,10 @@ impl InodeTable {
         InodeTable {
             root_backing_ino,
             root: Arc::new(root),
-            table: Mutex::new(Table { nodes: HashMap::new(), lru: lru::LruCache::new(cap) }),
+            table: Mutex::new(Table {
+                nodes: HashMap::new(),
+                lru: lru::LruCache::new(cap),
+            }),
         }
     }
 
@@ -209,7 +212,11 @@ impl InodeTable {
 
     /// Number of cached descriptors (pinned ones included).
     pub fn open_fds(&self) -> usize {
-        self.lock().nodes.values().filter(|n| n.fd.is_some()).count()
+        self.lock()
+            .nodes
+            .values()
+            .filter(|n| n.fd.is_some())
+            .count()
     }
 }
 
@@ -231,7 +238,9 @@ mod tests {
             std::fs::write(d.path().join(format!("f{i}")), b"x").unwrap();
         }
         let t = table(d.path(), 16);
-        let inos: Vec<u64> = (0..100).map(|i| t.lookup(ROOT_INO, OsStr::new(&format!("f{i}"))).unwrap().0).collect();
+        let inos: Vec<u64> = (0..100)
+            .map(|i| t.lookup(ROOT_INO, OsStr::new(&format!("f{i}"))).unwrap().0)
+            .collect();
         assert!(t.open_fds() <= 16, "{} descriptors cached", t.open_fds());
         for ino in &inos {
             let fd = t.get(*ino).unwrap();

@@ -71,7 +71,12 @@ impl EncFs {
 
     /// [`new`](Self::new) with an explicit bound on cached inode descriptors (tests use a
     /// tiny one to exercise eviction).
-    pub fn with_fd_cache(volume: Volume, keys: Arc<dyn KeyService>, caller: &Caller, max_fds: usize) -> FsResult<Self> {
+    pub fn with_fd_cache(
+        volume: Volume,
+        keys: Arc<dyn KeyService>,
+        caller: &Caller,
+        max_fds: usize,
+    ) -> FsResult<Self> {
         let cfg = &volume.config;
         let xattr = xattr::XattrCipher::unwrap(keys.as_ref(), cfg, caller)?;
         let root_st = crate::store::sys::fstat(std::os::fd::AsRawFd::as_raw_fd(&volume.data))?;

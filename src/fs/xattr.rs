@@ -15,11 +15,11 @@ use std::os::unix::ffi::OsStrExt;
 use aes_gcm_siv::aead::{AeadInOut, KeyInit};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
 
-use super::error::{errno, FsResult};
 use super::EncFs;
+use super::error::{FsResult, errno};
+use crate::format::FormatError;
 use crate::format::block::{BLOCK_OVERHEAD, NONCE_LEN, TAG_LEN};
 use crate::format::volume::VolumeConfig;
-use crate::format::FormatError;
 use crate::keys::{Caller, KeyId, KeyService, WrappedKey};
 use crate::store::sys;
 
@@ -41,7 +41,10 @@ pub fn unhex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 impl XattrCipher {
@@ -54,7 +57,11 @@ impl XattrCipher {
             version: rec.version,
             blob: unhex(&rec.blob).ok_or_else(bad)?,
         };
-        let vk = keys.decrypt(&wrapped, &crate::format::context::EncryptionContext::for_volume_key(&cfg.volume_id), caller)?;
+        let vk = keys.decrypt(
+            &wrapped,
+            &crate::format::context::EncryptionContext::for_volume_key(&cfg.volume_id),
+            caller,
+        )?;
         Ok(Self::from_volume_key(vk.expose_secret()))
     }
 
@@ -75,7 +82,11 @@ impl XattrCipher {
         out.extend_from_slice(value);
         let tag = self
             .aead
-            .encrypt_inout_detached(&Nonce::from(nonce), &ad(name), (&mut out[NONCE_LEN..]).into())
+            .encrypt_inout_detached(
+                &Nonce::from(nonce),
+                &ad(name),
+                (&mut out[NONCE_LEN..]).into(),
+            )
             .expect("BUG: xattr encryption failed");
         out.extend_from_slice(&tag);
         out
@@ -90,7 +101,12 @@ impl XattrCipher {
         let tag: [u8; TAG_LEN] = stored[stored.len() - TAG_LEN..].try_into().expect("tag");
         let mut out = stored[NONCE_LEN..stored.len() - TAG_LEN].to_vec();
         self.aead
-            .decrypt_inout_detached(&Nonce::from(nonce), &ad(name), out.as_mut_slice().into(), &Tag::from(tag))
+            .decrypt_inout_detached(
+                &Nonce::from(nonce),
+                &ad(name),
+                out.as_mut_slice().into(),
+                &Tag::from(tag),
+            )
             .map_err(|_| FormatError::BlockAuthFailed(0))?;
         Ok(out)
     }
@@ -148,7 +164,11 @@ impl EncFs {
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> FsResult<()> {
         let fd = self.inodes.get(ino)?;
         sys::removexattr(fd.as_raw_fd(), name).map_err(|e| {
-            if e.raw_os_error() == Some(libc::ENODATA) { errno(libc::ENODATA) } else { e.into() }
+            if e.raw_os_error() == Some(libc::ENODATA) {
+                errno(libc::ENODATA)
+            } else {
+                e.into()
+            }
         })
     }
 }

@@ -934,7 +934,10 @@ impl AuditLog {
     /// A partial line found here, under the lock, can only be left by a writer that crashed:
     /// it is cut off.
     fn follow_other_writers(&self, w: &mut Writer) -> io::Result<()> {
-        let moved_on = self.dir.join(file_name(w.file_no.saturating_add(1))).exists();
+        let moved_on = self
+            .dir
+            .join(file_name(w.file_no.saturating_add(1)))
+            .exists();
         if !moved_on && w.file.metadata()?.len() == w.len {
             return Ok(());
         }
@@ -962,8 +965,9 @@ impl AuditLog {
             if let Some(line) = line {
                 let rec = parse_record(&line).map_err(invalid_data)?;
                 w.next_seq = rec.seq + 1;
-                w.prev = unhex32(&rec.hash)
-                    .ok_or_else(|| invalid_data(format!("{}: last record has no valid hash", path.display())))?;
+                w.prev = unhex32(&rec.hash).ok_or_else(|| {
+                    invalid_data(format!("{}: last record has no valid hash", path.display()))
+                })?;
                 return Ok(());
             }
         }

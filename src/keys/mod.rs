@@ -12,8 +12,8 @@ pub mod error;
 pub mod events;
 pub mod import;
 mod kdf;
-mod keystore_ops;
 pub mod keystore;
+mod keystore_ops;
 pub mod lifecycle;
 pub mod local;
 pub mod policy;
@@ -24,7 +24,7 @@ pub mod timefmt;
 
 pub use error::KeyError;
 pub use record::Origin;
-pub use secret::{DataKey, DATA_KEY_LEN};
+pub use secret::{DATA_KEY_LEN, DataKey};
 
 use crate::format::context::EncryptionContext;
 

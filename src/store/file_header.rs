@@ -7,9 +7,9 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
-use crate::format::context::EncryptionContext;
-use crate::format::header::{self, FileHeader, KeySlot, HEADER_COPY_LEN, HEADER_REGION};
 use crate::format::FormatError;
+use crate::format::context::EncryptionContext;
+use crate::format::header::{self, FileHeader, HEADER_COPY_LEN, HEADER_REGION, KeySlot};
 use crate::keys::{Caller, DataKey, KeyError, KeyId, KeyService, WrappedKey};
 
 /// Why a header could not be read or unlocked.
@@ -41,9 +41,18 @@ pub struct Unlocked {
 /// The CMK slots of a header as wrapped keys.
 pub fn wrapped_slots(h: &FileHeader) -> impl Iterator<Item = (usize, WrappedKey)> + '_ {
     h.slots.iter().enumerate().filter_map(|(i, s)| match s {
-        KeySlot::Cmk { key_id, version, blob } => {
-            Some((i, WrappedKey { key_id: KeyId(*key_id), version: *version, blob: blob.clone() }))
-        }
+        KeySlot::Cmk {
+            key_id,
+            version,
+            blob,
+        } => Some((
+            i,
+            WrappedKey {
+                key_id: KeyId(*key_id),
+                version: *version,
+                blob: blob.clone(),
+            },
+        )),
         KeySlot::Unknown { .. } => None,
     })
 }
@@ -76,7 +85,11 @@ pub fn unlock(
     for cand in candidates {
         if cand.header.block_size != block_size {
             if !refusal(&last_err) {
-                last_err = FormatError::BlockSizeMismatch { header: cand.header.block_size, volume: block_size }.into();
+                last_err = FormatError::BlockSizeMismatch {
+                    header: cand.header.block_size,
+                    volume: block_size,
+                }
+                .into();
             }
             continue;
         }
@@ -86,7 +99,14 @@ pub fn unlock(
         for (_, wrapped) in slots {
             let err: HeaderError = match keys.decrypt(&wrapped, &ctx, caller) {
                 Ok(dek) => match header::verify_mac(copy_bytes, dek.expose_secret()) {
-                    Ok(()) => return Ok(Unlocked { header: cand.header, copy: cand.copy, max_seq, dek }),
+                    Ok(()) => {
+                        return Ok(Unlocked {
+                            header: cand.header,
+                            copy: cand.copy,
+                            max_seq,
+                            dek,
+                        });
+                    }
                     Err(e) => e.into(),
                 },
                 Err(e) => e.into(),
@@ -122,7 +142,13 @@ pub fn write_new(file: &File, h: &FileHeader, dek: &DataKey) -> Result<(), Heade
 /// must have made `current` durable before (a re-wrap run syncs the filesystem when it starts)
 /// and must make the new copy durable before another rewrite of the same file (it syncs when
 /// it ends): then a crash at any instant leaves at least one valid copy.
-pub fn rewrite(file: &File, mut h: FileHeader, dek: &DataKey, current: usize, max_seq: u64) -> Result<FileHeader, HeaderError> {
+pub fn rewrite(
+    file: &File,
+    mut h: FileHeader,
+    dek: &DataKey,
+    current: usize,
+    max_seq: u64,
+) -> Result<FileHeader, HeaderError> {
     h.seq = max_seq + 1;
     let bytes = h.encode(dek.expose_secret())?;
     let target = 1 - current;

@@ -73,7 +73,10 @@ pub fn rewrap_file(
     newest: &mut HashMap<String, (KeyId, u32)>,
     caller: &Caller,
 ) -> Result<Option<bool>, HeaderError> {
-    let file: File = OpenOptions::new().read(true).write(!opts.dry_run).open(path)?;
+    let file: File = OpenOptions::new()
+        .read(true)
+        .write(!opts.dry_run)
+        .open(path)?;
     let _lock = FileLock::exclusive(&file)?;
     if file.metadata()?.len() == 0 {
         return Ok(None);
@@ -108,12 +111,22 @@ pub fn rewrap_file(
             continue;
         }
         let new = keys.re_encrypt(&wrapped, &ctx, &dest, caller)?;
-        header.slots[i] = KeySlot::Cmk { key_id: new.key_id.0, version: new.version, blob: new.blob };
+        header.slots[i] = KeySlot::Cmk {
+            key_id: new.key_id.0,
+            version: new.version,
+            blob: new.blob,
+        };
     }
     if changed && !opts.dry_run {
         // A re-wrap is not a change of contents: keep the file's times as they were.
         let st = super::sys::fstat(std::os::fd::AsRawFd::as_raw_fd(&file))?;
-        file_header::rewrite(&file, header, &unlocked.dek, unlocked.copy, unlocked.max_seq)?;
+        file_header::rewrite(
+            &file,
+            header,
+            &unlocked.dek,
+            unlocked.copy,
+            unlocked.max_seq,
+        )?;
         let (at, mt) = (
             super::sys::SetTime::At(st.st_atime, st.st_atime_nsec as u32),
             super::sys::SetTime::At(st.st_mtime, st.st_mtime_nsec as u32),
@@ -137,7 +150,12 @@ pub fn rewrap_tree(
     // each header rewrite below overwrites only the copy it did not read, so the copy it read
     // must already be on disk (see file_header::rewrite). One syncfs at the end makes the
     // run's own writes durable, instead of an fsync per file.
-    let lock_file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(data_dir.join("..").join(REWRAP_LOCK))?;
+    let lock_file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(data_dir.join("..").join(REWRAP_LOCK))?;
     let _run_lock = FileLock::exclusive(&lock_file)?;
     super::sys::syncfs(&lock_file)?;
     let files = regular_files(data_dir)?;
@@ -180,8 +198,19 @@ mod tests {
     fn make_file(dir: &Path, name: &str, kms: &LocalKms) -> PathBuf {
         let file_id = [7u8; 16];
         let ctx = EncryptionContext::for_file("vol", &file_id);
-        let (dek, w) = kms.generate_data_key("alias/default", &ctx, &Caller::current()).unwrap();
-        let h = FileHeader { block_size: 4096, file_id, seq: 1, slots: vec![KeySlot::Cmk { key_id: w.key_id.0, version: w.version, blob: w.blob }] };
+        let (dek, w) = kms
+            .generate_data_key("alias/default", &ctx, &Caller::current())
+            .unwrap();
+        let h = FileHeader {
+            block_size: 4096,
+            file_id,
+            seq: 1,
+            slots: vec![KeySlot::Cmk {
+                key_id: w.key_id.0,
+                version: w.version,
+                blob: w.blob,
+            }],
+        };
         let p = dir.join(name);
         let f = File::create_new(&p).unwrap();
         file_header::write_new(&f, &h, &dek).unwrap();
@@ -192,7 +221,14 @@ mod tests {
         let f = File::open(p).unwrap();
         let region = file_header::read_region(&f).unwrap();
         let u = file_header::unlock(kms, "vol", 4096, &region, &Caller::current()).unwrap();
-        (file_header::wrapped_slots(&u.header).next().unwrap().1.version, u.header.seq)
+        (
+            file_header::wrapped_slots(&u.header)
+                .next()
+                .unwrap()
+                .1
+                .version,
+            u.header.seq,
+        )
     }
 
     #[test]
@@ -205,23 +241,58 @@ mod tests {
         let before = {
             let f = File::open(&p).unwrap();
             let r = file_header::read_region(&f).unwrap();
-            file_header::unlock(&kms, "vol", 4096, &r, &Caller::current()).unwrap().dek.expose_secret().to_vec()
+            file_header::unlock(&kms, "vol", 4096, &r, &Caller::current())
+                .unwrap()
+                .dek
+                .expose_secret()
+                .to_vec()
         };
         kms.rotate("alias/default", &Caller::current()).unwrap();
         let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
-        File::options().write(true).open(&p).unwrap().set_modified(old).unwrap();
+        File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
         let opts = RewrapOptions::default();
-        let s = rewrap_tree(d.path(), &kms, "vol", 4096, &opts, &Caller::current(), |_, _| {}).unwrap();
+        let s = rewrap_tree(
+            d.path(),
+            &kms,
+            "vol",
+            4096,
+            &opts,
+            &Caller::current(),
+            |_, _| {},
+        )
+        .unwrap();
         assert_eq!((s.files, s.rewrapped, s.current), (1, 1, 0));
         assert_eq!(slot_version(&p, &kms), (2, 2));
-        assert_eq!(std::fs::metadata(&p).unwrap().modified().unwrap(), old, "mtime kept");
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().modified().unwrap(),
+            old,
+            "mtime kept"
+        );
         let after = {
             let f = File::open(&p).unwrap();
             let r = file_header::read_region(&f).unwrap();
-            file_header::unlock(&kms, "vol", 4096, &r, &Caller::current()).unwrap().dek.expose_secret().to_vec()
+            file_header::unlock(&kms, "vol", 4096, &r, &Caller::current())
+                .unwrap()
+                .dek
+                .expose_secret()
+                .to_vec()
         };
         assert_eq!(before, after, "the data key must not change");
-        let again = rewrap_tree(d.path(), &kms, "vol", 4096, &opts, &Caller::current(), |_, _| {}).unwrap();
+        let again = rewrap_tree(
+            d.path(),
+            &kms,
+            "vol",
+            4096,
+            &opts,
+            &Caller::current(),
+            |_, _| {},
+        )
+        .unwrap();
         assert_eq!((again.rewrapped, again.current), (0, 1), "idempotent");
     }
 
@@ -233,11 +304,25 @@ mod tests {
         let kms = LocalKms::in_memory_for_tests();
         let p = make_file(d.path(), "f", &kms);
         kms.rotate("alias/default", &Caller::current()).unwrap();
-        rewrap_tree(d.path(), &kms, "vol", 4096, &RewrapOptions::default(), &Caller::current(), |_, _| {}).unwrap();
+        rewrap_tree(
+            d.path(),
+            &kms,
+            "vol",
+            4096,
+            &RewrapOptions::default(),
+            &Caller::current(),
+            |_, _| {},
+        )
+        .unwrap();
         // The rewrite went to copy B (tie → B). Tear it as a crash mid-write would.
         let f = OpenOptions::new().write(true).open(&p).unwrap();
-        f.write_all_at(&[0xAA; 100], (HEADER_COPY_LEN + 50) as u64).unwrap();
-        assert_eq!(slot_version(&p, &kms), (1, 1), "falls back to the intact old copy");
+        f.write_all_at(&[0xAA; 100], (HEADER_COPY_LEN + 50) as u64)
+            .unwrap();
+        assert_eq!(
+            slot_version(&p, &kms),
+            (1, 1),
+            "falls back to the intact old copy"
+        );
     }
 
     #[test]
@@ -250,8 +335,20 @@ mod tests {
         File::create_new(d.path().join("empty")).unwrap();
         kms.rotate("alias/default", &Caller::current()).unwrap();
         let before = std::fs::read(&p).unwrap();
-        let opts = RewrapOptions { dry_run: true, ..Default::default() };
-        let s = rewrap_tree(d.path(), &kms, "vol", 4096, &opts, &Caller::current(), |_, _| {}).unwrap();
+        let opts = RewrapOptions {
+            dry_run: true,
+            ..Default::default()
+        };
+        let s = rewrap_tree(
+            d.path(),
+            &kms,
+            "vol",
+            4096,
+            &opts,
+            &Caller::current(),
+            |_, _| {},
+        )
+        .unwrap();
         assert_eq!((s.rewrapped, s.empty), (1, 1));
         assert_eq!(std::fs::read(&p).unwrap(), before);
     }
@@ -264,12 +361,32 @@ mod tests {
         let kms = LocalKms::in_memory_for_tests();
         let p = make_file(d.path(), "f", &kms);
         let other = kms.create_key("other", &Caller::current()).unwrap();
-        let opts = RewrapOptions { to_key: Some(other.key_id.clone()), ..Default::default() };
-        let s = rewrap_tree(d.path(), &kms, "vol", 4096, &opts, &Caller::current(), |_, _| {}).unwrap();
+        let opts = RewrapOptions {
+            to_key: Some(other.key_id.clone()),
+            ..Default::default()
+        };
+        let s = rewrap_tree(
+            d.path(),
+            &kms,
+            "vol",
+            4096,
+            &opts,
+            &Caller::current(),
+            |_, _| {},
+        )
+        .unwrap();
         assert_eq!(s.rewrapped, 1);
         let f = File::open(&p).unwrap();
         let r = file_header::read_region(&f).unwrap();
         let u = file_header::unlock(&kms, "vol", 4096, &r, &Caller::current()).unwrap();
-        assert_eq!(file_header::wrapped_slots(&u.header).next().unwrap().1.key_id.to_string(), other.key_id);
+        assert_eq!(
+            file_header::wrapped_slots(&u.header)
+                .next()
+                .unwrap()
+                .1
+                .key_id
+                .to_string(),
+            other.key_id
+        );
     }
 }

@@ -14,7 +14,11 @@ pub fn cname(name: &OsStr) -> io::Result<CString> {
 }
 
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
 }
 
 /// `/proc/self/fd/N` for an fd, the way to reach an O_PATH fd's inode by path.
@@ -28,7 +32,12 @@ pub fn openat(dir: RawFd, name: &OsStr, flags: libc::c_int, mode: u32) -> io::Re
     // SAFETY: `c` is a valid NUL-terminated string that outlives the call; the returned fd is
     // fresh and owned by nobody else, so wrapping it in OwnedFd is sound.
     unsafe {
-        let fd = check(libc::openat(dir, c.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint))?;
+        let fd = check(libc::openat(
+            dir,
+            c.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        ))?;
         Ok(OwnedFd::from_raw_fd(fd))
     }
 }
@@ -85,7 +94,8 @@ pub fn mkdirat(dir: RawFd, name: &OsStr, mode: u32) -> io::Result<()> {
 pub fn mknodat(dir: RawFd, name: &OsStr, mode: u32, rdev: u64) -> io::Result<()> {
     let c = cname(name)?;
     // SAFETY: valid C string for the duration of the call.
-    check(unsafe { libc::mknodat(dir, c.as_ptr(), mode as libc::mode_t, rdev as libc::dev_t) }).map(drop)
+    check(unsafe { libc::mknodat(dir, c.as_ptr(), mode as libc::mode_t, rdev as libc::dev_t) })
+        .map(drop)
 }
 
 /// `symlinkat(target, dir, name)`.
@@ -117,11 +127,26 @@ pub fn unlinkat(dir: RawFd, name: &OsStr, flags: libc::c_int) -> io::Result<()> 
 }
 
 /// `renameat2` with RENAME_* `flags`.
-pub fn renameat2(olddir: RawFd, old: &OsStr, newdir: RawFd, new: &OsStr, flags: u32) -> io::Result<()> {
+pub fn renameat2(
+    olddir: RawFd,
+    old: &OsStr,
+    newdir: RawFd,
+    new: &OsStr,
+    flags: u32,
+) -> io::Result<()> {
     let o = cname(old)?;
     let n = cname(new)?;
     // SAFETY: both C strings are valid for the duration of the call.
-    check(unsafe { libc::renameat2(olddir, o.as_ptr(), newdir, n.as_ptr(), flags as libc::c_uint) }).map(drop)
+    check(unsafe {
+        libc::renameat2(
+            olddir,
+            o.as_ptr(),
+            newdir,
+            n.as_ptr(),
+            flags as libc::c_uint,
+        )
+    })
+    .map(drop)
 }
 
 /// Makes a hard link to the inode behind O_PATH `fd` as `name` in `dir`.
@@ -130,15 +155,29 @@ pub fn link_fd(fd: RawFd, dir: RawFd, name: &OsStr) -> io::Result<()> {
     let c = cname(name)?;
     // SAFETY: both C strings are valid; AT_SYMLINK_FOLLOW makes the /proc magic link resolve
     // to the inode itself (symlinks included), which is what we link.
-    check(unsafe { libc::linkat(libc::AT_FDCWD, p.as_ptr(), dir, c.as_ptr(), libc::AT_SYMLINK_FOLLOW) })
-        .map(drop)
+    check(unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            dir,
+            c.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    })
+    .map(drop)
 }
 
 /// Changes owner of the inode behind `fd` (O_PATH allowed); `u32::MAX` leaves one unchanged.
 pub fn fchown(fd: RawFd, uid: u32, gid: u32) -> io::Result<()> {
     // SAFETY: empty C string literal; AT_EMPTY_PATH operates on `fd` itself.
     check(unsafe {
-        libc::fchownat(fd, c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
+        libc::fchownat(
+            fd,
+            c"".as_ptr(),
+            uid,
+            gid,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
     })
     .map(drop)
 }
@@ -163,9 +202,18 @@ pub enum SetTime {
 
 fn timespec(t: SetTime) -> libc::timespec {
     match t {
-        SetTime::Omit => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-        SetTime::Now => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
-        SetTime::At(s, ns) => libc::timespec { tv_sec: s, tv_nsec: i64::from(ns) },
+        SetTime::Omit => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        SetTime::Now => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        SetTime::At(s, ns) => libc::timespec {
+            tv_sec: s,
+            tv_nsec: i64::from(ns),
+        },
     }
 }
 
@@ -203,11 +251,19 @@ pub fn getxattr(fd: RawFd, name: &OsStr, buf: &mut [u8]) -> io::Result<usize> {
         libc::getxattr(
             p.as_ptr(),
             c.as_ptr(),
-            if buf.is_empty() { std::ptr::null_mut() } else { buf.as_mut_ptr().cast() },
+            if buf.is_empty() {
+                std::ptr::null_mut()
+            } else {
+                buf.as_mut_ptr().cast()
+            },
             buf.len(),
         )
     };
-    if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 /// Sets an xattr of the inode behind O_PATH `fd`.
@@ -215,8 +271,16 @@ pub fn setxattr(fd: RawFd, name: &OsStr, value: &[u8], flags: i32) -> io::Result
     let p = proc_path(fd);
     let c = cname(name)?;
     // SAFETY: C strings valid; `value` readable for its length.
-    check(unsafe { libc::setxattr(p.as_ptr(), c.as_ptr(), value.as_ptr().cast(), value.len(), flags) })
-        .map(drop)
+    check(unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            c.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })
+    .map(drop)
 }
 
 /// Lists xattr names (NUL-separated) of the inode behind O_PATH `fd`.
@@ -253,7 +317,15 @@ pub fn removexattr(fd: RawFd, name: &OsStr) -> io::Result<()> {
 /// `fallocate` on an open file.
 pub fn fallocate(f: &File, mode: i32, offset: u64, len: u64) -> io::Result<()> {
     // SAFETY: plain syscall on a valid fd.
-    check(unsafe { libc::fallocate(f.as_raw_fd(), mode, offset as libc::off_t, len as libc::off_t) }).map(drop)
+    check(unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            mode,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    })
+    .map(drop)
 }
 
 /// One directory entry from [`list_dir`].
@@ -290,18 +362,32 @@ pub fn list_dir(fd: RawFd) -> io::Result<Vec<DirEntry>> {
         if ent.is_null() {
             // SAFETY: reading errno is always sound.
             let err = unsafe { *libc::__errno_location() };
-            break if err == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(err)) };
+            break if err == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::from_raw_os_error(err))
+            };
         }
         // SAFETY: a non-null dirent64 from readdir64 is valid until the next readdir call, and
         // d_name is NUL-terminated.
         let (ino, kind, name) = unsafe {
             let e = &*ent;
-            (e.d_ino, e.d_type, std::ffi::CStr::from_ptr(e.d_name.as_ptr()).to_bytes().to_vec())
+            (
+                e.d_ino,
+                e.d_type,
+                std::ffi::CStr::from_ptr(e.d_name.as_ptr())
+                    .to_bytes()
+                    .to_vec(),
+            )
         };
         if name == b"." || name == b".." {
             continue;
         }
-        out.push(DirEntry { ino, kind, name: std::os::unix::ffi::OsStringExt::from_vec(name) });
+        out.push(DirEntry {
+            ino,
+            kind,
+            name: std::os::unix::ffi::OsStringExt::from_vec(name),
+        });
     };
     // SAFETY: `dir` is valid and closed exactly once.
     unsafe { libc::closedir(dir) };
@@ -312,7 +398,10 @@ pub fn list_dir(fd: RawFd) -> io::Result<Vec<DirEntry>> {
 /// The filesystem core keeps one O_PATH descriptor per inode the kernel remembers, so a large
 /// tree needs far more than the usual soft limit of 1024.
 pub fn raise_fd_limit() -> io::Result<u64> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: `lim` is a valid, writable rlimit struct.
     check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
     // Root may raise the hard limit too (CAP_SYS_RESOURCE), up to the kernel's nr_open.
@@ -322,7 +411,10 @@ pub fn raise_fd_limit() -> io::Result<u64> {
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
             .unwrap_or(1 << 20);
-        let want = libc::rlimit { rlim_cur: nr_open, rlim_max: nr_open };
+        let want = libc::rlimit {
+            rlim_cur: nr_open,
+            rlim_max: nr_open,
+        };
         // SAFETY: `want` is a valid rlimit struct; failure leaves the limits unchanged.
         if nr_open > lim.rlim_max && unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
             return Ok(nr_open);
@@ -339,7 +431,10 @@ pub fn raise_fd_limit() -> io::Result<u64> {
 
 /// This process's open-file soft limit.
 pub fn fd_limit() -> u64 {
-    let mut lim = libc::rlimit { rlim_cur: 1024, rlim_max: 1024 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 1024,
+        rlim_max: 1024,
+    };
     // SAFETY: `lim` is a valid, writable rlimit struct; on failure it keeps the default.
     unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
     lim.rlim_cur

@@ -12,8 +12,8 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use crate::format::volume::VolumeConfig;
 use crate::format::FormatError;
+use crate::format::volume::VolumeConfig;
 
 /// Name of the volume config file.
 pub const CONFIG_NAME: &str = "envelopefs.json";
@@ -28,7 +28,9 @@ pub const LOCK_NAME: &str = ".lock";
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
     /// Not a volume.
-    #[error("{0} is not an envelopefs volume (no {CONFIG_NAME}); create one with `envelopefs init {0}`")]
+    #[error(
+        "{0} is not an envelopefs volume (no {CONFIG_NAME}); create one with `envelopefs init {0}`"
+    )]
     NotAVolume(PathBuf),
     /// Already a volume.
     #[error("{0} already holds an envelopefs volume; pick an empty directory")]
@@ -58,7 +60,10 @@ pub enum VolumeError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> VolumeError + '_ {
-    move |source| VolumeError::Io { path: path.to_owned(), source }
+    move |source| VolumeError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// An opened backing directory.
@@ -82,7 +87,11 @@ impl Volume {
 /// The keystore path a config names (relative paths are relative to the backing directory).
 pub fn keystore_path(root: &Path, config: &VolumeConfig) -> PathBuf {
     let p = Path::new(&config.keystore);
-    if p.is_absolute() { p.to_owned() } else { root.join(p) }
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        root.join(p)
+    }
 }
 
 /// Makes sure `root` can receive a new volume: creates it if missing; it must be empty.
@@ -120,16 +129,27 @@ pub fn create(
     keystore: String,
     created: u64,
 ) -> Result<VolumeConfig, VolumeCreateError> {
-    crate::format::header::check_block_size(block_size).map_err(|source| VolumeError::Config { path: root.to_owned(), source })?;
+    crate::format::header::check_block_size(block_size).map_err(|source| VolumeError::Config {
+        path: root.to_owned(),
+        source,
+    })?;
     let volume_id = uuid::Uuid::new_v4().hyphenated().to_string();
     let ctx = crate::format::context::EncryptionContext::for_volume_key(&volume_id);
-    let (_vk, wrapped) = keys.generate_data_key(default_key, &ctx, &crate::keys::Caller::current())?;
+    let (_vk, wrapped) =
+        keys.generate_data_key(default_key, &ctx, &crate::keys::Caller::current())?;
     let record = crate::format::volume::WrappedKeyRecord {
         key_id: wrapped.key_id.to_string(),
         version: wrapped.version,
         blob: crate::format::context::hex(&wrapped.blob),
     };
-    let cfg = VolumeConfig::new(volume_id, created, block_size, default_key.to_owned(), keystore, record);
+    let cfg = VolumeConfig::new(
+        volume_id,
+        created,
+        block_size,
+        default_key.to_owned(),
+        keystore,
+        record,
+    );
     init_layout(root, &cfg)?;
     Ok(cfg)
 }
@@ -150,8 +170,15 @@ pub fn read_config(root: &Path) -> Result<VolumeConfig, VolumeError> {
     let cfg = root.join(CONFIG_NAME);
     let bytes = match fs::read(&cfg) {
         Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(VolumeError::NotAVolume(root.to_owned())),
-        Err(e) => return Err(VolumeError::Io { path: cfg, source: e }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(VolumeError::NotAVolume(root.to_owned()));
+        }
+        Err(e) => {
+            return Err(VolumeError::Io {
+                path: cfg,
+                source: e,
+            });
+        }
     };
     VolumeConfig::parse(&bytes).map_err(|source| VolumeError::Config { path: cfg, source })
 }
@@ -161,8 +188,13 @@ pub fn open(root: &Path) -> Result<Volume, VolumeError> {
     let config = read_config(root)?;
     let data_path = root.join(DATA_DIR);
     let data = File::open(&data_path).map_err(io_err(&data_path))?;
-    let data = crate::store::sys::open_path(data.as_raw_fd(), std::ffi::OsStr::new(".")).map_err(io_err(&data_path))?;
-    Ok(Volume { root: root.to_owned(), config, data })
+    let data = crate::store::sys::open_path(data.as_raw_fd(), std::ffi::OsStr::new("."))
+        .map_err(io_err(&data_path))?;
+    Ok(Volume {
+        root: root.to_owned(),
+        config,
+        data,
+    })
 }
 
 /// An exclusive lock on a volume, held while it is mounted; released on drop.
@@ -174,7 +206,12 @@ pub struct VolumeLock {
 /// Takes the volume's mount lock without waiting.
 pub fn lock(root: &Path) -> Result<VolumeLock, VolumeError> {
     let p = root.join(LOCK_NAME);
-    let file = OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(io_err(&p))?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .map_err(io_err(&p))?;
     // SAFETY: flock on a valid open fd has no memory-safety preconditions.
     let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if r != 0 {
