@@ -263,6 +263,34 @@ fn policy_denies_a_user_until_a_grant_lets_them_in_and_revoke_shuts_them_out() {
         !as_user("cat shared").status.success(),
         "revoked: denied again"
     );
+
+    // A statement naming a group matches through the caller's supplementary groups (read
+    // from /proc only for keys whose policy or grants name a group).
+    fs::write(
+        &policy,
+        r#"{"Version":"2012-10-17","Statement":[{"Sid":"admin","Effect":"Allow","Principal":{"Admin":true},"Action":"kms:*"},{"Sid":"group 4242","Effect":"Allow","Principal":{"Group":"4242"},"Action":"kms:Decrypt"}]}"#,
+    )
+    .unwrap();
+    ok(
+        &m,
+        &["key", "policy", "put"],
+        &["alias/default", "--file", policy.to_str().unwrap()],
+    );
+    let in_group = common::output(
+        tool("setpriv")
+            .args(["--reuid", "1000", "--regid", "1000", "--groups", "4242"])
+            .args(["cat", "shared"])
+            .current_dir(m.mnt()),
+    );
+    assert!(
+        in_group.status.success(),
+        "uid 1000 with supplementary group 4242 is allowed: {}",
+        String::from_utf8_lossy(&in_group.stderr)
+    );
+    assert!(
+        !as_user("cat shared").status.success(),
+        "uid 1000 without group 4242 is denied"
+    );
 }
 
 #[test]

@@ -1742,6 +1742,67 @@ fn sigterm_and_sigint_unmount_cleanly() {
     );
 }
 
+/// A write, truncate or O_TRUNC open by a process without CAP_FSETID clears set-user-id, and
+/// set-group-id on a group-executable file, as the kernel does on a local filesystem (the
+/// mount asks the kernel to leave this to it: FUSE_HANDLE_KILLPRIV_V2); root keeps them.
+/// Checked with and without the writeback cache.
+#[test]
+fn unprivileged_write_and_truncate_clear_setid_bits() {
+    for writeback in [true, false] {
+        let Some(m) = Mounted::with_options(common::Options {
+            allow_other: true,
+            writeback,
+            ..Default::default()
+        }) else {
+            return;
+        };
+        fs::set_permissions(m.mnt(), fs::Permissions::from_mode(0o755)).unwrap();
+        let files = [
+            ("write", 0o6777, "printf x >> write", 0o777),
+            ("truncate", 0o6777, "truncate -s 1 truncate", 0o777),
+            ("otrunc", 0o6777, ": > otrunc", 0o777),
+            ("sgid_no_gx", 0o2767, "printf x >> sgid_no_gx", 0o2767),
+            ("untouched", 0o6777, "cat untouched > /dev/null", 0o6777),
+            ("by_root", 0o6777, "", 0o6777),
+        ];
+        for (name, mode, _, _) in &files {
+            fs::write(m.path(name), b"0123456789").unwrap();
+            fs::set_permissions(m.path(name), fs::Permissions::from_mode(*mode)).unwrap();
+        }
+        for (_, _, script, _) in files.iter().filter(|f| !f.2.is_empty()) {
+            let out = common::output(
+                tool("setpriv")
+                    .args(["--reuid", "1000", "--regid", "1000", "--clear-groups"])
+                    .args(["sh", "-c", script])
+                    .current_dir(m.mnt()),
+            );
+            assert!(
+                out.status.success(),
+                "as uid 1000: {script}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        OpenOptions::new()
+            .append(true)
+            .open(m.path("by_root"))
+            .unwrap()
+            .write_all(b"x")
+            .unwrap();
+        for (name, _, script, want) in &files {
+            for md in [
+                fs::metadata(m.path(name)).unwrap(),
+                fs::metadata(m.backing_path(name)).unwrap(),
+            ] {
+                assert_eq!(
+                    md.mode() & 0o7777,
+                    *want,
+                    "{name} after `{script}` (writeback cache {writeback})"
+                );
+            }
+        }
+    }
+}
+
 /// With --allow-other, another user (uid 1000) gets files it owns (in the backing store too)
 /// and the kernel's permission checks (default_permissions) apply to it.
 #[test]

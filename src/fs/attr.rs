@@ -8,6 +8,49 @@ use super::error::{FsResult, errno};
 use crate::keys::Caller;
 use crate::store::sys::{self, SetTime};
 
+/// The set-id bits of `mode` that a write or truncate by a process without CAP_FSETID
+/// removes: set-user-id, and set-group-id when the file is group-executable.
+pub(crate) fn setid_to_drop(mode: u32) -> u32 {
+    let sgid = libc::S_ISGID | libc::S_IXGRP;
+    (mode & libc::S_ISUID)
+        | if mode & sgid == sgid {
+            libc::S_ISGID
+        } else {
+            0
+        }
+}
+
+/// Clears [`setid_to_drop`] bits of the regular file `fd`; with `Some(caller)`, only when
+/// the caller lacks CAP_FSETID (checked only when there is something to clear).
+pub(crate) fn drop_setid_fd(fd: std::os::fd::RawFd, caller: Option<&Caller>) -> FsResult<()> {
+    let st = sys::fstat(fd)?;
+    let bits = setid_to_drop(st.st_mode);
+    if bits == 0 || Kind::from_mode(st.st_mode) != Kind::File {
+        return Ok(());
+    }
+    if caller.is_some_and(has_cap_fsetid) {
+        return Ok(());
+    }
+    sys::chmod_fd(fd, st.st_mode & 0o7777 & !bits)?;
+    Ok(())
+}
+
+/// Whether the calling process has CAP_FSETID in its effective set (from
+/// `/proc/<pid>/status`; when that cannot be read, whether it runs as root).
+fn has_cap_fsetid(c: &Caller) -> bool {
+    const CAP_FSETID: u32 = 4;
+    let status = if c.pid != 0 {
+        std::fs::read_to_string(format!("/proc/{}/status", c.pid)).ok()
+    } else {
+        None
+    };
+    status
+        .as_deref()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("CapEff:")))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .map_or(c.uid == 0, |caps| caps & (1 << CAP_FSETID) != 0)
+}
+
 /// File type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -157,6 +200,11 @@ impl EncFs {
         let raw = fd.as_raw_fd();
         if let Some(size) = set.size {
             self.truncate(ino, set.fh, size, caller)?;
+            if set.mode.is_none() {
+                // The kernel (FUSE_HANDLE_KILLPRIV_V2) no longer sends the mode it would
+                // compute for an unprivileged truncate.
+                drop_setid_fd(raw, Some(caller))?;
+            }
         }
         if set.uid.is_some() || set.gid.is_some() {
             sys::fchown(
@@ -180,6 +228,16 @@ impl EncFs {
             )?;
         }
         self.getattr(ino)
+    }
+
+    /// Clears the set-id bits that a write or truncate by an unprivileged process removes
+    /// (set-user-id; set-group-id when group-executable), as the kernel would. With
+    /// FUSE_HANDLE_KILLPRIV_V2 the kernel leaves this to the filesystem and says when
+    /// (FUSE_WRITE_KILL_SUIDGID on a write); in exchange it stops asking for
+    /// `security.capability` before every write.
+    pub fn drop_setid(&self, ino: u64) -> FsResult<()> {
+        let fd = self.inodes.get(ino)?;
+        drop_setid_fd(fd.as_raw_fd(), None)
     }
 
     /// access: the kernel checks mode bits (default_permissions); this only checks existence.

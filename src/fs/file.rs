@@ -78,6 +78,8 @@ impl EncFs {
         if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
             let mut st = handle.open.state.write().expect("file state poisoned");
             self.truncate_content(&mut st, &handle.file, 0, caller)?;
+            drop(st);
+            super::attr::drop_setid_fd(handle.file.as_raw_fd(), Some(caller))?;
         }
         let fh = self.new_fh();
         self.handles
