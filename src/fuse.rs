@@ -191,10 +191,10 @@ impl fuser::Filesystem for Adapter {
         // every change). The kernel may then read through a write-only handle (to fill a
         // partially written page) and sends appends at the offset it computed; the core
         // handles both (backing files of writers are O_RDWR, O_APPEND is not passed down).
-        if self.writeback_cache {
-            if let Err(missing) = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE) {
-                log::info!("kernel lacks FUSE capability {missing:?}; continuing without it");
-            }
+        if self.writeback_cache
+            && let Err(missing) = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
+        {
+            log::info!("kernel lacks FUSE capability {missing:?}; continuing without it");
         }
         Ok(())
     }
