@@ -825,6 +825,12 @@ fn xattrs_round_trip_encrypted() {
     let plain = b"xattr-plaintext-value-Zq8WmT3vR1".to_vec();
     // (ext4 keeps all of an inode's xattrs in one 4 KiB block: stay well below that.)
     let binary: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 256) as u8).collect();
+    // The daemon remembers that an inode has no xattrs at all; the first set must end that.
+    assert_eq!(
+        errno(&get_xattr(&p, "user.test").unwrap_err()),
+        libc::ENODATA
+    );
+    assert_eq!(list_xattr(&p).unwrap(), Vec::<String>::new());
     set_xattr(&p, "user.test", &plain, 0).unwrap();
     set_xattr(&p, "user.binary", &binary, 0).unwrap();
     set_xattr(&p, "user.empty", b"", 0).unwrap();

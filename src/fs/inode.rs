@@ -32,6 +32,13 @@ struct Node {
     fd: Option<Arc<OwnedFd>>,
     /// Never evict the descriptor: the name may no longer lead here.
     pinned: bool,
+    /// The inode behind `fd` is known to have no extended attributes at all. Only valid
+    /// while that descriptor is held (it keeps the inode, so its number cannot be reused);
+    /// cleared whenever the descriptor is dropped or replaced.
+    xattr_free: bool,
+    /// Bumped by every xattr change through the mount, so a listing that raced with a change
+    /// cannot set `xattr_free`.
+    xattr_gen: u64,
 }
 
 struct Table {
@@ -83,6 +90,7 @@ impl InodeTable {
     fn cache(t: &mut Table, ino: u64, fd: Arc<OwnedFd>) {
         if let Some(node) = t.nodes.get_mut(&ino) {
             node.fd = Some(fd);
+            node.xattr_free = false;
             if !node.pinned
                 && let Some((old, ())) = t.lru.push(ino, ())
                 && old != ino
@@ -90,6 +98,7 @@ impl InodeTable {
                 && !n.pinned
             {
                 n.fd = None;
+                n.xattr_free = false;
             }
         }
     }
@@ -144,6 +153,8 @@ impl InodeTable {
                 name: name.to_owned(),
                 fd: None,
                 pinned: false,
+                xattr_free: false,
+                xattr_gen: 0,
             });
             node.nlookup += 1;
             if !node.pinned {
@@ -173,6 +184,37 @@ impl InodeTable {
                 n.pinned = true;
                 t.lru.pop(&ino);
             }
+        }
+    }
+
+    /// Whether `ino` is known to have no extended attributes, and the xattr generation to
+    /// pass to [`InodeTable::mark_xattr_free`] after listing them.
+    pub fn xattr_state(&self, ino: u64) -> (bool, u64) {
+        let t = self.lock();
+        t.nodes.get(&ino).map_or((false, 0), |n| {
+            (n.fd.is_some() && n.xattr_free, n.xattr_gen)
+        })
+    }
+
+    /// Records that the inode behind `fd` had no extended attributes when listed, unless an
+    /// xattr changed since [`InodeTable::xattr_state`] returned `generation` or the
+    /// descriptor was replaced.
+    pub fn mark_xattr_free(&self, ino: u64, generation: u64, fd: &Arc<OwnedFd>) {
+        let mut t = self.lock();
+        if let Some(n) = t.nodes.get_mut(&ino)
+            && n.xattr_gen == generation
+            && n.fd.as_ref().is_some_and(|f| Arc::ptr_eq(f, fd))
+        {
+            n.xattr_free = true;
+        }
+    }
+
+    /// Call after setting or removing an xattr of `ino`.
+    pub fn xattrs_changed(&self, ino: u64) {
+        let mut t = self.lock();
+        if let Some(n) = t.nodes.get_mut(&ino) {
+            n.xattr_free = false;
+            n.xattr_gen += 1;
         }
     }
 

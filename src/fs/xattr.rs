@@ -17,6 +17,7 @@ use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
 
 use super::EncFs;
 use super::error::{FsResult, errno};
+use super::inode::ROOT_INO;
 use crate::format::FormatError;
 use crate::format::block::{BLOCK_OVERHEAD, NONCE_LEN, TAG_LEN};
 use crate::format::volume::VolumeConfig;
@@ -120,17 +121,39 @@ impl EncFs {
     /// setxattr.
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
         let fd = self.inodes.get(ino)?;
-        if is_user(name) {
+        let r = if is_user(name) {
             let sealed = self.xattr.seal(name, value);
-            Ok(sys::setxattr(fd.as_raw_fd(), name, &sealed, flags)?)
+            sys::setxattr(fd.as_raw_fd(), name, &sealed, flags)
         } else {
-            Ok(sys::setxattr(fd.as_raw_fd(), name, value, flags)?)
+            sys::setxattr(fd.as_raw_fd(), name, value, flags)
+        };
+        self.inodes.xattrs_changed(ino);
+        Ok(r?)
+    }
+
+    /// True when `ino` has no extended attributes at all: remembered per inode, so the
+    /// getxattr(security.capability / security.selinux / system.posix_acl_access) that the
+    /// kernel, `ls -l` and `cp` send for every file cost no system call after the first.
+    /// Sound because every xattr change goes through the mount ([`EncFs::setxattr`],
+    /// [`EncFs::removexattr`]); chown and writes can only remove attributes.
+    fn xattr_free(&self, ino: u64, fd: &std::sync::Arc<std::os::fd::OwnedFd>) -> FsResult<bool> {
+        let (known, generation) = self.inodes.xattr_state(ino);
+        if known {
+            return Ok(true);
         }
+        if sys::listxattr(fd.as_raw_fd())?.is_empty() {
+            self.inodes.mark_xattr_free(ino, generation, fd);
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// getxattr: the whole value (the adapter handles the size protocol).
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> FsResult<Vec<u8>> {
         let fd = self.inodes.get(ino)?;
+        if ino != ROOT_INO && self.xattr_free(ino, &fd)? {
+            return Err(errno(libc::ENODATA));
+        }
         let raw = fd.as_raw_fd();
         let value = loop {
             let size = sys::getxattr(raw, name, &mut [])?;
@@ -157,6 +180,9 @@ impl EncFs {
     /// listxattr: NUL-separated names.
     pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
         let fd = self.inodes.get(ino)?;
+        if ino != ROOT_INO && self.inodes.xattr_state(ino).0 {
+            return Ok(Vec::new());
+        }
         Ok(sys::listxattr(fd.as_raw_fd())?)
     }
 
