@@ -295,10 +295,12 @@ head -c 32 /dev/urandom >"$WORK/keyfile"
 printf 'envelopefs-bench-password\n' >"$WORK/password"
 
 daemon() { # command... — run in the background (caller redirects), with the --nofile limit
+    # `<&0`: without job control a background command's stdin would be /dev/null, not the
+    # caller's redirection (CryFS reads its password from stdin).
     if [[ -n $NOFILE ]]; then
-        ( ulimit -Hn "$NOFILE" 2>/dev/null || true; ulimit -Sn "$NOFILE" && exec "$@" ) &
+        ( ulimit -Hn "$NOFILE" 2>/dev/null || true; ulimit -Sn "$NOFILE" && exec "$@" ) <&0 &
     else
-        "$@" &
+        "$@" <&0 &
     fi
 }
 
