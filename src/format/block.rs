@@ -116,6 +116,44 @@ impl BlockCipher {
                 FormatError::BlockAuthFailed(index)
             })
     }
+
+    /// As [`BlockCipher::open`], appending the plaintext to `out` instead of writing into a
+    /// caller-sized (and so zero-filled) buffer. On failure `out` is left as it was (the
+    /// bytes appended are wiped first).
+    pub fn open_append(
+        &self,
+        index: u64,
+        last: bool,
+        sealed: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), FormatError> {
+        if sealed.len() <= BLOCK_OVERHEAD {
+            return Err(FormatError::BlockAuthFailed(index));
+        }
+        let start = out.len();
+        if is_hole(sealed) {
+            out.resize(start + sealed.len() - BLOCK_OVERHEAD, 0);
+            return Ok(());
+        }
+        let (n, rest) = sealed.split_at(NONCE_LEN);
+        let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
+        out.extend_from_slice(ct);
+        let nonce: [u8; NONCE_LEN] = n.try_into().expect("split at NONCE_LEN");
+        let tag: [u8; TAG_LEN] = tag.try_into().expect("split at TAG_LEN");
+        let ad = block_ad(&self.file_id, index, last);
+        let r = self.aead.decrypt_inout_detached(
+            &Nonce::from(nonce),
+            &ad,
+            (&mut out[start..]).into(),
+            &Tag::from(tag),
+        );
+        if r.is_err() {
+            out[start..].fill(0);
+            out.truncate(start);
+            return Err(FormatError::BlockAuthFailed(index));
+        }
+        Ok(())
+    }
 }
 
 /// True when a sealed block is entirely zero bytes (a hole left by a sparse backing file).
@@ -129,6 +167,31 @@ mod tests {
 
     fn cipher() -> BlockCipher {
         BlockCipher::new(&[7u8; 32], [9u8; 16])
+    }
+
+    #[test]
+    fn open_append_matches_open_and_leaves_nothing_on_failure() {
+        let c = cipher();
+        let a = sealed(3, false, &[5u8; 4096]);
+        let b = sealed(4, true, b"tail");
+        let mut out = b"prefix".to_vec();
+        c.open_append(3, false, &a, &mut out).unwrap();
+        c.open_append(4, true, &b, &mut out).unwrap();
+        c.open_append(5, false, &[0u8; 4096 + BLOCK_OVERHEAD], &mut out)
+            .unwrap(); // a hole
+        let mut want = b"prefix".to_vec();
+        want.extend_from_slice(&[5u8; 4096]);
+        want.extend_from_slice(b"tail");
+        want.extend_from_slice(&[0u8; 4096]);
+        assert_eq!(out, want);
+        let mut bad = a.clone();
+        bad[100] ^= 1;
+        assert!(c.open_append(3, false, &bad, &mut out).is_err());
+        assert!(
+            c.open_append(4, false, &b, &mut out).is_err(),
+            "last flag is bound"
+        );
+        assert_eq!(out, want, "a failed open appends nothing");
     }
 
     fn sealed(index: u64, last: bool, pt: &[u8]) -> Vec<u8> {

@@ -145,26 +145,30 @@ impl EncFs {
         let disk_start = l.block_offset(first);
         let last_len = l.block_len(last, st.size);
         let disk_end = l.block_offset(last) + last_len + BLOCK_OVERHEAD as u64;
-        let mut sealed = vec![0u8; (disk_end - disk_start) as usize];
-        file.read_exact_at(&mut sealed, disk_start)
-            .map_err(|e| short_read(e, file))?;
         let plain_len = ((last - first) * bs + last_len) as usize;
-        let mut out = vec![0u8; plain_len];
+        let mut out = Vec::with_capacity(plain_len);
         let sealed_bs = l.sealed_block_size() as usize;
-        for (k, i) in (first..=last).enumerate() {
-            let blen = l.block_len(i, st.size) as usize;
-            let s = &sealed[k * sealed_bs..k * sealed_bs + blen + BLOCK_OVERHEAD];
-            let is_last = i == count - 1;
-            if is_last && crate::format::block::is_hole(s) {
-                return Err(FormatError::BlockAuthFailed(i).into());
+        // The ciphertext goes through a per-thread buffer reused across requests (no
+        // allocation or zero-fill per read; it only ever holds ciphertext).
+        SEALED.with_borrow_mut(|sealed| -> FsResult<()> {
+            let n = (disk_end - disk_start) as usize;
+            if sealed.len() < n {
+                sealed.resize(n, 0);
             }
-            cipher.open(
-                i,
-                is_last,
-                s,
-                &mut out[k * bs as usize..k * bs as usize + blen],
-            )?;
-        }
+            let sealed = &mut sealed[..n];
+            file.read_exact_at(sealed, disk_start)
+                .map_err(|e| short_read(e, file))?;
+            for (k, i) in (first..=last).enumerate() {
+                let blen = l.block_len(i, st.size) as usize;
+                let s = &sealed[k * sealed_bs..k * sealed_bs + blen + BLOCK_OVERHEAD];
+                let is_last = i == count - 1;
+                if is_last && crate::format::block::is_hole(s) {
+                    return Err(FormatError::BlockAuthFailed(i).into());
+                }
+                cipher.open_append(i, is_last, s, &mut out)?;
+            }
+            Ok(())
+        })?;
         let skip = (offset - first * bs) as usize;
         out.drain(..skip);
         out.truncate((end - offset) as usize);
@@ -353,6 +357,11 @@ impl EncFs {
         cipher.open(i, last, &sealed, out)?;
         Ok(())
     }
+}
+
+thread_local! {
+    /// Scratch space for the ciphertext of a read (see [`EncFs::read_content`]).
+    static SEALED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// A short read inside the plaintext size means the backing file is not the length the
