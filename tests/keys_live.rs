@@ -180,22 +180,7 @@ fn policy_denies_a_user_until_a_grant_lets_them_in_and_revoke_shuts_them_out() {
     fs::set_permissions(m.mnt(), fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(m.path("shared"), b"for everyone by mode").unwrap();
     fs::set_permissions(m.path("shared"), fs::Permissions::from_mode(0o644)).unwrap();
-    let as_user = |script: &str| {
-        common::output(
-            tool("setpriv")
-                .args([
-                    "--reuid",
-                    "1000",
-                    "--regid",
-                    "1000",
-                    "--clear-groups",
-                    "sh",
-                    "-c",
-                    script,
-                ])
-                .current_dir(m.mnt()),
-        )
-    };
+    let as_user = |script: &str| common::as_user_1000(m.mnt(), script);
     assert!(
         as_user("cat shared").status.success(),
         "the default policy lets local users use the key"

@@ -1776,12 +1776,7 @@ fn unprivileged_write_and_truncate_clear_setid_bits() {
             fs::set_permissions(m.path(name), fs::Permissions::from_mode(*mode)).unwrap();
         }
         for (_, _, script, _) in files.iter().filter(|f| !f.2.is_empty()) {
-            let out = common::output(
-                tool("setpriv")
-                    .args(["--reuid", "1000", "--regid", "1000", "--clear-groups"])
-                    .args(["sh", "-c", script])
-                    .current_dir(m.mnt()),
-            );
+            let out = common::as_user_1000(m.mnt(), script);
             assert!(
                 out.status.success(),
                 "as uid 1000: {script}: {}",
@@ -1826,22 +1821,7 @@ fn other_user_with_allow_other() {
     fs::set_permissions(m.path("rootonly"), fs::Permissions::from_mode(0o600)).unwrap();
     fs::write(m.path("readonly"), b"shared").unwrap();
     fs::set_permissions(m.path("readonly"), fs::Permissions::from_mode(0o644)).unwrap();
-    let as_user = |script: &str| {
-        common::output(
-            tool("setpriv")
-                .args([
-                    "--reuid",
-                    "1000",
-                    "--regid",
-                    "1000",
-                    "--clear-groups",
-                    "sh",
-                    "-c",
-                    script,
-                ])
-                .current_dir(m.mnt()),
-        )
-    };
+    let as_user = |script: &str| common::as_user_1000(m.mnt(), script);
     let ok = |script: &str| {
         let out = as_user(script);
         assert!(

@@ -103,18 +103,9 @@ impl BlockCipher {
             out.fill(0);
             return Ok(());
         }
-        let (n, rest) = sealed.split_at(NONCE_LEN);
-        let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
-        out.copy_from_slice(ct);
-        let nonce: [u8; NONCE_LEN] = n.try_into().expect("split at NONCE_LEN");
-        let tag: [u8; TAG_LEN] = tag.try_into().expect("split at TAG_LEN");
-        let ad = block_ad(&self.file_id, index, last);
-        self.aead
-            .decrypt_inout_detached(&Nonce::from(nonce), &ad, out.into(), &Tag::from(tag))
-            .map_err(|_| {
-                out.fill(0);
-                FormatError::BlockAuthFailed(index)
-            })
+        out.copy_from_slice(&sealed[NONCE_LEN..sealed.len() - TAG_LEN]);
+        self.decrypt_in_place(index, last, sealed, out)
+            .inspect_err(|_| out.fill(0))
     }
 
     /// As [`BlockCipher::open`], appending the plaintext to `out` instead of writing into a
@@ -135,24 +126,31 @@ impl BlockCipher {
             out.resize(start + sealed.len() - BLOCK_OVERHEAD, 0);
             return Ok(());
         }
-        let (n, rest) = sealed.split_at(NONCE_LEN);
-        let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
-        out.extend_from_slice(ct);
-        let nonce: [u8; NONCE_LEN] = n.try_into().expect("split at NONCE_LEN");
-        let tag: [u8; TAG_LEN] = tag.try_into().expect("split at TAG_LEN");
+        out.extend_from_slice(&sealed[NONCE_LEN..sealed.len() - TAG_LEN]);
+        self.decrypt_in_place(index, last, sealed, &mut out[start..])
+            .inspect_err(|_| {
+                out[start..].fill(0);
+                out.truncate(start);
+            })
+    }
+
+    /// Authenticates and decrypts `buf`, which holds the ciphertext of sealed block `index`
+    /// (`sealed` supplies its nonce and tag).
+    fn decrypt_in_place(
+        &self,
+        index: u64,
+        last: bool,
+        sealed: &[u8],
+        buf: &mut [u8],
+    ) -> Result<(), FormatError> {
+        let nonce: [u8; NONCE_LEN] = sealed[..NONCE_LEN].try_into().expect("NONCE_LEN bytes");
+        let tag: [u8; TAG_LEN] = sealed[sealed.len() - TAG_LEN..]
+            .try_into()
+            .expect("TAG_LEN bytes");
         let ad = block_ad(&self.file_id, index, last);
-        let r = self.aead.decrypt_inout_detached(
-            &Nonce::from(nonce),
-            &ad,
-            (&mut out[start..]).into(),
-            &Tag::from(tag),
-        );
-        if r.is_err() {
-            out[start..].fill(0);
-            out.truncate(start);
-            return Err(FormatError::BlockAuthFailed(index));
-        }
-        Ok(())
+        self.aead
+            .decrypt_inout_detached(&Nonce::from(nonce), &ad, buf.into(), &Tag::from(tag))
+            .map_err(|_| FormatError::BlockAuthFailed(index))
     }
 }
 

@@ -228,6 +228,16 @@ fn force_unmount(mnt: &Path) {
         .status();
 }
 
+/// Runs `sh -c script` in `dir` as uid 1000, gid 1000, without supplementary groups.
+pub fn as_user_1000(dir: &Path, script: &str) -> Output {
+    output(
+        tool("setpriv")
+            .args(["--reuid", "1000", "--regid", "1000", "--clear-groups"])
+            .args(["sh", "-c", script])
+            .current_dir(dir),
+    )
+}
+
 /// Mount options of a test mount.
 #[derive(Clone, Debug)]
 pub struct Options {
