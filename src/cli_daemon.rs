@@ -90,6 +90,9 @@ pub fn spawn_background(
     if !opts.writeback_cache {
         cmd.arg("--no-writeback-cache");
     }
+    if !opts.xattrs {
+        cmd.arg("--no-xattr");
+    }
     for _ in 0..verbose {
         cmd.arg("-v");
     }

@@ -35,6 +35,10 @@ pub struct MountOptions {
     /// FUSE_WRITEBACK_CACHE: the kernel buffers writes in its page cache and sends them in
     /// batches (it then owns size and mtime while pages are dirty).
     pub writeback_cache: bool,
+    /// Extended attributes. Off (`--no-xattr`), every xattr call fails with ENOSYS once and
+    /// the kernel stops asking (EOPNOTSUPP to applications): `ls -l`, which asks every file
+    /// for two xattrs, then needs half the requests.
+    pub xattrs: bool,
 }
 
 impl Default for MountOptions {
@@ -49,6 +53,7 @@ impl Default for MountOptions {
             ttl: Duration::from_secs(10),
             kernel_cache: true,
             writeback_cache: true,
+            xattrs: true,
         }
     }
 }
@@ -59,6 +64,7 @@ pub struct Adapter {
     ttl: Duration,
     kernel_cache: bool,
     writeback_cache: bool,
+    xattrs: bool,
 }
 
 fn caller(req: &Request) -> Caller {
@@ -146,6 +152,7 @@ impl Adapter {
             ttl: opts.ttl,
             kernel_cache: opts.kernel_cache,
             writeback_cache: opts.writeback_cache && opts.kernel_cache && !opts.read_only,
+            xattrs: opts.xattrs,
         }
     }
 
@@ -570,6 +577,9 @@ impl fuser::Filesystem for Adapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if !self.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         reply!(
             reply,
             "setxattr",
@@ -580,6 +590,9 @@ impl fuser::Filesystem for Adapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if !self.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         reply!(
             reply,
             "getxattr",
@@ -590,12 +603,18 @@ impl fuser::Filesystem for Adapter {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if !self.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         reply!(reply, "listxattr", ino.0, self.fs.listxattr(ino.0), |v| {
             xattr_reply(reply, &v, size)
         })
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if !self.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         reply!(
             reply,
             "removexattr",

@@ -816,6 +816,39 @@ fn utimensat_one_time_at_a_time() {
     assert_eq!(times(&p).1.0, mt, "the link target is untouched");
 }
 
+/// `--no-xattr`: every xattr call fails with EOPNOTSUPP (and the kernel stops asking), files
+/// work as usual, and attributes stored before are still there when mounted normally again.
+#[test]
+fn no_xattr_mount_refuses_xattrs_and_keeps_stored_ones() {
+    let Some(mut m) = Mounted::new() else { return };
+    fs::write(m.path("f"), b"contents").unwrap();
+    set_xattr(&m.path("f"), "user.k", b"v", 0).unwrap();
+    m.unmount();
+    m.options_mut().xattrs = false;
+    m.mount();
+    for _ in 0..2 {
+        for e in [
+            get_xattr(&m.path("f"), "user.k").unwrap_err(),
+            set_xattr(&m.path("f"), "user.new", b"x", 0).unwrap_err(),
+            remove_xattr(&m.path("f"), "user.k").unwrap_err(),
+        ] {
+            assert_eq!(errno(&e), libc::EOPNOTSUPP, "{e}");
+        }
+    }
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"contents");
+    fs::write(m.path("g"), b"new file").unwrap();
+    let listing = check(tool("ls").arg("-l").arg(m.mnt()));
+    assert!(
+        listing.contains(" f\n") && listing.contains(" g\n"),
+        "{listing}"
+    );
+    m.unmount();
+    m.options_mut().xattrs = true;
+    m.mount();
+    assert_eq!(get_xattr(&m.path("f"), "user.k").unwrap(), b"v");
+    assert_eq!(fs::read(m.path("g")).unwrap(), b"new file");
+}
+
 #[test]
 fn xattrs_round_trip_encrypted() {
     let Some(mut m) = Mounted::new() else { return };

@@ -251,6 +251,8 @@ pub struct Options {
     /// Let the kernel buffer writes (the daemon's default); false mounts with
     /// `--no-writeback-cache`, where every write reaches the daemon before it returns.
     pub writeback: bool,
+    /// Extended attributes on; false mounts with `--no-xattr`.
+    pub xattrs: bool,
 }
 
 impl Default for Options {
@@ -260,6 +262,7 @@ impl Default for Options {
             allow_other: false,
             backing_fs_size: None,
             writeback: true,
+            xattrs: true,
         }
     }
 }
@@ -411,6 +414,9 @@ impl Mounted {
         if !self.opts.writeback {
             cmd.arg("--no-writeback-cache");
         }
+        if !self.opts.xattrs {
+            cmd.arg("--no-xattr");
+        }
         cmd.env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -443,6 +449,11 @@ impl Mounted {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.child = Some(child);
+    }
+
+    /// The options the next [`Mounted::mount`] uses.
+    pub fn options_mut(&mut self) -> &mut Options {
+        &mut self.opts
     }
 
     /// Unmounts cleanly (`envelopefs unmount`, falling back to `umount -l` / `fusermount3 -uz`,
