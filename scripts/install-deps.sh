@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what envelopefs and its tests need on Debian/Ubuntu: fuse3 (fusermount3, /dev/fuse
-# helpers), attr (getfattr/setfattr), git, tar, python3. As root it installs them; otherwise it
+# helpers), attr (getfattr/setfattr), git, tar, python3, xxd, openssl. As root it installs them; otherwise it
 # prints the exact apt-get command and fails if something is missing.
 set -euo pipefail
 need=()
@@ -10,6 +10,8 @@ command -v git >/dev/null 2>&1 || need+=(git)
 command -v tar >/dev/null 2>&1 || need+=(tar)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v xxd >/dev/null 2>&1 || need+=(xxd)
+# The key-import test wraps material with the real `openssl pkeyutl`, as docs/KEYS.md shows.
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if ((${#need[@]} == 0)); then
   exit 0
 fi
