@@ -185,13 +185,64 @@ mod tests {
     use super::*;
     use crate::format::header::{FileHeader, HEADER_COPY_LEN};
     use crate::keys::local::LocalKms;
+    use crate::store::file_header::Unlocked;
     use std::os::unix::fs::FileExt;
 
-    /// A backing directory's `data` dir (re-wrap keeps its lock file beside it).
-    struct Data(PathBuf);
-    impl Data {
-        fn path(&self) -> &Path {
-            &self.0
+    /// A backing `data` dir (re-wrap keeps its lock file beside it) holding one wrapped file
+    /// `f`, and the key service that wrapped it.
+    struct Fixture {
+        _tmp: tempfile::TempDir,
+        data: PathBuf,
+        kms: LocalKms,
+        file: PathBuf,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let tmp = tempfile::tempdir().unwrap();
+            let data = tmp.path().join("data");
+            std::fs::create_dir(&data).unwrap();
+            let kms = LocalKms::in_memory_for_tests();
+            let file = make_file(&data, "f", &kms);
+            Fixture {
+                _tmp: tmp,
+                data,
+                kms,
+                file,
+            }
+        }
+
+        fn rewrap(&self, opts: &RewrapOptions) -> RewrapSummary {
+            rewrap_tree(
+                &self.data,
+                &self.kms,
+                "vol",
+                4096,
+                opts,
+                &Caller::current(),
+                |_, _| {},
+            )
+            .unwrap()
+        }
+
+        /// The file's header, unlocked.
+        fn unlock(&self) -> Unlocked {
+            let f = File::open(&self.file).unwrap();
+            let region = file_header::read_region(&f).unwrap();
+            file_header::unlock(&self.kms, "vol", 4096, &region, &Caller::current()).unwrap()
+        }
+
+        /// The key-material version of the file's slot, and the header's sequence number.
+        fn slot_version(&self) -> (u32, u64) {
+            let u = self.unlock();
+            (
+                file_header::wrapped_slots(&u.header)
+                    .next()
+                    .unwrap()
+                    .1
+                    .version,
+                u.header.seq,
+            )
         }
     }
 
@@ -217,109 +268,44 @@ mod tests {
         p
     }
 
-    fn slot_version(p: &Path, kms: &LocalKms) -> (u32, u64) {
-        let f = File::open(p).unwrap();
-        let region = file_header::read_region(&f).unwrap();
-        let u = file_header::unlock(kms, "vol", 4096, &region, &Caller::current()).unwrap();
-        (
-            file_header::wrapped_slots(&u.header)
-                .next()
-                .unwrap()
-                .1
-                .version,
-            u.header.seq,
-        )
-    }
-
     #[test]
     fn rewrap_moves_to_newest_version_once_and_keeps_the_key() {
-        let tmp = tempfile::tempdir().unwrap();
-        let d = Data(tmp.path().join("data"));
-        std::fs::create_dir(&d.0).unwrap();
-        let kms = LocalKms::in_memory_for_tests();
-        let p = make_file(d.path(), "f", &kms);
-        let before = {
-            let f = File::open(&p).unwrap();
-            let r = file_header::read_region(&f).unwrap();
-            file_header::unlock(&kms, "vol", 4096, &r, &Caller::current())
-                .unwrap()
-                .dek
-                .expose_secret()
-                .to_vec()
-        };
-        kms.rotate("alias/default", &Caller::current()).unwrap();
+        let fx = Fixture::new();
+        let before = fx.unlock().dek.expose_secret().to_vec();
+        fx.kms.rotate("alias/default", &Caller::current()).unwrap();
         let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
         File::options()
             .write(true)
-            .open(&p)
+            .open(&fx.file)
             .unwrap()
             .set_modified(old)
             .unwrap();
         let opts = RewrapOptions::default();
-        let s = rewrap_tree(
-            d.path(),
-            &kms,
-            "vol",
-            4096,
-            &opts,
-            &Caller::current(),
-            |_, _| {},
-        )
-        .unwrap();
+        let s = fx.rewrap(&opts);
         assert_eq!((s.files, s.rewrapped, s.current), (1, 1, 0));
-        assert_eq!(slot_version(&p, &kms), (2, 2));
+        assert_eq!(fx.slot_version(), (2, 2));
         assert_eq!(
-            std::fs::metadata(&p).unwrap().modified().unwrap(),
+            std::fs::metadata(&fx.file).unwrap().modified().unwrap(),
             old,
             "mtime kept"
         );
-        let after = {
-            let f = File::open(&p).unwrap();
-            let r = file_header::read_region(&f).unwrap();
-            file_header::unlock(&kms, "vol", 4096, &r, &Caller::current())
-                .unwrap()
-                .dek
-                .expose_secret()
-                .to_vec()
-        };
+        let after = fx.unlock().dek.expose_secret().to_vec();
         assert_eq!(before, after, "the data key must not change");
-        let again = rewrap_tree(
-            d.path(),
-            &kms,
-            "vol",
-            4096,
-            &opts,
-            &Caller::current(),
-            |_, _| {},
-        )
-        .unwrap();
+        let again = fx.rewrap(&opts);
         assert_eq!((again.rewrapped, again.current), (0, 1), "idempotent");
     }
 
     #[test]
     fn torn_new_copy_leaves_the_old_header_usable() {
-        let tmp = tempfile::tempdir().unwrap();
-        let d = Data(tmp.path().join("data"));
-        std::fs::create_dir(&d.0).unwrap();
-        let kms = LocalKms::in_memory_for_tests();
-        let p = make_file(d.path(), "f", &kms);
-        kms.rotate("alias/default", &Caller::current()).unwrap();
-        rewrap_tree(
-            d.path(),
-            &kms,
-            "vol",
-            4096,
-            &RewrapOptions::default(),
-            &Caller::current(),
-            |_, _| {},
-        )
-        .unwrap();
+        let fx = Fixture::new();
+        fx.kms.rotate("alias/default", &Caller::current()).unwrap();
+        fx.rewrap(&RewrapOptions::default());
         // The rewrite went to copy B (tie → B). Tear it as a crash mid-write would.
-        let f = OpenOptions::new().write(true).open(&p).unwrap();
+        let f = OpenOptions::new().write(true).open(&fx.file).unwrap();
         f.write_all_at(&[0xAA; 100], (HEADER_COPY_LEN + 50) as u64)
             .unwrap();
         assert_eq!(
-            slot_version(&p, &kms),
+            fx.slot_version(),
             (1, 1),
             "falls back to the intact old copy"
         );
@@ -327,58 +313,28 @@ mod tests {
 
     #[test]
     fn dry_run_writes_nothing_and_empty_files_are_skipped() {
-        let tmp = tempfile::tempdir().unwrap();
-        let d = Data(tmp.path().join("data"));
-        std::fs::create_dir(&d.0).unwrap();
-        let kms = LocalKms::in_memory_for_tests();
-        let p = make_file(d.path(), "f", &kms);
-        File::create_new(d.path().join("empty")).unwrap();
-        kms.rotate("alias/default", &Caller::current()).unwrap();
-        let before = std::fs::read(&p).unwrap();
-        let opts = RewrapOptions {
+        let fx = Fixture::new();
+        File::create_new(fx.data.join("empty")).unwrap();
+        fx.kms.rotate("alias/default", &Caller::current()).unwrap();
+        let before = std::fs::read(&fx.file).unwrap();
+        let s = fx.rewrap(&RewrapOptions {
             dry_run: true,
             ..Default::default()
-        };
-        let s = rewrap_tree(
-            d.path(),
-            &kms,
-            "vol",
-            4096,
-            &opts,
-            &Caller::current(),
-            |_, _| {},
-        )
-        .unwrap();
+        });
         assert_eq!((s.rewrapped, s.empty), (1, 1));
-        assert_eq!(std::fs::read(&p).unwrap(), before);
+        assert_eq!(std::fs::read(&fx.file).unwrap(), before);
     }
 
     #[test]
     fn to_key_moves_files_to_another_cmk() {
-        let tmp = tempfile::tempdir().unwrap();
-        let d = Data(tmp.path().join("data"));
-        std::fs::create_dir(&d.0).unwrap();
-        let kms = LocalKms::in_memory_for_tests();
-        let p = make_file(d.path(), "f", &kms);
-        let other = kms.create_key("other", &Caller::current()).unwrap();
-        let opts = RewrapOptions {
+        let fx = Fixture::new();
+        let other = fx.kms.create_key("other", &Caller::current()).unwrap();
+        let s = fx.rewrap(&RewrapOptions {
             to_key: Some(other.key_id.clone()),
             ..Default::default()
-        };
-        let s = rewrap_tree(
-            d.path(),
-            &kms,
-            "vol",
-            4096,
-            &opts,
-            &Caller::current(),
-            |_, _| {},
-        )
-        .unwrap();
+        });
         assert_eq!(s.rewrapped, 1);
-        let f = File::open(&p).unwrap();
-        let r = file_header::read_region(&f).unwrap();
-        let u = file_header::unlock(&kms, "vol", 4096, &r, &Caller::current()).unwrap();
+        let u = fx.unlock();
         assert_eq!(
             file_header::wrapped_slots(&u.header)
                 .next()
