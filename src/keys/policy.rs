@@ -353,63 +353,56 @@ pub fn group_name(gid: u32) -> Option<String> {
 const MAX_NSS_BUF: usize = 1 << 20;
 
 fn lookup_user_name(uid: u32) -> Option<String> {
-    let mut buf = vec![0u8; 1024];
-    loop {
-        // SAFETY: `passwd` is a plain C struct of integers and pointers; all-zero is valid.
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: every pointer is valid for the call and `buf.len()` is its true length;
-        // getpwuid_r writes only into `pwd`, `buf` and `result`.
-        let rc = unsafe {
-            libc::getpwuid_r(
-                uid,
-                &mut pwd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if rc == libc::ERANGE && buf.len() < MAX_NSS_BUF {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        if rc != 0 || result.is_null() || pwd.pw_name.is_null() {
-            return None;
-        }
-        // SAFETY: on success `pw_name` points to a NUL-terminated string inside `buf`, which
-        // is alive and unchanged here.
-        let name = unsafe { CStr::from_ptr(pwd.pw_name) };
-        return Some(name.to_string_lossy().into_owned());
-    }
+    // SAFETY: `passwd` is a plain C struct of integers and pointers; all-zero is valid.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    nss_name(
+        &mut pwd,
+        |pwd, buf, len, result| {
+            // SAFETY: every pointer is valid for the call and `len` is the true length of
+            // `buf`; getpwuid_r writes only into `pwd`, `buf` and `result`.
+            unsafe { libc::getpwuid_r(uid, pwd, buf, len, result) }
+        },
+        |pwd| pwd.pw_name,
+    )
 }
 
 fn lookup_group_name(gid: u32) -> Option<String> {
+    // SAFETY: `group` is a plain C struct of integers and pointers; all-zero is valid.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    nss_name(
+        &mut grp,
+        |grp, buf, len, result| {
+            // SAFETY: every pointer is valid for the call and `len` is the true length of
+            // `buf`; getgrgid_r writes only into `grp`, `buf` and `result`.
+            unsafe { libc::getgrgid_r(gid, grp, buf, len, result) }
+        },
+        |grp| grp.gr_name,
+    )
+}
+
+/// Runs a reentrant NSS lookup (`getpwuid_r`, `getgrgid_r`: `call(entry, buf, len, result)`),
+/// growing the buffer on ERANGE up to [`MAX_NSS_BUF`], and returns the name `name_of` points
+/// to in the entry found.
+fn nss_name<T>(
+    entry: &mut T,
+    mut call: impl FnMut(&mut T, *mut libc::c_char, usize, *mut *mut T) -> libc::c_int,
+    name_of: impl Fn(&T) -> *const libc::c_char,
+) -> Option<String> {
     let mut buf = vec![0u8; 1024];
     loop {
-        // SAFETY: `group` is a plain C struct of integers and pointers; all-zero is valid.
-        let mut grp: libc::group = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::group = std::ptr::null_mut();
-        // SAFETY: every pointer is valid for the call and `buf.len()` is its true length;
-        // getgrgid_r writes only into `grp`, `buf` and `result`.
-        let rc = unsafe {
-            libc::getgrgid_r(
-                gid,
-                &mut grp,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
+        let mut result: *mut T = std::ptr::null_mut();
+        let rc = call(entry, buf.as_mut_ptr().cast(), buf.len(), &mut result);
         if rc == libc::ERANGE && buf.len() < MAX_NSS_BUF {
             buf.resize(buf.len() * 4, 0);
             continue;
         }
-        if rc != 0 || result.is_null() || grp.gr_name.is_null() {
+        let name = name_of(entry);
+        if rc != 0 || result.is_null() || name.is_null() {
             return None;
         }
-        // SAFETY: on success `gr_name` points to a NUL-terminated string inside `buf`, which
+        // SAFETY: on success the name points to a NUL-terminated string inside `buf`, which
         // is alive and unchanged here.
-        let name = unsafe { CStr::from_ptr(grp.gr_name) };
+        let name = unsafe { CStr::from_ptr(name) };
         return Some(name.to_string_lossy().into_owned());
     }
 }
