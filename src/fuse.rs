@@ -167,6 +167,16 @@ impl Adapter {
         }
     }
 
+    /// Runs an xattr operation, or, on a `--no-xattr` mount, fails it with ENOSYS, after which
+    /// the kernel sends no more xattr requests of that kind.
+    fn with_xattrs<T>(&self, op: impl FnOnce() -> Result<T, FsError>) -> Result<T, FsError> {
+        if self.xattrs {
+            op()
+        } else {
+            Err(crate::fs::error::errno(libc::ENOSYS))
+        }
+    }
+
     fn entry(&self, reply: ReplyEntry, op: &str, parent: u64, res: Result<Attr, FsError>) {
         reply!(reply, op, parent, res, |a| reply.entry(
             &self.ttl,
@@ -577,49 +587,41 @@ impl fuser::Filesystem for Adapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        if !self.xattrs {
-            return reply.error(Errno::ENOSYS);
-        }
         reply!(
             reply,
             "setxattr",
             ino.0,
-            self.fs.setxattr(ino.0, name, value, flags),
+            self.with_xattrs(|| self.fs.setxattr(ino.0, name, value, flags)),
             |_v| reply.ok()
         )
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        if !self.xattrs {
-            return reply.error(Errno::ENOSYS);
-        }
         reply!(
             reply,
             "getxattr",
             ino.0,
-            self.fs.getxattr(ino.0, name),
+            self.with_xattrs(|| self.fs.getxattr(ino.0, name)),
             |v| { xattr_reply(reply, &v, size) }
         )
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if !self.xattrs {
-            return reply.error(Errno::ENOSYS);
-        }
-        reply!(reply, "listxattr", ino.0, self.fs.listxattr(ino.0), |v| {
-            xattr_reply(reply, &v, size)
-        })
+        reply!(
+            reply,
+            "listxattr",
+            ino.0,
+            self.with_xattrs(|| self.fs.listxattr(ino.0)),
+            |v| { xattr_reply(reply, &v, size) }
+        )
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        if !self.xattrs {
-            return reply.error(Errno::ENOSYS);
-        }
         reply!(
             reply,
             "removexattr",
             ino.0,
-            self.fs.removexattr(ino.0, name),
+            self.with_xattrs(|| self.fs.removexattr(ino.0, name)),
             |_v| reply.ok()
         )
     }

@@ -1950,11 +1950,20 @@ fn enospc_is_reported_and_recovered_from() {
     let e = fs::write(m.path("new"), vec![1u8; 50_000]).unwrap_err();
     assert_eq!(errno(&e), libc::ENOSPC, "{e}");
     assert_eq!(fs::read(m.path("keep")).unwrap(), keep);
-    fs::remove_file(m.path("fill")).unwrap();
     // A create whose header does not fit fails whole (ENOSPC, nothing left behind), so "new"
     // may not exist.
     let _ = fs::remove_file(m.path("new"));
-    fs::write(m.path("after"), vec![2u8; 100_000]).unwrap();
+    space_freed_is_usable_again(&mut m, &keep);
+}
+
+/// Removes `fill`, then a new 100,000-byte file must write and fsync, and it and `keep` must
+/// read back after a remount.
+fn space_freed_is_usable_again(m: &mut Mounted, keep: &[u8]) {
+    fs::remove_file(m.path("fill")).unwrap();
+    let mut f = File::create(m.path("after")).unwrap();
+    f.write_all(&[2u8; 100_000]).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
     m.remount();
     assert_eq!(fs::read(m.path("keep")).unwrap(), keep);
     assert_eq!(fs::read(m.path("after")).unwrap(), vec![2u8; 100_000]);
@@ -1988,14 +1997,7 @@ fn enospc_with_writeback_cache_is_reported_by_fsync() {
     assert_eq!(errno(&err), libc::ENOSPC, "{err}");
     drop(f);
     assert_eq!(fs::read(m.path("keep")).unwrap(), keep);
-    fs::remove_file(m.path("fill")).unwrap();
-    let mut f = File::create(m.path("after")).unwrap();
-    f.write_all(&[2u8; 100_000]).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
-    m.remount();
-    assert_eq!(fs::read(m.path("keep")).unwrap(), keep);
-    assert_eq!(fs::read(m.path("after")).unwrap(), vec![2u8; 100_000]);
+    space_freed_is_usable_again(&mut m, &keep);
 }
 
 /// An append that fails with ENOSPC must leave the bytes already in the file readable (as on
