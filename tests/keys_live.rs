@@ -171,13 +171,9 @@ fn disable_cuts_access_at_once_and_enable_restores_it() {
 
 #[test]
 fn policy_denies_a_user_until_a_grant_lets_them_in_and_revoke_shuts_them_out() {
-    let Some(m) = Mounted::with_options(common::Options {
-        allow_other: true,
-        ..Default::default()
-    }) else {
+    let Some(m) = Mounted::for_other_users(common::Options::default()) else {
         return;
     };
-    fs::set_permissions(m.mnt(), fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(m.path("shared"), b"for everyone by mode").unwrap();
     fs::set_permissions(m.path("shared"), fs::Permissions::from_mode(0o644)).unwrap();
     let as_user = |script: &str| common::as_user_1000(m.mnt(), script);

@@ -1788,14 +1788,12 @@ fn sigterm_and_sigint_unmount_cleanly() {
 #[test]
 fn unprivileged_write_and_truncate_clear_setid_bits() {
     for writeback in [true, false] {
-        let Some(m) = Mounted::with_options(common::Options {
-            allow_other: true,
+        let Some(m) = Mounted::for_other_users(common::Options {
             writeback,
             ..Default::default()
         }) else {
             return;
         };
-        fs::set_permissions(m.mnt(), fs::Permissions::from_mode(0o755)).unwrap();
         let files = [
             ("write", 0o6777, "printf x >> write", 0o777),
             ("truncate", 0o6777, "truncate -s 1 truncate", 0o777),
@@ -1841,13 +1839,9 @@ fn unprivileged_write_and_truncate_clear_setid_bits() {
 /// and the kernel's permission checks (default_permissions) apply to it.
 #[test]
 fn other_user_with_allow_other() {
-    let Some(m) = Mounted::with_options(common::Options {
-        allow_other: true,
-        ..Default::default()
-    }) else {
+    let Some(m) = Mounted::for_other_users(common::Options::default()) else {
         return;
     };
-    fs::set_permissions(m.mnt(), fs::Permissions::from_mode(0o755)).unwrap();
     fs::create_dir(m.path("home")).unwrap();
     std::os::unix::fs::chown(m.path("home"), Some(1000), Some(1000)).unwrap();
     fs::write(m.path("rootonly"), b"root secret").unwrap();

@@ -302,6 +302,18 @@ impl Mounted {
         Some(m)
     }
 
+    /// As [`Mounted::with_options`] with `--allow-other` and the mount point opened to
+    /// everyone (mode 0755), for tests that act as another user ([`as_user_1000`]).
+    pub fn for_other_users(opts: Options) -> Option<Mounted> {
+        let m = Self::with_options(Options {
+            allow_other: true,
+            ..opts
+        })?;
+        fs::set_permissions(m.mnt(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod the mount point");
+        Some(m)
+    }
+
     /// Creates and initialises a volume without mounting it (call [`Mounted::mount`]).
     pub fn init_only(opts: Options) -> Option<Mounted> {
         if !fuse_available() {
