@@ -4,7 +4,8 @@
 //! `LocalKms::authorize` (docs/KEYS.md §Access control).
 
 use crate::keys::local::{DEFAULT_POLICY, Event, LocalKms, Op};
-use crate::keys::policy::{self, Grant, KeyPolicy, MAX_GRANTS_PER_KEY, Principal};
+use crate::keys::policy::{self, Grant, KeyPolicy, MAX_GRANTS_PER_KEY};
+use crate::keys::principal::Principal;
 use crate::keys::{Caller, KeyError};
 
 /// Turns the policy module's `InvalidArgument("MalformedPolicyDocument: …")` into KMS's

@@ -80,7 +80,7 @@
 //!
 //! One `write(2)` per record (the line is built in memory and written with `O_APPEND`), no
 //! fsync; [`AuditLog::sync`] at unmount. User names come from a cache (see
-//! [`crate::keys::policy::user_name`]); process names from `/proc/<pid>/comm`, cached for a
+//! [`crate::keys::principal::user_name`]); process names from `/proc/<pid>/comm`, cached for a
 //! second.
 
 use std::collections::{BTreeMap, HashMap};
@@ -95,7 +95,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::format::context::{EncryptionContext, hex};
-use crate::keys::policy::{self, Principal};
+use crate::keys::principal::{self, Principal};
 use crate::keys::{Caller, KeyError};
 
 /// `eventSource` of every record.
@@ -859,7 +859,7 @@ impl AuditLog {
                 format!("audit parameter name {bad:?} is reserved"),
             ));
         }
-        let user_name = ev.user_name.or_else(|| policy::user_name(ev.uid));
+        let user_name = ev.user_name.or_else(|| principal::user_name(ev.uid));
         let process_name = match ev.process_name {
             Some(n) => Some(n),
             None if ev.pid != 0 => self.process_name(ev.pid),

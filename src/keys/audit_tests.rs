@@ -418,7 +418,10 @@ fn records_hold_no_secrets_unless_given_as_context() {
         recs[0].user_identity.process_name.as_deref(),
         Some(comm.trim_end())
     );
-    assert_eq!(recs[0].user_identity.user_name, policy::user_name(me.uid));
+    assert_eq!(
+        recs[0].user_identity.user_name,
+        principal::user_name(me.uid)
+    );
     // Reserved parameter names are refused.
     let bad = AuditEvent::new("Decrypt", &me).param("keyId", "x");
     assert_eq!(

@@ -43,7 +43,8 @@ use crate::keys::audit::AuditLog;
 pub(super) use crate::keys::events::Event;
 pub use crate::keys::events::{Op, audit_dir};
 use crate::keys::keystore::{self, Keystore};
-use crate::keys::policy::{self, KeyPolicy, Principal};
+use crate::keys::policy::{self, KeyPolicy};
+use crate::keys::principal::Principal;
 use crate::keys::secret::{self, KeyMaterial, Unlock};
 use crate::keys::{
     Caller, DataKey, KeyError, KeyId, KeyMetadata, KeyService, KeyState, Origin, WrappedKey,

@@ -17,6 +17,7 @@ mod keystore_ops;
 pub mod lifecycle;
 pub mod local;
 pub mod policy;
+pub mod principal;
 pub mod record;
 pub mod rotation;
 pub mod secret;

@@ -2,11 +2,9 @@
 //!
 //! # Principals
 //!
-//! A [`Principal`] is the caller as the key service sees it: a local uid, its primary and
-//! supplementary gids, the user and group names the system databases give for them, and
-//! whether it is the volume administrator (the uid the key service was told to trust, and
-//! root). Principals are built per request from the calling process
-//! ([`Principal::from_caller`]); supplementary groups come from `/proc/<pid>/status`.
+//! A policy speaks of local users and groups and of the volume administrator; the caller is
+//! resolved into a [`Principal`] (uid, groups, names, administrator or not) by
+//! [`crate::keys::principal`].
 //!
 //! # Key policy document
 //!
@@ -80,17 +78,16 @@
 //! consistent, up to 5 minutes) and have no grant tokens.
 
 use std::collections::BTreeMap;
-use std::ffi::CStr;
 use std::fmt;
-use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 
 use crate::format::context::{EncryptionContext, hex};
-use crate::keys::{Caller, KeyError};
+use crate::keys::KeyError;
+use crate::keys::principal::Principal;
 
 /// Largest key policy document accepted, in bytes (the KMS quota).
 pub const MAX_POLICY_BYTES: usize = 32 * 1024;
@@ -201,74 +198,11 @@ pub const GRANT_OPERATIONS: &[&str] = &[
 const UNCONSTRAINED_GRANT_OPERATIONS: &[&str] = &["DescribeKey", "RetireGrant", "CreateGrant"];
 
 // ---------------------------------------------------------------------------------------------
-// Principals
+// Which statements need the caller's groups
 // ---------------------------------------------------------------------------------------------
 
-/// The caller, resolved for policy evaluation.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Principal {
-    /// Effective (filesystem) user id.
-    pub uid: u32,
-    /// Primary group id.
-    pub gid: u32,
-    /// Primary and supplementary group ids, primary first, without duplicates.
-    pub groups: Vec<u32>,
-    /// The user's name, when the password database knows the uid.
-    pub user_name: Option<String>,
-    /// Names of the groups in `groups` that the group database knows.
-    pub group_names: Vec<String>,
-    /// The volume administrator (the configured admin uid, or root).
-    pub is_admin: bool,
-}
-
-impl Principal {
-    /// Resolves a caller: user name (`getpwuid_r`), primary group plus the supplementary
-    /// groups of process `pid` (from the `Groups:` line of `/proc/<pid>/status`, used only
-    /// when that process's effective or filesystem uid is `c.uid`, so a recycled pid cannot
-    /// lend its groups), group names (`getgrgid_r`). With `pid == 0`, or when `/proc` cannot
-    /// tell, the groups are just `c.gid`. Names are cached for a minute.
-    ///
-    /// Reading `/proc/<pid>/status` costs about 20 µs (the kernel formats the whole file);
-    /// when [`needs_groups`] says no statement or grant names a group, use
-    /// [`Principal::from_caller_with`] with `supplementary = false` to skip it (about 1 µs).
-    pub fn from_caller(c: &Caller, admin_uid: u32) -> Self {
-        Self::from_caller_with(c, admin_uid, true)
-    }
-
-    /// [`Principal::from_caller`], reading the supplementary groups only when
-    /// `supplementary` is true (otherwise `groups` is just the primary gid). Deliberately not
-    /// cached: a process may drop groups with setgroups(2) at any moment.
-    pub fn from_caller_with(c: &Caller, admin_uid: u32, supplementary: bool) -> Self {
-        let mut groups = vec![c.gid];
-        if c.pid != 0 && supplementary {
-            for g in proc_groups(c.pid, c.uid).unwrap_or_default() {
-                if !groups.contains(&g) {
-                    groups.push(g);
-                }
-            }
-        }
-        let group_names = groups.iter().filter_map(|&g| group_name(g)).collect();
-        Principal {
-            uid: c.uid,
-            gid: c.gid,
-            groups,
-            user_name: user_name(c.uid),
-            group_names,
-            is_admin: c.uid == admin_uid || c.uid == 0,
-        }
-    }
-
-    /// `uid 1000 (alice)`, or `uid 1000` when the name is unknown: for log lines and reasons.
-    pub fn label(&self) -> String {
-        match &self.user_name {
-            Some(n) => format!("uid {} ({n})", self.uid),
-            None => format!("uid {}", self.uid),
-        }
-    }
-}
-
 /// True when a statement of `policy` or one of `grants` names a group, so evaluation needs
-/// the caller's supplementary groups (see [`Principal::from_caller_with`]).
+/// the caller's supplementary groups (see [`Principal::from_caller_with`](crate::keys::principal::Principal::from_caller_with)).
 pub fn needs_groups(policy: &KeyPolicy, grants: &[Grant]) -> bool {
     let names_group =
         |p: &PrincipalSpec| matches!(p, PrincipalSpec::Local(l) if !l.groups.is_empty());
@@ -276,135 +210,6 @@ pub fn needs_groups(policy: &KeyPolicy, grants: &[Grant]) -> bool {
         || grants.iter().any(|g| {
             names_group(&g.grantee) || g.retiring_principal.as_ref().is_some_and(names_group)
         })
-}
-
-/// Supplementary groups of `pid`, if its effective or filesystem uid is `uid`.
-fn proc_groups(pid: u32, uid: u32) -> Option<Vec<u32>> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let mut uid_ok = false;
-    let mut groups = None;
-    for line in status.lines() {
-        if let Some(rest) = line.strip_prefix("Uid:") {
-            // real, effective, saved, filesystem
-            let ids: Vec<u32> = rest
-                .split_whitespace()
-                .filter_map(|s| s.parse().ok())
-                .collect();
-            uid_ok = ids.len() == 4 && (ids[1] == uid || ids[3] == uid);
-        } else if let Some(rest) = line.strip_prefix("Groups:") {
-            groups = Some(
-                rest.split_whitespace()
-                    .filter_map(|s| s.parse().ok())
-                    .collect(),
-            );
-        }
-    }
-    if !uid_ok {
-        log::debug!("process {pid} no longer runs as uid {uid}; using its primary group only");
-        return None;
-    }
-    groups
-}
-
-/// How long a resolved (or unresolvable) user or group name is reused.
-const NAME_TTL: Duration = Duration::from_secs(60);
-/// Entries kept per name cache before it is emptied.
-const NAME_CACHE_MAX: usize = 4096;
-
-/// A cached id → name map.
-type NameCache = Mutex<BTreeMap<u32, (Option<String>, Instant)>>;
-
-/// Guards the uid → user name cache (entries live [`NAME_TTL`]).
-static USER_NAMES: NameCache = Mutex::new(BTreeMap::new());
-/// Guards the gid → group name cache (entries live [`NAME_TTL`]).
-static GROUP_NAMES: NameCache = Mutex::new(BTreeMap::new());
-
-fn cached_name(cache: &NameCache, id: u32, lookup: fn(u32) -> Option<String>) -> Option<String> {
-    let now = Instant::now();
-    if let Some((name, at)) = cache
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .get(&id)
-        && now.duration_since(*at) < NAME_TTL
-    {
-        return name.clone();
-    }
-    // The lookup may read /etc/passwd or ask a directory service: done without the lock.
-    let name = lookup(id);
-    let mut map = cache.lock().unwrap_or_else(PoisonError::into_inner);
-    if map.len() >= NAME_CACHE_MAX {
-        map.clear();
-    }
-    map.insert(id, (name.clone(), now));
-    name
-}
-
-/// The name of user `uid` (cached for a minute), or `None` when the system does not know it.
-pub fn user_name(uid: u32) -> Option<String> {
-    cached_name(&USER_NAMES, uid, lookup_user_name)
-}
-
-/// The name of group `gid` (cached for a minute), or `None` when the system does not know it.
-pub fn group_name(gid: u32) -> Option<String> {
-    cached_name(&GROUP_NAMES, gid, lookup_group_name)
-}
-
-/// Largest buffer offered to `getpwuid_r`/`getgrgid_r` (a group with many members needs a lot).
-const MAX_NSS_BUF: usize = 1 << 20;
-
-fn lookup_user_name(uid: u32) -> Option<String> {
-    // SAFETY: `passwd` is a plain C struct of integers and pointers; all-zero is valid.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    nss_name(
-        &mut pwd,
-        |pwd, buf, len, result| {
-            // SAFETY: every pointer is valid for the call and `len` is the true length of
-            // `buf`; getpwuid_r writes only into `pwd`, `buf` and `result`.
-            unsafe { libc::getpwuid_r(uid, pwd, buf, len, result) }
-        },
-        |pwd| pwd.pw_name,
-    )
-}
-
-fn lookup_group_name(gid: u32) -> Option<String> {
-    // SAFETY: `group` is a plain C struct of integers and pointers; all-zero is valid.
-    let mut grp: libc::group = unsafe { std::mem::zeroed() };
-    nss_name(
-        &mut grp,
-        |grp, buf, len, result| {
-            // SAFETY: every pointer is valid for the call and `len` is the true length of
-            // `buf`; getgrgid_r writes only into `grp`, `buf` and `result`.
-            unsafe { libc::getgrgid_r(gid, grp, buf, len, result) }
-        },
-        |grp| grp.gr_name,
-    )
-}
-
-/// Runs a reentrant NSS lookup (`getpwuid_r`, `getgrgid_r`: `call(entry, buf, len, result)`),
-/// growing the buffer on ERANGE up to [`MAX_NSS_BUF`], and returns the name `name_of` points
-/// to in the entry found.
-fn nss_name<T>(
-    entry: &mut T,
-    mut call: impl FnMut(&mut T, *mut libc::c_char, usize, *mut *mut T) -> libc::c_int,
-    name_of: impl Fn(&T) -> *const libc::c_char,
-) -> Option<String> {
-    let mut buf = vec![0u8; 1024];
-    loop {
-        let mut result: *mut T = std::ptr::null_mut();
-        let rc = call(entry, buf.as_mut_ptr().cast(), buf.len(), &mut result);
-        if rc == libc::ERANGE && buf.len() < MAX_NSS_BUF {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        let name = name_of(entry);
-        if rc != 0 || result.is_null() || name.is_null() {
-            return None;
-        }
-        // SAFETY: on success the name points to a NUL-terminated string inside `buf`, which
-        // is alive and unchanged here.
-        let name = unsafe { CStr::from_ptr(name) };
-        return Some(name.to_string_lossy().into_owned());
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
