@@ -96,6 +96,7 @@ use zeroize::Zeroizing;
 
 use crate::format::context::{EncryptionContext, hex};
 use crate::keys::principal::{self, Principal};
+use crate::keys::timefmt;
 use crate::keys::{Caller, KeyError};
 
 /// `eventSource` of every record.
@@ -355,7 +356,7 @@ impl AuditEvent {
 pub fn format_event_time(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
-    let (y, m, day) = civil_from_days((secs / 86_400) as i64);
+    let (y, m, day) = timefmt::civil_from_days((secs / 86_400) as i64);
     let s = secs % 86_400;
     format!(
         "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
@@ -373,9 +374,12 @@ pub fn parse_event_time(s: &str) -> Option<SystemTime> {
     let (date, time) = s.split_once('T').unwrap_or((s, ""));
     let mut d = date.splitn(3, '-');
     let y: i64 = d.next()?.parse().ok()?;
-    let m: u32 = d.next()?.parse().ok()?;
-    let day: u32 = d.next()?.parse().ok()?;
-    if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) || day < 1 || day > days_in_month(y, m)
+    let m: i64 = d.next()?.parse().ok()?;
+    let day: i64 = d.next()?.parse().ok()?;
+    if !(1970..=9999).contains(&y)
+        || !(1..=12).contains(&m)
+        || day < 1
+        || day > timefmt::days_in_month(y, m)
     {
         return None;
     }
@@ -396,45 +400,9 @@ pub fn parse_event_time(s: &str) -> Option<SystemTime> {
             ms = format!("{frac:0<3}").parse().ok()?;
         }
     }
-    let days = u64::try_from(days_from_civil(y, m, day)).ok()?;
+    let days = u64::try_from(timefmt::days_from_civil(y, m, day)).ok()?;
     let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
     Some(UNIX_EPOCH + Duration::from_millis(secs * 1000 + ms))
-}
-
-fn days_in_month(y: i64, m: u32) -> u32 {
-    match m {
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Year, month, day of the proleptic Gregorian calendar for days since 1970-01-01.
-/// (Counts in 400-year eras of 146097 days, with years starting on 1 March so that the
-/// leap day is the last day of a year.)
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468; // days since 0000-03-01
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // day of era, 0..=146096
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // year of era, 0..=399
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // day of (March-based) year, 0..=365
-    let mp = (5 * doy + 2) / 153; // March = 0 … February = 11
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (inverse of [`civil_from_days`]).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = i64::from(if m > 2 { m - 3 } else { m + 9 });
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 // ---------------------------------------------------------------------------------------------

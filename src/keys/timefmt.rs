@@ -63,7 +63,8 @@ pub fn parse(s: &str) -> Option<u64> {
     u64::try_from(t).ok()
 }
 
-fn days_in_month(y: i64, m: i64) -> i64 {
+/// Days in month `m` (1-12) of year `y`.
+pub(crate) fn days_in_month(y: i64, m: i64) -> i64 {
     match m {
         2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
         2 => 28,
@@ -72,8 +73,8 @@ fn days_in_month(y: i64, m: i64) -> i64 {
     }
 }
 
-/// Days since 1970-01-01 of a civil date.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+/// Days since 1970-01-01 of a civil date (inverse of [`civil_from_days`]).
+pub(crate) fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
@@ -83,8 +84,10 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// The civil date of a day count since 1970-01-01.
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
+/// The civil date (year, month 1-12, day) of a day count since 1970-01-01. (Counts in
+/// 400-year eras of 146097 days, with years starting on 1 March so that the leap day is the
+/// last day of a year.)
+pub(crate) fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -99,6 +102,15 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_day_for_a_thousand_years_round_trips() {
+        for days in (0..365_250).step_by(7) {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+            assert!(d <= days_in_month(y, m));
+        }
+    }
 
     #[test]
     fn known_dates() {
