@@ -292,11 +292,7 @@ fn sample_header(kms: &LocalKms, caller: &Caller) -> (FileHeader, [u8; 32], Encr
         block_size: 4096,
         file_id,
         seq: 1,
-        slots: vec![KeySlot::Cmk {
-            key_id: wrapped.key_id.0,
-            version: wrapped.version,
-            blob: wrapped.blob,
-        }],
+        slots: vec![envelopefs::store::file_header::cmk_slot(wrapped)],
     };
     (header, *dek.expose_secret(), ctx)
 }

@@ -10,7 +10,7 @@ use super::EncFs;
 use super::error::{FsError, FsResult};
 use crate::format::FormatError;
 use crate::format::block::{BLOCK_OVERHEAD, BlockCipher, NONCE_LEN};
-use crate::format::header::{FileHeader, HEADER_REGION, KeySlot};
+use crate::format::header::{FileHeader, HEADER_REGION};
 use crate::keys::Caller;
 use crate::store::file_header;
 use crate::store::sys::{self, SetTime};
@@ -100,11 +100,7 @@ impl EncFs {
             block_size: self.block_size,
             file_id,
             seq: 1,
-            slots: vec![KeySlot::Cmk {
-                key_id: wrapped.key_id.0,
-                version: wrapped.version,
-                blob: wrapped.blob,
-            }],
+            slots: vec![file_header::cmk_slot(wrapped)],
         };
         Ok(NewFileKeys { dek, header })
     }

@@ -38,6 +38,15 @@ pub struct Unlocked {
     pub dek: DataKey,
 }
 
+/// The header slot holding wrapped key `w` (the inverse of [`wrapped_slots`]).
+pub fn cmk_slot(w: WrappedKey) -> KeySlot {
+    KeySlot::Cmk {
+        key_id: w.key_id.0,
+        version: w.version,
+        blob: w.blob,
+    }
+}
+
 /// The CMK slots of a header as wrapped keys.
 pub fn wrapped_slots(h: &FileHeader) -> impl Iterator<Item = (usize, WrappedKey)> + '_ {
     h.slots.iter().enumerate().filter_map(|(i, s)| match s {

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 
 use super::file_header::{self, FileLock, HeaderError};
 use crate::format::context::EncryptionContext;
-use crate::format::header::KeySlot;
 use crate::keys::{Caller, KeyId, KeyService};
 
 /// Lock file (in the backing directory) held for the length of a re-wrap run.
@@ -111,11 +110,7 @@ pub fn rewrap_file(
             continue;
         }
         let new = keys.re_encrypt(&wrapped, &ctx, &dest, caller)?;
-        header.slots[i] = KeySlot::Cmk {
-            key_id: new.key_id.0,
-            version: new.version,
-            blob: new.blob,
-        };
+        header.slots[i] = file_header::cmk_slot(new);
     }
     if changed && !opts.dry_run {
         // A re-wrap is not a change of contents: keep the file's times as they were.
@@ -256,11 +251,7 @@ mod tests {
             block_size: 4096,
             file_id,
             seq: 1,
-            slots: vec![KeySlot::Cmk {
-                key_id: w.key_id.0,
-                version: w.version,
-                blob: w.blob,
-            }],
+            slots: vec![file_header::cmk_slot(w)],
         };
         let p = dir.join(name);
         let f = File::create_new(&p).unwrap();
