@@ -121,10 +121,10 @@ pub enum Command {
         /// returned. See docs/SEMANTICS.md.
         #[arg(long)]
         no_writeback_cache: bool,
-        /// Turn extended attributes off (get/set/list/remove fail with EOPNOTSUPP; no ACLs, no
-        /// file capabilities, no user.* attributes). For trees that need none: `ls -l` and
-        /// untar then need fewer round trips to the daemon (docs/PERFORMANCE.md). Attributes
-        /// already stored are kept, just not visible.
+        /// Turn extended attributes off (get/set/list/remove fail with EOPNOTSUPP; no file
+        /// capabilities, no user.* attributes; POSIX ACLs and SELinux labels are refused on
+        /// every mount). For trees that need none: untar then needs fewer round trips to the
+        /// daemon (docs/PERFORMANCE.md). Attributes already stored are kept, just not visible.
         #[arg(long)]
         no_xattr: bool,
         /// Write the daemon's log here (appending) instead of stderr.

@@ -36,8 +36,8 @@ pub struct MountOptions {
     /// batches (it then owns size and mtime while pages are dirty).
     pub writeback_cache: bool,
     /// Extended attributes. Off (`--no-xattr`), every xattr call fails with ENOSYS once and
-    /// the kernel stops asking (EOPNOTSUPP to applications): `ls -l`, which asks every file
-    /// for two xattrs, then needs half the requests.
+    /// the kernel stops asking (EOPNOTSUPP to applications), including the
+    /// getxattr(security.capability) it sends while creating files.
     pub xattrs: bool,
 }
 

@@ -926,6 +926,100 @@ fn xattrs_round_trip_encrypted() {
     assert_eq!(fs::read(&p).unwrap(), b"has xattrs");
 }
 
+/// A POSIX ACL as the kernel's `system.posix_acl_*` xattr value: version 2, then per entry
+/// tag (u16), permissions (u16) and id (u32), little-endian.
+fn acl_value(entries: &[(u16, u16, u32)]) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in entries {
+        v.extend(tag.to_le_bytes());
+        v.extend(perm.to_le_bytes());
+        v.extend(id.to_le_bytes());
+    }
+    v
+}
+
+/// POSIX ACLs and SELinux labels fail with EOPNOTSUPP instead of being stored unenforced.
+/// Passed through, `setfacl -m u:nobody:r` on a 0600 file turned its group bits into the
+/// mask (0640): the file's group could read it and nobody still could not.
+#[test]
+fn acls_and_selinux_labels_are_refused() {
+    let Some(mut m) = Mounted::new() else { return };
+    let f = m.path("f");
+    fs::write(&f, b"secret").unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
+    const UNDEFINED: u32 = u32::MAX;
+    let acl = acl_value(&[
+        (0x01, 6, UNDEFINED), // user::rw-
+        (0x02, 4, 65534),     // user:nobody:r--
+        (0x04, 0, UNDEFINED), // group::---
+        (0x10, 4, UNDEFINED), // mask::r--
+        (0x20, 0, UNDEFINED), // other::---
+    ]);
+    for name in ["system.posix_acl_access", "system.posix_acl_default"] {
+        let target = if name.ends_with("default") {
+            m.mnt().to_path_buf()
+        } else {
+            f.clone()
+        };
+        let e = set_xattr(&target, name, &acl, 0).unwrap_err();
+        assert_eq!(errno(&e), libc::EOPNOTSUPP, "set {name}: {e}");
+        let e = get_xattr(&target, name).unwrap_err();
+        assert_eq!(errno(&e), libc::EOPNOTSUPP, "get {name}: {e}");
+    }
+    assert_eq!(
+        fs::metadata(&f).unwrap().permissions().mode() & 0o7777,
+        0o600,
+        "a refused ACL must not change the mode"
+    );
+    assert_eq!(
+        fs::metadata(m.backing_path("f"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    for e in [
+        set_xattr(
+            &f,
+            "security.selinux",
+            b"system_u:object_r:user_home_t:s0\0",
+            0,
+        )
+        .unwrap_err(),
+        get_xattr(&f, "security.selinux").unwrap_err(),
+        remove_xattr(&f, "security.selinux").unwrap_err(),
+        remove_xattr(&f, "system.posix_acl_access").unwrap_err(),
+    ] {
+        assert_eq!(errno(&e), libc::EOPNOTSUPP, "{e}");
+    }
+    // Other namespaces still work.
+    set_xattr(&f, "user.k", b"v", 0).unwrap();
+    assert_eq!(get_xattr(&f, "user.k").unwrap(), b"v");
+    // A backing file that holds an ACL from before (set on the backing directly, where the
+    // backing filesystem supports ACLs) does not show it through the mount.
+    fs::write(m.path("g"), b"g").unwrap();
+    set_xattr(&m.path("g"), "user.keep", b"1", 0).unwrap();
+    match set_xattr(&m.backing_path("g"), "system.posix_acl_access", &acl, 0) {
+        Ok(()) => {
+            m.remount();
+            assert_eq!(
+                list_xattr(&m.path("g")).unwrap(),
+                vec!["user.keep".to_string()]
+            );
+            let e = get_xattr(&m.path("g"), "system.posix_acl_access").unwrap_err();
+            assert_eq!(errno(&e), libc::EOPNOTSUPP, "{e}");
+        }
+        Err(e) => eprintln!("backing filesystem has no ACLs ({e}); stale-ACL part skipped"),
+    }
+    let listing = check(tool("ls").arg("-l").arg(m.mnt()));
+    assert!(
+        listing.contains(" f\n") && listing.contains(" g\n"),
+        "{listing}"
+    );
+    assert_eq!(fs::read(&f).unwrap(), b"secret");
+}
+
 #[test]
 fn statfs_and_fallocate() {
     let Some(m) = Mounted::new() else { return };

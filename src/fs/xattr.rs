@@ -6,7 +6,8 @@
 //! key          = blake3::derive_key("envelopefs xattr key v1", volume key)
 //! AD           = "envelopefs xattr v1" ‖ attribute name bytes
 //! ```
-//! Names, and values in other namespaces (security.*, trusted.*, system.*), pass through.
+//! Names, and values in other namespaces (security.*, trusted.*, system.*), pass through,
+//! except the names in [`REFUSED`], which fail with EOPNOTSUPP.
 
 use std::ffi::OsStr;
 use std::os::fd::AsRawFd;
@@ -16,7 +17,7 @@ use aes_gcm_siv::aead::{AeadInOut, KeyInit};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
 
 use super::EncFs;
-use super::error::{FsResult, errno};
+use super::error::{FsError, FsResult, errno};
 use super::inode::ROOT_INO;
 use crate::format::FormatError;
 use crate::format::block::{BLOCK_OVERHEAD, NONCE_LEN, TAG_LEN};
@@ -117,9 +118,61 @@ fn is_user(name: &OsStr) -> bool {
     name.as_bytes().starts_with(b"user.")
 }
 
+/// Attribute names every operation refuses with EOPNOTSUPP, as a filesystem mounted without
+/// ACL or label support does (docs/SEMANTICS.md §Extended attributes):
+///
+/// - POSIX ACLs. The kernel does not enforce ACLs on a FUSE mount whose daemon does not take
+///   them over (`FUSE_POSIX_ACL`), and passed through to the backing file they changed its
+///   group bits to the ACL mask: `setfacl -m u:alice:r` on a 0600 file let the file's *group*
+///   read it and still refused alice. Refused, `setfacl` says "Operation not supported" and
+///   `cp -a` reports an ACL it cannot keep instead of silently widening access.
+/// - `security.selinux`. SELinux labels a FUSE mount by policy (genfscon or `context=`), never
+///   from a stored attribute; with SELinux on, the kernel answers this name itself and the
+///   request never arrives. Passed through, it would let a user put a label of their choice on
+///   the backing file.
+///
+/// `ls -l`, `cp` and `tar` remember a filesystem that answers EOPNOTSUPP for these names and
+/// stop asking, which halves the requests of `ls -l`.
+pub const REFUSED: [&str; 3] = [
+    "system.posix_acl_access",
+    "system.posix_acl_default",
+    "security.selinux",
+];
+
+fn refused(name: &OsStr) -> bool {
+    REFUSED.iter().any(|r| r.as_bytes() == name.as_bytes())
+}
+
+fn refuse(name: &OsStr) -> FsResult<()> {
+    if refused(name) {
+        return Err(FsError::Unsupported("POSIX ACLs and SELinux labels"));
+    }
+    Ok(())
+}
+
+/// A NUL-separated name list without the [`REFUSED`] names (a backing file may hold some
+/// from before they were refused).
+fn without_refused(list: Vec<u8>) -> Vec<u8> {
+    if !list
+        .split(|&b| b == 0)
+        .any(|n| refused(OsStr::from_bytes(n)))
+    {
+        return list;
+    }
+    let mut out = Vec::with_capacity(list.len());
+    for n in list.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if !refused(OsStr::from_bytes(n)) {
+            out.extend_from_slice(n);
+            out.push(0);
+        }
+    }
+    out
+}
+
 impl EncFs {
     /// setxattr.
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
+        refuse(name)?;
         let fd = self.inodes.get(ino)?;
         let r = if is_user(name) {
             let sealed = self.xattr.seal(name, value);
@@ -141,7 +194,7 @@ impl EncFs {
         if known {
             return Ok(true);
         }
-        if sys::listxattr(fd.as_raw_fd())?.is_empty() {
+        if without_refused(sys::listxattr(fd.as_raw_fd())?).is_empty() {
             self.inodes.mark_xattr_free(ino, generation, fd);
             return Ok(true);
         }
@@ -150,6 +203,7 @@ impl EncFs {
 
     /// getxattr: the whole value (the adapter handles the size protocol).
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> FsResult<Vec<u8>> {
+        refuse(name)?;
         let fd = self.inodes.get(ino)?;
         if ino != ROOT_INO && self.xattr_free(ino, &fd)? {
             return Err(errno(libc::ENODATA));
@@ -183,11 +237,12 @@ impl EncFs {
         if ino != ROOT_INO && self.inodes.xattr_state(ino).0 {
             return Ok(Vec::new());
         }
-        Ok(sys::listxattr(fd.as_raw_fd())?)
+        Ok(without_refused(sys::listxattr(fd.as_raw_fd())?))
     }
 
     /// removexattr.
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> FsResult<()> {
+        refuse(name)?;
         let fd = self.inodes.get(ino)?;
         sys::removexattr(fd.as_raw_fd(), name).map_err(|e| {
             if e.raw_os_error() == Some(libc::ENODATA) {
@@ -209,5 +264,17 @@ mod tests {
         let s = c.seal(OsStr::new("user.a"), b"secret");
         assert_eq!(c.open(OsStr::new("user.a"), &s).unwrap(), b"secret");
         assert!(c.open(OsStr::new("user.b"), &s).is_err());
+    }
+
+    #[test]
+    fn refused_names_are_dropped_from_lists() {
+        let list = b"user.a\0system.posix_acl_access\0security.selinux\0trusted.b\0".to_vec();
+        assert_eq!(without_refused(list), b"user.a\0trusted.b\0");
+        let plain = b"user.a\0security.capability\0".to_vec();
+        assert_eq!(without_refused(plain.clone()), plain);
+        assert!(without_refused(b"system.posix_acl_default\0".to_vec()).is_empty());
+        assert!(refused(OsStr::new("security.selinux")));
+        assert!(!refused(OsStr::new("security.selinux2")));
+        assert!(!refused(OsStr::new("security.capability")));
     }
 }
