@@ -435,15 +435,20 @@ impl fuser::Filesystem for Adapter {
         )
     }
 
+    /// FLUSH is answered with ENOSYS, after which the kernel stops sending it (one request
+    /// less per close(2)). Nothing is lost: the daemon has nothing to do at close that RELEASE
+    /// does not do, and in writeback mode the kernel still writes the dirty pages and reports
+    /// their errors from close(2) before it would have sent FLUSH. Byte-range locks are the
+    /// kernel's own (no getlk/setlk here), so no lock owner needs a FLUSH either.
     fn flush(
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply!(reply, "flush", _ino.0, self.fs.flush(fh.0), |_v| reply.ok())
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(

@@ -2046,8 +2046,26 @@ fn enospc_is_reported_and_recovered_from() {
 
 /// Removes `fill`, then a new 100,000-byte file must write and fsync, and it and `keep` must
 /// read back after a remount.
+///
+/// The kernel sends RELEASE (close of the last descriptor) and FORGET (the inode's last
+/// reference) asynchronously, and the backing file's space is free only once the daemon has
+/// closed its descriptors, so the backing filesystem's free space is awaited first (5 s at
+/// most: a daemon that never frees it fails here).
 fn space_freed_is_usable_again(m: &mut Mounted, keep: &[u8]) {
     fs::remove_file(m.path("fill")).unwrap();
+    let free = |m: &Mounted| {
+        let v = statvfs(&m.data());
+        v.f_bavail as u64 * v.f_frsize as u64
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while free(m) < SMALL_FS / 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "removing the file that filled the disk freed no space within 5 s ({} bytes free)",
+            free(m)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let mut f = File::create(m.path("after")).unwrap();
     f.write_all(&[2u8; 100_000]).unwrap();
     f.sync_all().unwrap();

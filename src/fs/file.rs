@@ -256,11 +256,6 @@ impl EncFs {
         }
     }
 
-    /// flush: writes are not buffered in the daemon, so there is nothing to do.
-    pub fn flush(&self, fh: u64) -> FsResult<()> {
-        self.handle(fh).map(drop)
-    }
-
     /// fsync.
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
         let h = self.handle(fh)?;
