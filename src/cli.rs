@@ -454,6 +454,13 @@ pub fn mount(
     for done in kms.maintain(now()) {
         log::info!("key maintenance: {done}");
     }
+    // Audit records leave the open/create path for a writer thread (docs/KEYS.md §Audit
+    // trail); `sync_audit` at unmount writes out the queue.
+    if let Some(audit) = kms.audit_log()
+        && let Err(e) = audit.write_in_background()
+    {
+        log::warn!("cannot start the audit writer thread ({e}); records are written inline");
+    }
     let fs = EncFs::new(volume, kms.clone(), &Caller::current())
         .map_err(|e| fail(ExitCode::Failure, format!("cannot open the volume: {e}")))?;
     spawn_maintenance(kms.clone());

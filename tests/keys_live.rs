@@ -281,17 +281,41 @@ fn edited_audit_record_fails_verify_naming_it() {
         fs::write(m.path(&format!("f{i}")), b"x").unwrap();
         fs::read(m.path(&format!("f{i}"))).unwrap();
     }
+    let show = |m: &Mounted| {
+        let out = common::output(tool(BIN).args(["audit", "show", "--json"]).arg(m.backing()));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let creates = |text: &str| {
+        text.lines()
+            .filter(|l| l.contains("\"eventName\":\"GenerateDataKey\"") && l.contains("file-id"))
+            .count()
+    };
+    // The daemon writes records on a background thread: they reach the trail while mounted,
+    // within moments, not only at unmount.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while creates(&show(&m)) < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mounted daemon's records did not reach the trail within 5 s: {}",
+            show(&m)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     ok(&m, &["key", "rotate"], &["alias/default"]);
     m.unmount();
     let text = ok(&m, &["audit", "verify"], &[]);
     assert!(text.contains("OK"), "{text}");
-    let show = common::output(tool(BIN).args(["audit", "show", "--json"]).arg(m.backing()));
-    let shown = String::from_utf8_lossy(&show.stdout);
+    let shown = show(&m);
     assert!(
         shown.contains("GenerateDataKey")
             && shown.contains("Decrypt")
             && shown.contains("RotateKeyOnDemand"),
         "{shown}"
+    );
+    assert_eq!(
+        creates(&shown),
+        5,
+        "one GenerateDataKey per file created: {shown}"
     );
 
     let dir = m.backing().join("keystore.json.audit");

@@ -2055,7 +2055,7 @@ fn space_freed_is_usable_again(m: &mut Mounted, keep: &[u8]) {
     fs::remove_file(m.path("fill")).unwrap();
     let free = |m: &Mounted| {
         let v = statvfs(&m.data());
-        v.f_bavail as u64 * v.f_frsize as u64
+        v.f_bavail * v.f_frsize
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while free(m) < SMALL_FS / 2 {

@@ -88,7 +88,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -625,7 +625,7 @@ impl Default for AuditOptions {
 }
 
 /// State that moves forward with every record.
-struct Writer {
+struct Chain {
     /// The newest file, opened for appending.
     file: File,
     /// Its number.
@@ -645,7 +645,22 @@ struct Writer {
 }
 
 /// An open audit trail. `Send + Sync`; share it behind an `Arc`.
+///
+/// Records are written by the calling thread ([`AuditLog::append`] returns once its line is
+/// written), or, after [`AuditLog::write_in_background`], by a writer thread that takes them
+/// from a bounded queue and writes each batch under one lock with one `write(2)`
+/// ([`background`]). Dropping the log, [`AuditLog::flush`] and [`AuditLog::sync`] write out
+/// everything queued.
 pub struct AuditLog {
+    trail: Arc<Trail>,
+    /// The writer thread, when records are written in the background.
+    background: Mutex<Option<background::Writer>>,
+    /// Guards the pid → (process name, when read) cache; entries live [`PROC_NAME_TTL`].
+    proc_names: Mutex<HashMap<u32, (Option<String>, Instant)>>,
+}
+
+/// The files and the chain: what writing a record needs (shared with the writer thread).
+struct Trail {
     /// `DIR/.lock`, flock()ed around every append and rotation, so that several processes on
     /// one keystore (a mounted daemon and CLI commands) extend one chain.
     lock_file: File,
@@ -655,9 +670,7 @@ pub struct AuditLog {
     /// Guards the writer state: the current file, its number and length, the next seq and the
     /// previous record's hash. They advance together under this lock, so records reach the
     /// file in chain order and no two records share a seq.
-    writer: Mutex<Writer>,
-    /// Guards the pid → (process name, when read) cache; entries live [`PROC_NAME_TTL`].
-    proc_names: Mutex<HashMap<u32, (Option<String>, Instant)>>,
+    writer: Mutex<Chain>,
 }
 
 impl AuditLog {
@@ -788,12 +801,12 @@ impl AuditLog {
             .truncate(false)
             .mode(0o600)
             .open(dir.join(LOCK_FILE))?;
-        Ok(AuditLog {
+        let trail = Trail {
             lock_file,
             dir: dir.to_owned(),
             key,
             opts,
-            writer: Mutex::new(Writer {
+            writer: Mutex::new(Chain {
                 file,
                 file_no,
                 len,
@@ -803,19 +816,55 @@ impl AuditLog {
                 dir_dirty,
                 needs_repair: false,
             }),
+        };
+        Ok(AuditLog {
+            trail: Arc::new(trail),
+            background: Mutex::new(None),
             proc_names: Mutex::new(HashMap::new()),
         })
     }
 
     /// The directory of the trail.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.trail.dir
     }
 
-    /// Appends one record: one `write(2)`, no fsync. User and process names missing from
-    /// `ev` are looked up (cached). Fails with `InvalidInput` when a parameter name collides
-    /// with a fixed `requestParameters` member, and with the I/O error when the write fails
-    /// (a partial line is then cut off, and the chain does not advance).
+    /// From now on, [`AuditLog::append`] queues records for a writer thread instead of writing
+    /// them itself (see [`background`] for what that changes). Does nothing if already on.
+    pub fn write_in_background(&self) -> io::Result<()> {
+        let mut bg = self
+            .background
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if bg.is_none() {
+            *bg = Some(background::Writer::start(Arc::clone(&self.trail))?);
+        }
+        Ok(())
+    }
+
+    /// Waits until every record queued so far is written (returns at once when there is no
+    /// writer thread).
+    pub fn flush(&self) {
+        if let Some(queue) = self.queue() {
+            background::flush(&queue);
+        }
+    }
+
+    /// The writer thread's queue, when there is one (the mutex is not held while sending).
+    fn queue(&self) -> Option<std::sync::mpsc::SyncSender<background::Msg>> {
+        self.background
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(background::Writer::queue)
+    }
+
+    /// Appends one record, with no fsync. User and process names missing from `ev` are
+    /// looked up (cached). Fails with `InvalidInput` when a parameter name collides with a
+    /// fixed `requestParameters` member. Written by this thread: one `write(2)`, and the I/O
+    /// error when it fails (a partial line is then cut off, and the chain does not advance).
+    /// With a writer thread: queued (waiting while the queue is full), and a failed write is
+    /// logged by that thread.
     pub fn append(&self, ev: AuditEvent) -> io::Result<()> {
         if let Some(bad) = ev
             .parameters
@@ -835,7 +884,7 @@ impl AuditLog {
         };
         let mut rec = AuditRecord {
             seq: 0,
-            event_time: String::new(),
+            event_time: format_event_time(SystemTime::now()),
             event_name: ev.event_name,
             event_source: EVENT_SOURCE.to_owned(),
             user_identity: UserIdentity {
@@ -863,6 +912,64 @@ impl AuditLog {
             hash: String::new(),
         };
 
+        if let Some(queue) = self.queue() {
+            match background::send(&queue, Box::new(rec)) {
+                Ok(()) => return Ok(()),
+                Err(back) => rec = *back, // the writer thread is gone: write it here
+            }
+        }
+        self.trail.write(std::slice::from_mut(&mut rec))
+    }
+
+    /// Writes out what is queued, then flushes the current file (and the directory after a
+    /// rotation) to stable storage; call at unmount and after administrative commands.
+    pub fn sync(&self) -> io::Result<()> {
+        self.flush();
+        self.trail.sync()
+    }
+
+    /// `seq` the next record will get (after those queued are written).
+    pub fn next_seq(&self) -> u64 {
+        self.trail
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .next_seq
+    }
+
+    /// The name of process `pid`, from `/proc/<pid>/comm`, cached for a second.
+    fn process_name(&self, pid: u32) -> Option<String> {
+        let now = Instant::now();
+        if let Some((name, at)) = self
+            .proc_names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&pid)
+            && now.duration_since(*at) < PROC_NAME_TTL
+        {
+            return name.clone();
+        }
+        let name = fs::read_to_string(format!("/proc/{pid}/comm"))
+            .ok()
+            .map(|s| s.trim_end_matches('\n').to_owned());
+        let mut cache = self
+            .proc_names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= PROC_NAME_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(pid, (name.clone(), now));
+        name
+    }
+}
+
+impl Trail {
+    /// Writes `recs` in order, extending the chain: under the writer mutex and the flock, one
+    /// `write(2)` per file they go to (a batch that crosses the size limit is split around a
+    /// rotation). Sets each record's `seq` and `prev`. On a failed write the partial batch is
+    /// cut off, the chain does not advance, and the records of that write are not written.
+    fn write(&self, recs: &mut [AuditRecord]) -> io::Result<()> {
         let mut guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let w = &mut *guard;
         let _flock = FileLock::exclusive(&self.lock_file)?;
@@ -871,29 +978,42 @@ impl AuditLog {
             w.needs_repair = false;
         }
         self.follow_other_writers(w)?;
-        rec.seq = w.next_seq;
-        rec.event_time = format_event_time(SystemTime::now());
-        rec.prev = hex(&w.prev);
-        w.buf.clear();
-        serde_json::to_writer(&mut w.buf, &rec).map_err(io::Error::other)?;
-        let hash = chain_hash(&self.key, &w.prev, &w.buf);
-        w.buf.pop(); // the closing '}'
-        w.buf.extend_from_slice(HASH_PREFIX);
-        w.buf.extend_from_slice(hex(&hash).as_bytes());
-        w.buf.extend_from_slice(b"\"}\n");
-
-        if w.len > 0 && w.len + w.buf.len() as u64 > self.opts.max_bytes {
-            self.rotate(w)?;
-        }
-        if let Err(e) = w.file.write_all(&w.buf) {
-            if w.file.set_len(w.len).is_err() {
-                w.needs_repair = true;
+        let mut i = 0;
+        while i < recs.len() {
+            w.buf.clear();
+            let (mut seq, mut prev) = (w.next_seq, w.prev);
+            while let Some(rec) = recs.get_mut(i) {
+                let start = w.buf.len();
+                rec.seq = seq;
+                rec.prev = hex(&prev);
+                serde_json::to_writer(&mut w.buf, &*rec).map_err(io::Error::other)?;
+                let hash = chain_hash(&self.key, &prev, &w.buf[start..]);
+                w.buf.pop(); // the closing '}'
+                w.buf.extend_from_slice(HASH_PREFIX);
+                w.buf.extend_from_slice(hex(&hash).as_bytes());
+                w.buf.extend_from_slice(b"\"}\n");
+                if w.len + w.buf.len() as u64 > self.opts.max_bytes && (w.len > 0 || start > 0) {
+                    w.buf.truncate(start);
+                    if start > 0 {
+                        break; // write what fits; this record starts the next file
+                    }
+                    self.rotate(w)?;
+                    continue; // the same record again, first in the new file
+                }
+                seq += 1;
+                prev = hash;
+                i += 1;
             }
-            return Err(e);
+            if let Err(e) = w.file.write_all(&w.buf) {
+                if w.file.set_len(w.len).is_err() {
+                    w.needs_repair = true;
+                }
+                return Err(e);
+            }
+            w.len += w.buf.len() as u64;
+            w.next_seq = seq;
+            w.prev = prev;
         }
-        w.len += w.buf.len() as u64;
-        w.next_seq += 1;
-        w.prev = hash;
         Ok(())
     }
 
@@ -901,7 +1021,7 @@ impl AuditLog {
     /// this one last wrote: if so, continue after its last record instead of forking the chain.
     /// A partial line found here, under the lock, can only be left by a writer that crashed:
     /// it is cut off.
-    fn follow_other_writers(&self, w: &mut Writer) -> io::Result<()> {
+    fn follow_other_writers(&self, w: &mut Chain) -> io::Result<()> {
         let moved_on = self
             .dir
             .join(file_name(w.file_no.saturating_add(1)))
@@ -944,7 +1064,7 @@ impl AuditLog {
 
     /// Starts the next file, then deletes the oldest beyond `max_files` (logging, not
     /// failing, when that does not work).
-    fn rotate(&self, w: &mut Writer) -> io::Result<()> {
+    fn rotate(&self, w: &mut Chain) -> io::Result<()> {
         let next = w
             .file_no
             .checked_add(1)
@@ -969,7 +1089,7 @@ impl AuditLog {
 
     /// Keeps the newest `max_files` files: writes the anchor for the oldest kept, then
     /// deletes older files, oldest first.
-    fn prune(&self, w: &Writer) -> io::Result<()> {
+    fn prune(&self, w: &Chain) -> io::Result<()> {
         let Some(max) = self.opts.max_files else {
             return Ok(());
         };
@@ -1001,9 +1121,8 @@ impl AuditLog {
         crate::atomic::sync_dir(&self.dir)
     }
 
-    /// Flushes the current file (and the directory after a rotation) to stable storage; call
-    /// at unmount and after administrative commands.
-    pub fn sync(&self) -> io::Result<()> {
+    /// Flushes the current file (and the directory after a rotation) to stable storage.
+    fn sync(&self) -> io::Result<()> {
         let mut w = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         w.file.sync_data()?;
         if w.dir_dirty {
@@ -1011,40 +1130,6 @@ impl AuditLog {
             w.dir_dirty = false;
         }
         Ok(())
-    }
-
-    /// `seq` the next record will get.
-    pub fn next_seq(&self) -> u64 {
-        self.writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .next_seq
-    }
-
-    /// The name of process `pid`, from `/proc/<pid>/comm`, cached for a second.
-    fn process_name(&self, pid: u32) -> Option<String> {
-        let now = Instant::now();
-        if let Some((name, at)) = self
-            .proc_names
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&pid)
-            && now.duration_since(*at) < PROC_NAME_TTL
-        {
-            return name.clone();
-        }
-        let name = fs::read_to_string(format!("/proc/{pid}/comm"))
-            .ok()
-            .map(|s| s.trim_end_matches('\n').to_owned());
-        let mut cache = self
-            .proc_names
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= PROC_NAME_CACHE_MAX {
-            cache.clear();
-        }
-        cache.insert(pid, (name.clone(), now));
-        name
     }
 }
 
@@ -1084,6 +1169,7 @@ fn open_for_append(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+pub mod background;
 mod read;
 pub use read::{VerifyError, VerifyReport, for_each_record, read_all, verify};
 

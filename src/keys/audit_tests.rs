@@ -466,6 +466,83 @@ fn concurrent_appends_stay_in_chain_order() {
     assert_send_sync::<AuditLog>();
 }
 
+/// The writer thread: records from several threads, more than the queue holds, in files
+/// small enough that batches are split around rotations, with a second (synchronous) writer
+/// on the same trail, as a CLI command next to the daemon: one valid chain, every record
+/// once, each thread's records in its own order.
+#[test]
+fn background_writer_keeps_one_chain_across_rotations_and_other_writers() {
+    let d = tempfile::tempdir().unwrap();
+    let log = std::sync::Arc::new(AuditLog::open(d.path(), KEY, 8192).unwrap());
+    log.write_in_background().unwrap();
+    let per_thread = background::QUEUE_LEN as u64;
+    let threads: Vec<_> = (0..3)
+        .map(|t| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for i in 0..per_thread {
+                    log.append(ev(t * 100_000 + i)).unwrap();
+                }
+            })
+        })
+        .collect();
+    let cli = AuditLog::open(d.path(), KEY, 8192).unwrap();
+    for i in 0..20 {
+        cli.append(ev(900_000 + i)).unwrap();
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    log.flush();
+    let total = 3 * per_thread + 20;
+    let r = verify(d.path(), &KEY).unwrap();
+    assert_eq!((r.records, r.first_seq, r.last_seq), (total, 1, total));
+    assert!(r.files > 10, "{} files", r.files);
+    assert_eq!(log.next_seq(), total + 1);
+    let recs = read_all(d.path()).unwrap();
+    let file_ids = |t: u64| -> Vec<u64> {
+        recs.iter()
+            .map(|r| {
+                let id = &r.request_parameters.encryption_context["envelopefs:file-id"];
+                u64::from_str_radix(id, 16).unwrap()
+            })
+            .filter(|id| id / 100_000 == t)
+            .collect()
+    };
+    for t in 0..3 {
+        let want: Vec<u64> = (0..per_thread).map(|i| t * 100_000 + i).collect();
+        assert_eq!(file_ids(t), want, "thread {t}");
+    }
+    assert_eq!(file_ids(9), (900_000..900_020).collect::<Vec<_>>());
+}
+
+/// Dropping the log (as at unmount) writes out what is still queued.
+#[test]
+fn background_writer_drains_its_queue_on_drop() {
+    let d = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(d.path(), KEY, 0).unwrap();
+    log.write_in_background().unwrap();
+    log.write_in_background().unwrap(); // a second call changes nothing
+    let n = 2 * background::QUEUE_LEN as u64;
+    for i in 0..n {
+        log.append(ev(i)).unwrap();
+    }
+    drop(log);
+    // Everything is on disk when drop returns, not a moment later.
+    let size = || fs::metadata(only_file(d.path())).unwrap().len();
+    let at_drop = size();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        size(),
+        at_drop,
+        "records were still being written after drop"
+    );
+    let r = verify(d.path(), &KEY).unwrap();
+    assert_eq!((r.records, r.last_seq), (n, n));
+    let log = AuditLog::open(d.path(), KEY, 0).unwrap();
+    assert_eq!(log.next_seq(), n + 1);
+}
+
 #[test]
 fn event_times() {
     let t = UNIX_EPOCH + Duration::from_millis(1_795_428_000_123);
