@@ -107,6 +107,28 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// The attributes of a negative lookup reply: inode 0 means "no such name" to the kernel,
+/// which caches that for the entry timeout; the other fields are not looked at.
+fn negative_entry() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}
+
 /// The kernel's (seconds, nanoseconds) behind a time fuser decoded from a setattr request.
 ///
 /// fuser 0.18 decodes a pre-epoch `(sec, nsec)` as `UNIX_EPOCH - (-sec s + nsec ns)` instead of
@@ -216,8 +238,19 @@ impl fuser::Filesystem for Adapter {
         Ok(())
     }
 
+    /// A name that does not exist is answered as a negative entry (inode 0) valid for the
+    /// entry timeout, so the kernel remembers the miss instead of asking again: compilers
+    /// probing include paths, `$PATH` searches and Python imports stat many names that are
+    /// not there. Sound for the same reason as the positive timeouts: every change to the
+    /// volume goes through this mount, and the kernel replaces the negative entry itself when
+    /// a create, mkdir, link, symlink or rename through the mount makes the name.
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.entry(reply, "lookup", parent.0, self.fs.lookup(parent.0, name));
+        match self.fs.lookup(parent.0, name) {
+            Err(e) if e.errno() == libc::ENOENT => {
+                reply.entry(&self.ttl, &negative_entry(), Generation(0));
+            }
+            res => self.entry(reply, "lookup", parent.0, res),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {

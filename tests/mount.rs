@@ -926,6 +926,45 @@ fn xattrs_round_trip_encrypted() {
     assert_eq!(fs::read(&p).unwrap(), b"has xattrs");
 }
 
+/// A name that does not exist is remembered by the kernel (a negative entry), so asking
+/// again costs no request, and creating, linking or renaming to that name through the mount
+/// makes it appear at once all the same.
+#[test]
+fn missing_names_are_cached_and_creation_still_shows() {
+    let Some(m) = Mounted::with_options(common::Options {
+        verbose: 2,
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let lookups = |name: &str| {
+        m.log_text()
+            .lines()
+            .filter(|l| l.contains(" LOOKUP ") && l.contains(&format!("name \"{name}\"")))
+            .count()
+    };
+    for name in ["a", "b", "c", "d"] {
+        for _ in 0..3 {
+            let e = fs::symlink_metadata(m.path(name)).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::NotFound, "{name}: {e}");
+        }
+    }
+    assert_eq!(lookups("a"), 1, "three stats of a missing name, one LOOKUP");
+    fs::write(m.path("a"), b"now here").unwrap();
+    assert_eq!(fs::read(m.path("a")).unwrap(), b"now here");
+    fs::create_dir(m.path("b")).unwrap();
+    assert!(m.path("b").is_dir());
+    fs::hard_link(m.path("a"), m.path("c")).unwrap();
+    assert_eq!(fs::read(m.path("c")).unwrap(), b"now here");
+    fs::write(m.path("src"), b"renamed").unwrap();
+    fs::rename(m.path("src"), m.path("d")).unwrap();
+    assert_eq!(fs::read(m.path("d")).unwrap(), b"renamed");
+    assert!(fs::symlink_metadata(m.path("src")).is_err());
+    fs::remove_file(m.path("a")).unwrap();
+    assert!(fs::symlink_metadata(m.path("a")).is_err());
+    assert_eq!(fs::read(m.path("c")).unwrap(), b"now here");
+}
+
 /// A POSIX ACL as the kernel's `system.posix_acl_*` xattr value: version 2, then per entry
 /// tag (u16), permissions (u16) and id (u32), little-endian.
 fn acl_value(entries: &[(u16, u16, u32)]) -> Vec<u8> {

@@ -81,10 +81,7 @@ impl Drop for Writer {
 }
 
 /// Queues `rec`; gives it back when the writer thread is gone.
-pub(super) fn send(
-    queue: &SyncSender<Msg>,
-    rec: Box<AuditRecord>,
-) -> Result<(), Box<AuditRecord>> {
+pub(super) fn send(queue: &SyncSender<Msg>, rec: Box<AuditRecord>) -> Result<(), Box<AuditRecord>> {
     match queue.send(Msg::Record(rec)) {
         Ok(()) => Ok(()),
         Err(SendError(Msg::Record(rec))) => Err(rec),
