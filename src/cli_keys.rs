@@ -1,6 +1,6 @@
 //! `envelopefs key …`, `envelopefs audit …` and `envelopefs scan`: key management from the
 //! command line (docs/KEYS.md has every command with an example). clap parses; the commands
-//! open the volume's keystore and call [`LocalKms`]; every command has `--json` output.
+//! open the volume's keystore and call [`LocalKms`](crate::keys::local::LocalKms); every command has `--json` output.
 
 mod audit_cmd;
 mod run;

@@ -1,5 +1,5 @@
 //! What a caller asks the key service to do ([`Op`]), and the single place where every call
-//! is recorded in the audit trail ([`LocalKms::record`]; docs/KEYS.md §Audit).
+//! is recorded in the audit trail (`LocalKms::record`; docs/KEYS.md §Audit).
 
 use std::path::Path;
 

@@ -21,7 +21,7 @@
 //!
 //! # Keys
 //!
-//! The root key and the keys derived from it are described in [`crate::keys::kdf`]: `wrap_key`
+//! The root key and the keys derived from it are described in `crate::keys::kdf`: `wrap_key`
 //! seals CMK material, `mac_key` authenticates the body, `check` tells a wrong secret from a
 //! modified file.
 //!

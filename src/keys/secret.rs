@@ -1,5 +1,5 @@
 //! Secret types (data keys, CMK material, keystore unlock secrets) and the one AEAD
-//! construction that seals a 32-byte secret ([`seal32`] / [`open32`]).
+//! construction that seals a 32-byte secret (`seal32` / `open32`).
 //!
 //! Every type here zeroizes its bytes when dropped, derives neither `Clone` nor `Debug` (the
 //! hand-written `Debug` prints `[REDACTED]`), and is read only through `expose_secret`. The
