@@ -391,20 +391,9 @@ fn kill_9_mid_writes() {
     // The daemon writes its audit records on a writer thread; being killed mid-batch may lose
     // the last records but must leave a trail that still verifies (a torn line is cut off
     // when the next mount opens it).
-    let out = common::output(
-        common::tool(common::BIN)
-            .args(["audit", "verify"])
-            .arg(m.backing())
-            .arg("--keyfile")
-            .arg(m.keyfile()),
-    );
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (success, text) = m.cli(&["audit", "verify"], &[]);
     assert!(
-        out.status.success() && text.contains("OK"),
+        success && text.contains("OK"),
         "audit trail after {rounds} kills: {text}"
     );
 }

@@ -12,26 +12,8 @@ use std::os::unix::fs::PermissionsExt;
 
 use common::{BIN, Mounted, Rng, tool};
 
-/// Runs `envelopefs ARGS... BACKING REST... --keyfile KF` and returns (success, stdout+stderr).
-fn cli(m: &Mounted, args: &[&str], rest: &[&str]) -> (bool, String) {
-    let out = common::output(
-        tool(BIN)
-            .args(args)
-            .arg(m.backing())
-            .args(rest)
-            .arg("--keyfile")
-            .arg(m.keyfile()),
-    );
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 fn ok(m: &Mounted, args: &[&str], rest: &[&str]) -> String {
-    let (success, text) = cli(m, args, rest);
+    let (success, text) = m.cli(args, rest);
     assert!(
         success,
         "envelopefs {args:?} {rest:?} failed:\n{text}\n{}",
@@ -341,7 +323,7 @@ fn edited_audit_record_fails_verify_naming_it() {
         .collect();
     assert_ne!(edited[target], lines[target], "the edit changed the record");
     fs::write(&file, edited.join("\n") + "\n").unwrap();
-    let (success, text) = cli(&m, &["audit", "verify"], &[]);
+    let (success, text) = m.cli(&["audit", "verify"], &[]);
     assert!(!success, "verify must fail after an edit: {text}");
     assert!(
         text.contains(&format!("line {}", target + 1)),

@@ -618,6 +618,25 @@ impl Mounted {
         &self.keyfile
     }
 
+    /// Runs `envelopefs ARGS... BACKING REST... --keyfile KF` (a key-management CLI command
+    /// next to the mount) and returns (success, stdout+stderr).
+    pub fn cli(&self, args: &[&str], rest: &[&str]) -> (bool, String) {
+        let out = output(
+            tool(BIN)
+                .args(args)
+                .arg(&self.backing)
+                .args(rest)
+                .arg("--keyfile")
+                .arg(&self.keyfile),
+        );
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
     /// The key file's 32 bytes.
     pub fn key(&self) -> &[u8] {
         &self.key
