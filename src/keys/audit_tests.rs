@@ -1,6 +1,10 @@
 //! Tests of the audit trail: records, the hash chain, rotation, several writers, verify.
 
 use super::*;
+use crate::format::context::EncryptionContext;
+use crate::keys::principal::Principal;
+use crate::keys::{Caller, KeyError};
+use std::time::UNIX_EPOCH;
 
 const KEY: [u8; 32] = [7; 32];
 

@@ -1,5 +1,6 @@
-//! The writer thread of the audit trail ([`AuditLog::write_in_background`]); the mounted
-//! daemon uses it.
+//! The writer thread of the audit trail
+//! ([`AuditLog::write_in_background`](super::AuditLog::write_in_background)); the mounted daemon
+//! uses it.
 //!
 //! Written by the calling thread, a record costs its caller a flock, two `stat`s, a `write(2)`
 //! and an unlock on top of building the JSON line and its hash: about 14 µs of the 31 µs a
@@ -20,16 +21,14 @@
 //!   on two threads within the same few microseconds may carry times out of order.
 //! - A failed write is logged by the thread (a failed append never failed the key-service
 //!   call: see `LocalKms::record`). If the thread is gone, callers write for themselves.
-//! - [`AuditLog::flush`], [`AuditLog::sync`] and dropping the log write out everything
-//!   queued first.
+//! - [`AuditLog::flush`](super::AuditLog::flush), [`AuditLog::sync`](super::AuditLog::sync) and
+//!   dropping the log write out everything queued first.
 
 use std::io;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SendError, Sender, SyncSender, channel, sync_channel};
 use std::thread::JoinHandle;
 
-#[allow(unused_imports)] // named in the docs
-use super::AuditLog;
 use super::{AuditRecord, Trail};
 
 /// Records that may wait in the queue (about 0.5 KiB each).
