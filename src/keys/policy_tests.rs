@@ -1,6 +1,7 @@
 //! Tests of key policies, grants and their evaluation.
 
 use super::*;
+use std::collections::BTreeMap;
 
 fn user(uid: u32, name: &str, groups: &[(u32, &str)]) -> Principal {
     Principal {
