@@ -157,6 +157,18 @@ pub fn is_mounted(canonical: &Path) -> bool {
         .any(|l| l.split(' ').nth(4).map(unescape_mountinfo).as_deref() == Some(&*want))
 }
 
+/// Aborts the FUSE connection of the mount at `mnt`: `umount -f` (MNT_FORCE) makes the kernel
+/// fail every pending request of a FUSE mount before it tries to unmount, so a daemon stuck
+/// inside the kernel (waiting on a page its own pending request holds) can exit. The unmount
+/// itself may fail (busy); callers detach afterwards. Best effort.
+pub fn abort_mount(mnt: &Path) {
+    let _ = Command::new("timeout")
+        .args(["-k", "5", "10", "umount", "-f"])
+        .arg(mnt)
+        .stderr(Stdio::null())
+        .status();
+}
+
 /// A `Command` for `program` run under `timeout` (SIGTERM after [`TOOL_TIMEOUT_SECS`], SIGKILL
 /// 5 s later), with stdin closed.
 pub fn tool(program: impl AsRef<OsStr>) -> Command {
@@ -473,7 +485,7 @@ impl Mounted {
     pub fn unmount(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
         let _ = Command::new("timeout")
-            .arg("20")
+            .args(["-k", "5", "20"])
             .arg(BIN)
             .arg("unmount")
             .arg(&self.mnt)
@@ -487,6 +499,8 @@ impl Mounted {
                 "daemon {} still running after `envelopefs unmount`; forcing",
                 child.id()
             );
+            // Ends every pending request, in case the daemon is stuck inside the kernel.
+            abort_mount(&self.mnt);
             force_unmount(&self.mnt);
             status = wait_timeout(&mut child, Duration::from_secs(5));
         }
@@ -675,6 +689,8 @@ impl Drop for Mounted {
                 self.mnt.display(),
                 self.diagnostics()
             );
+            // A failed test may have left the daemon stuck; nothing it buffers matters now.
+            abort_mount(&self.mnt);
         }
         self.unmount();
         if is_mounted(&self.mnt) {
@@ -717,6 +733,8 @@ fn spawn_watchdog(pid: DaemonPid, mnt: PathBuf) -> (mpsc::Sender<()>, JoinHandle
             );
             // SAFETY: kill has no memory effects; `p` is our unreaped child (see DaemonPid).
             unsafe { libc::kill(p, libc::SIGKILL) };
+            // A daemon stuck inside the kernel cannot die until its requests end.
+            abort_mount(&mnt);
         }
     });
     (tx, handle)
