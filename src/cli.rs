@@ -468,6 +468,7 @@ pub fn mount(
     // kernel with the caller's umask already applied and must reach the backing store as is.
     unsafe { libc::umask(0) };
     let adapter = Adapter::new(Arc::new(fs), opts);
+    let notifier_slot = adapter.notifier_slot();
     let mut session = fuser::Session::new(adapter, mountpoint, &crate::fuse::fuser_config(opts))
         .map_err(|e| {
             fail(
@@ -478,6 +479,7 @@ pub fn mount(
                 ),
             )
         })?;
+    let _ = notifier_slot.set(session.notifier());
     let mut unmounter = session.unmount_callable();
     let mnt = mountpoint.to_owned();
     ctrlc::set_handler(move || {

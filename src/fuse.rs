@@ -3,12 +3,12 @@
 
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    KernelConfig, LockOwner, MountOption, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
     ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
@@ -65,7 +65,13 @@ pub struct Adapter {
     kernel_cache: bool,
     writeback_cache: bool,
     xattrs: bool,
+    /// The session's notifier, once the session exists (for prefetch on open).
+    notifier: Arc<OnceLock<Notifier>>,
 }
+
+/// Largest file whose plaintext an open puts in the kernel's page cache before answering
+/// (docs/DESIGN.md §Prefetch on open).
+pub const PREFETCH_MAX: u64 = 64 << 10;
 
 fn caller(req: &Request) -> Caller {
     Caller {
@@ -175,6 +181,36 @@ impl Adapter {
             kernel_cache: opts.kernel_cache,
             writeback_cache: opts.writeback_cache && opts.kernel_cache && !opts.read_only,
             xattrs: opts.xattrs,
+            notifier: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Where [`crate::cli`] puts the session's notifier once the session exists. Until then
+    /// (and in tests without one) opens do not prefetch.
+    pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// Prefetch on open: a small file opened read-only, with no other handle on it, has its
+    /// plaintext put in the kernel's page cache (FUSE_NOTIFY_STORE) before the open is
+    /// answered, so reading it costs no READ round trip. Only with the kernel cache on (the
+    /// handle gets FOPEN_KEEP_CACHE, so the pages stay).
+    fn prefetch(&self, ino: INodeNo, flags: i32, fh: u64) {
+        if !self.kernel_cache
+            || flags & libc::O_ACCMODE != libc::O_RDONLY
+            || flags & libc::O_TRUNC != 0
+        {
+            return;
+        }
+        let Some(notifier) = self.notifier.get() else {
+            return;
+        };
+        if let Some(p) = self.fs.prefetch(fh, PREFETCH_MAX) {
+            match notifier.store(ino, 0, &p.data) {
+                Ok(()) => self.fs.prefetched(p.ino),
+                // Harmless: the kernel reads the file with READ as usual.
+                Err(e) => log::debug!("prefetch of inode {} not stored: {e}", p.ino),
+            }
         }
     }
 
@@ -417,7 +453,10 @@ impl fuser::Filesystem for Adapter {
             "open",
             ino.0,
             self.fs.open(ino.0, flags.0, &caller(req)),
-            |fh| reply.opened(FileHandle(fh), self.open_flags())
+            |fh| {
+                self.prefetch(ino, flags.0, fh);
+                reply.opened(FileHandle(fh), self.open_flags())
+            }
         )
     }
 

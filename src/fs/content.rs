@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use super::EncFs;
 use super::error::{FsError, FsResult};
@@ -21,6 +21,36 @@ pub struct OpenFile {
     /// Guards the cipher and the plaintext size: readers share it, writers and truncates
     /// take it exclusively, so a read never sees a half-applied write.
     pub(crate) state: RwLock<FileState>,
+    /// Closed while [`crate::fs::file::Prefetch`] fills the kernel's page cache from this
+    /// inode: every other open of the inode waits here, so no handle that could write exists
+    /// until the fill is done (docs/DESIGN.md §Prefetch on open).
+    pub(crate) filling: Mutex<bool>,
+    pub(crate) filled: Condvar,
+}
+
+impl OpenFile {
+    pub(crate) fn new(state: FileState) -> Self {
+        OpenFile {
+            state: RwLock::new(state),
+            filling: Mutex::new(false),
+            filled: Condvar::new(),
+        }
+    }
+
+    /// Waits until no prefetch of this inode is in progress.
+    pub(crate) fn wait_for_fill(&self) {
+        let mut f = self.filling.lock().expect("fill gate poisoned");
+        while *f {
+            f = self.filled.wait(f).expect("fill gate poisoned");
+        }
+    }
+
+    pub(crate) fn set_filling(&self, on: bool) {
+        *self.filling.lock().expect("fill gate poisoned") = on;
+        if !on {
+            self.filled.notify_all();
+        }
+    }
 }
 
 /// A new file's data key and header, made before the file exists.

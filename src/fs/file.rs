@@ -3,7 +3,7 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use super::EncFs;
 use super::attr::Attr;
@@ -62,12 +62,13 @@ impl EncFs {
     fn open_state(&self, ino: u64, file: &File, caller: &Caller) -> FsResult<Arc<OpenFile>> {
         let mut map = self.open_files.lock().expect("open files poisoned");
         if let Some(of) = map.get(&ino) {
-            return Ok(of.clone());
+            let of = of.clone();
+            drop(map);
+            of.wait_for_fill();
+            return Ok(of);
         }
         let state = self.load_state(file, caller)?;
-        let of = Arc::new(OpenFile {
-            state: RwLock::new(state),
-        });
+        let of = Arc::new(OpenFile::new(state));
         map.insert(ino, of.clone());
         Ok(of)
     }
@@ -164,6 +165,49 @@ impl EncFs {
             attr = self.getattr(attr.ino)?;
         }
         Ok((attr, fh))
+    }
+
+    /// The whole plaintext of the file behind `fh`, just opened read-only, for the adapter to
+    /// put in the kernel's page cache before it answers the open (so reading the file costs
+    /// no READ request). `None` when the file is empty or larger than `max`, when any other
+    /// handle on the inode exists or is being opened, or when the kernel was already given
+    /// this inode's contents. Until the returned [`Prefetch`] is dropped, every other open of
+    /// the inode waits (docs/DESIGN.md §Prefetch on open).
+    pub fn prefetch(&self, fh: u64, max: u64) -> Option<Prefetch> {
+        let h = self.handle(fh).ok()?;
+        let size = h.open.state.read().expect("file state poisoned").size;
+        if size == 0 || size > max || !self.inodes.wants_fill(h.ino) {
+            return None;
+        }
+        {
+            let _map = self.open_files.lock().expect("open files poisoned");
+            // References: the map's and this handle's. Any other handle, or an open or
+            // truncate that has taken the state, holds one more; new ones clone it under
+            // the map lock and then wait for the gate.
+            if Arc::strong_count(&h.open) != 2 {
+                return None;
+            }
+            h.open.set_filling(true);
+        }
+        let mut gate = Prefetch {
+            data: Vec::new(),
+            ino: h.ino,
+            open: h.open.clone(),
+        };
+        let st = h.open.state.read().expect("file state poisoned");
+        let data = self
+            .read_content(&st, &h.file, 0, st.size.min(max) as u32)
+            .ok()?;
+        drop(st);
+        gate.data = data;
+        Some(gate)
+    }
+
+    /// Records that the kernel's page cache was given `ino`'s contents (see
+    /// [`EncFs::prefetch`]); later opens do not prefetch it again while the kernel knows
+    /// the inode.
+    pub fn prefetched(&self, ino: u64) {
+        self.inodes.mark_filled(ino);
     }
 
     /// read.
@@ -295,8 +339,113 @@ impl EncFs {
     }
 }
 
+/// A file's plaintext on its way to the kernel's page cache (see [`EncFs::prefetch`]). Other
+/// opens of the inode wait until this is dropped.
+pub struct Prefetch {
+    /// The plaintext, from offset 0.
+    pub data: Vec<u8>,
+    /// The inode.
+    pub ino: u64,
+    open: Arc<OpenFile>,
+}
+
+impl std::fmt::Debug for Prefetch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Prefetch(inode {}, {} bytes)", self.ino, self.data.len())
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.open.set_filling(false);
+    }
+}
+
 fn can_write(f: &File) -> bool {
     // SAFETY: F_GETFL on a valid fd has no memory effects.
     let fl = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
     fl >= 0 && fl & libc::O_ACCMODE == libc::O_RDWR
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use crate::fs::inode::ROOT_INO;
+    use crate::fs::{EncFs, testing};
+    use crate::keys::Caller;
+
+    /// A fresh core with file "f" created (inode, still-open read-write handle).
+    fn with_file() -> (EncFs, tempfile::TempDir, Caller, u64, u64) {
+        let (fs, tmp, caller) = testing::fresh();
+        let (attr, fh) = fs
+            .create(
+                ROOT_INO,
+                OsStr::new("f"),
+                libc::S_IFREG | 0o644,
+                libc::O_RDWR,
+                &caller,
+            )
+            .unwrap();
+        (fs, tmp, caller, attr.ino, fh)
+    }
+
+    #[test]
+    fn prefetch_gives_the_contents_once_and_only_to_a_lone_reader() {
+        let (fs, _tmp, caller, ino, fh) = with_file();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        fs.write(fh, 0, &data, &caller).unwrap();
+        // Another handle (here the writer's) is open: no prefetch.
+        let r = fs.open(ino, libc::O_RDONLY, &caller).unwrap();
+        assert!(fs.prefetch(r, 1 << 20).is_none(), "a writer is open");
+        fs.release(r).unwrap();
+        fs.release(fh).unwrap();
+        // Too large for the limit: no prefetch.
+        let r = fs.open(ino, libc::O_RDONLY, &caller).unwrap();
+        assert!(fs.prefetch(r, 9_999).is_none(), "larger than max");
+        let p = fs
+            .prefetch(r, 10_000)
+            .expect("a lone reader of a small file");
+        assert_eq!(p.data, data);
+        assert_eq!(p.ino, ino);
+        drop(p);
+        fs.prefetched(ino);
+        fs.release(r).unwrap();
+        // The kernel was given the contents: not again while it knows the inode.
+        let r = fs.open(ino, libc::O_RDONLY, &caller).unwrap();
+        assert!(fs.prefetch(r, 1 << 20).is_none(), "already given");
+        fs.release(r).unwrap();
+    }
+
+    #[test]
+    fn other_opens_wait_until_the_prefetch_is_done() {
+        let (fs, _tmp, caller, ino, fh) = with_file();
+        fs.write(fh, 0, b"old contents", &caller).unwrap();
+        fs.release(fh).unwrap();
+        let r = fs.open(ino, libc::O_RDONLY, &caller).unwrap();
+        let p = fs.prefetch(r, 1 << 20).expect("lone reader");
+        assert_eq!(p.data, b"old contents");
+        let (tx, rx) = mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // A writer's open must not complete while the contents are on their way to
+                // the kernel, or its writes could be overwritten by them.
+                let w = fs.open(ino, libc::O_WRONLY, &caller).unwrap();
+                tx.send(()).unwrap();
+                fs.write(w, 0, b"new", &caller).unwrap();
+                fs.release(w).unwrap();
+            });
+            assert!(
+                rx.recv_timeout(Duration::from_millis(300)).is_err(),
+                "the writer's open finished during the prefetch"
+            );
+            drop(p);
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("the writer's open finishes once the prefetch is done");
+        });
+        assert_eq!(&fs.read(r, 0, 100).unwrap()[..], b"new contents");
+        fs.release(r).unwrap();
+    }
 }

@@ -39,6 +39,9 @@ struct Node {
     /// Bumped by every xattr change through the mount, so a listing that raced with a change
     /// cannot set `xattr_free`.
     xattr_gen: u64,
+    /// The kernel's page cache was given this inode's contents by a prefetch (a hint only:
+    /// the kernel may have dropped them since, and then simply asks with READ).
+    filled: bool,
 }
 
 struct Table {
@@ -155,6 +158,7 @@ impl InodeTable {
                 pinned: false,
                 xattr_free: false,
                 xattr_gen: 0,
+                filled: false,
             });
             node.nlookup += 1;
             if !node.pinned {
@@ -215,6 +219,18 @@ impl InodeTable {
         if let Some(n) = t.nodes.get_mut(&ino) {
             n.xattr_free = false;
             n.xattr_gen += 1;
+        }
+    }
+
+    /// Whether a prefetch of `ino` is still worth doing (see [`InodeTable::mark_filled`]).
+    pub fn wants_fill(&self, ino: u64) -> bool {
+        self.lock().nodes.get(&ino).is_some_and(|n| !n.filled)
+    }
+
+    /// Records that the kernel was given `ino`'s contents; forgotten with the inode.
+    pub fn mark_filled(&self, ino: u64) {
+        if let Some(n) = self.lock().nodes.get_mut(&ino) {
+            n.filled = true;
         }
     }
 
