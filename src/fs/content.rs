@@ -402,25 +402,14 @@ fn short_read(e: std::io::Error, file: &File) -> FsError {
 
 #[cfg(test)]
 mod tests {
-    use std::ffi::OsStr;
     use std::time::{Duration, UNIX_EPOCH};
 
-    use crate::fs::inode::ROOT_INO;
     use crate::fs::{SetAttr, testing};
     use crate::store::sys::SetTime;
 
     #[test]
     fn truncate_to_the_same_size_still_updates_mtime() {
-        let (fs, _tmp, caller) = testing::fresh();
-        let (attr, fh) = fs
-            .create(
-                ROOT_INO,
-                OsStr::new("f"),
-                libc::S_IFREG | 0o644,
-                libc::O_RDWR,
-                &caller,
-            )
-            .unwrap();
+        let (fs, _tmp, caller, ino, fh) = testing::with_file();
         fs.release(fh).unwrap();
         let old = SetAttr {
             atime: Some(SetTime::At(1000, 0)),
@@ -428,10 +417,10 @@ mod tests {
             ..SetAttr::default()
         };
         for size in [0, 5, 5, 0] {
-            fs.setattr(attr.ino, &old, &caller).unwrap();
+            fs.setattr(ino, &old, &caller).unwrap();
             let a = fs
                 .setattr(
-                    attr.ino,
+                    ino,
                     &SetAttr {
                         size: Some(size),
                         ..SetAttr::default()

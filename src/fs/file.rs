@@ -369,28 +369,10 @@ fn can_write(f: &File) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::ffi::OsStr;
     use std::sync::mpsc;
     use std::time::Duration;
 
-    use crate::fs::inode::ROOT_INO;
-    use crate::fs::{EncFs, testing};
-    use crate::keys::Caller;
-
-    /// A fresh core with file "f" created (inode, still-open read-write handle).
-    fn with_file() -> (EncFs, tempfile::TempDir, Caller, u64, u64) {
-        let (fs, tmp, caller) = testing::fresh();
-        let (attr, fh) = fs
-            .create(
-                ROOT_INO,
-                OsStr::new("f"),
-                libc::S_IFREG | 0o644,
-                libc::O_RDWR,
-                &caller,
-            )
-            .unwrap();
-        (fs, tmp, caller, attr.ino, fh)
-    }
+    use crate::fs::testing::with_file;
 
     #[test]
     fn prefetch_gives_the_contents_once_and_only_to_a_lone_reader() {

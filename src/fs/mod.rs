@@ -140,4 +140,20 @@ pub(crate) mod testing {
         let fs = EncFs::new(volume::open(&root).expect("open"), kms, &caller).expect("core");
         (fs, tmp, caller)
     }
+
+    /// [`fresh`] with a regular file "f" created in the root: also its inode and the
+    /// read-write handle `create` returned (still open).
+    pub(crate) fn with_file() -> (EncFs, tempfile::TempDir, Caller, u64, u64) {
+        let (fs, tmp, caller) = fresh();
+        let (attr, fh) = fs
+            .create(
+                super::inode::ROOT_INO,
+                std::ffi::OsStr::new("f"),
+                libc::S_IFREG | 0o644,
+                libc::O_RDWR,
+                &caller,
+            )
+            .expect("create f");
+        (fs, tmp, caller, attr.ino, fh)
+    }
 }
