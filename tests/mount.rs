@@ -937,12 +937,7 @@ fn missing_names_are_cached_and_creation_still_shows() {
     }) else {
         return;
     };
-    let lookups = |name: &str| {
-        m.log_text()
-            .lines()
-            .filter(|l| l.contains(" LOOKUP ") && l.contains(&format!("name \"{name}\"")))
-            .count()
-    };
+    let lookups = |name: &str| m.log_lines_with(&[" LOOKUP ", &format!("name \"{name}\"")]);
     for name in ["a", "b", "c", "d"] {
         for _ in 0..3 {
             let e = fs::symlink_metadata(m.path(name)).unwrap_err();
@@ -987,8 +982,10 @@ fn small_files_are_prefetched_on_open() {
         return;
     };
     let reads = |path: &Path| {
-        let ino = format!("ino {:#018x} READ ", fs::metadata(path).unwrap().ino());
-        m.log_text().lines().filter(|l| l.contains(&ino)).count()
+        m.log_lines_with(&[&format!(
+            "ino {:#018x} READ ",
+            fs::metadata(path).unwrap().ino()
+        )])
     };
     let mut rng = Rng::new(7);
     let small = m.path("small");

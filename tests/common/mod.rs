@@ -622,6 +622,15 @@ impl Mounted {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// How many lines of the log so far contain every one of `parts` (with `verbose: 2`, one
+    /// line per FUSE request: for counting requests).
+    pub fn log_lines_with(&self, parts: &[&str]) -> usize {
+        self.log_text()
+            .lines()
+            .filter(|l| parts.iter().all(|p| l.contains(p)))
+            .count()
+    }
+
     /// Where the daemon's stderr went before it redirected itself to the log.
     pub fn stderr_path(&self) -> PathBuf {
         self.dir.path().join("daemon.stderr")
