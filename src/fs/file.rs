@@ -2,7 +2,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use super::EncFs;
@@ -44,14 +44,18 @@ fn backing_flags(flags: i32) -> i32 {
     acc | keep | noatime
 }
 
-/// Reopens the inode behind O_PATH `fd` with `flags`. O_NOATIME needs ownership or
-/// CAP_FOWNER; when the daemon has neither, the file is opened without it.
-fn reopen(fd: RawFd, flags: i32) -> std::io::Result<File> {
-    match sys::reopen(fd, flags) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) && flags & libc::O_NOATIME != 0 => {
-            sys::reopen(fd, flags & !libc::O_NOATIME)
+impl EncFs {
+    /// Opens the backing file of `ino` with `flags`. O_NOATIME needs ownership or
+    /// CAP_FOWNER; when the daemon has neither, the file is opened without it.
+    fn open_backing(&self, ino: u64, flags: i32) -> FsResult<File> {
+        match self.inodes.open(ino, flags) {
+            Err(FsError::Io(e))
+                if e.raw_os_error() == Some(libc::EPERM) && flags & libc::O_NOATIME != 0 =>
+            {
+                self.inodes.open(ino, flags & !libc::O_NOATIME)
+            }
+            r => r,
         }
-        r => r,
     }
 }
 
@@ -101,8 +105,7 @@ impl EncFs {
 
     /// open: returns a file handle.
     pub fn open(&self, ino: u64, flags: i32, caller: &Caller) -> FsResult<u64> {
-        let fd = self.inodes.get(ino)?;
-        let file = reopen(fd.as_raw_fd(), backing_flags(flags))?;
+        let file = self.open_backing(ino, backing_flags(flags))?;
         self.register(ino, file, caller, flags)
     }
 
@@ -161,6 +164,7 @@ impl EncFs {
                 return Err(e);
             }
             drop(st);
+            self.learn_new_file_xattrs(attr.ino, &h.file);
             // The kernel caches what create replies: the times and blocks after the header.
             attr = self.getattr(attr.ino)?;
         }
@@ -252,7 +256,7 @@ impl EncFs {
                     return Err(errno(libc::EINVAL));
                 }
                 // Internal reads (header, last block) must not update atime.
-                let file = reopen(fd.as_raw_fd(), libc::O_RDWR | libc::O_NOATIME)?;
+                let file = self.open_backing(ino, libc::O_RDWR | libc::O_NOATIME)?;
                 let open = self.open_state(ino, &file, caller)?;
                 (file, open)
             }

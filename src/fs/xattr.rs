@@ -201,6 +201,20 @@ impl EncFs {
         Ok(false)
     }
 
+    /// Learns [`EncFs::xattr_free`] of a file just created through the mount from its open
+    /// descriptor (one flistxattr, no /proc walk), so the getxattr(security.capability) the
+    /// kernel sends before its first write and again at chown cost no system call. Best effort:
+    /// on any error the first getxattr lists the attributes as usual.
+    pub(super) fn learn_new_file_xattrs(&self, ino: u64, file: &std::fs::File) {
+        let (_, generation) = self.inodes.xattr_state(ino);
+        if let Ok(names) = sys::flistxattr(file)
+            && without_refused(names).is_empty()
+            && let Ok(fd) = self.inodes.get(ino)
+        {
+            self.inodes.mark_xattr_free(ino, generation, &fd);
+        }
+    }
+
     /// getxattr: the whole value (the adapter handles the size protocol).
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> FsResult<Vec<u8>> {
         refuse(name)?;
@@ -276,5 +290,18 @@ mod tests {
         assert!(refused(OsStr::new("security.selinux")));
         assert!(!refused(OsStr::new("security.selinux2")));
         assert!(!refused(OsStr::new("security.capability")));
+    }
+
+    #[test]
+    fn a_file_created_through_the_mount_is_known_to_have_no_xattrs() {
+        let (fs, _tmp, _caller, ino, _fh) = crate::fs::testing::with_file();
+        assert!(fs.inodes.xattr_state(ino).0, "learned at create, without a listing");
+        assert!(matches!(
+            fs.getxattr(ino, OsStr::new("security.capability")),
+            Err(FsError::Io(e)) if e.raw_os_error() == Some(libc::ENODATA)
+        ));
+        fs.setxattr(ino, OsStr::new("user.k"), b"v", 0).unwrap();
+        assert!(!fs.inodes.xattr_state(ino).0);
+        assert_eq!(fs.getxattr(ino, OsStr::new("user.k")).unwrap(), b"v");
     }
 }
