@@ -400,6 +400,9 @@ mod tests {
         use std::io::Write;
         t.open(p, libc::O_RDWR).unwrap().write_all(b"Q").unwrap();
         assert_eq!(contents(t.open(p, libc::O_RDONLY).unwrap()), "Q");
-        assert_eq!(std::fs::read_to_string(d.path().join("p")).unwrap(), "other");
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("p")).unwrap(),
+            "other"
+        );
     }
 }

@@ -295,7 +295,10 @@ mod tests {
     #[test]
     fn a_file_created_through_the_mount_is_known_to_have_no_xattrs() {
         let (fs, _tmp, _caller, ino, _fh) = crate::fs::testing::with_file();
-        assert!(fs.inodes.xattr_state(ino).0, "learned at create, without a listing");
+        assert!(
+            fs.inodes.xattr_state(ino).0,
+            "learned at create, without a listing"
+        );
         assert!(matches!(
             fs.getxattr(ino, OsStr::new("security.capability")),
             Err(FsError::Io(e)) if e.raw_os_error() == Some(libc::ENODATA)

@@ -61,8 +61,17 @@ pub fn reopen(fd: RawFd, flags: libc::c_int) -> io::Result<File> {
 /// was swapped for a FIFO behind the daemon's back must not hang it) and never following a
 /// final symlink. Returns the file and its stat so the caller can check which inode it got;
 /// O_NONBLOCK is cleared again once the file is known to be a regular file.
-pub fn open_regular_at(dir: RawFd, name: &OsStr, flags: libc::c_int) -> io::Result<(File, libc::stat)> {
-    let fd = openat(dir, name, flags | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY, 0)?;
+pub fn open_regular_at(
+    dir: RawFd,
+    name: &OsStr,
+    flags: libc::c_int,
+) -> io::Result<(File, libc::stat)> {
+    let fd = openat(
+        dir,
+        name,
+        flags | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY,
+        0,
+    )?;
     let st = fstat(fd.as_raw_fd())?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
