@@ -127,6 +127,14 @@ pub enum Command {
         /// daemon (docs/PERFORMANCE.md). Attributes already stored are kept, just not visible.
         #[arg(long)]
         no_xattr: bool,
+        /// Honour setuid/setgid bits and file capabilities on the mount (root only). Off by
+        /// default: modes, owners and security.capability stored in BACKING are not
+        /// authenticated, so anyone who can write BACKING could plant a setuid program.
+        #[arg(long)]
+        suid: bool,
+        /// Honour device nodes on the mount (root only). Off by default, for the same reason.
+        #[arg(long)]
+        dev: bool,
         /// Write the daemon's log here (appending) instead of stderr.
         #[arg(long, value_name = "FILE")]
         log_file: Option<PathBuf>,
@@ -315,10 +323,22 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             no_kernel_cache,
             no_writeback_cache,
             no_xattr,
+            suid,
+            dev,
             log_file,
             secret,
         } => {
+            // SAFETY: geteuid cannot fail.
+            if (suid || dev) && unsafe { libc::geteuid() } != 0 {
+                return Err(fail(
+                    ExitCode::Usage,
+                    "--suid and --dev need root: fusermount3 mounts every non-root FUSE \
+                     filesystem nosuid,nodev; run the mount as root or drop the option",
+                ));
+            }
             let opts = MountOptions {
+                suid,
+                dev,
                 allow_other,
                 threads,
                 read_only,

@@ -93,6 +93,12 @@ pub fn spawn_background(
     if !opts.xattrs {
         cmd.arg("--no-xattr");
     }
+    if opts.suid {
+        cmd.arg("--suid");
+    }
+    if opts.dev {
+        cmd.arg("--dev");
+    }
     for _ in 0..verbose {
         cmd.arg("-v");
     }

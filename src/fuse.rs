@@ -39,6 +39,12 @@ pub struct MountOptions {
     /// the kernel stops asking (EOPNOTSUPP to applications), including the
     /// getxattr(security.capability) it sends while creating files.
     pub xattrs: bool,
+    /// Honour setuid/setgid bits and file capabilities (`suid`). Off by default: modes, owners
+    /// and `security.capability` in BACKING are not authenticated, so whoever can write BACKING
+    /// could otherwise plant a setuid binary. Only root can turn it on.
+    pub suid: bool,
+    /// Honour device nodes (`dev`). Off by default for the same reason. Only root.
+    pub dev: bool,
 }
 
 impl Default for MountOptions {
@@ -54,6 +60,8 @@ impl Default for MountOptions {
             kernel_cache: true,
             writeback_cache: true,
             xattrs: true,
+            suid: false,
+            dev: false,
         }
     }
 }
@@ -775,13 +783,19 @@ pub fn fuser_config(opts: &MountOptions) -> fuser::Config {
     if opts.read_only {
         cfg.mount_options.push(MountOption::RO);
     }
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        // Root mounts behave like a normal filesystem: device nodes and setuid are honoured
-        // only as the backing filesystem would (the kernel checks default permissions).
-        cfg.mount_options.push(MountOption::Dev);
-        cfg.mount_options.push(MountOption::Suid);
-    }
+    // nosuid and nodev unless asked for: BACKING's modes, owners, device numbers and
+    // security.capability are not authenticated (docs/SECURITY.md). fusermount3 imposes both
+    // on non-root mounts anyway; the CLI refuses --suid/--dev for non-root callers.
+    cfg.mount_options.push(if opts.dev {
+        MountOption::Dev
+    } else {
+        MountOption::NoDev
+    });
+    cfg.mount_options.push(if opts.suid {
+        MountOption::Suid
+    } else {
+        MountOption::NoSuid
+    });
     if opts.allow_other {
         cfg.acl = fuser::SessionACL::All;
     }

@@ -265,6 +265,8 @@ pub struct Options {
     pub writeback: bool,
     /// Extended attributes on; false mounts with `--no-xattr`.
     pub xattrs: bool,
+    /// More arguments for `envelopefs mount` (e.g. `--suid`).
+    pub extra_args: Vec<String>,
 }
 
 impl Default for Options {
@@ -275,6 +277,7 @@ impl Default for Options {
             backing_fs_size: None,
             writeback: true,
             xattrs: true,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -441,6 +444,7 @@ impl Mounted {
         if !self.opts.xattrs {
             cmd.arg("--no-xattr");
         }
+        cmd.args(&self.opts.extra_args);
         cmd.env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

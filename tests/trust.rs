@@ -1,0 +1,83 @@
+//! The trust model through a live mount (issue 11): what whoever can write BACKING can and
+//! cannot do to the plaintext view, and which key decisions every path goes through.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use common::{Mounted, Options, as_user_1000};
+
+/// The mount options of `mnt` from /proc/self/mountinfo (field 6, comma-separated).
+fn mount_flags(mnt: &std::path::Path) -> Vec<String> {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let want = mnt.to_string_lossy();
+    let line = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(&*want))
+        .unwrap_or_else(|| panic!("{want} not in mountinfo"));
+    line.split(' ')
+        .nth(5)
+        .unwrap()
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A setuid-root copy of `id` written through the mount: with the default options another user
+/// running it stays who they are (nosuid), and a device node is not openable (nodev); with
+/// `--suid --dev` (root only) both take effect as on a normal filesystem.
+#[test]
+fn mounts_default_to_nosuid_nodev() {
+    if !is_root() {
+        eprintln!("skipped: needs root (setuid-root binary, other users)");
+        return;
+    }
+    for (args, honoured) in [(vec![], false), (vec!["--suid", "--dev"], true)] {
+        let Some(m) = Mounted::for_other_users(Options {
+            extra_args: args.iter().map(|s| s.to_string()).collect(),
+            ..Options::default()
+        }) else {
+            return;
+        };
+        let flags = mount_flags(&fs::canonicalize(m.mnt()).unwrap());
+        assert_eq!(
+            flags.contains(&"nosuid".to_owned()),
+            !honoured,
+            "{args:?}: {flags:?}"
+        );
+        assert_eq!(
+            flags.contains(&"nodev".to_owned()),
+            !honoured,
+            "{args:?}: {flags:?}"
+        );
+        let id = m.path("id");
+        fs::copy("/usr/bin/id", &id).unwrap();
+        fs::set_permissions(&id, fs::Permissions::from_mode(0o4755)).unwrap();
+        let out = as_user_1000(m.mnt(), "./id -u");
+        assert!(out.status.success(), "{out:?}");
+        let euid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert_eq!(
+            euid,
+            if honoured { "0" } else { "1000" },
+            "{args:?}: effective uid of a setuid-root program run from the mount"
+        );
+        // /dev/null's numbers (1, 3) as a node inside the mount.
+        let node = m.path("null");
+        let c = std::ffi::CString::new(node.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `c` is a valid C string for the duration of the call.
+        let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) };
+        assert_eq!(r, 0, "mknod: {}", std::io::Error::last_os_error());
+        let opened = fs::OpenOptions::new().write(true).open(&node);
+        assert_eq!(
+            opened.is_ok(),
+            honoured,
+            "{args:?}: open a device node: {opened:?}"
+        );
+    }
+}
