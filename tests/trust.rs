@@ -81,3 +81,52 @@ fn mounts_default_to_nosuid_nodev() {
         );
     }
 }
+
+fn ok(m: &Mounted, args: &[&str], rest: &[&str]) -> String {
+    let (success, text) = m.cli(args, rest);
+    assert!(
+        success,
+        "envelopefs {args:?} {rest:?} failed:\n{text}\n{}",
+        m.diagnostics()
+    );
+    text
+}
+
+/// Finding 1: after `rewrap --to-key alias/x`, disabling (or scheduling the deletion of)
+/// alias/x cuts access to the moved file on a live mount: no header copy still opens through
+/// the old key, and `scan` no longer counts the file under it.
+#[test]
+fn moving_a_file_to_another_key_leaves_no_way_back_through_the_old_one() {
+    let Some(m) = Mounted::new() else { return };
+    fs::write(m.path("f"), b"moved to alias/x").unwrap();
+    ok(&m, &["key", "create"], &["--alias", "alias/x"]);
+    ok(&m, &["rewrap"], &["--to-key", "alias/x"]);
+    let out = common::output(
+        common::tool(common::BIN)
+            .arg("scan")
+            .arg(m.backing())
+            .arg("--json"),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let scan = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v: serde_json::Value = serde_json::from_str(&scan).unwrap();
+    let by_key = v["by_key"].as_object().unwrap();
+    assert_eq!(
+        by_key.len(),
+        1,
+        "the file depends on alias/x only, in both copies: {scan}"
+    );
+    for disable in [&["key", "disable"][..], &["key", "schedule-deletion"][..]] {
+        ok(&m, disable, &["alias/x"]);
+        let e = fs::read(m.path("f")).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::PermissionDenied,
+            "{disable:?}: read through the old key's copy? {e}"
+        );
+        if disable[1] == "disable" {
+            ok(&m, &["key", "enable"], &["alias/x"]);
+            assert_eq!(fs::read(m.path("f")).unwrap(), b"moved to alias/x");
+        }
+    }
+}

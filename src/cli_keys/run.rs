@@ -622,6 +622,14 @@ pub fn run_scan(backing: &Path, json: bool) -> Result<(), CliError> {
         "volume key: key {} version {}",
         r.volume_key.0, r.volume_key.1
     );
+    if r.stale_copies > 0 {
+        println!(
+            "{} files have a second header copy that still names older keys (a re-wrap was \
+             interrupted); they are counted under both. Run `envelopefs rewrap {}` to finish it.",
+            r.stale_copies,
+            backing.display()
+        );
+    }
     for p in r.unreadable.iter().take(10) {
         println!("unreadable: {}", p.display());
     }

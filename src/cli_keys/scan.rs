@@ -22,6 +22,10 @@ pub struct ScanReport {
     pub by_key: BTreeMap<String, BTreeMap<u32, u64>>,
     /// Empty files (no header yet: they depend on no key).
     pub empty: u64,
+    /// Files whose two header copies carry different slots (a re-wrap interrupted between its
+    /// passes): their older copy still names keys the file may no longer depend on, and they
+    /// are counted under both. `envelopefs rewrap` brings the copies together.
+    pub stale_copies: u64,
     /// Files whose header could not be read or parsed (name them with `--json`).
     pub unreadable: Vec<PathBuf>,
     /// The volume key (it encrypts xattr values and must unwrap at mount): key id and version.
@@ -78,10 +82,12 @@ fn count_file(path: &Path, report: &mut ScanReport) {
         Ok(0) => report.empty += 1,
         Ok(_) => match candidates(&buf) {
             Ok(c) => {
-                // The newest copy; without the data key its MAC cannot be checked, which is
-                // fine for counting.
+                // Every slot of both copies: a stale copy could still be used by an older
+                // reader (or after damage to the newer one), so the file depends on its keys
+                // until the copies agree. Without the data key the MACs cannot be checked,
+                // which is fine for counting.
                 let mut seen = Vec::new();
-                for slot in &c[0].header.slots {
+                for slot in c.iter().flat_map(|cand| &cand.header.slots) {
                     if let KeySlot::Cmk {
                         key_id, version, ..
                     } = slot
@@ -96,6 +102,9 @@ fn count_file(path: &Path, report: &mut ScanReport) {
                             .entry(*version)
                             .or_default() += 1;
                     }
+                }
+                if c.len() == 2 && c[0].header.slots != c[1].header.slots {
+                    report.stale_copies += 1;
                 }
             }
             Err(_) => report.unreadable.push(path.to_owned()),
@@ -184,5 +193,40 @@ mod tests {
         let key = &r.volume_key.0;
         assert_eq!(r.by_key[key][&1], 3);
         assert_eq!(r.dependents(key), (3, true));
+        assert_eq!(r.stale_copies, 0);
+    }
+
+    /// A header whose second copy still names another key (an interrupted re-wrap) counts
+    /// under both keys.
+    #[test]
+    fn counts_the_slots_of_both_header_copies() {
+        use crate::format::header::{FileHeader, HEADER_COPY_LEN};
+        let (fs, tmp, caller) = crate::fs::testing::fresh();
+        let root = tmp.path().join("vol");
+        let (_, fh) = fs
+            .create(1, std::ffi::OsStr::new("a"), 0o600, libc::O_RDWR, &caller)
+            .unwrap();
+        fs.write(fh, 0, b"hello", &caller).unwrap();
+        fs.release(fh).unwrap();
+        let path = root.join("data/a");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mut h = FileHeader::decode(&bytes[..HEADER_COPY_LEN]).unwrap();
+        let other = [0x5a; 16];
+        if let KeySlot::Cmk { key_id, .. } = &mut h.slots[0] {
+            *key_id = other;
+        }
+        h.seq = 2;
+        // Any key gives a structurally valid copy (scan does not check MACs).
+        let copy = h.encode(&[9; 32]).unwrap();
+        bytes[HEADER_COPY_LEN..2 * HEADER_COPY_LEN].copy_from_slice(&copy);
+        std::fs::write(&path, &bytes).unwrap();
+        let r = scan(&root, None).unwrap();
+        assert_eq!(r.by_key[&r.volume_key.0][&1], 1, "the old copy's key");
+        assert_eq!(
+            r.by_key[&KeyId(other).to_string()][&1],
+            1,
+            "the new copy's key"
+        );
+        assert_eq!(r.stale_copies, 1);
     }
 }

@@ -66,9 +66,15 @@ pub fn wrapped_slots(h: &FileHeader) -> impl Iterator<Item = (usize, WrappedKey)
     })
 }
 
-/// Unlocks a header region: newest structurally valid copy first, any CMK slot that the key
-/// service opens and whose DEK verifies the copy's MAC. A key-service refusal (disabled key,
-/// access denied) is reported in preference to an authentication failure.
+/// Unlocks a header region: newest structurally valid copy first (copy A first on equal
+/// sequence numbers), through any CMK slot that the key service opens and whose DEK verifies
+/// the copy's MAC.
+///
+/// An older copy is a crash-recovery fallback only: it is tried when the newer one is damaged
+/// (a slot blob or MAC that does not verify, a wrong block size), never when the key service
+/// *refused* every slot of the newer copy (disabled or deleted key, access denied). A key
+/// decision taken on the file's current key therefore cannot be bypassed through a stale copy
+/// still wrapped under an older key; the refusal is returned.
 pub fn unlock(
     keys: &dyn KeyService,
     volume_id: &str,
@@ -79,32 +85,19 @@ pub fn unlock(
     let candidates = header::candidates(region)?;
     let max_seq = candidates.iter().map(|c| c.header.seq).max().unwrap_or(0);
     let mut last_err: HeaderError = FormatError::HeaderAuthFailed.into();
-    let refusal = |e: &HeaderError| {
-        matches!(
-            e,
-            HeaderError::Key(
-                KeyError::Disabled { .. }
-                    | KeyError::PendingDeletion { .. }
-                    | KeyError::InvalidState { .. }
-                    | KeyError::Deleted { .. }
-                    | KeyError::AccessDenied { .. }
-            )
-        )
-    };
     for cand in candidates {
         if cand.header.block_size != block_size {
-            if !refusal(&last_err) {
-                last_err = FormatError::BlockSizeMismatch {
-                    header: cand.header.block_size,
-                    volume: block_size,
-                }
-                .into();
+            last_err = FormatError::BlockSizeMismatch {
+                header: cand.header.block_size,
+                volume: block_size,
             }
+            .into();
             continue;
         }
         let copy_bytes = &region[cand.copy * HEADER_COPY_LEN..(cand.copy + 1) * HEADER_COPY_LEN];
         let ctx = EncryptionContext::for_file(volume_id, &cand.header.file_id);
         let slots: Vec<_> = wrapped_slots(&cand.header).collect();
+        let mut refused: Option<HeaderError> = None;
         for (_, wrapped) in slots {
             let err: HeaderError = match keys.decrypt(&wrapped, &ctx, caller) {
                 Ok(dek) => match header::verify_mac(copy_bytes, dek.expose_secret()) {
@@ -120,12 +113,34 @@ pub fn unlock(
                 },
                 Err(e) => e.into(),
             };
-            if !refusal(&last_err) {
+            if is_refusal(&err) {
+                refused.get_or_insert(err);
+            } else {
                 last_err = err;
             }
         }
+        if let Some(r) = refused {
+            // The newest usable copy's keys said no: that is the answer.
+            return Err(r);
+        }
     }
     Err(last_err)
+}
+
+/// True for a key-service decision (as opposed to damage): disabled, pending deletion,
+/// deleted, unknown or not-yet-usable key, access denied.
+fn is_refusal(e: &HeaderError) -> bool {
+    matches!(
+        e,
+        HeaderError::Key(
+            KeyError::NotFound(_)
+                | KeyError::Disabled { .. }
+                | KeyError::PendingDeletion { .. }
+                | KeyError::InvalidState { .. }
+                | KeyError::Deleted { .. }
+                | KeyError::AccessDenied { .. }
+        )
+    )
 }
 
 /// Reads the 1024-byte header region of a non-empty backing file.
@@ -146,23 +161,75 @@ pub fn write_new(file: &File, h: &FileHeader, dek: &DataKey) -> Result<(), Heade
     Ok(())
 }
 
-/// Rewrites a header crash-safely: encodes `h` with sequence `max_seq + 1` into the copy
-/// *other* than `current`, which stays untouched. The caller holds the file's [`FileLock`] and
-/// must have made `current` durable before (a re-wrap run syncs the filesystem when it starts)
-/// and must make the new copy durable before another rewrite of the same file (it syncs when
-/// it ends): then a crash at any instant leaves at least one valid copy.
+/// Rewrites a header crash-safely, first half: encodes `h` with sequence `max_seq + 1` into
+/// the copy *other* than `current`, which stays untouched. The caller holds the file's
+/// [`FileLock`] and must have made `current` durable before (a re-wrap run syncs the
+/// filesystem when it starts). Returns the header and a [`Converge`] for the second half: once
+/// the new copy is durable (a sync), [`converge`] copies it over the old one, so that no slot
+/// of a key the file no longer depends on survives in either copy. A crash at any instant
+/// leaves at least one valid copy, and the newest copy always decides (see [`unlock`]).
 pub fn rewrite(
     file: &File,
     mut h: FileHeader,
     dek: &DataKey,
     current: usize,
     max_seq: u64,
-) -> Result<FileHeader, HeaderError> {
+) -> Result<(FileHeader, Converge), HeaderError> {
     h.seq = max_seq + 1;
     let bytes = h.encode(dek.expose_secret())?;
     let target = 1 - current;
     file.write_all_at(&bytes, (target * HEADER_COPY_LEN) as u64)?;
-    Ok(h)
+    Ok((
+        h,
+        Converge {
+            copy: target,
+            digest: *blake3::hash(&bytes).as_bytes(),
+        },
+    ))
+}
+
+/// The second half of a header change: copy `copy`, whose bytes hash to `digest` (a copy that
+/// was MAC-verified under the file's DEK, or was just written), is to be copied over the other
+/// copy. Only a hash is kept, so a re-wrap of a large tree remembers 33 bytes per file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Converge {
+    /// The copy (0 = A, 1 = B) to keep.
+    pub copy: usize,
+    /// BLAKE3 of its 512 bytes.
+    pub digest: [u8; 32],
+}
+
+impl Converge {
+    /// What [`unlock`]'s accepted copy asks for: None when both copies already hold the same
+    /// bytes.
+    pub fn after_unlock(region: &[u8; HEADER_REGION], accepted: usize) -> Option<Converge> {
+        let (a, b) = region.split_at(HEADER_COPY_LEN);
+        if a == b {
+            return None;
+        }
+        let keep = if accepted == 0 { a } else { b };
+        Some(Converge {
+            copy: accepted,
+            digest: *blake3::hash(keep).as_bytes(),
+        })
+    }
+}
+
+/// Runs the second half of a header change on `file` (whose [`FileLock`] the caller holds):
+/// if copy `c.copy` still holds the bytes `c.digest` names, writes them over the other copy
+/// and returns true; otherwise (the file changed since) writes nothing and returns false.
+pub fn converge(file: &File, c: &Converge) -> Result<bool, HeaderError> {
+    let region = read_region(file)?;
+    let keep = &region[c.copy * HEADER_COPY_LEN..(c.copy + 1) * HEADER_COPY_LEN];
+    if blake3::hash(keep).as_bytes() != &c.digest {
+        return Ok(false);
+    }
+    let other = 1 - c.copy;
+    if region[other * HEADER_COPY_LEN..(other + 1) * HEADER_COPY_LEN] == *keep {
+        return Ok(true);
+    }
+    file.write_all_at(keep, (other * HEADER_COPY_LEN) as u64)?;
+    Ok(true)
 }
 
 /// An exclusive `flock` on a backing file, released on drop.

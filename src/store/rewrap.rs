@@ -1,7 +1,10 @@
 //! `envelopefs rewrap`: re-wraps every file's data key to the newest key-material version of
 //! its CMK (or moves it to another CMK), touching only headers — never data — with the
-//! crash-safe two-copy rewrite of [`super::file_header::rewrite`]. Idempotent and resumable:
-//! files already current are skipped, so an interrupted run is finished by running it again.
+//! crash-safe two-copy rewrite of [`super::file_header::rewrite`]: the new copy is written and
+//! made durable first, then copied over the old one ([`super::file_header::converge`]), so that
+//! when a run ends no copy keeps a slot of a key the file no longer depends on. Idempotent and
+//! resumable: files already current are skipped (their copies still brought to the same
+//! bytes), so an interrupted run is finished by running it again.
 //! Safe while the volume is mounted: each header is rewritten under the file's `flock`, which
 //! the daemon also takes when it writes a header, and the data key never changes.
 
@@ -9,7 +12,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
-use super::file_header::{self, FileLock, HeaderError};
+use super::file_header::{self, Converge, FileLock, HeaderError};
 use crate::format::context::EncryptionContext;
 use crate::keys::{Caller, KeyId, KeyService};
 
@@ -37,6 +40,9 @@ pub struct RewrapSummary {
     pub rewrapped: u64,
     /// Already current.
     pub current: u64,
+    /// Files whose two header copies differed (an interrupted earlier run, a damaged copy)
+    /// and were brought to the same bytes.
+    pub converged: u64,
     /// Empty files without a header.
     pub empty: u64,
     /// Files that failed, with the reason (the run goes on).
@@ -62,7 +68,20 @@ pub fn regular_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Re-wraps one file; returns whether its header changed.
+/// What [`rewrap_file`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileOutcome {
+    /// An empty file without a header.
+    Empty,
+    /// Every slot already current.
+    Current,
+    /// The header was (or, with dry_run, would be) rewritten.
+    Rewrapped,
+}
+
+/// Re-wraps one file (first half of the header change). Returns what it found and, when the
+/// two header copies differ afterwards, the [`Converge`] that the run's second pass applies
+/// once the new copy is durable.
 pub fn rewrap_file(
     path: &Path,
     keys: &dyn KeyService,
@@ -71,14 +90,14 @@ pub fn rewrap_file(
     opts: &RewrapOptions,
     newest: &mut HashMap<String, (KeyId, u32)>,
     caller: &Caller,
-) -> Result<Option<bool>, HeaderError> {
+) -> Result<(FileOutcome, Option<Converge>), HeaderError> {
     let file: File = OpenOptions::new()
         .read(true)
         .write(!opts.dry_run)
         .open(path)?;
     let _lock = FileLock::exclusive(&file)?;
     if file.metadata()?.len() == 0 {
-        return Ok(None);
+        return Ok((FileOutcome::Empty, None));
     }
     let region = file_header::read_region(&file)?;
     let unlocked = file_header::unlock(keys, volume_id, block_size, &region, caller)?;
@@ -112,26 +131,57 @@ pub fn rewrap_file(
         let new = keys.re_encrypt(&wrapped, &ctx, &dest, caller)?;
         header.slots[i] = file_header::cmk_slot(new);
     }
-    if changed && !opts.dry_run {
-        // A re-wrap is not a change of contents: keep the file's times as they were.
-        let st = super::sys::fstat(std::os::fd::AsRawFd::as_raw_fd(&file))?;
-        file_header::rewrite(
-            &file,
-            header,
-            &unlocked.dek,
-            unlocked.copy,
-            unlocked.max_seq,
-        )?;
-        let (at, mt) = (
-            super::sys::SetTime::At(st.st_atime, st.st_atime_nsec as u32),
-            super::sys::SetTime::At(st.st_mtime, st.st_mtime_nsec as u32),
-        );
-        super::sys::utimens(std::os::fd::AsRawFd::as_raw_fd(&file), at, mt)?;
+    let outcome = if changed {
+        FileOutcome::Rewrapped
+    } else {
+        FileOutcome::Current
+    };
+    if opts.dry_run {
+        return Ok((outcome, None));
     }
-    Ok(Some(changed))
+    if !changed {
+        // Current, but an interrupted run (or a damaged copy) may have left the copies apart.
+        return Ok((outcome, Converge::after_unlock(&region, unlocked.copy)));
+    }
+    // A re-wrap is not a change of contents: keep the file's times as they were.
+    let st = super::sys::fstat(std::os::fd::AsRawFd::as_raw_fd(&file))?;
+    let (_, converge) = file_header::rewrite(
+        &file,
+        header,
+        &unlocked.dek,
+        unlocked.copy,
+        unlocked.max_seq,
+    )?;
+    let (at, mt) = (
+        super::sys::SetTime::At(st.st_atime, st.st_atime_nsec as u32),
+        super::sys::SetTime::At(st.st_mtime, st.st_mtime_nsec as u32),
+    );
+    super::sys::utimens(std::os::fd::AsRawFd::as_raw_fd(&file), at, mt)?;
+    Ok((outcome, Some(converge)))
+}
+
+/// Second half of a header change for one file: under its lock, copies the kept copy over the
+/// other one (keeping the file's times). Returns whether the copies now agree.
+fn converge_file(path: &Path, c: &Converge) -> Result<bool, HeaderError> {
+    let file = OpenOptions::new().read(true).write(true).open(path)?;
+    let _lock = FileLock::exclusive(&file)?;
+    let st = super::sys::fstat(std::os::fd::AsRawFd::as_raw_fd(&file))?;
+    let done = file_header::converge(&file, c)?;
+    let (at, mt) = (
+        super::sys::SetTime::At(st.st_atime, st.st_atime_nsec as u32),
+        super::sys::SetTime::At(st.st_mtime, st.st_mtime_nsec as u32),
+    );
+    super::sys::utimens(std::os::fd::AsRawFd::as_raw_fd(&file), at, mt)?;
+    Ok(done)
 }
 
 /// Re-wraps every file under `data_dir`, calling `progress` after each file.
+///
+/// Two passes: the first writes every changed header's new copy; a filesystem sync makes them
+/// durable; the second copies each new copy over its old one; a last sync ends the run. A
+/// crash in between leaves files whose newest copy is current and whose other copy is stale:
+/// readers use the newest one (a key refusal on it is final), and the next run finds and
+/// converges them.
 pub fn rewrap_tree(
     data_dir: &Path,
     keys: &dyn KeyService,
@@ -143,8 +193,7 @@ pub fn rewrap_tree(
 ) -> std::io::Result<RewrapSummary> {
     // One re-wrap at a time per volume, and everything written before this run durable first:
     // each header rewrite below overwrites only the copy it did not read, so the copy it read
-    // must already be on disk (see file_header::rewrite). One syncfs at the end makes the
-    // run's own writes durable, instead of an fsync per file.
+    // must already be on disk (see file_header::rewrite).
     let lock_file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -157,12 +206,22 @@ pub fn rewrap_tree(
     let total = files.len() as u64;
     let mut summary = RewrapSummary::default();
     let mut newest = HashMap::new();
+    let mut second_pass: Vec<(usize, Converge, bool)> = Vec::new();
     for (n, path) in files.iter().enumerate() {
         summary.files += 1;
         match rewrap_file(path, keys, volume_id, block_size, opts, &mut newest, caller) {
-            Ok(None) => summary.empty += 1,
-            Ok(Some(true)) => summary.rewrapped += 1,
-            Ok(Some(false)) => summary.current += 1,
+            Ok((FileOutcome::Empty, _)) => summary.empty += 1,
+            Ok((outcome, conv)) => {
+                let rewrapped = outcome == FileOutcome::Rewrapped;
+                if rewrapped {
+                    summary.rewrapped += 1;
+                } else {
+                    summary.current += 1;
+                }
+                if let Some(c) = conv {
+                    second_pass.push((n, c, rewrapped));
+                }
+            }
             Err(e) => {
                 let rel = path.strip_prefix(data_dir).unwrap_or(path).to_owned();
                 log::warn!("rewrap {}: {e}", rel.display());
@@ -170,6 +229,36 @@ pub fn rewrap_tree(
             }
         }
         progress(n as u64 + 1, total);
+    }
+    if second_pass.is_empty() {
+        return Ok(summary);
+    }
+    super::sys::syncfs(&lock_file)?;
+    for (n, c, rewrapped) in second_pass {
+        let path = &files[n];
+        match converge_file(path, &c) {
+            Ok(true) => {
+                if !rewrapped {
+                    summary.converged += 1;
+                }
+            }
+            Ok(false) => {
+                let rel = path.strip_prefix(data_dir).unwrap_or(path).to_owned();
+                log::warn!(
+                    "rewrap {}: header changed during the run; run rewrap again",
+                    rel.display()
+                );
+                summary.failed.push((
+                    rel,
+                    "its header changed during the run; run rewrap again".into(),
+                ));
+            }
+            Err(e) => {
+                let rel = path.strip_prefix(data_dir).unwrap_or(path).to_owned();
+                log::warn!("rewrap {}: {e}", rel.display());
+                summary.failed.push((rel, e.to_string()));
+            }
+        }
     }
     super::sys::syncfs(&lock_file)?;
     Ok(summary)
@@ -286,11 +375,39 @@ mod tests {
         assert_eq!((again.rewrapped, again.current), (0, 1), "idempotent");
     }
 
+    /// Both header copies, decoded (structurally; no MAC check).
+    fn copies(path: &Path) -> Vec<FileHeader> {
+        let f = File::open(path).unwrap();
+        let region = file_header::read_region(&f).unwrap();
+        (0..2)
+            .map(|c| {
+                FileHeader::decode(&region[c * HEADER_COPY_LEN..(c + 1) * HEADER_COPY_LEN]).unwrap()
+            })
+            .collect()
+    }
+
+    /// The first half of a re-wrap of `fx.file` alone, as a run interrupted between its
+    /// passes leaves it.
+    fn first_half(fx: &Fixture, opts: &RewrapOptions) {
+        let (outcome, conv) = rewrap_file(
+            &fx.file,
+            &fx.kms,
+            "vol",
+            4096,
+            opts,
+            &mut HashMap::new(),
+            &Caller::current(),
+        )
+        .unwrap();
+        assert_eq!(outcome, FileOutcome::Rewrapped);
+        assert!(conv.is_some());
+    }
+
     #[test]
     fn torn_new_copy_leaves_the_old_header_usable() {
         let fx = Fixture::new();
         fx.kms.rotate("alias/default", &Caller::current()).unwrap();
-        fx.rewrap(&RewrapOptions::default());
+        first_half(&fx, &RewrapOptions::default());
         // The rewrite went to copy B (tie → B). Tear it as a crash mid-write would.
         let f = OpenOptions::new().write(true).open(&fx.file).unwrap();
         f.write_all_at(&[0xAA; 100], (HEADER_COPY_LEN + 50) as u64)
@@ -300,6 +417,82 @@ mod tests {
             (1, 1),
             "falls back to the intact old copy"
         );
+    }
+
+    #[test]
+    fn a_finished_rewrap_leaves_no_slot_of_the_old_key_in_either_copy() {
+        let fx = Fixture::new();
+        let old = fx.unlock();
+        let old_key = file_header::wrapped_slots(&old.header)
+            .next()
+            .unwrap()
+            .1
+            .key_id;
+        let other = fx.kms.create_key("other", &Caller::current()).unwrap();
+        fx.rewrap(&RewrapOptions {
+            to_key: Some(other.key_id.clone()),
+            ..Default::default()
+        });
+        let copies = copies(&fx.file);
+        assert_eq!(copies[0], copies[1], "both copies carry the new header");
+        for h in &copies {
+            for (_, w) in file_header::wrapped_slots(h) {
+                assert_ne!(w.key_id, old_key, "a slot of the old key survived");
+                assert_eq!(w.key_id.to_string(), other.key_id);
+            }
+        }
+        // And so disabling the new key cuts access: nothing falls back to the old key.
+        fx.kms
+            .disable_key(&other.key_id, &Caller::current())
+            .unwrap();
+        let f = File::open(&fx.file).unwrap();
+        let region = file_header::read_region(&f).unwrap();
+        assert!(matches!(
+            file_header::unlock(&fx.kms, "vol", 4096, &region, &Caller::current()),
+            Err(HeaderError::Key(crate::keys::KeyError::Disabled { .. }))
+        ));
+    }
+
+    #[test]
+    fn a_refusal_on_the_newest_copy_is_final_even_while_a_stale_copy_remains() {
+        let fx = Fixture::new();
+        let other = fx.kms.create_key("other", &Caller::current()).unwrap();
+        first_half(
+            &fx,
+            &RewrapOptions {
+                to_key: Some(other.key_id.clone()),
+                ..Default::default()
+            },
+        );
+        let copies = copies(&fx.file);
+        assert_ne!(copies[0], copies[1], "interrupted between the passes");
+        fx.kms
+            .disable_key(&other.key_id, &Caller::current())
+            .unwrap();
+        let f = File::open(&fx.file).unwrap();
+        let region = file_header::read_region(&f).unwrap();
+        assert!(
+            matches!(
+                file_header::unlock(&fx.kms, "vol", 4096, &region, &Caller::current()),
+                Err(HeaderError::Key(crate::keys::KeyError::Disabled { .. }))
+            ),
+            "the stale copy under alias/default must not be used"
+        );
+    }
+
+    #[test]
+    fn an_interrupted_run_is_converged_by_the_next_one() {
+        let fx = Fixture::new();
+        fx.kms.rotate("alias/default", &Caller::current()).unwrap();
+        first_half(&fx, &RewrapOptions::default());
+        assert_ne!(copies(&fx.file)[0], copies(&fx.file)[1]);
+        let s = fx.rewrap(&RewrapOptions::default());
+        assert_eq!((s.rewrapped, s.current, s.converged), (0, 1, 1));
+        let c = copies(&fx.file);
+        assert_eq!(c[0], c[1]);
+        assert_eq!(c[0].seq, 2);
+        let again = fx.rewrap(&RewrapOptions::default());
+        assert_eq!((again.current, again.converged), (1, 0), "idempotent");
     }
 
     #[test]
