@@ -1,7 +1,8 @@
-//! Golden fixture: a volume written by format version 1 (tests/golden/v1, key file
-//! tests/golden/keyfile) must keep opening with every later build and read back exactly the
-//! contents in tests/golden/manifest.sha256; tampered copies of it must fail cleanly (EIO),
-//! never return other bytes.
+//! Golden fixtures: volumes written by each format version (tests/golden/v1: version 1 as first
+//! released; tests/golden/sealed-holes: version 1 with the `sealed-holes` feature; both unlock
+//! with the key file tests/golden/keyfile and hold the same files) must keep opening with every
+//! later build and read back exactly the contents in tests/golden/manifest.sha256; tampered
+//! copies must fail cleanly (EIO), never return other bytes.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -31,11 +32,19 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-/// A private copy of the fixture (opening a keystore may add its audit directory).
+/// The fixtures, one per format version.
+const FIXTURES: [&str; 2] = ["v1", "sealed-holes"];
+
+/// A private copy of the v1 fixture (opening a keystore may add its audit directory).
 fn fixture() -> (tempfile::TempDir, PathBuf) {
+    fixture_named("v1")
+}
+
+/// A private copy of fixture `name`.
+fn fixture_named(name: &str) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("v1");
-    copy_tree(&Path::new(GOLDEN).join("v1"), &root);
+    let root = tmp.path().join(name);
+    copy_tree(&Path::new(GOLDEN).join(name), &root);
     (tmp, root)
 }
 
@@ -92,16 +101,62 @@ fn sha256_hex(data: &[u8]) -> String {
 }
 
 #[test]
-fn v1_volume_reads_back_exactly() {
-    let (_tmp, root) = fixture();
-    let fs = open(&root);
-    for (name, hash) in manifest() {
-        let data = read(&fs, &name).unwrap_or_else(|e| panic!("{name}: errno {e}"));
-        assert_eq!(sha256_hex(&data), hash, "{name}");
+fn every_fixture_reads_back_exactly() {
+    for fixture in FIXTURES {
+        let (_tmp, root) = fixture_named(fixture);
+        let fs = open(&root);
+        assert_eq!(
+            fs.layout().sealed_holes(),
+            fixture == "sealed-holes",
+            "{fixture}"
+        );
+        for (name, hash) in manifest() {
+            let data = read(&fs, &name).unwrap_or_else(|e| panic!("{fixture}: {name}: errno {e}"));
+            assert_eq!(sha256_hex(&data), hash, "{fixture}: {name}");
+        }
+        let dir = fs.lookup(1, OsStr::new("dir")).unwrap().ino;
+        let link = fs.lookup(dir, OsStr::new("link")).unwrap().ino;
+        assert_eq!(fs.readlink(link).unwrap(), b"../small.txt", "{fixture}");
     }
-    let dir = fs.lookup(1, OsStr::new("dir")).unwrap().ino;
-    let link = fs.lookup(dir, OsStr::new("link")).unwrap().ino;
-    assert_eq!(fs.readlink(link).unwrap(), b"../small.txt");
+}
+
+/// Finding 4 of issue 11, on the fixture written with `sealed-holes`: a zeroed block (a forged
+/// hole), a file cut down to its header, and a zeroed empty block are all EIO.
+#[test]
+fn tampered_sealed_holes_copies_fail_with_eio() {
+    let cases: &[(&str, Tamper)] = &[
+        (
+            "multi.bin",
+            ("zero a middle block", &|p| zero(p, 1024 + 4124, 4124)),
+        ),
+        (
+            "sparse.bin",
+            ("zero a block of the gap", &|p| zero(p, 1024, 4124)),
+        ),
+        ("small.txt", ("zero the last block", &|p| zero(p, 1024, 49))),
+        ("multi.bin", ("cut to the header", &|p| set_len(p, 1024))),
+        (
+            "empty",
+            ("cut an empty file to its header", &|p| set_len(p, 1024)),
+        ),
+        ("empty", ("zero the empty block", &|p| zero(p, 1024, 28))),
+    ];
+    for (file, (what, tamper)) in cases {
+        let (_tmp, root) = fixture_named("sealed-holes");
+        tamper(&root.join("data").join(file));
+        let fs = open(&root);
+        assert_eq!(read(&fs, file), Err(libc::EIO), "{what}");
+        assert!(
+            read(&fs, "block.bin").is_ok(),
+            "{what}: other files unaffected"
+        );
+    }
+}
+
+fn zero(p: &Path, at: usize, len: usize) {
+    let mut b = std::fs::read(p).unwrap();
+    b[at..at + len].fill(0);
+    std::fs::write(p, b).unwrap();
 }
 
 /// A named way of damaging a backing file.

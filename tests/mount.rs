@@ -1548,7 +1548,8 @@ fn persistence(writeback: bool) {
 }
 
 /// The plaintext size is derived from the backing length alone:
-/// backing = 1024 + full blocks × (4096 + 28) + (tail + 28 if a partial block).
+/// backing = 1024 + full blocks × (4096 + 28) + (tail + 28 if a partial block), and an empty
+/// file with a header carries one empty sealed block (28 bytes, `sealed-holes`).
 #[test]
 fn plaintext_size_from_backing_size() {
     let Some(mut m) = Mounted::new() else { return };
@@ -1571,12 +1572,12 @@ fn plaintext_size_from_backing_size() {
         .set_len(0)
         .unwrap();
     let cases = [
-        ("never_written", 0u64, 1024u64), // the header is written at create
+        ("never_written", 0u64, 1024u64 + 28), // the header is written at create
         ("one", 1, 1024 + 1 + 28),
         ("five_k", 5000, 1024 + 4124 + 904 + 28),
         ("three_blocks", 3 * 4096, 1024 + 3 * 4124),
         ("shrunk", 4096, 1024 + 4124),
-        ("emptied", 0, 1024),
+        ("emptied", 0, 1024 + 28),
     ];
     for round in 0..2 {
         for (name, size, backing) in cases {

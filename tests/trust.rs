@@ -130,3 +130,48 @@ fn moving_a_file_to_another_key_leaves_no_way_back_through_the_old_one() {
         }
     }
 }
+
+/// Finding 4 through a live mount: a zeroed middle block is EIO (not a forged hole), and a
+/// file cut down to its header alone is EIO (not an empty file).
+#[test]
+fn forged_holes_and_files_cut_to_their_header_read_eio() {
+    let Some(mut m) = Mounted::new() else { return };
+    let data = common::random_bytes(3 * common::BLOCK as usize + 100);
+    fs::write(m.path("zeroed"), &data).unwrap();
+    fs::write(m.path("cut"), &data).unwrap();
+    {
+        // A write far past the end: the gap is sealed zeros, not a hole.
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(m.path("gap"))
+            .unwrap();
+        f.write_all_at(b"end", 10 * common::BLOCK).unwrap();
+    }
+    assert!(m.unmount().is_some_and(|s| s.success()));
+    let sealed = (common::BLOCK + common::OVERHEAD) as usize;
+    let zero = |name: &str, block: u64| {
+        use std::os::unix::fs::FileExt;
+        fs::OpenOptions::new()
+            .write(true)
+            .open(m.backing_path(name))
+            .unwrap()
+            .write_all_at(&vec![0u8; sealed], common::block_offset(block))
+            .unwrap();
+    };
+    zero("zeroed", 1);
+    zero("gap", 4);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(m.backing_path("cut"))
+        .unwrap()
+        .set_len(common::HEADER_REGION)
+        .unwrap();
+    m.mount();
+    for name in ["zeroed", "gap", "cut"] {
+        let e = fs::read(m.path(name)).expect_err(name);
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "{name}: {e}");
+    }
+}

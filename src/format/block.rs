@@ -6,8 +6,14 @@
 //! AD (25 B)    = file id (16) ‖ block index (u64 BE) ‖ last-block flag (1 = last, 0 = not)
 //! ```
 //! The associated data stops a block from being moved within a file or to another file, and
-//! the last-block flag makes truncation at a block boundary detectable. A sealed block made of
-//! zero bytes only is a hole and reads as zeros (a real nonce is never all zero in practice).
+//! the last-block flag makes truncation at a block boundary detectable.
+//!
+//! Holes: on a volume without the `sealed-holes` feature a sealed block made of zero bytes only
+//! is a hole and reads as zeros (a real nonce is never all zero in practice), so zeroing a
+//! block behind the mount's back forges a hole. With `sealed-holes` ([`BlockCipher::without_holes`])
+//! every block is sealed, zero bytes fail authentication like any other damage, and an empty
+//! file that has a header carries one empty sealed block (index 0, last) so that cutting a file
+//! down to its header is detected too ([`BlockCipher::seal_empty`]).
 
 use aes_gcm_siv::aead::{AeadInOut, KeyInit};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
@@ -27,6 +33,8 @@ pub const BLOCK_KEY_CONTEXT: &str = "envelopefs block key v1";
 pub struct BlockCipher {
     aead: Aes256GcmSiv,
     file_id: [u8; 16],
+    /// An all-zero sealed block reads as zeros (format v1 without `sealed-holes`).
+    holes: bool,
 }
 
 impl std::fmt::Debug for BlockCipher {
@@ -51,7 +59,40 @@ impl BlockCipher {
         let mut key = blake3::derive_key(BLOCK_KEY_CONTEXT, dek);
         let aead = Aes256GcmSiv::new_from_slice(&key).expect("BUG: 32-byte key rejected");
         zeroize::Zeroize::zeroize(&mut key);
-        BlockCipher { aead, file_id }
+        BlockCipher {
+            aead,
+            file_id,
+            holes: true,
+        }
+    }
+
+    /// The same cipher for a `sealed-holes` volume: an all-zero block is not a hole but a
+    /// block that fails authentication.
+    pub fn without_holes(mut self) -> Self {
+        self.holes = false;
+        self
+    }
+
+    /// Seals the empty terminal block of an empty file (`sealed-holes` volumes): block 0,
+    /// last flag set, no plaintext; `BLOCK_OVERHEAD` bytes (nonce ‖ tag).
+    pub fn seal_empty(&self, nonce: [u8; NONCE_LEN]) -> [u8; BLOCK_OVERHEAD] {
+        let mut out = [0u8; BLOCK_OVERHEAD];
+        out[..NONCE_LEN].copy_from_slice(&nonce);
+        let ad = block_ad(&self.file_id, 0, true);
+        let tag = self
+            .aead
+            .encrypt_inout_detached(&Nonce::from(nonce), &ad, (&mut [][..]).into())
+            .expect("BUG: AES-GCM-SIV encryption of nothing failed");
+        out[NONCE_LEN..].copy_from_slice(&tag);
+        out
+    }
+
+    /// Authenticates the empty terminal block of an empty file (see [`Self::seal_empty`]).
+    pub fn open_empty(&self, sealed: &[u8]) -> Result<(), FormatError> {
+        if sealed.len() != BLOCK_OVERHEAD {
+            return Err(FormatError::BlockAuthFailed(0));
+        }
+        self.decrypt_in_place(0, true, sealed, &mut [])
     }
 
     /// The file id this cipher is bound to.
@@ -99,7 +140,7 @@ impl BlockCipher {
         if sealed.len() <= BLOCK_OVERHEAD || out.len() != sealed.len() - BLOCK_OVERHEAD {
             return Err(FormatError::BlockAuthFailed(index));
         }
-        if is_hole(sealed) {
+        if self.holes && is_hole(sealed) {
             out.fill(0);
             return Ok(());
         }
@@ -122,7 +163,7 @@ impl BlockCipher {
             return Err(FormatError::BlockAuthFailed(index));
         }
         let start = out.len();
-        if is_hole(sealed) {
+        if self.holes && is_hole(sealed) {
             out.resize(start + sealed.len() - BLOCK_OVERHEAD, 0);
             return Ok(());
         }
@@ -238,6 +279,34 @@ mod tests {
         let mut out = [0u8; 5];
         assert!(cipher().open(0, true, &s, &mut out).is_err());
         assert_eq!(out, [0u8; 5]);
+    }
+
+    #[test]
+    fn without_holes_a_zeroed_block_fails_and_the_empty_block_authenticates() {
+        let c = cipher().without_holes();
+        let zeros = vec![0u8; 100 + BLOCK_OVERHEAD];
+        let mut out = vec![1u8; 100];
+        assert_eq!(
+            c.open(3, false, &zeros, &mut out),
+            Err(FormatError::BlockAuthFailed(3))
+        );
+        let mut v = Vec::new();
+        assert!(c.open_append(3, false, &zeros, &mut v).is_err());
+        assert!(v.is_empty());
+        let e = c.seal_empty([5; NONCE_LEN]);
+        assert_eq!(c.open_empty(&e), Ok(()));
+        assert!(c.open_empty(&[0u8; BLOCK_OVERHEAD]).is_err(), "zeros");
+        let other = BlockCipher::new(&[7u8; 32], [8u8; 16]).without_holes();
+        assert!(other.open_empty(&e).is_err(), "another file's empty block");
+        let mut flipped = e;
+        flipped[20] ^= 1;
+        assert!(c.open_empty(&flipped).is_err());
+        // The empty block is the AD-bound empty message, not a shortened real block.
+        let real = sealed(0, true, b"x");
+        assert!(
+            c.open_empty(&[&real[..NONCE_LEN], &real[NONCE_LEN + 1..]].concat())
+                .is_err()
+        );
     }
 
     #[test]

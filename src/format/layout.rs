@@ -7,6 +7,10 @@
 //! ```
 //! Every block but the last holds exactly `block_size` plaintext bytes; the last holds 1 to
 //! `block_size`. A backing file of length 0 is an empty file that never got a header.
+//!
+//! With the `sealed-holes` feature an empty file that has a header also has one empty sealed
+//! block (`BLOCK_OVERHEAD` bytes: nonce ‖ tag), so a file cut down to its header alone is an
+//! invalid length rather than an empty file.
 
 use super::FormatError;
 use super::block::BLOCK_OVERHEAD;
@@ -16,14 +20,32 @@ use super::header::HEADER_REGION;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
     block_size: u64,
+    /// `sealed-holes`: an empty file with a header ends in an empty sealed block.
+    sealed_empty: bool,
 }
 
 impl Layout {
-    /// A layout for `block_size` plaintext bytes per block (checked by the volume config).
+    /// A layout for `block_size` plaintext bytes per block (checked by the volume config),
+    /// format v1 without `sealed-holes`.
     pub fn new(block_size: u32) -> Self {
         Layout {
             block_size: u64::from(block_size),
+            sealed_empty: false,
         }
+    }
+
+    /// A layout for a volume with (`true`) or without the `sealed-holes` feature.
+    pub fn with_sealed_holes(block_size: u32, sealed_holes: bool) -> Self {
+        Layout {
+            block_size: u64::from(block_size),
+            sealed_empty: sealed_holes,
+        }
+    }
+
+    /// True on a `sealed-holes` volume: every block is sealed (no holes) and an empty file
+    /// with a header carries an empty sealed block.
+    pub fn sealed_holes(&self) -> bool {
+        self.sealed_empty
     }
 
     /// Plaintext bytes per block.
@@ -62,6 +84,19 @@ impl Layout {
             .ok_or(FormatError::BadLength(len))?;
         let sealed = self.sealed_block_size();
         let (full, rem) = (data / sealed, data % sealed);
+        if self.sealed_empty {
+            // Header alone: cut down (an empty file has its empty block). Header and an empty
+            // block: an empty file; an empty block after full ones: impossible.
+            return match (full, rem) {
+                (0, 0) => Err(FormatError::BadLength(len)),
+                (0, r) if r == BLOCK_OVERHEAD as u64 => Ok(0),
+                (_, 0) => Ok(full * self.block_size),
+                (_, r) if r > BLOCK_OVERHEAD as u64 => {
+                    Ok(full * self.block_size + r - BLOCK_OVERHEAD as u64)
+                }
+                _ => Err(FormatError::BadLength(len)),
+            };
+        }
         match rem {
             0 => Ok(full * self.block_size),
             r if r > BLOCK_OVERHEAD as u64 => {
@@ -73,6 +108,9 @@ impl Layout {
 
     /// Backing length of a file of `size` plaintext bytes that has a header.
     pub fn backing_size(&self, size: u64) -> u64 {
+        if size == 0 && self.sealed_empty {
+            return (HEADER_REGION + BLOCK_OVERHEAD) as u64;
+        }
         let full = size / self.block_size;
         let rem = size % self.block_size;
         let tail = if rem == 0 {
@@ -124,6 +162,26 @@ mod tests {
         for extra in 1..=28 {
             assert!(l.plaintext_size(1024 + extra).is_err());
             assert!(l.plaintext_size(1024 + 4124 + extra).is_err());
+        }
+    }
+
+    #[test]
+    fn sealed_holes_sizes() {
+        for bs in [512u32, 4096] {
+            let l = Layout::with_sealed_holes(bs, true);
+            let b = u64::from(bs);
+            assert_eq!(l.backing_size(0), 1024 + 28);
+            assert_eq!(l.plaintext_size(0), Ok(0), "never written: no header");
+            assert!(l.plaintext_size(1024).is_err(), "header alone");
+            assert_eq!(l.plaintext_size(1024 + 28), Ok(0));
+            assert!(
+                l.plaintext_size(1024 + (b + 28) + 28).is_err(),
+                "an empty block after a full one"
+            );
+            for size in (1..3 * b + 7).step_by(97).chain([b, 2 * b]) {
+                assert_eq!(l.plaintext_size(l.backing_size(size)), Ok(size));
+                assert_eq!(l.backing_size(size), Layout::new(bs).backing_size(size));
+            }
         }
     }
 

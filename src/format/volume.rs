@@ -19,8 +19,20 @@ use super::header::check_block_size;
 pub const VOLUME_FORMAT: &str = "envelopefs-volume";
 /// The config version this build writes.
 pub const VOLUME_VERSION: u32 = 1;
+/// Features every version-1 volume lists; a config missing one is refused.
+pub const REQUIRED_FEATURES: &[&str] =
+    &["header-ab-v1", "blocks-aes256gcmsiv-v1", "last-block-flag"];
+/// No holes: every block is sealed, an all-zero block fails authentication and an empty file
+/// with a header ends in an empty sealed block (docs/FORMAT.md §4.4). Written on init since
+/// wave 2; volumes without it keep their v1 behaviour.
+pub const SEALED_HOLES: &str = "sealed-holes";
 /// Features this build understands (and writes on init).
-pub const KNOWN_FEATURES: &[&str] = &["header-ab-v1", "blocks-aes256gcmsiv-v1", "last-block-flag"];
+pub const KNOWN_FEATURES: &[&str] = &[
+    "header-ab-v1",
+    "blocks-aes256gcmsiv-v1",
+    "last-block-flag",
+    SEALED_HOLES,
+];
 /// Default plaintext block size.
 pub const DEFAULT_BLOCK_SIZE: u32 = 4096;
 
@@ -104,8 +116,22 @@ impl VolumeConfig {
         {
             return Err(FormatError::UnknownFeature(f.clone()));
         }
+        if let Some(f) = REQUIRED_FEATURES
+            .iter()
+            .find(|f| !c.features.iter().any(|have| have == *f))
+        {
+            return Err(FormatError::BadConfig(format!(
+                "feature '{f}', which every version-1 volume has, is missing: \
+                 the config was edited or damaged"
+            )));
+        }
         check_block_size(c.block_size)?;
         Ok(c)
+    }
+
+    /// True when the volume has the `sealed-holes` feature.
+    pub fn sealed_holes(&self) -> bool {
+        self.features.iter().any(|f| f == SEALED_HOLES)
     }
 
     /// Serialises the config (pretty JSON, trailing newline).
@@ -148,6 +174,20 @@ mod tests {
             VolumeConfig::parse(&c.to_bytes()),
             Err(FormatError::UnknownFeature("encrypted-names-v9".into()))
         );
+    }
+
+    #[test]
+    fn a_missing_base_feature_refuses_and_sealed_holes_is_optional() {
+        let mut c = sample();
+        assert!(c.sealed_holes(), "new volumes have it");
+        c.features.retain(|f| f != SEALED_HOLES);
+        let parsed = VolumeConfig::parse(&c.to_bytes()).unwrap();
+        assert!(!parsed.sealed_holes(), "v1 volumes without it still open");
+        c.features.retain(|f| f != "last-block-flag");
+        assert!(matches!(
+            VolumeConfig::parse(&c.to_bytes()),
+            Err(FormatError::BadConfig(m)) if m.contains("last-block-flag")
+        ));
     }
 
     #[test]

@@ -98,7 +98,15 @@ impl EncFs {
             &region,
             caller,
         )?;
-        let cipher = BlockCipher::new(u.dek.expose_secret(), u.header.file_id);
+        let cipher = self.block_cipher(u.dek.expose_secret(), u.header.file_id);
+        if size == 0 && self.layout.sealed_holes() {
+            // An empty file's only block: without this check a file cut down to its header
+            // and an empty block's length would read as empty.
+            let mut sealed = [0u8; BLOCK_OVERHEAD];
+            file.read_exact_at(&mut sealed, HEADER_REGION as u64)
+                .map_err(|e| short_read(e, file))?;
+            cipher.open_empty(&sealed)?;
+        }
         Ok(FileState {
             cipher: Some(Arc::new(cipher)),
             header: Some(u.header),
@@ -135,19 +143,51 @@ impl EncFs {
         Ok(NewFileKeys { dek, header })
     }
 
-    /// Writes a new file's header (both copies) and keeps its cipher in the open state.
+    /// The content cipher of a file of this volume (no holes on a `sealed-holes` volume).
+    fn block_cipher(&self, dek: &[u8; 32], file_id: [u8; 16]) -> BlockCipher {
+        let c = BlockCipher::new(dek, file_id);
+        if self.layout.sealed_holes() {
+            c.without_holes()
+        } else {
+            c
+        }
+    }
+
+    /// The bytes that follow the header of an empty file: its empty sealed block on a
+    /// `sealed-holes` volume, nothing otherwise.
+    fn empty_tail(&self, cipher: &BlockCipher) -> Vec<u8> {
+        if self.layout.sealed_holes() {
+            cipher.seal_empty(random_bytes()).to_vec()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Writes a new file's header (both copies, and the empty block of a `sealed-holes`
+    /// volume, in one write) and keeps its cipher in the open state.
     pub(crate) fn install_header(
         &self,
         st: &mut FileState,
         file: &File,
         keys: NewFileKeys,
     ) -> FsResult<()> {
-        file_header::write_new(file, &keys.header, &keys.dek)?;
-        st.cipher = Some(Arc::new(BlockCipher::new(
-            keys.dek.expose_secret(),
-            keys.header.file_id,
-        )));
+        let cipher = self.block_cipher(keys.dek.expose_secret(), keys.header.file_id);
+        let tail = self.empty_tail(&cipher);
+        file_header::write_new(file, &keys.header, &keys.dek, &tail)?;
+        st.cipher = Some(Arc::new(cipher));
         st.header = Some(keys.header);
+        Ok(())
+    }
+
+    /// On a `sealed-holes` volume, grows the file with sealed zero blocks up to `upto` bytes,
+    /// [`FILL_BYTES`] at a time: memory stays bounded and every step leaves a valid file.
+    fn fill_to(&self, st: &mut FileState, file: &File, upto: u64) -> FsResult<()> {
+        let bs = self.layout.block_size();
+        let step = (FILL_BYTES / bs).max(1);
+        while st.size < upto {
+            let next = ((st.size / bs + step) * bs).min(upto);
+            self.apply(st, file, None, next)?;
+        }
         Ok(())
     }
 
@@ -219,6 +259,11 @@ impl EncFs {
         if st.cipher.is_none() {
             self.create_header(st, file, caller)?;
         }
+        let gap_end = offset / self.layout.block_size() * self.layout.block_size();
+        if self.layout.sealed_holes() && gap_end > st.size {
+            // No holes: the blocks between the old end and the write are sealed zeros.
+            self.fill_to(st, file, gap_end)?;
+        }
         let new_size = st.size.max(end);
         self.apply(st, file, Some((offset, data)), new_size)
     }
@@ -238,16 +283,22 @@ impl EncFs {
             return Ok(());
         }
         if new_size == 0 {
-            file.set_len(if st.cipher.is_some() {
-                HEADER_REGION as u64
-            } else {
-                0
-            })?;
+            match &st.cipher {
+                Some(cipher) => {
+                    let tail = self.empty_tail(cipher);
+                    file.write_all_at(&tail, HEADER_REGION as u64)?;
+                    file.set_len(self.layout.backing_size(0))?;
+                }
+                None => file.set_len(0)?,
+            }
             st.size = 0;
             return Ok(());
         }
         if st.cipher.is_none() {
             self.create_header(st, file, caller)?;
+        }
+        if self.layout.sealed_holes() && new_size > st.size {
+            return self.fill_to(st, file, new_size);
         }
         self.apply(st, file, None, new_size)
     }
@@ -282,6 +333,10 @@ impl EncFs {
             if i < new_count && changed(i) {
                 blocks.push(i);
             }
+        }
+        if l.sealed_holes() {
+            // No holes: every new block is written (callers grow in bounded steps, fill_to).
+            blocks.extend(old_count..new_count);
         }
         blocks.sort_unstable();
         blocks.dedup();
@@ -385,6 +440,9 @@ impl EncFs {
     }
 }
 
+/// How much a `sealed-holes` file grows per step when a write or truncate leaves a gap.
+const FILL_BYTES: u64 = 1 << 20;
+
 thread_local! {
     /// Scratch space for the ciphertext of a read (see [`EncFs::read_content`]).
     static SEALED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -439,5 +497,114 @@ mod tests {
                 "size {size}: atime changed"
             );
         }
+    }
+
+    /// Reads the whole of inode `ino` through a fresh open (errno on failure).
+    fn read_all(
+        fs: &crate::fs::EncFs,
+        ino: u64,
+        caller: &crate::keys::Caller,
+    ) -> Result<Vec<u8>, i32> {
+        let fh = fs
+            .open(ino, libc::O_RDONLY, caller)
+            .map_err(|e| e.errno())?;
+        let r = fs.read(fh, 0, 1 << 24).map_err(|e| e.errno());
+        fs.release(fh).unwrap();
+        r
+    }
+
+    fn backing(tmp: &tempfile::TempDir) -> std::path::PathBuf {
+        tmp.path().join("vol/data/f")
+    }
+
+    fn zero_at(path: &std::path::Path, at: u64, len: usize) {
+        use std::os::unix::fs::FileExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .write_all_at(&vec![0u8; len], at)
+            .unwrap();
+    }
+
+    /// Finding 4: on a `sealed-holes` volume (every new volume) a gap left by a write past the
+    /// end is sealed zeros, so zeroing any block behind the mount's back is EIO, never a forged
+    /// hole.
+    #[test]
+    fn sealed_holes_a_zeroed_block_is_eio_not_a_hole() {
+        let (fs, tmp, caller, ino, fh) = testing::with_file();
+        assert!(fs.layout().sealed_holes());
+        let bs = fs.layout().block_size();
+        fs.write(fh, 5 * bs + 10, b"after a gap", &caller).unwrap();
+        fs.release(fh).unwrap();
+        let mut expect = vec![0u8; (5 * bs + 10) as usize];
+        expect.extend_from_slice(b"after a gap");
+        assert_eq!(read_all(&fs, ino, &caller), Ok(expect));
+        let l = fs.layout();
+        let bytes = std::fs::read(backing(&tmp)).unwrap();
+        for i in 0..5 {
+            let at = l.block_offset(i) as usize;
+            let sealed = &bytes[at..at + l.sealed_block_size() as usize];
+            assert!(
+                !crate::format::block::is_hole(sealed),
+                "block {i} left as a hole"
+            );
+        }
+        zero_at(
+            &backing(&tmp),
+            l.block_offset(2),
+            l.sealed_block_size() as usize,
+        );
+        assert_eq!(read_all(&fs, ino, &caller), Err(libc::EIO));
+    }
+
+    /// Finding 4: a file cut down to its header alone (or to its header and the first bytes
+    /// of block 0) is EIO; an emptied file keeps an authenticated empty block and reads empty.
+    #[test]
+    fn sealed_holes_a_file_cut_to_its_header_is_eio() {
+        let (fs, tmp, caller, ino, fh) = testing::with_file();
+        fs.write(fh, 0, b"some content", &caller).unwrap();
+        fs.release(fh).unwrap();
+        for cut in [1024u64, 1024 + 28] {
+            let saved = std::fs::read(backing(&tmp)).unwrap();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(backing(&tmp))
+                .unwrap()
+                .set_len(cut)
+                .unwrap();
+            assert_eq!(read_all(&fs, ino, &caller), Err(libc::EIO), "cut to {cut}");
+            std::fs::write(backing(&tmp), saved).unwrap();
+        }
+        assert_eq!(read_all(&fs, ino, &caller), Ok(b"some content".to_vec()));
+        // Emptied through the mount: header + empty block, reads empty, and the empty block
+        // is checked (zeroed: EIO).
+        let set = crate::fs::SetAttr {
+            size: Some(0),
+            ..crate::fs::SetAttr::default()
+        };
+        fs.setattr(ino, &set, &caller).unwrap();
+        assert_eq!(std::fs::metadata(backing(&tmp)).unwrap().len(), 1024 + 28);
+        assert_eq!(read_all(&fs, ino, &caller), Ok(Vec::new()));
+        zero_at(&backing(&tmp), 1024, 28);
+        assert_eq!(read_all(&fs, ino, &caller), Err(libc::EIO));
+    }
+
+    /// A truncate far past the end grows in bounded steps and reads back as zeros.
+    #[test]
+    fn sealed_holes_truncate_up_fills_with_sealed_zeros() {
+        let (fs, tmp, caller, ino, fh) = testing::with_file();
+        fs.write(fh, 0, b"x", &caller).unwrap();
+        let size = 3 * super::FILL_BYTES + 12345;
+        fs.truncate(ino, Some(fh), size, &caller).unwrap();
+        fs.release(fh).unwrap();
+        let data = read_all(&fs, ino, &caller).unwrap();
+        assert_eq!(data.len() as u64, size);
+        assert_eq!(data[0], b'x');
+        assert!(data[1..].iter().all(|&b| b == 0));
+        assert_eq!(
+            std::fs::metadata(backing(&tmp)).unwrap().len(),
+            fs.layout().backing_size(size)
+        );
     }
 }

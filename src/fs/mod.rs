@@ -82,7 +82,7 @@ impl EncFs {
         let root_st = crate::store::sys::fstat(std::os::fd::AsRawFd::as_raw_fd(&volume.data))?;
         Ok(EncFs {
             volume_id: cfg.volume_id.clone(),
-            layout: Layout::new(cfg.block_size),
+            layout: Layout::with_sealed_holes(cfg.block_size, cfg.sealed_holes()),
             block_size: cfg.block_size,
             default_key: cfg.default_key.clone(),
             keys,

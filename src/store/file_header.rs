@@ -150,14 +150,21 @@ pub fn read_region(file: &File) -> io::Result<[u8; HEADER_REGION]> {
     Ok(region)
 }
 
-/// Writes a new file's header: both copies, identical, sequence 1.
-pub fn write_new(file: &File, h: &FileHeader, dek: &DataKey) -> Result<(), HeaderError> {
+/// Writes a new file's header: both copies, identical, sequence 1, followed in the same write
+/// by `tail` (the empty sealed block of a `sealed-holes` volume, or nothing).
+pub fn write_new(
+    file: &File,
+    h: &FileHeader,
+    dek: &DataKey,
+    tail: &[u8],
+) -> Result<(), HeaderError> {
     let copy = h.encode(dek.expose_secret())?;
-    let mut region = [0u8; HEADER_REGION];
-    region[..HEADER_COPY_LEN].copy_from_slice(&copy);
-    region[HEADER_COPY_LEN..].copy_from_slice(&copy);
+    let mut bytes = Vec::with_capacity(HEADER_REGION + tail.len());
+    bytes.extend_from_slice(&copy);
+    bytes.extend_from_slice(&copy);
+    bytes.extend_from_slice(tail);
     let _lock = FileLock::exclusive(file)?;
-    file.write_all_at(&region, 0)?;
+    file.write_all_at(&bytes, 0)?;
     Ok(())
 }
 

@@ -344,7 +344,7 @@ mod tests {
         };
         let p = dir.join(name);
         let f = File::create_new(&p).unwrap();
-        file_header::write_new(&f, &h, &dek).unwrap();
+        file_header::write_new(&f, &h, &dek, &[]).unwrap();
         p
     }
 
