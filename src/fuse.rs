@@ -664,7 +664,7 @@ impl fuser::Filesystem for Adapter {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -676,17 +676,17 @@ impl fuser::Filesystem for Adapter {
             reply,
             "setxattr",
             ino.0,
-            self.with_xattrs(|| self.fs.setxattr(ino.0, name, value, flags)),
+            self.with_xattrs(|| self.fs.setxattr(ino.0, name, value, flags, &caller(req))),
             |_v| reply.ok()
         )
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         reply!(
             reply,
             "getxattr",
             ino.0,
-            self.with_xattrs(|| self.fs.getxattr(ino.0, name)),
+            self.with_xattrs(|| self.fs.getxattr(ino.0, name, &caller(req))),
             |v| { xattr_reply(reply, &v, size) }
         )
     }

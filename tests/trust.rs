@@ -175,3 +175,68 @@ fn forged_holes_and_files_cut_to_their_header_read_eio() {
         assert_eq!(e.raw_os_error(), Some(libc::EIO), "{name}: {e}");
     }
 }
+
+/// Finding 2 through a live mount: `user.*` values of a file and of a directory are neither
+/// read nor written by a user the key policy denies, although the modes allow them, and not by
+/// anyone while the key is disabled.
+#[test]
+fn encrypted_xattr_values_follow_the_key_decision() {
+    let Some(m) = Mounted::for_other_users(Options::default()) else {
+        return;
+    };
+    fs::write(m.path("f"), b"data").unwrap();
+    fs::set_permissions(m.path("f"), fs::Permissions::from_mode(0o666)).unwrap();
+    fs::create_dir(m.path("d")).unwrap();
+    fs::set_permissions(m.path("d"), fs::Permissions::from_mode(0o777)).unwrap();
+    let sh = |script: &str| common::sh(script, m.mnt());
+    sh("setfattr -n user.note -v hello f && setfattr -n user.note -v hello d");
+    let as_user = |script: &str| as_user_1000(m.mnt(), script);
+    for target in ["f", "d"] {
+        let out = as_user(&format!("getfattr --only-values -n user.note {target}"));
+        assert!(
+            out.status.success(),
+            "{target}: allowed by default: {out:?}"
+        );
+    }
+    let policy = m.scratch().join("policy.json");
+    fs::write(
+        &policy,
+        r#"{"Version":"2012-10-17","Statement":[{"Sid":"admin only","Effect":"Allow","Principal":{"Admin":true},"Action":"kms:*"}]}"#,
+    )
+    .unwrap();
+    ok(
+        &m,
+        &["key", "policy", "put"],
+        &["alias/default", "--file", policy.to_str().unwrap()],
+    );
+    for target in ["f", "d"] {
+        for script in [
+            format!("getfattr --only-values -n user.note {target}"),
+            format!("setfattr -n user.note -v changed {target}"),
+        ] {
+            let out = as_user(&script);
+            assert!(!out.status.success(), "denied user: {script}: {out:?}");
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+                "EACCES for {script}: {out:?}"
+            );
+        }
+    }
+    assert_eq!(
+        sh("getfattr --only-values -n user.note f"),
+        "hello",
+        "the administrator still reads"
+    );
+    ok(&m, &["key", "disable"], &["alias/default"]);
+    for target in ["f", "d"] {
+        let out = common::output(
+            common::tool("getfattr")
+                .args(["--only-values", "-n", "user.note", target])
+                .current_dir(m.mnt()),
+        );
+        assert!(
+            !out.status.success(),
+            "{target} under a disabled key: {out:?}"
+        );
+    }
+}

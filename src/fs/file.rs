@@ -47,7 +47,7 @@ fn backing_flags(flags: i32) -> i32 {
 impl EncFs {
     /// Opens the backing file of `ino` with `flags`. O_NOATIME needs ownership or
     /// CAP_FOWNER; when the daemon has neither, the file is opened without it.
-    fn open_backing(&self, ino: u64, flags: i32) -> FsResult<File> {
+    pub(super) fn open_backing(&self, ino: u64, flags: i32) -> FsResult<File> {
         match self.inodes.open(ino, flags) {
             Err(FsError::Io(e))
                 if e.raw_os_error() == Some(libc::EPERM) && flags & libc::O_NOATIME != 0 =>

@@ -123,6 +123,12 @@ pub(crate) mod testing {
 
     /// The core, the temp dir that holds its volume, and the caller it was opened with.
     pub(crate) fn fresh() -> (EncFs, tempfile::TempDir, Caller) {
+        let (fs, tmp, caller, _) = fresh_with_kms();
+        (fs, tmp, caller)
+    }
+
+    /// [`fresh`] and the key service the core uses (to change key states under it).
+    pub(crate) fn fresh_with_kms() -> (EncFs, tempfile::TempDir, Caller, Arc<LocalKms>) {
         let tmp = tempfile::tempdir().expect("temp dir");
         let root = tmp.path().join("vol");
         volume::prepare(&root).expect("prepare");
@@ -137,8 +143,9 @@ pub(crate) mod testing {
         )
         .expect("create");
         let caller = Caller::current();
-        let fs = EncFs::new(volume::open(&root).expect("open"), kms, &caller).expect("core");
-        (fs, tmp, caller)
+        let fs =
+            EncFs::new(volume::open(&root).expect("open"), kms.clone(), &caller).expect("core");
+        (fs, tmp, caller, kms)
     }
 
     /// [`fresh`] with a regular file "f" created in the root: also its inode and the

@@ -8,6 +8,12 @@
 //! ```
 //! Names, and values in other namespaces (security.*, trusted.*, system.*), pass through,
 //! except the names in [`REFUSED`], which fail with EOPNOTSUPP.
+//!
+//! Reading or writing a `user.*` value goes through the same key decision as the inode's
+//! contents ([`EncFs::xattr_key_decision`]): for a regular file with a header, its data key
+//! must unwrap for the caller (key state, key policy, grants; audited like an open); for a
+//! directory or a header-less empty file, the volume key must. A disabled key or a denied user
+//! gets EACCES, as for the file's data.
 
 use std::ffi::OsStr;
 use std::os::fd::AsRawFd;
@@ -32,6 +38,9 @@ const XATTR_AD_PREFIX: &[u8] = b"envelopefs xattr v1";
 /// Encrypts and decrypts `user.*` xattr values.
 pub struct XattrCipher {
     aead: Aes256GcmSiv,
+    /// The wrapped volume key and its context, to ask the key service again for each caller
+    /// ([`XattrCipher::authorize`]); None for a cipher made from a bare key (tests).
+    volume_key: Option<(WrappedKey, crate::format::context::EncryptionContext)>,
 }
 
 fn ad(name: &OsStr) -> Vec<u8> {
@@ -59,12 +68,20 @@ impl XattrCipher {
             version: rec.version,
             blob: unhex(&rec.blob).ok_or_else(bad)?,
         };
-        let vk = keys.decrypt(
-            &wrapped,
-            &crate::format::context::EncryptionContext::for_volume_key(&cfg.volume_id),
-            caller,
-        )?;
-        Ok(Self::from_volume_key(vk.expose_secret()))
+        let ctx = crate::format::context::EncryptionContext::for_volume_key(&cfg.volume_id);
+        let vk = keys.decrypt(&wrapped, &ctx, caller)?;
+        let mut c = Self::from_volume_key(vk.expose_secret());
+        c.volume_key = Some((wrapped, ctx));
+        Ok(c)
+    }
+
+    /// The key decision for `caller` on the volume key (state, policy, grants), as at mount:
+    /// Ok when the key service would unwrap it for them now. The key is dropped at once.
+    pub fn authorize(&self, keys: &dyn KeyService, caller: &Caller) -> FsResult<()> {
+        if let Some((wrapped, ctx)) = &self.volume_key {
+            keys.decrypt(wrapped, ctx, caller)?;
+        }
+        Ok(())
     }
 
     /// Derives the cipher from a volume key.
@@ -72,7 +89,10 @@ impl XattrCipher {
         let mut k = blake3::derive_key(XATTR_KEY_CONTEXT, vk);
         let aead = Aes256GcmSiv::new_from_slice(&k).expect("BUG: 32-byte key rejected");
         zeroize::Zeroize::zeroize(&mut k);
-        XattrCipher { aead }
+        XattrCipher {
+            aead,
+            volume_key: None,
+        }
     }
 
     /// Encrypts one value.
@@ -170,11 +190,50 @@ fn without_refused(list: Vec<u8>) -> Vec<u8> {
 }
 
 impl EncFs {
-    /// setxattr.
-    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
+    /// The key decision a `user.*` value read or write of `ino` needs (see the module docs):
+    /// the file's header must unlock for `caller`, or, for a directory or an empty file
+    /// without a header, the volume key must unwrap for them.
+    fn xattr_key_decision(
+        &self,
+        ino: u64,
+        fd: &std::os::fd::OwnedFd,
+        caller: &Caller,
+    ) -> FsResult<()> {
+        let st = sys::fstat(fd.as_raw_fd())?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size > 0 {
+            let file = self.open_backing(ino, libc::O_RDONLY | libc::O_NOATIME)?;
+            let region = crate::store::file_header::read_region(&file).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    FsError::from(FormatError::HeaderAuthFailed)
+                } else {
+                    e.into()
+                }
+            })?;
+            crate::store::file_header::unlock(
+                self.keys.as_ref(),
+                &self.volume_id,
+                self.block_size,
+                &region,
+                caller,
+            )?;
+            return Ok(());
+        }
+        self.xattr.authorize(self.keys.as_ref(), caller)
+    }
+
+    /// setxattr. A `user.*` value is sealed after the inode's key decision for `caller`.
+    pub fn setxattr(
+        &self,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        caller: &Caller,
+    ) -> FsResult<()> {
         refuse(name)?;
         let fd = self.inodes.get(ino)?;
         let r = if is_user(name) {
+            self.xattr_key_decision(ino, &fd, caller)?;
             let sealed = self.xattr.seal(name, value);
             sys::setxattr(fd.as_raw_fd(), name, &sealed, flags)
         } else {
@@ -215,8 +274,9 @@ impl EncFs {
         }
     }
 
-    /// getxattr: the whole value (the adapter handles the size protocol).
-    pub fn getxattr(&self, ino: u64, name: &OsStr) -> FsResult<Vec<u8>> {
+    /// getxattr: the whole value (the adapter handles the size protocol). A `user.*` value is
+    /// opened only after the inode's key decision for `caller`.
+    pub fn getxattr(&self, ino: u64, name: &OsStr, caller: &Caller) -> FsResult<Vec<u8>> {
         refuse(name)?;
         let fd = self.inodes.get(ino)?;
         if ino != ROOT_INO && self.xattr_free(ino, &fd)? {
@@ -236,6 +296,7 @@ impl EncFs {
             }
         };
         if is_user(name) {
+            self.xattr_key_decision(ino, &fd, caller)?;
             Ok(self.xattr.open(name, &value).map_err(|_| {
                 log::warn!("inode {ino}: xattr {name:?} failed authentication");
                 FormatError::BlockAuthFailed(0)
@@ -294,17 +355,61 @@ mod tests {
 
     #[test]
     fn a_file_created_through_the_mount_is_known_to_have_no_xattrs() {
-        let (fs, _tmp, _caller, ino, _fh) = crate::fs::testing::with_file();
+        let (fs, _tmp, caller, ino, _fh) = crate::fs::testing::with_file();
         assert!(
             fs.inodes.xattr_state(ino).0,
             "learned at create, without a listing"
         );
         assert!(matches!(
-            fs.getxattr(ino, OsStr::new("security.capability")),
+            fs.getxattr(ino, OsStr::new("security.capability"), &caller),
             Err(FsError::Io(e)) if e.raw_os_error() == Some(libc::ENODATA)
         ));
-        fs.setxattr(ino, OsStr::new("user.k"), b"v", 0).unwrap();
+        fs.setxattr(ino, OsStr::new("user.k"), b"v", 0, &caller)
+            .unwrap();
         assert!(!fs.inodes.xattr_state(ino).0);
-        assert_eq!(fs.getxattr(ino, OsStr::new("user.k")).unwrap(), b"v");
+        assert_eq!(
+            fs.getxattr(ino, OsStr::new("user.k"), &caller).unwrap(),
+            b"v"
+        );
+    }
+
+    /// Finding 2: `user.*` values of a file, of an empty header-less file and of a directory
+    /// are neither read nor written while the key that guards them is disabled.
+    #[test]
+    fn user_values_follow_the_key_decision() {
+        use crate::fs::inode::ROOT_INO;
+        let (fs, _tmp, caller, kms) = crate::fs::testing::fresh_with_kms();
+        let (f, fh) = fs
+            .create(ROOT_INO, OsStr::new("f"), 0o600, libc::O_RDWR, &caller)
+            .unwrap();
+        fs.write(fh, 0, b"data", &caller).unwrap();
+        fs.release(fh).unwrap();
+        let d = fs.mkdir(ROOT_INO, OsStr::new("d"), 0o700, &caller).unwrap();
+        let name = OsStr::new("user.k");
+        for ino in [f.ino, d.ino] {
+            fs.setxattr(ino, name, b"v", 0, &caller).unwrap();
+        }
+        kms.disable_key("alias/default", &Caller::current())
+            .unwrap();
+        for ino in [f.ino, d.ino] {
+            assert_eq!(
+                fs.getxattr(ino, name, &caller).map_err(|e| e.errno()),
+                Err(libc::EACCES),
+                "read of inode {ino}"
+            );
+            assert_eq!(
+                fs.setxattr(ino, name, b"w", 0, &caller)
+                    .map_err(|e| e.errno()),
+                Err(libc::EACCES),
+                "write of inode {ino}"
+            );
+            // Other namespaces are not encrypted and need no key.
+            fs.setxattr(ino, OsStr::new("trusted.t"), b"x", 0, &caller)
+                .unwrap();
+        }
+        kms.enable_key("alias/default", &Caller::current()).unwrap();
+        for ino in [f.ino, d.ino] {
+            assert_eq!(fs.getxattr(ino, name, &caller).unwrap(), b"v");
+        }
     }
 }
