@@ -162,6 +162,36 @@ pub enum Command {
         #[command(flatten)]
         secret: SecretArgs,
     },
+    /// Give files a fresh data key and re-encrypt their contents: the real revocation after a
+    /// key or a user is compromised (rewrap only moves the existing data key, which whoever
+    /// unwrapped it once still holds). Crash-safe (a redo journal in BACKING/.reencrypt),
+    /// resumable (run it again after an interruption: it skips what is done) and online: on a
+    /// mounted volume the daemon does the work, with the rights of whoever runs this command.
+    #[command(
+        after_help = "Examples:\n  envelopefs reencrypt ~/vault.enc\n          envelopefs reencrypt ~/vault.enc --to-key alias/new --path projects/secret\n\n        Each file gets a new random data key, wrapped under --to-key (default: the key it \
+        is under now), and every block is sealed again; times and inodes stay."
+    )]
+    Reencrypt {
+        /// An initialised volume.
+        backing: PathBuf,
+        /// Wrap the new data keys under this CMK (key id or alias/NAME).
+        #[arg(long, value_name = "KEY")]
+        to_key: Option<String>,
+        /// Only this file or the files under this directory (relative to the volume root).
+        #[arg(long, value_name = "PATH")]
+        path: Option<PathBuf>,
+        /// Where BACKING is mounted, if it is (found in /proc/self/mountinfo otherwise).
+        #[arg(long, value_name = "DIR")]
+        mountpoint: Option<PathBuf>,
+        /// Start over instead of resuming an interrupted run.
+        #[arg(long)]
+        restart: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
     /// Unmount a mounted volume.
     Unmount {
         /// The mountpoint.
@@ -345,7 +375,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 kernel_cache: !no_kernel_cache,
                 writeback_cache: !no_writeback_cache,
                 xattrs: !no_xattr,
-                fsname: backing.display().to_string(),
+                // Canonical, so tools (reencrypt) find the mount of a volume.
+                fsname: std::fs::canonicalize(&backing)
+                    .unwrap_or_else(|_| backing.clone())
+                    .display()
+                    .to_string(),
                 ..MountOptions::default()
             };
             if background {
@@ -379,6 +413,25 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             };
             crate::cli_rewrap::run(&backing, &opts, &secret, json)
         }
+        Command::Reencrypt {
+            backing,
+            to_key,
+            path,
+            mountpoint,
+            restart,
+            json,
+            secret,
+        } => crate::cli_reencrypt::run(
+            &backing,
+            &crate::cli_reencrypt::ReencryptOptions {
+                to_key,
+                path,
+                mountpoint,
+                restart,
+                json,
+            },
+            &secret,
+        ),
         Command::Unmount { mountpoint } => crate::fuse::unmount(&mountpoint).map_err(|e| {
             fail(
                 ExitCode::Failure,
@@ -452,6 +505,20 @@ pub fn mount(
 ) -> Result<(), CliError> {
     let volume = vol::open(backing)?;
     let _lock = vol::lock(backing)?;
+    // A re-encryption a crash interrupted is finished before anything reads the file.
+    match crate::store::reencrypt::recover(backing, &backing.join(vol::DATA_DIR)) {
+        Ok(0) => {}
+        Ok(n) => log::info!("finished {n} re-encryptions a crash had interrupted"),
+        Err(e) => {
+            return Err(fail(
+                ExitCode::Failure,
+                format!(
+                    "cannot finish an interrupted re-encryption in {}: {e}",
+                    backing.join(crate::store::reencrypt::JOURNAL_DIR).display()
+                ),
+            ));
+        }
+    }
     match crate::store::sys::raise_fd_limit() {
         Ok(n) if n < 4096 => log::warn!(
             "open-file limit is only {n}: few files can be open at once through the mount \

@@ -13,6 +13,7 @@ pub mod atomic;
 pub mod cli;
 pub mod cli_daemon;
 pub mod cli_keys;
+pub mod cli_reencrypt;
 pub mod cli_rewrap;
 pub mod format;
 pub mod fs;

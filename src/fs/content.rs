@@ -144,7 +144,7 @@ impl EncFs {
     }
 
     /// The content cipher of a file of this volume (no holes on a `sealed-holes` volume).
-    fn block_cipher(&self, dek: &[u8; 32], file_id: [u8; 16]) -> BlockCipher {
+    pub(super) fn block_cipher(&self, dek: &[u8; 32], file_id: [u8; 16]) -> BlockCipher {
         let c = BlockCipher::new(dek, file_id);
         if self.layout.sealed_holes() {
             c.without_holes()
@@ -420,7 +420,7 @@ impl EncFs {
     }
 
     /// Reads and opens one block of the current file.
-    fn read_block(
+    pub(super) fn read_block(
         &self,
         cipher: &BlockCipher,
         file: &File,

@@ -63,7 +63,12 @@ impl EncFs {
     /// Finds or builds the shared state of an inode, reading its header on first open.
     /// The open-file map lock is held across the header read so two first opens of the same
     /// inode cannot build two states.
-    fn open_state(&self, ino: u64, file: &File, caller: &Caller) -> FsResult<Arc<OpenFile>> {
+    pub(super) fn open_state(
+        &self,
+        ino: u64,
+        file: &File,
+        caller: &Caller,
+    ) -> FsResult<Arc<OpenFile>> {
         let mut map = self.open_files.lock().expect("open files poisoned");
         if let Some(of) = map.get(&ino) {
             let of = of.clone();
@@ -329,7 +334,7 @@ impl EncFs {
         Ok(())
     }
 
-    fn drop_state_if_unused(&self, ino: u64, open: &Arc<OpenFile>) {
+    pub(super) fn drop_state_if_unused(&self, ino: u64, open: &Arc<OpenFile>) {
         let mut map = self.open_files.lock().expect("open files poisoned");
         // References: the map's, the caller's `open`, and one per live handle.
         if map.get(&ino).is_some_and(|of| Arc::ptr_eq(of, open)) && Arc::strong_count(open) <= 2 {

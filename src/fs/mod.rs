@@ -12,6 +12,7 @@ pub mod dir;
 pub mod error;
 pub mod file;
 pub mod inode;
+pub mod reencrypt;
 pub mod xattr;
 
 use std::collections::HashMap;
@@ -33,6 +34,8 @@ use inode::InodeTable;
 /// The filesystem core over one opened volume.
 pub struct EncFs {
     volume_id: String,
+    /// BACKING (the re-encryption journal lives in it).
+    backing_root: std::path::PathBuf,
     layout: Layout,
     block_size: u32,
     default_key: String,
@@ -82,6 +85,7 @@ impl EncFs {
         let root_st = crate::store::sys::fstat(std::os::fd::AsRawFd::as_raw_fd(&volume.data))?;
         Ok(EncFs {
             volume_id: cfg.volume_id.clone(),
+            backing_root: volume.root.clone(),
             layout: Layout::with_sealed_holes(cfg.block_size, cfg.sealed_holes()),
             block_size: cfg.block_size,
             default_key: cfg.default_key.clone(),

@@ -230,6 +230,14 @@ impl EncFs {
         flags: i32,
         caller: &Caller,
     ) -> FsResult<()> {
+        if name.as_bytes() == super::reencrypt::REENCRYPT_XATTR.as_bytes() {
+            // A request, not an attribute (`envelopefs reencrypt` on a mounted volume).
+            let to_key = std::str::from_utf8(value)
+                .map_err(|_| FsError::Invalid("the destination key must be UTF-8"))?;
+            let to_key = (!to_key.is_empty()).then_some(to_key);
+            self.reencrypt(ino, to_key, caller)?;
+            return Ok(());
+        }
         refuse(name)?;
         let fd = self.inodes.get(ino)?;
         let r = if is_user(name) {

@@ -4,6 +4,7 @@
 //! `unsafe` block with a `// SAFETY:` note; `volume` lays out and opens a backing directory.
 
 pub mod file_header;
+pub mod reencrypt;
 pub mod rewrap;
 pub mod sys;
 pub mod volume;

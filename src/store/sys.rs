@@ -327,6 +327,23 @@ pub fn setxattr(fd: RawFd, name: &OsStr, value: &[u8], flags: i32) -> io::Result
     .map(drop)
 }
 
+/// Sets an xattr of the file at `path` itself (not following a final symlink).
+pub fn lsetxattr_path(path: &std::path::Path, name: &OsStr, value: &[u8]) -> io::Result<()> {
+    let p = cname(path.as_os_str())?;
+    let c = cname(name)?;
+    // SAFETY: C strings valid; `value` readable for its length.
+    check(unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            c.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })
+    .map(drop)
+}
+
 /// Lists xattr names (NUL-separated) of the inode behind O_PATH `fd` (through /proc).
 pub fn listxattr(fd: RawFd) -> io::Result<Vec<u8>> {
     let p = proc_path(fd);
