@@ -123,3 +123,95 @@ fn size_vectors() {
         );
     }
 }
+
+#[test]
+fn header_with_several_slots_vector() {
+    let all = vectors();
+    let v = get(&all, "header-2");
+    let dek: [u8; 32] = arr(v, "dek");
+    let h = FileHeader {
+        block_size: v["block_size"].parse().unwrap(),
+        file_id: arr(v, "file_id"),
+        seq: v["seq"].parse().unwrap(),
+        slots: vec![
+            KeySlot::Cmk {
+                key_id: arr(v, "slot1_key_id"),
+                version: v["slot1_version"].parse().unwrap(),
+                blob: unhex(&v["slot1_blob"]),
+            },
+            KeySlot::Unknown {
+                kind: v["slot2_kind"].parse().unwrap(),
+                body: unhex(&v["slot2_body"]),
+            },
+            KeySlot::Cmk {
+                key_id: arr(v, "slot3_key_id"),
+                version: v["slot3_version"].parse().unwrap(),
+                blob: unhex(&v["slot3_blob"]),
+            },
+        ],
+    };
+    let bytes = h.encode(&dek).unwrap();
+    assert_eq!(hex(&bytes), v["copy"]);
+    assert_eq!(
+        FileHeader::decode(&bytes).unwrap(),
+        h,
+        "unknown slots kept verbatim"
+    );
+    verify_mac(&bytes, &dek).unwrap();
+}
+
+#[test]
+fn volume_key_context_vector() {
+    let all = vectors();
+    let v = get(&all, "context-volume-1");
+    let c = EncryptionContext::for_volume_key(&v["volume_id"]);
+    assert_eq!(hex(&c.encode()), v["encoded"]);
+}
+
+#[test]
+fn xattr_value_vector() {
+    let all = vectors();
+    let v = get(&all, "xattr-1");
+    let vk: [u8; 32] = arr(v, "volume_key");
+    assert_eq!(
+        hex(&blake3::derive_key("envelopefs xattr key v1", &vk)),
+        v["xattr_key"]
+    );
+    let name = String::from_utf8(unhex(&v["name"])).unwrap();
+    let c = envelopefs::fs::xattr::XattrCipher::from_volume_key(&vk);
+    let stored = c.seal_with_nonce(
+        std::ffi::OsStr::new(&name),
+        &unhex(&v["value"]),
+        arr(v, "nonce"),
+    );
+    assert_eq!(hex(&stored), v["stored"]);
+    assert_eq!(
+        c.open(std::ffi::OsStr::new(&name), &stored).unwrap(),
+        unhex(&v["value"])
+    );
+}
+
+#[test]
+fn empty_block_vector() {
+    let all = vectors();
+    let v = get(&all, "empty-block-1");
+    let c = BlockCipher::new(&arr(v, "dek"), arr(v, "file_id")).without_holes();
+    let sealed = c.seal_empty(arr(v, "nonce"));
+    assert_eq!(hex(&sealed), v["sealed"]);
+    c.open_empty(&sealed).unwrap();
+}
+
+#[test]
+fn sealed_holes_size_vectors() {
+    let all = vectors();
+    let v = get(&all, "sizes-4096-sealed-holes");
+    let l = Layout::with_sealed_holes(4096, true);
+    for (k, val) in v {
+        let plain: u64 = k
+            .strip_prefix("plaintext_")
+            .expect("plaintext_N keys")
+            .parse()
+            .unwrap();
+        assert_eq!(l.backing_size(plain).to_string(), *val, "{plain}");
+    }
+}

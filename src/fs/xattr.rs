@@ -95,10 +95,16 @@ impl XattrCipher {
         }
     }
 
-    /// Encrypts one value.
+    /// Encrypts one value under a fresh random nonce.
     pub fn seal(&self, name: &OsStr, value: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).expect("the OS random number generator failed");
+        self.seal_with_nonce(name, value, nonce)
+    }
+
+    /// Encrypts one value under `nonce`, which must be fresh and random (test vectors pass a
+    /// fixed one).
+    pub fn seal_with_nonce(&self, name: &OsStr, value: &[u8], nonce: [u8; NONCE_LEN]) -> Vec<u8> {
         let mut out = Vec::with_capacity(value.len() + BLOCK_OVERHEAD);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(value);
