@@ -27,6 +27,9 @@ pub const JOURNAL_DIR: &str = ".reencrypt";
 const MAGIC: &[u8; 8] = b"EnvFSrj1";
 const PREFIX_LEN: u64 = 32;
 const COPY_CHUNK: usize = 1 << 20;
+/// Environment variable naming a failpoint (`reencrypt-after-commit`: abort the process right
+/// after a journal is committed), so tests can crash in a window too short to hit by timing.
+pub const FAILPOINT: &str = "ENVELOPEFS_FAILPOINT";
 
 /// A journal being written: [`Journal::writer`] takes the new bytes, [`Journal::apply`] commits
 /// them and copies them over the target.
@@ -96,8 +99,18 @@ impl Journal {
                 return Err(e);
             }
         };
+        log::debug!(
+            "re-encryption journal {} committed ({len} bytes)",
+            redo.display()
+        );
+        if std::env::var_os(FAILPOINT).is_some_and(|v| v == "reencrypt-after-commit") {
+            // Tests: a crash in the window between the commit and the copy (tests/trust.rs).
+            log::error!("failpoint reencrypt-after-commit: aborting");
+            std::process::abort();
+        }
         copy_over(&redo, target)?;
         fs::remove_file(&redo)?;
+        log::debug!("re-encryption journal {} applied", redo.display());
         Ok(())
     }
 }

@@ -267,6 +267,8 @@ pub struct Options {
     pub xattrs: bool,
     /// More arguments for `envelopefs mount` (e.g. `--suid`).
     pub extra_args: Vec<String>,
+    /// Environment variables for the daemon (e.g. a failpoint).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -278,6 +280,7 @@ impl Default for Options {
             writeback: true,
             xattrs: true,
             extra_args: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -445,6 +448,7 @@ impl Mounted {
             cmd.arg("--no-xattr");
         }
         cmd.args(&self.opts.extra_args);
+        cmd.envs(self.opts.env.iter().map(|(k, v)| (k, v)));
         cmd.env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
