@@ -554,7 +554,9 @@ pub fn mount(
     // SAFETY: umask only changes this process's file-creation mask: modes arrive from the
     // kernel with the caller's umask already applied and must reach the backing store as is.
     unsafe { libc::umask(0) };
-    let adapter = Adapter::new(Arc::new(fs), opts);
+    let fs = Arc::new(fs);
+    let watched = Arc::downgrade(&fs);
+    let adapter = Adapter::new(fs, opts);
     let notifier_slot = adapter.notifier_slot();
     let mut session = fuser::Session::new(adapter, mountpoint, &crate::fuse::fuser_config(opts))
         .map_err(|e| {
@@ -567,6 +569,9 @@ pub fn mount(
             )
         })?;
     let _ = notifier_slot.set(session.notifier());
+    if let Some(fs) = watched.upgrade() {
+        crate::fuse::spawn_revocation_watch(&fs, notifier_slot.clone());
+    }
     let mut unmounter = session.unmount_callable();
     let mnt = mountpoint.to_owned();
     ctrlc::set_handler(move || {

@@ -772,6 +772,44 @@ fn xattr_reply(reply: ReplyXattr, value: &[u8], size: u32) {
     }
 }
 
+/// Starts the thread that carries key decisions to the kernel's page cache: when the key
+/// service's generation moves (a key disabled, a grant revoked, a policy changed, by this or
+/// another process), the cached pages of every open file are dropped, so the next read of an
+/// open file reaches the daemon and its handle's key decision is taken again
+/// ([`EncFs::check_handle`]). Without it a process could go on reading cached plaintext of a
+/// file it opened before the revocation.
+/// The thread ends once the filesystem is dropped.
+pub fn spawn_revocation_watch(fs: &Arc<EncFs>, notifier: Arc<OnceLock<Notifier>>) {
+    let period = Duration::from_millis(crate::keys::GENERATION_CHECK_MS);
+    let weak = Arc::downgrade(fs);
+    let mut last = fs.key_generation();
+    let spawned = std::thread::Builder::new()
+        .name("revocation-watch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(period);
+                let Some(fs) = weak.upgrade() else { return };
+                let now = fs.key_generation();
+                if now == last {
+                    continue;
+                }
+                last = now;
+                let Some(n) = notifier.get() else { continue };
+                for ino in fs.open_inodes() {
+                    if let Err(e) = n.inval_inode(INodeNo(ino), 0, 0) {
+                        log::debug!("cache of inode {ino} not dropped: {e}");
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!(
+            "cannot start the revocation watch ({e}); key decisions reach open files only \
+             when their cached pages are evicted"
+        );
+    }
+}
+
 /// fuser session config for `opts`.
 pub fn fuser_config(opts: &MountOptions) -> fuser::Config {
     let mut cfg = fuser::Config::default();

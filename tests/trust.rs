@@ -430,3 +430,47 @@ fn a_crash_after_the_journal_commit_is_finished_by_the_next_mount() {
     assert_eq!(fs::read(m.path("big")).unwrap(), data);
     assert_ne!(header_of(&m, "big"), before, "the new key's header");
 }
+
+/// A process that opened a file before its key was disabled: its next read (from the kernel's
+/// page cache until the revocation watch drops it) fails with EACCES within a second or so, and
+/// works again once the key is enabled.
+#[test]
+fn disabling_a_key_reaches_files_already_open() {
+    let Some(m) = Mounted::new() else { return };
+    fs::write(m.path("f"), b"open before the decision").unwrap();
+    let mut f = fs::File::open(m.path("f")).unwrap();
+    let read_again = |f: &mut fs::File| {
+        use std::io::{Read, Seek, SeekFrom};
+        f.seek(SeekFrom::Start(0)).unwrap();
+        let mut s = String::new();
+        f.read_to_string(&mut s).map(|_| s)
+    };
+    assert_eq!(read_again(&mut f).unwrap(), "open before the decision");
+    ok(&m, &["key", "disable"], &["alias/default"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let err = loop {
+        match read_again(&mut f) {
+            Err(e) => break e,
+            Ok(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            Ok(s) => panic!("still readable 5 s after the key was disabled: {s}"),
+        }
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+    ok(&m, &["key", "enable"], &["alias/default"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match read_again(&mut f) {
+            Ok(s) => {
+                assert_eq!(s, "open before the decision");
+                break;
+            }
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            Err(e) => panic!("not readable 5 s after the key was enabled: {e}"),
+        }
+    }
+}

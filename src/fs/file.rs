@@ -23,6 +23,20 @@ pub struct Handle {
     pub(crate) open: Arc<OpenFile>,
     /// Inode number.
     pub(crate) ino: u64,
+    /// Who opened it: every later key decision for this handle is taken for them.
+    pub(crate) opener: Caller,
+    /// The key decision this handle's reads and writes stand on, and the key-service
+    /// generation it was taken at ([`EncFs::check_handle`]). Guards only itself.
+    pub(crate) decided: std::sync::Mutex<Decided>,
+}
+
+/// A handle's last key decision.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Decided {
+    /// [`crate::keys::KeyService::generation`] when it was taken.
+    generation: u64,
+    /// Whether the key service allowed the opener.
+    allowed: bool,
 }
 
 /// Backing open flags for a kernel open: writers get O_RDWR; flags the format must handle
@@ -69,22 +83,112 @@ impl EncFs {
         file: &File,
         caller: &Caller,
     ) -> FsResult<Arc<OpenFile>> {
+        Ok(self.open_state_loaded(ino, file, caller)?.0)
+    }
+
+    /// [`Self::open_state`], and whether this call loaded the state (and so took `caller`'s
+    /// key decision) rather than joining a state another open already loaded.
+    fn open_state_loaded(
+        &self,
+        ino: u64,
+        file: &File,
+        caller: &Caller,
+    ) -> FsResult<(Arc<OpenFile>, bool)> {
         let mut map = self.open_files.lock().expect("open files poisoned");
         if let Some(of) = map.get(&ino) {
             let of = of.clone();
             drop(map);
             of.wait_for_fill();
-            return Ok(of);
+            return Ok((of, false));
         }
         let state = self.load_state(file, caller)?;
         let of = Arc::new(OpenFile::new(state));
         map.insert(ino, of.clone());
-        Ok(of)
+        Ok((of, true))
+    }
+
+    /// The key decision for `caller` on the file whose state is `open`: its header must
+    /// unlock for them (nothing to decide for an empty file without a header). Taken when a
+    /// handle joins a state someone else loaded, and again when the key service's generation
+    /// moves.
+    fn decide(&self, open: &OpenFile, file: &File, caller: &Caller) -> FsResult<()> {
+        if open
+            .state
+            .read()
+            .expect("file state poisoned")
+            .header
+            .is_none()
+        {
+            return Ok(());
+        }
+        let region = crate::store::file_header::read_region(file)?;
+        crate::store::file_header::unlock(
+            self.keys.as_ref(),
+            &self.volume_id,
+            self.block_size,
+            &region,
+            caller,
+        )?;
+        Ok(())
+    }
+
+    /// Every read and write through a handle stands on a key decision for its opener: when a
+    /// key's state, policy or grants may have changed since it was taken (the key service's
+    /// generation moved), it is taken again, so disabling a key or revoking a grant reaches
+    /// files that are already open. A refusal is remembered until the next change.
+    pub(crate) fn check_handle(&self, h: &Handle) -> FsResult<()> {
+        let now = self.keys.generation();
+        let mut d = h.decided.lock().expect("handle decision poisoned");
+        if d.generation == now {
+            return if d.allowed {
+                Ok(())
+            } else {
+                Err(errno(libc::EACCES))
+            };
+        }
+        match self.decide(&h.open, &h.file, &h.opener) {
+            Ok(()) => {
+                *d = Decided {
+                    generation: now,
+                    allowed: true,
+                };
+                Ok(())
+            }
+            Err(e) => {
+                if e.errno() == libc::EACCES {
+                    log::warn!(
+                        "inode {}: the key service no longer allows uid {} ({e}); its open handle is cut off",
+                        h.ino,
+                        h.opener.uid
+                    );
+                    *d = Decided {
+                        generation: now,
+                        allowed: false,
+                    };
+                }
+                Err(e)
+            }
+        }
     }
 
     fn register(&self, ino: u64, file: File, caller: &Caller, flags: i32) -> FsResult<u64> {
-        let open = self.open_state(ino, &file, caller)?;
-        let handle = Arc::new(Handle { file, open, ino });
+        // Read before the decision, so a change during it makes the first read decide again.
+        let generation = self.keys.generation();
+        let (open, loaded) = self.open_state_loaded(ino, &file, caller)?;
+        if !loaded && let Err(e) = self.decide(&open, &file, caller) {
+            self.drop_state_if_unused(ino, &open);
+            return Err(e);
+        }
+        let handle = Arc::new(Handle {
+            file,
+            open,
+            ino,
+            opener: *caller,
+            decided: std::sync::Mutex::new(Decided {
+                generation,
+                allowed: true,
+            }),
+        });
         if flags & libc::O_TRUNC != 0 && flags & libc::O_ACCMODE != libc::O_RDONLY {
             let mut st = handle.open.state.write().expect("file state poisoned");
             self.truncate_content(&mut st, &handle.file, 0, caller)?;
@@ -222,6 +326,7 @@ impl EncFs {
     /// read.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let h = self.handle(fh)?;
+        self.check_handle(&h)?;
         let st = h.open.state.read().expect("file state poisoned");
         self.read_content(&st, &h.file, offset, size)
     }
@@ -229,6 +334,7 @@ impl EncFs {
     /// write: returns the bytes written (all of them, or an error).
     pub fn write(&self, fh: u64, offset: u64, data: &[u8], caller: &Caller) -> FsResult<u32> {
         let h = self.handle(fh)?;
+        self.check_handle(&h)?;
         let mut st = h.open.state.write().expect("file state poisoned");
         self.write_content(&mut st, &h.file, offset, data, caller)?;
         Ok(data.len() as u32)
@@ -249,6 +355,7 @@ impl EncFs {
         };
         let (file, open) = match handle {
             Some(h) if h.file.metadata().is_ok() && can_write(&h.file) => {
+                self.check_handle(&h)?;
                 (h.file.try_clone()?, h.open.clone())
             }
             _ => {
@@ -262,7 +369,12 @@ impl EncFs {
                 }
                 // Internal reads (header, last block) must not update atime.
                 let file = self.open_backing(ino, libc::O_RDWR | libc::O_NOATIME)?;
-                let open = self.open_state(ino, &file, caller)?;
+                let (open, loaded) = self.open_state_loaded(ino, &file, caller)?;
+                // Joining a state someone else opened: this caller's own key decision.
+                if !loaded && let Err(e) = self.decide(&open, &file, caller) {
+                    self.drop_state_if_unused(ino, &open);
+                    return Err(e);
+                }
                 (file, open)
             }
         };
@@ -286,6 +398,7 @@ impl EncFs {
         caller: &Caller,
     ) -> FsResult<()> {
         let h = self.handle(fh)?;
+        self.check_handle(&h)?;
         let end = offset
             .checked_add(length)
             .ok_or(FsError::Invalid("fallocate range overflows"))?;
@@ -340,6 +453,21 @@ impl EncFs {
         if map.get(&ino).is_some_and(|of| Arc::ptr_eq(of, open)) && Arc::strong_count(open) <= 2 {
             map.remove(&ino);
         }
+    }
+
+    /// The key service's generation ([`crate::keys::KeyService::generation`]).
+    pub fn key_generation(&self) -> u64 {
+        self.keys.generation()
+    }
+
+    /// The inodes that have open handles.
+    pub fn open_inodes(&self) -> Vec<u64> {
+        self.open_files
+            .lock()
+            .expect("open files poisoned")
+            .keys()
+            .copied()
+            .collect()
     }
 
     /// Number of open file handles (for tests and leak checks).
@@ -438,5 +566,43 @@ mod tests {
         });
         assert_eq!(&fs.read(r, 0, 100).unwrap()[..], b"new contents");
         fs.release(r).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod revocation_tests {
+    use crate::fs::testing;
+    use crate::keys::Caller;
+
+    fn errno<T: std::fmt::Debug>(r: crate::fs::FsResult<T>) -> Result<T, i32> {
+        r.map_err(|e| e.errno())
+    }
+
+    /// Disabling the key reaches handles opened before it: reads and writes fail with EACCES
+    /// until the key is enabled again, and a second open of a file someone already has open
+    /// takes its own decision instead of joining the first one's.
+    #[test]
+    fn a_key_decision_reaches_open_handles_and_joining_opens() {
+        let (fs, _tmp, caller, kms) = testing::fresh_with_kms();
+        let (a, fh) = fs
+            .create(1, std::ffi::OsStr::new("f"), 0o644, libc::O_RDWR, &caller)
+            .unwrap();
+        fs.write(fh, 0, b"before", &caller).unwrap();
+        assert_eq!(errno(fs.read(fh, 0, 100)), Ok(b"before".to_vec()));
+        kms.disable_key("alias/default", &Caller::current())
+            .unwrap();
+        assert_eq!(errno(fs.read(fh, 0, 100)), Err(libc::EACCES));
+        assert_eq!(errno(fs.write(fh, 0, b"x", &caller)), Err(libc::EACCES));
+        assert_eq!(
+            errno(fs.open(a.ino, libc::O_RDONLY, &caller)),
+            Err(libc::EACCES),
+            "joining the open state still asks the key service"
+        );
+        kms.enable_key("alias/default", &Caller::current()).unwrap();
+        assert_eq!(errno(fs.read(fh, 0, 100)), Ok(b"before".to_vec()));
+        let fh2 = fs.open(a.ino, libc::O_RDONLY, &caller).unwrap();
+        assert_eq!(errno(fs.read(fh2, 0, 100)), Ok(b"before".to_vec()));
+        fs.release(fh2).unwrap();
+        fs.release(fh).unwrap();
     }
 }

@@ -70,6 +70,10 @@ pub struct LocalKms {
     admin_uid: u32,
     /// The audit trail (`<keystore>.audit/`), when there is one; it has its own lock.
     pub(super) audit: Option<AuditLog>,
+    /// Bumped after every change of the keystore, ours or re-read ([`KeyService::generation`]).
+    generation: std::sync::atomic::AtomicU64,
+    /// When [`KeyService::generation`] last looked at the keystore file (ms since the epoch).
+    generation_checked_ms: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for LocalKms {
@@ -144,6 +148,8 @@ impl LocalKms {
             store: RwLock::new(keystore),
             admin_uid,
             audit: None,
+            generation: std::sync::atomic::AtomicU64::new(1),
+            generation_checked_ms: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -174,6 +180,7 @@ impl LocalKms {
         }
         let changed = self.write().reload_if_changed()?;
         if changed {
+            self.bump_generation();
             self.purge_expired_quietly(keystore::now_secs());
         }
         Ok(changed)
@@ -261,6 +268,42 @@ impl LocalKms {
     /// Runs `f` on the keystore under the write lock and saves (all or nothing). If another
     /// process changed the file meanwhile (`Conflict`), re-reads it and runs `f` once more.
     pub(super) fn mutate_store<T>(
+        &self,
+        f: impl Fn(&mut Keystore) -> Result<T, KeyError>,
+    ) -> Result<T, KeyError> {
+        let result = self.mutate_store_once(f);
+        if result.is_ok() {
+            self.bump_generation();
+        }
+        result
+    }
+
+    /// Marks every key decision taken so far as possibly stale.
+    fn bump_generation(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// The current generation, looking at the keystore file first when the last look is
+    /// older than [`super::GENERATION_CHECK_MS`].
+    pub(super) fn current_generation(&self) -> u64 {
+        use std::sync::atomic::Ordering;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let last = self.generation_checked_ms.load(Ordering::Acquire);
+        if now.saturating_sub(last) >= super::GENERATION_CHECK_MS
+            && self
+                .generation_checked_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.refresh_quietly();
+        }
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn mutate_store_once<T>(
         &self,
         f: impl Fn(&mut Keystore) -> Result<T, KeyError>,
     ) -> Result<T, KeyError> {
@@ -517,6 +560,10 @@ impl KeyService for LocalKms {
 
     fn describe_key(&self, key: &str) -> Result<KeyMetadata, KeyError> {
         self.describe(key, &Caller::current())
+    }
+
+    fn generation(&self) -> u64 {
+        self.current_generation()
     }
 }
 

@@ -191,4 +191,17 @@ pub trait KeyService: Send + Sync {
 
     /// Describes one CMK.
     fn describe_key(&self, key: &str) -> Result<KeyMetadata, KeyError>;
+
+    /// A number that changes whenever a key decision may have changed (a key's state, policy
+    /// or grants; another process's write included): holders of data keys compare it to decide
+    /// again. Cheap enough to call on every read (the embedded service looks at the keystore
+    /// file at most every [`GENERATION_CHECK_MS`] ms). A service whose decisions never change
+    /// returns 0.
+    fn generation(&self) -> u64 {
+        0
+    }
 }
+
+/// How often [`KeyService::generation`] of the embedded service looks for another process's
+/// change to the keystore, in milliseconds: the longest a revocation takes to reach open files.
+pub const GENERATION_CHECK_MS: u64 = 200;
