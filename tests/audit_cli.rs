@@ -130,3 +130,77 @@ fn printing_into_a_closed_pipe_ends_quietly_by_sigpipe() {
     );
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }
+
+/// Keeps the first `n` lines of `path`.
+fn keep_lines(path: &Path, n: usize) {
+    let text = fs::read_to_string(path).unwrap();
+    assert!(text.lines().count() > n, "fewer than {n} lines in {text}");
+    let kept: String = text.split_inclusive('\n').take(n).collect();
+    fs::write(path, kept).unwrap();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// Issue 11 item 5: a clean trail verifies; a cut tail, a deleted directory and a trail
+/// rolled back to an older copy do not.
+#[test]
+fn verify_detects_a_cut_tail_a_deleted_trail_and_a_rollback() {
+    let v = Vol::new();
+    v.ok(&["key", "rotate"], &["alias/default"]);
+    for _ in 0..3 {
+        v.ok(&["key", "list"], &[]);
+    }
+    let (ok, out) = v.verify();
+    assert!(ok, "a clean trail verifies: {out}");
+    assert!(out.contains("checkpoints: the trail holds"), "{out}");
+
+    // Cut the last two records.
+    let backup = v.backing.parent().unwrap().join("audit-backup");
+    copy_dir(&v.audit_dir(), &backup);
+    let n = fs::read_to_string(v.trail()).unwrap().lines().count();
+    keep_lines(&v.trail(), n - 2);
+    let (ok, out) = v.verify();
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "trail truncated: the checkpoint says seq {n}, the trail ends at seq {}",
+            n - 2
+        )),
+        "{out}"
+    );
+
+    // The whole directory.
+    fs::remove_dir_all(v.audit_dir()).unwrap();
+    let (ok, out) = v.verify();
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("the audit directory is missing, but the keystore says the trail existed"),
+        "{out}"
+    );
+
+    // Back as it was: verifies again.
+    copy_dir(&backup, &v.audit_dir());
+    let (ok, out) = v.verify();
+    assert!(ok, "{out}");
+
+    // Rolled back to that copy after a key change recorded a later head in the keystore.
+    v.ok(&["key", "list"], &[]);
+    v.ok(&["key", "rotate"], &["alias/default"]);
+    fs::remove_dir_all(v.audit_dir()).unwrap();
+    copy_dir(&backup, &v.audit_dir());
+    let (ok, out) = v.verify();
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "trail truncated: the keystore's checkpoint says seq {}, the trail ends at seq {n}",
+            n + 1
+        )),
+        "{out}"
+    );
+}

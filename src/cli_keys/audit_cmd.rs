@@ -115,13 +115,17 @@ pub(super) fn run(args: AuditArgs) -> Result<(), CliError> {
         } => {
             let (ks_path, dir) = paths(&backing)?;
             let unlock = read_unlock(&secret, false)?;
-            let key = Keystore::open(&ks_path, &unlock)?.audit_key();
-            match audit::verify(&dir, &key) {
+            let ks = Keystore::open(&ks_path, &unlock)?;
+            let key = zeroize::Zeroizing::new(ks.audit_key());
+            let recorded = ks.audit_checkpoint();
+            drop(ks);
+            match audit::verify_with_keystore(&dir, &key, recorded.as_ref()) {
                 Ok(r) => {
                     if json {
                         let v = serde_json::json!({"ok": true, "records": r.records, "files": r.files,
                             "first_seq": r.first_seq, "last_seq": r.last_seq, "last_hash": r.last_hash,
-                            "incomplete_tail": r.incomplete_tail});
+                            "incomplete_tail": r.incomplete_tail, "checkpoint_seq": r.checkpoint_seq,
+                            "keystore_checkpoint_seq": r.keystore_checkpoint_seq});
                         println!(
                             "{}",
                             serde_json::to_string_pretty(&v).expect("serializable")
@@ -131,6 +135,20 @@ pub(super) fn run(args: AuditArgs) -> Result<(), CliError> {
                             "OK: {} records in {} files (seq {}..{}) verify",
                             r.records, r.files, r.first_seq, r.last_seq
                         );
+                        match (r.checkpoint_seq, r.keystore_checkpoint_seq) {
+                            (Some(c), Some(k)) => println!(
+                                "checkpoints: the trail holds the sealed head at seq {c} and the \
+                                 keystore's at seq {k}"
+                            ),
+                            (Some(c), None) => println!(
+                                "checkpoints: the trail holds the sealed head at seq {c}; the \
+                                 keystore records none yet (it will at its next change)"
+                            ),
+                            _ => println!(
+                                "warning: no checkpoint: records cut off the end of the trail \
+                                 would go unnoticed"
+                            ),
+                        }
                         if r.incomplete_tail {
                             println!(
                                 "note: the newest file ends in an incomplete record (a write in progress?)"

@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use crate::format::context::EncryptionContext;
-use crate::keys::audit::AuditEvent;
+use crate::keys::audit::{self, AuditEvent};
+use crate::keys::keystore::Keystore;
 use crate::keys::local::LocalKms;
 use crate::keys::{Caller, KeyError};
 
@@ -193,6 +194,67 @@ impl LocalKms {
     }
 }
 
+impl LocalKms {
+    /// Records the audit trail's checkpoint in the keystore body about to be saved (every
+    /// keystore write goes through `mutate_store`, which calls this): the head of the chain,
+    /// fsynced, as the trail's checkpoint file now says. The recorded head only moves forward
+    /// along the same chain: if the trail no longer holds it (its tail was cut, or it was
+    /// replaced), it stays, so `audit verify` keeps failing, and the trail takes no more
+    /// checkpoints. Problems are logged; the keystore write goes on.
+    pub(super) fn stamp_audit_checkpoint(&self, ks: &mut Keystore) {
+        let Some(log) = &self.audit else { return };
+        let head = match log.checkpoint() {
+            Ok(Some(head)) => head,
+            Ok(None) => return,
+            Err(e) => {
+                log::warn!(
+                    "cannot take an audit checkpoint in {}: {e}; the keystore keeps the last one",
+                    log.dir().display()
+                );
+                return;
+            }
+        };
+        let held = match ks.audit_checkpoint() {
+            None => true,
+            Some(old) if old == head => return,
+            Some(old) if old.seq > head.seq => false,
+            Some(old) => audit::holds(log.dir(), &old).unwrap_or_else(|e| {
+                log::warn!("cannot read the audit trail {}: {e}", log.dir().display());
+                false
+            }),
+        };
+        if held {
+            ks.set_audit_checkpoint(&head);
+        } else {
+            log.mark_diverged(format!(
+                "audit trail {}: it does not hold the head the keystore recorded (seq {}): \
+                 records were deleted or the trail replaced; run `envelopefs audit verify`",
+                log.dir().display(),
+                ks.audit_checkpoint().map_or(0, |c| c.seq)
+            ));
+        }
+    }
+
+    /// After the trail is opened: a keystore checkpoint beyond the trail's end means records
+    /// were deleted (or the directory); say so now and take no checkpoints that would hide it.
+    pub(super) fn check_audit_against_keystore(&self) {
+        let Some(log) = &self.audit else { return };
+        let Some(cp) = self.read().audit_checkpoint() else {
+            return;
+        };
+        let last = log.next_seq() - 1;
+        if cp.seq > last {
+            log.mark_diverged(format!(
+                "audit trail {}: the keystore's checkpoint says seq {} but the trail ends at \
+                 seq {last}: records were deleted or the trail replaced; run `envelopefs audit \
+                 verify`",
+                log.dir().display(),
+                cp.seq
+            ));
+        }
+    }
+}
+
 /// The audit trail directory of a keystore: `<keystore path>.audit/`.
 pub fn audit_dir(keystore: &Path) -> std::path::PathBuf {
     let mut name = keystore.file_name().unwrap_or_default().to_owned();
@@ -288,6 +350,51 @@ mod tests {
             .unwrap()
             .audit_key();
         assert_eq!(audit::verify(&dir, &key).unwrap().records, 6);
+    }
+
+    /// Issue 11 item 5: the keystore body vouches for the trail's head, so cutting its tail or
+    /// deleting it is noticed, and a service that finds the trail behind it does not move it.
+    #[test]
+    fn the_keystore_records_the_trail_head_and_keeps_it_when_the_trail_is_deleted() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("keystore.json");
+        let unlock = Unlock::random_keyfile();
+        let kms = LocalKms::create(&p, &unlock).unwrap();
+        let recorded = || Keystore::open(&p, &keyfile_copy(&unlock)).unwrap();
+        assert_eq!(recorded().audit_checkpoint().map(|c| c.seq), Some(0));
+        let me = Caller::current();
+        for _ in 0..3 {
+            kms.generate_data_key("alias/default", &ctx(), &me).unwrap();
+        }
+        kms.rotate("alias/default", &me).unwrap();
+        kms.sync_audit().unwrap();
+        drop(kms);
+        let ks = recorded();
+        let cp = ks.audit_checkpoint().unwrap();
+        assert_eq!(cp.seq, 3, "the head before the rotation's own record");
+        let key = ks.audit_key();
+        let r = audit::verify_with_keystore(&audit_dir(&p), &key, Some(&cp)).unwrap();
+        assert_eq!((r.last_seq, r.keystore_checkpoint_seq), (4, Some(3)));
+
+        std::fs::remove_dir_all(audit_dir(&p)).unwrap();
+        let kms = LocalKms::open(&p, &keyfile_copy(&unlock)).unwrap();
+        for _ in 0..5 {
+            kms.generate_data_key("alias/default", &ctx(), &me).unwrap();
+        }
+        kms.rotate("alias/default", &me).unwrap();
+        kms.sync_audit().unwrap();
+        assert_eq!(
+            recorded().audit_checkpoint(),
+            Some(cp.clone()),
+            "a new trail does not replace the keystore's checkpoint"
+        );
+        let e = audit::verify_with_keystore(&audit_dir(&p), &key, Some(&cp)).unwrap_err();
+        // The new trail has no checkpoint file: its service took none over the deleted one.
+        assert!(
+            e.reason
+                .contains("missing, but the keystore says the trail reached seq 3"),
+            "{e}"
+        );
     }
 
     /// A mount daemon and the CLI write the same trail from two processes. This needs the
