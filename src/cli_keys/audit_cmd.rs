@@ -115,7 +115,8 @@ pub(super) fn run(args: AuditArgs) -> Result<(), CliError> {
         } => {
             let (ks_path, dir) = paths(&backing)?;
             let unlock = read_unlock(&secret, false)?;
-            let ks = Keystore::open(&ks_path, &unlock)?;
+            let ks = Keystore::open(&ks_path, &unlock)
+                .inspect_err(|e| crate::keys::events::note_failed_unlock(&ks_path, e))?;
             let key = zeroize::Zeroizing::new(ks.audit_key());
             let recorded = ks.audit_checkpoint();
             drop(ks);

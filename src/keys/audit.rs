@@ -566,6 +566,17 @@ impl AuditLog {
                 diverged,
             }),
         };
+        {
+            let mut w = trail.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            let _flock = FileLock::exclusive(&trail.lock_file)?;
+            trail.catch_up(&mut w)?;
+            if let Err(e) = trail.import_failed_unlocks(&mut w) {
+                log::error!(
+                    "cannot move the failed-unlock notes of {} into the trail: {e}",
+                    dir.display()
+                );
+            }
+        }
         Ok(AuditLog {
             trail: Arc::new(trail),
             background: Mutex::new(None),
@@ -743,11 +754,23 @@ impl Trail {
         let mut guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let w = &mut *guard;
         let _flock = FileLock::exclusive(&self.lock_file)?;
+        self.catch_up(w)?;
+        self.write_held(w, recs)
+    }
+
+    /// Before writing under the flock: cuts off what a failed write left, and continues after
+    /// records other processes wrote.
+    fn catch_up(&self, w: &mut Chain) -> io::Result<()> {
         if w.needs_repair {
             w.file.set_len(w.len)?;
             w.needs_repair = false;
         }
-        self.follow_other_writers(w)?;
+        self.follow_other_writers(w)
+    }
+
+    /// [`Trail::write`] for a caller that holds the writer mutex and the flock and has caught
+    /// up.
+    fn write_held(&self, w: &mut Chain, recs: &mut [AuditRecord]) -> io::Result<()> {
         let mut i = 0;
         while i < recs.len() {
             w.buf.clear();
@@ -900,11 +923,13 @@ impl Trail {
         let mut guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let w = &mut *guard;
         let _flock = FileLock::exclusive(&self.lock_file)?;
-        if w.needs_repair {
-            w.file.set_len(w.len)?;
-            w.needs_repair = false;
+        self.catch_up(w)?;
+        if let Err(e) = self.import_failed_unlocks(w) {
+            log::error!(
+                "cannot move the failed-unlock notes of {} into the trail: {e}",
+                self.dir.display()
+            );
         }
-        self.follow_other_writers(w)?;
         w.file.sync_data()?;
         if w.dir_dirty {
             crate::atomic::sync_dir(&self.dir)?;
@@ -985,6 +1010,7 @@ pub mod background;
 mod checkpoint;
 mod read;
 mod record;
+mod unlocks;
 pub use checkpoint::{CHECKPOINT_FILE, Checkpoint, holds, read_checkpoint};
 pub use read::{
     VerifyError, VerifyReport, for_each_record, read_all, verify, verify_with_keystore,
@@ -993,6 +1019,7 @@ pub use record::{
     AdditionalEventData, AuditEvent, AuditRecord, RequestParameters, UserIdentity,
     format_event_time, is_read_only_event, parse_event_time,
 };
+pub use unlocks::{FAILED_UNLOCK_EVENT, FAILED_UNLOCKS_FILE, note_failed_unlock};
 
 #[cfg(test)]
 #[path = "audit_tests.rs"]

@@ -255,6 +255,23 @@ impl LocalKms {
     }
 }
 
+/// After a failed unlock of the keystore at `keystore` (a wrong passphrase or key file, which
+/// cannot compute the audit key): leaves a note in its audit directory for the next
+/// successful unlock to move into the trail (`crate::keys::audit::unlocks`). Other errors are
+/// not unlock attempts and leave none. Never fails: a note that cannot be written is logged.
+pub fn note_failed_unlock(keystore: &Path, e: &KeyError) {
+    if !matches!(e, KeyError::WrongPassphrase { .. }) {
+        return;
+    }
+    let dir = audit_dir(keystore);
+    if let Err(err) = audit::note_failed_unlock(&dir, &Caller::current(), e) {
+        log::warn!(
+            "cannot note this failed unlock in {}: {err}; it is not recorded",
+            dir.display()
+        );
+    }
+}
+
 /// The audit trail directory of a keystore: `<keystore path>.audit/`.
 pub fn audit_dir(keystore: &Path) -> std::path::PathBuf {
     let mut name = keystore.file_name().unwrap_or_default().to_owned();
@@ -395,6 +412,102 @@ mod tests {
                 .contains("missing, but the keystore says the trail reached seq 3"),
             "{e}"
         );
+    }
+
+    /// Issue 11 item 5: a wrong passphrase or key file cannot extend the chain, but the next
+    /// successful unlock records it.
+    #[test]
+    fn failed_unlocks_are_recorded_by_the_next_unlock() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("keystore.json");
+        let unlock = Unlock::random_keyfile();
+        drop(LocalKms::create(&p, &unlock).unwrap());
+        for _ in 0..2 {
+            let e = LocalKms::open(&p, &Unlock::random_keyfile()).unwrap_err();
+            assert!(matches!(e, KeyError::WrongPassphrase { .. }), "{e}");
+        }
+        let kms = LocalKms::open(&p, &keyfile_copy(&unlock)).unwrap();
+        kms.sync_audit().unwrap();
+        let recs = audit::read_all(&audit_dir(&p)).unwrap();
+        let failed: Vec<_> = recs
+            .iter()
+            .filter(|r| r.event_name == audit::FAILED_UNLOCK_EVENT)
+            .collect();
+        assert_eq!(failed.len(), 2, "{recs:?}");
+        assert_eq!(failed[0].user_identity.uid, Caller::current().uid);
+        assert_eq!(
+            failed[0].error_code.as_deref(),
+            Some("AccessDeniedException")
+        );
+        let ks = Keystore::open(&p, &keyfile_copy(&unlock)).unwrap();
+        let r = audit::verify_with_keystore(
+            &audit_dir(&p),
+            &ks.audit_key(),
+            ks.audit_checkpoint().as_ref(),
+        );
+        assert!(r.is_ok(), "{}", r.unwrap_err());
+    }
+
+    /// Issue 11 item 5: every administrative command a non-administrator tries is refused and
+    /// recorded as AccessDeniedException.
+    #[test]
+    fn denied_admin_commands_are_recorded() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("keystore.json");
+        let kms = LocalKms::create(&p, &Unlock::random_keyfile()).unwrap();
+        let me = Caller::current();
+        assert_ne!(me.uid, ALICE.uid, "this test needs to run as another uid");
+        let grant = kms
+            .create_grant(
+                "alias/default",
+                crate::keys::policy::Grant::new(
+                    crate::keys::policy::PrincipalSpec::user("4343"),
+                    &["Decrypt"],
+                    None,
+                    None,
+                    None,
+                )
+                .unwrap(),
+                &me,
+            )
+            .unwrap();
+        let k = "alias/default";
+        const ADMIN_ONLY: &str = r#"{"Statement": [{"Effect": "Allow", "Principal": {"Admin": true}, "Action": "kms:*"}]}"#;
+        let tries: Vec<(&str, Result<(), KeyError>)> = vec![
+            ("CreateKey", kms.create_key("x", &ALICE).map(drop)),
+            ("DisableKey", kms.disable_key(k, &ALICE).map(drop)),
+            ("EnableKey", kms.enable_key(k, &ALICE).map(drop)),
+            (
+                "ScheduleKeyDeletion",
+                kms.schedule_key_deletion(k, Some(7), &ALICE).map(drop),
+            ),
+            (
+                "CancelKeyDeletion",
+                kms.cancel_key_deletion(k, &ALICE).map(drop),
+            ),
+            ("CreateAlias", kms.create_alias("alias/x", k, &ALICE)),
+            ("DeleteAlias", kms.delete_alias(k, &ALICE)),
+            ("RotateKeyOnDemand", kms.rotate(k, &ALICE).map(drop)),
+            ("PutKeyPolicy", kms.put_key_policy(k, ADMIN_ONLY, &ALICE)),
+            ("RevokeGrant", kms.revoke_grant(k, &grant, &ALICE)),
+            ("RetireGrant", kms.retire_grant(&grant, &ALICE).map(drop)),
+        ];
+        kms.sync_audit().unwrap();
+        let recs = audit::read_all(&audit_dir(&p)).unwrap();
+        for (name, result) in tries {
+            let e = result.expect_err(name);
+            assert_eq!(e.code(), "AccessDeniedException", "{name}: {e}");
+            let found = recs.iter().any(|r| {
+                r.event_name == name
+                    && r.user_identity.uid == ALICE.uid
+                    && r.error_code.as_deref() == Some("AccessDeniedException")
+            });
+            assert!(
+                found,
+                "no denied {name} record by uid {}: {recs:?}",
+                ALICE.uid
+            );
+        }
     }
 
     /// A mount daemon and the CLI write the same trail from two processes. This needs the

@@ -85,7 +85,9 @@ impl LocalKms {
     /// has made due: ended deletion windows, expired imported material.
     /// Records go to the audit trail beside the keystore ([`audit_dir`]).
     pub fn open(path: &Path, unlock: &Unlock) -> Result<Self, KeyError> {
-        let kms = Self::from_keystore(Keystore::open(path, unlock)?).with_default_audit_log();
+        let ks = Keystore::open(path, unlock)
+            .inspect_err(|e| crate::keys::events::note_failed_unlock(path, e))?;
+        let kms = Self::from_keystore(ks).with_default_audit_log();
         kms.purge_expired_quietly(keystore::now_secs());
         Ok(kms)
     }
