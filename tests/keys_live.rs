@@ -378,3 +378,36 @@ fn one_denied_open_writes_one_audit_record() {
         "one record for one open refused by a disabled key:\n{shown}"
     );
 }
+
+/// Issue 11 item 5: the daemon's own records (opens and creates) are covered by the
+/// checkpoint it takes at unmount: cutting them off the trail is reported.
+#[test]
+fn cutting_the_daemons_last_records_fails_verify() {
+    let Some(mut m) = Mounted::new() else { return };
+    for i in 0..3 {
+        fs::write(m.path(&format!("f{i}")), b"x").unwrap();
+        fs::read(m.path(&format!("f{i}"))).unwrap();
+    }
+    m.unmount();
+    let text = ok(&m, &["audit", "verify"], &[]);
+    assert!(text.contains("checkpoints: the trail holds"), "{text}");
+    let file = m.backing().join("keystore.json.audit/audit-000001.jsonl");
+    let content = fs::read_to_string(&file).unwrap();
+    let n = content.lines().count();
+    let last = content.lines().last().unwrap();
+    assert!(
+        last.contains("\"eventName\":\"Decrypt\"") || last.contains("GenerateDataKey"),
+        "the daemon wrote the last record: {last}"
+    );
+    let kept: String = content.split_inclusive('\n').take(n - 1).collect();
+    fs::write(&file, kept).unwrap();
+    let (success, text) = m.cli(&["audit", "verify"], &[]);
+    assert!(!success, "{text}");
+    assert!(
+        text.contains(&format!(
+            "trail truncated: the checkpoint says seq {n}, the trail ends at seq {}",
+            n - 1
+        )),
+        "{text}"
+    );
+}
