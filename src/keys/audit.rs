@@ -7,7 +7,9 @@
 //! 0600), one record per line, each line ending in `\n`. A new file is started when the next
 //! record would take the current one past `max_bytes` (default 16 MiB); the chain continues
 //! across files. When at most N files are kept, the oldest are deleted after
-//! `audit-anchor.json` has been written (see *Anchor*). Only the newest file is ever written;
+//! `audit-anchor.json` has been written (see *Anchor*). `audit-checkpoint.json` seals the
+//! head of the chain and `failed-unlocks.jsonl` holds notes of failed unlocks (docs/FORMAT.md
+//! §9 lists every file). Only the newest file is ever written;
 //! a torn last line (a crash during a write) is cut off when the log is next opened.
 //!
 //! # Record
@@ -71,10 +73,15 @@
 //! Detected, naming the file, line and seq of the first bad record: an edited field or byte
 //! (hash), a deleted, inserted, duplicated or reordered record (prev or seq), a deleted file
 //! in the middle or at the start (numbering gap, anchor), a forged or replaced anchor (mac,
-//! or a file it needs is gone), a wrong audit key (the first record fails). Not detectable
-//! from the log alone: records cut off at the end (the newest records, or newest files,
-//! deleted), or the whole directory deleted. The key service can close that gap by keeping
-//! the latest (seq, hash) somewhere the attacker cannot rewrite.
+//! or a file it needs is gone), a wrong audit key (the first record fails). With the
+//! checkpoints ([`checkpoint`]: `audit-checkpoint.json`, and the keystore body's copy that
+//! [`verify_with_keystore`] is given): records cut off at the end, back to the last
+//! checkpoint; the directory or the checkpoint file deleted; a trail replaced or rolled back
+//! behind either checkpoint. Not detectable: records written since the last checkpoint, and
+//! a rollback of both the trail and the keystore to older copies.
+//!
+//! Failed unlocks, which cannot compute the audit key, leave notes that the next unlock moves
+//! into the chain ([`unlocks`]).
 //!
 //! # Cost
 //!
@@ -1007,10 +1014,10 @@ fn open_for_append(path: &Path) -> io::Result<File> {
 }
 
 pub mod background;
-mod checkpoint;
+pub mod checkpoint;
 mod read;
 mod record;
-mod unlocks;
+pub mod unlocks;
 pub use checkpoint::{CHECKPOINT_FILE, Checkpoint, holds, read_checkpoint};
 pub use read::{
     VerifyError, VerifyReport, for_each_record, read_all, verify, verify_with_keystore,

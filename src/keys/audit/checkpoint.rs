@@ -105,7 +105,7 @@ pub(super) fn write_checkpoint(
 }
 
 /// Whether the trail in `dir` holds `cp`: its record `cp.seq` has hash `cp.hash` (read from the
-/// record, not re-checked: [`verify`](super::verify) checks the chain). A checkpoint at seq 0,
+/// record, not re-checked: [`verify`] checks the chain). A checkpoint at seq 0,
 /// or older than the trail's first kept record (older files deleted under an anchor), is held.
 pub fn holds(dir: &Path, cp: &Checkpoint) -> io::Result<bool> {
     if cp.seq == 0 {
