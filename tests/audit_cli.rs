@@ -219,6 +219,16 @@ fn failed_unlocks_reach_the_trail_at_the_next_unlock() {
     }
     let notes = v.audit_dir().join("failed-unlocks.jsonl");
     assert_eq!(fs::read_to_string(&notes).unwrap().lines().count(), 2);
+    let (ok, out) = v.verify();
+    assert!(
+        ok && out.contains("note: 2 failed unlock(s) noted"),
+        "{out}"
+    );
+    assert_eq!(
+        fs::read_to_string(&notes).unwrap().lines().count(),
+        2,
+        "verify only reads"
+    );
     v.ok(&["key", "list"], &[]);
     assert_eq!(
         fs::metadata(&notes).unwrap().len(),

@@ -120,13 +120,17 @@ pub(super) fn run(args: AuditArgs) -> Result<(), CliError> {
             let key = zeroize::Zeroizing::new(ks.audit_key());
             let recorded = ks.audit_checkpoint();
             drop(ks);
+            // Notes of failed unlocks that no unlock has moved into the chain yet.
+            let pending = std::fs::read(dir.join(audit::FAILED_UNLOCKS_FILE))
+                .map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count());
             match audit::verify_with_keystore(&dir, &key, recorded.as_ref()) {
                 Ok(r) => {
                     if json {
                         let v = serde_json::json!({"ok": true, "records": r.records, "files": r.files,
                             "first_seq": r.first_seq, "last_seq": r.last_seq, "last_hash": r.last_hash,
                             "incomplete_tail": r.incomplete_tail, "checkpoint_seq": r.checkpoint_seq,
-                            "keystore_checkpoint_seq": r.keystore_checkpoint_seq});
+                            "keystore_checkpoint_seq": r.keystore_checkpoint_seq,
+                            "pending_failed_unlocks": pending});
                         println!(
                             "{}",
                             serde_json::to_string_pretty(&v).expect("serializable")
@@ -149,6 +153,13 @@ pub(super) fn run(args: AuditArgs) -> Result<(), CliError> {
                                 "warning: no checkpoint: records cut off the end of the trail \
                                  would go unnoticed"
                             ),
+                        }
+                        if pending > 0 {
+                            println!(
+                                "note: {pending} failed unlock(s) noted in {}, not yet in the \
+                                 trail (the next key command or mount records them)",
+                                audit::FAILED_UNLOCKS_FILE
+                            );
                         }
                         if r.incomplete_tail {
                             println!(
