@@ -255,6 +255,21 @@ impl LocalKms {
     }
 }
 
+/// A service that goes away takes a last checkpoint, so every command's records are covered
+/// (rewrap, init and the like included) without each caller remembering to sync.
+impl Drop for LocalKms {
+    fn drop(&mut self) {
+        if let Some(log) = &self.audit
+            && let Err(e) = log.sync()
+        {
+            log::warn!(
+                "cannot flush the audit trail {} or take its checkpoint: {e}",
+                log.dir().display()
+            );
+        }
+    }
+}
+
 /// After a failed unlock of the keystore at `keystore` (a wrong passphrase or key file, which
 /// cannot compute the audit key): leaves a note in its audit directory for the next
 /// successful unlock to move into the trail (`crate::keys::audit::unlocks`). Other errors are
@@ -412,6 +427,26 @@ mod tests {
                 .contains("missing, but the keystore says the trail reached seq 3"),
             "{e}"
         );
+    }
+
+    /// Commands that never call `sync_audit` (rewrap, init) still leave their records under
+    /// a checkpoint: the service takes one when it is dropped.
+    #[test]
+    fn dropping_the_service_takes_a_checkpoint() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("keystore.json");
+        let unlock = Unlock::random_keyfile();
+        let kms = LocalKms::create(&p, &unlock).unwrap();
+        kms.generate_data_key("alias/default", &ctx(), &Caller::current())
+            .unwrap();
+        drop(kms);
+        let key = Keystore::open(&p, &keyfile_copy(&unlock))
+            .unwrap()
+            .audit_key();
+        let cp = audit::read_checkpoint(&audit_dir(&p), &key)
+            .unwrap()
+            .unwrap();
+        assert_eq!(cp.seq, 1);
     }
 
     /// Issue 11 item 5: a wrong passphrase or key file cannot extend the chain, but the next
