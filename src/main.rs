@@ -3,6 +3,14 @@ use envelopefs::cli::{self, Cli, ExitCode};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Rust ignores SIGPIPE, so printing into a closed pipe (`envelopefs audit show | head -1`)
+    // would panic. Every command that prints gets the usual Unix behaviour instead: killed
+    // quietly by SIGPIPE (status 141 in a shell). The mount daemon keeps ignoring it: a log
+    // reader that goes away must not take the filesystem down.
+    if !matches!(cli.command, cli::Command::Mount { .. }) {
+        // SAFETY: restoring a signal's default disposition before any thread is started.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     // fuser warns when the kernel mount is already gone at session end (an unmount from
     // outside, which is the normal way to stop): not worth a warning, so its session module
     // logs errors only unless -vv.

@@ -115,13 +115,22 @@ pub(super) fn run(args: AuditArgs) -> Result<(), CliError> {
         } => {
             let (ks_path, dir) = paths(&backing)?;
             let unlock = read_unlock(&secret, false)?;
-            let key = Keystore::open(&ks_path, &unlock)?.audit_key();
-            match audit::verify(&dir, &key) {
+            let ks = Keystore::open(&ks_path, &unlock)
+                .inspect_err(|e| crate::keys::events::note_failed_unlock(&ks_path, e))?;
+            let key = zeroize::Zeroizing::new(ks.audit_key());
+            let recorded = ks.audit_checkpoint();
+            drop(ks);
+            // Notes of failed unlocks that no unlock has moved into the chain yet.
+            let pending = std::fs::read(dir.join(audit::FAILED_UNLOCKS_FILE))
+                .map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count());
+            match audit::verify_with_keystore(&dir, &key, recorded.as_ref()) {
                 Ok(r) => {
                     if json {
                         let v = serde_json::json!({"ok": true, "records": r.records, "files": r.files,
                             "first_seq": r.first_seq, "last_seq": r.last_seq, "last_hash": r.last_hash,
-                            "incomplete_tail": r.incomplete_tail});
+                            "incomplete_tail": r.incomplete_tail, "checkpoint_seq": r.checkpoint_seq,
+                            "keystore_checkpoint_seq": r.keystore_checkpoint_seq,
+                            "pending_failed_unlocks": pending});
                         println!(
                             "{}",
                             serde_json::to_string_pretty(&v).expect("serializable")
@@ -131,6 +140,27 @@ pub(super) fn run(args: AuditArgs) -> Result<(), CliError> {
                             "OK: {} records in {} files (seq {}..{}) verify",
                             r.records, r.files, r.first_seq, r.last_seq
                         );
+                        match (r.checkpoint_seq, r.keystore_checkpoint_seq) {
+                            (Some(c), Some(k)) => println!(
+                                "checkpoints: the trail holds the sealed head at seq {c} and the \
+                                 keystore's at seq {k}"
+                            ),
+                            (Some(c), None) => println!(
+                                "checkpoints: the trail holds the sealed head at seq {c}; the \
+                                 keystore records none yet (it will at its next change)"
+                            ),
+                            _ => println!(
+                                "warning: no checkpoint: records cut off the end of the trail \
+                                 would go unnoticed"
+                            ),
+                        }
+                        if pending > 0 {
+                            println!(
+                                "note: {pending} failed unlock(s) noted in {}, not yet in the \
+                                 trail (the next key command or mount records them)",
+                                audit::FAILED_UNLOCKS_FILE
+                            );
+                        }
                         if r.incomplete_tail {
                             println!(
                                 "note: the newest file ends in an incomplete record (a write in progress?)"

@@ -7,7 +7,9 @@
 //! 0600), one record per line, each line ending in `\n`. A new file is started when the next
 //! record would take the current one past `max_bytes` (default 16 MiB); the chain continues
 //! across files. When at most N files are kept, the oldest are deleted after
-//! `audit-anchor.json` has been written (see *Anchor*). Only the newest file is ever written;
+//! `audit-anchor.json` has been written (see *Anchor*). `audit-checkpoint.json` seals the
+//! head of the chain and `failed-unlocks.jsonl` holds notes of failed unlocks (docs/FORMAT.md
+//! §9 lists every file). Only the newest file is ever written;
 //! a torn last line (a crash during a write) is cut off when the log is next opened.
 //!
 //! # Record
@@ -71,10 +73,15 @@
 //! Detected, naming the file, line and seq of the first bad record: an edited field or byte
 //! (hash), a deleted, inserted, duplicated or reordered record (prev or seq), a deleted file
 //! in the middle or at the start (numbering gap, anchor), a forged or replaced anchor (mac,
-//! or a file it needs is gone), a wrong audit key (the first record fails). Not detectable
-//! from the log alone: records cut off at the end (the newest records, or newest files,
-//! deleted), or the whole directory deleted. The key service can close that gap by keeping
-//! the latest (seq, hash) somewhere the attacker cannot rewrite.
+//! or a file it needs is gone), a wrong audit key (the first record fails). With the
+//! checkpoints ([`checkpoint`]: `audit-checkpoint.json`, and the keystore body's copy that
+//! [`verify_with_keystore`] is given): records cut off at the end, back to the last
+//! checkpoint; the directory or the checkpoint file deleted; a trail replaced or rolled back
+//! behind either checkpoint. Not detectable: records written since the last checkpoint, and
+//! a rollback of both the trail and the keystore to older copies.
+//!
+//! Failed unlocks, which cannot compute the audit key, leave notes that the next unlock moves
+//! into the chain ([`unlocks`]).
 //!
 //! # Cost
 //!
@@ -367,6 +374,9 @@ struct Chain {
     dir_dirty: bool,
     /// A failed write may have left a partial line past `len` that could not be cut off yet.
     needs_repair: bool,
+    /// Why this process takes no more checkpoints: the trail does not hold the last one (its
+    /// tail was cut, or it was replaced), so a new checkpoint would hide that.
+    diverged: Option<String>,
 }
 
 /// An open audit trail. `Send + Sync`; share it behind an `Arc`.
@@ -519,6 +529,26 @@ impl AuditLog {
             crate::atomic::sync_dir(dir)?;
             dir_dirty = false;
         }
+        let diverged = match checkpoint::read_checkpoint(dir, &key) {
+            Ok(Some(cp))
+                if cp.seq >= next_seq || (cp.seq + 1 == next_seq && cp.hash != hex(&prev)) =>
+            {
+                let why = format!(
+                    "audit trail {}: the checkpoint says seq {} but the trail ends at seq {}: \
+                     records were deleted or the trail replaced; run `envelopefs audit verify`",
+                    dir.display(),
+                    cp.seq,
+                    next_seq - 1
+                );
+                log::error!("{why}");
+                Some(why)
+            }
+            Ok(_) => None,
+            Err(e) => {
+                log::error!("{e}; run `envelopefs audit verify`");
+                Some(e.to_string())
+            }
+        };
         let lock_file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -540,8 +570,20 @@ impl AuditLog {
                 buf: Vec::with_capacity(1024),
                 dir_dirty,
                 needs_repair: false,
+                diverged,
             }),
         };
+        {
+            let mut w = trail.writer.lock().unwrap_or_else(PoisonError::into_inner);
+            let _flock = FileLock::exclusive(&trail.lock_file)?;
+            trail.catch_up(&mut w)?;
+            if let Err(e) = trail.import_failed_unlocks(&mut w) {
+                log::error!(
+                    "cannot move the failed-unlock notes of {} into the trail: {e}",
+                    dir.display()
+                );
+            }
+        }
         Ok(AuditLog {
             trail: Arc::new(trail),
             background: Mutex::new(None),
@@ -646,11 +688,32 @@ impl AuditLog {
         self.trail.write(std::slice::from_mut(&mut rec))
     }
 
-    /// Writes out what is queued, then flushes the current file (and the directory after a
-    /// rotation) to stable storage; call at unmount and after administrative commands.
+    /// Writes out what is queued, flushes the trail to stable storage and takes a checkpoint
+    /// ([`checkpoint`]); call at unmount and after administrative commands.
     pub fn sync(&self) -> io::Result<()> {
+        self.checkpoint().map(|_| ())
+    }
+
+    /// [`AuditLog::sync`], returning the checkpoint now on disk: the head of the chain, all of
+    /// it durable. `None` when this process takes no checkpoints because the trail does not
+    /// hold the last one (see [`AuditLog::mark_diverged`]).
+    pub fn checkpoint(&self) -> io::Result<Option<Checkpoint>> {
         self.flush();
         self.trail.sync()
+    }
+
+    /// Stops taking checkpoints (logging `why`): the trail was found not to hold a checkpoint
+    /// recorded elsewhere (the keystore's), so moving the checkpoint on would hide that.
+    pub fn mark_diverged(&self, why: String) {
+        let mut w = self
+            .trail
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if w.diverged.is_none() {
+            log::error!("{why}");
+            w.diverged = Some(why);
+        }
     }
 
     /// `seq` the next record will get (after those queued are written).
@@ -698,11 +761,23 @@ impl Trail {
         let mut guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let w = &mut *guard;
         let _flock = FileLock::exclusive(&self.lock_file)?;
+        self.catch_up(w)?;
+        self.write_held(w, recs)
+    }
+
+    /// Before writing under the flock: cuts off what a failed write left, and continues after
+    /// records other processes wrote.
+    fn catch_up(&self, w: &mut Chain) -> io::Result<()> {
         if w.needs_repair {
             w.file.set_len(w.len)?;
             w.needs_repair = false;
         }
-        self.follow_other_writers(w)?;
+        self.follow_other_writers(w)
+    }
+
+    /// [`Trail::write`] for a caller that holds the writer mutex and the flock and has caught
+    /// up.
+    fn write_held(&self, w: &mut Chain, recs: &mut [AuditRecord]) -> io::Result<()> {
         let mut i = 0;
         while i < recs.len() {
             w.buf.clear();
@@ -799,6 +874,8 @@ impl Trail {
             .create_new(true)
             .mode(0o600)
             .open(self.dir.join(file_name(next)))?;
+        // A checkpoint in a later file vouches for this one's records: make them durable.
+        w.file.sync_data()?;
         w.file = file;
         w.file_no = next;
         w.len = 0;
@@ -846,15 +923,57 @@ impl Trail {
         crate::atomic::sync_dir(&self.dir)
     }
 
-    /// Flushes the current file (and the directory after a rotation) to stable storage.
-    fn sync(&self) -> io::Result<()> {
-        let mut w = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+    /// Flushes the current file (and the directory after a rotation) to stable storage, then,
+    /// under the flock and after catching up with other writers, writes the checkpoint when the
+    /// head moved. Returns the checkpoint on disk (`None` when this process takes none).
+    fn sync(&self) -> io::Result<Option<Checkpoint>> {
+        let mut guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let w = &mut *guard;
+        let _flock = FileLock::exclusive(&self.lock_file)?;
+        self.catch_up(w)?;
+        if let Err(e) = self.import_failed_unlocks(w) {
+            log::error!(
+                "cannot move the failed-unlock notes of {} into the trail: {e}",
+                self.dir.display()
+            );
+        }
         w.file.sync_data()?;
         if w.dir_dirty {
             crate::atomic::sync_dir(&self.dir)?;
             w.dir_dirty = false;
         }
-        Ok(())
+        if w.diverged.is_some() {
+            return Ok(None);
+        }
+        let head = Checkpoint {
+            file: w.file_no,
+            seq: w.next_seq - 1,
+            hash: hex(&w.prev),
+        };
+        match checkpoint::read_checkpoint(&self.dir, &self.key) {
+            Ok(Some(cp)) if cp == head => return Ok(Some(head)),
+            Ok(Some(cp)) if cp.seq > head.seq || (cp.seq == head.seq && cp.hash != head.hash) => {
+                let why = format!(
+                    "audit trail {}: the checkpoint says seq {} but the trail ends at seq {}: \
+                     records were deleted or the trail replaced; run `envelopefs audit verify`",
+                    self.dir.display(),
+                    cp.seq,
+                    head.seq
+                );
+                log::error!("{why}");
+                w.diverged = Some(why);
+                return Ok(None);
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                log::error!("{e}; not replacing it (run `envelopefs audit verify`)");
+                w.diverged = Some(e.to_string());
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        }
+        checkpoint::write_checkpoint(&self.dir, &self.key, &head)?;
+        Ok(Some(head))
     }
 }
 
@@ -895,13 +1014,19 @@ fn open_for_append(path: &Path) -> io::Result<File> {
 }
 
 pub mod background;
+pub mod checkpoint;
 mod read;
 mod record;
-pub use read::{VerifyError, VerifyReport, for_each_record, read_all, verify};
+pub mod unlocks;
+pub use checkpoint::{CHECKPOINT_FILE, Checkpoint, holds, read_checkpoint};
+pub use read::{
+    VerifyError, VerifyReport, for_each_record, read_all, verify, verify_with_keystore,
+};
 pub use record::{
     AdditionalEventData, AuditEvent, AuditRecord, RequestParameters, UserIdentity,
     format_event_time, is_read_only_event, parse_event_time,
 };
+pub use unlocks::{FAILED_UNLOCK_EVENT, FAILED_UNLOCKS_FILE, note_failed_unlock};
 
 #[cfg(test)]
 #[path = "audit_tests.rs"]

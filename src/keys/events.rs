@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use crate::format::context::EncryptionContext;
-use crate::keys::audit::AuditEvent;
+use crate::keys::audit::{self, AuditEvent};
+use crate::keys::keystore::Keystore;
 use crate::keys::local::LocalKms;
 use crate::keys::{Caller, KeyError};
 
@@ -193,6 +194,99 @@ impl LocalKms {
     }
 }
 
+impl LocalKms {
+    /// Records the audit trail's checkpoint in the keystore body about to be saved (every
+    /// keystore write goes through `mutate_store`, which calls this): the head of the chain,
+    /// fsynced, as the trail's checkpoint file now says. The recorded head only moves forward
+    /// along the same chain: if the trail no longer holds it (its tail was cut, or it was
+    /// replaced), it stays, so `audit verify` keeps failing, and the trail takes no more
+    /// checkpoints. Problems are logged; the keystore write goes on.
+    pub(super) fn stamp_audit_checkpoint(&self, ks: &mut Keystore) {
+        let Some(log) = &self.audit else { return };
+        let head = match log.checkpoint() {
+            Ok(Some(head)) => head,
+            Ok(None) => return,
+            Err(e) => {
+                log::warn!(
+                    "cannot take an audit checkpoint in {}: {e}; the keystore keeps the last one",
+                    log.dir().display()
+                );
+                return;
+            }
+        };
+        let held = match ks.audit_checkpoint() {
+            None => true,
+            Some(old) if old == head => return,
+            Some(old) if old.seq > head.seq => false,
+            Some(old) => audit::holds(log.dir(), &old).unwrap_or_else(|e| {
+                log::warn!("cannot read the audit trail {}: {e}", log.dir().display());
+                false
+            }),
+        };
+        if held {
+            ks.set_audit_checkpoint(&head);
+        } else {
+            log.mark_diverged(format!(
+                "audit trail {}: it does not hold the head the keystore recorded (seq {}): \
+                 records were deleted or the trail replaced; run `envelopefs audit verify`",
+                log.dir().display(),
+                ks.audit_checkpoint().map_or(0, |c| c.seq)
+            ));
+        }
+    }
+
+    /// After the trail is opened: a keystore checkpoint beyond the trail's end means records
+    /// were deleted (or the directory); say so now and take no checkpoints that would hide it.
+    pub(super) fn check_audit_against_keystore(&self) {
+        let Some(log) = &self.audit else { return };
+        let Some(cp) = self.read().audit_checkpoint() else {
+            return;
+        };
+        let last = log.next_seq() - 1;
+        if cp.seq > last {
+            log.mark_diverged(format!(
+                "audit trail {}: the keystore's checkpoint says seq {} but the trail ends at \
+                 seq {last}: records were deleted or the trail replaced; run `envelopefs audit \
+                 verify`",
+                log.dir().display(),
+                cp.seq
+            ));
+        }
+    }
+}
+
+/// A service that goes away takes a last checkpoint, so every command's records are covered
+/// (rewrap, init and the like included) without each caller remembering to sync.
+impl Drop for LocalKms {
+    fn drop(&mut self) {
+        if let Some(log) = &self.audit
+            && let Err(e) = log.sync()
+        {
+            log::warn!(
+                "cannot flush the audit trail {} or take its checkpoint: {e}",
+                log.dir().display()
+            );
+        }
+    }
+}
+
+/// After a failed unlock of the keystore at `keystore` (a wrong passphrase or key file, which
+/// cannot compute the audit key): leaves a note in its audit directory for the next
+/// successful unlock to move into the trail (`crate::keys::audit::unlocks`). Other errors are
+/// not unlock attempts and leave none. Never fails: a note that cannot be written is logged.
+pub fn note_failed_unlock(keystore: &Path, e: &KeyError) {
+    if !matches!(e, KeyError::WrongPassphrase { .. }) {
+        return;
+    }
+    let dir = audit_dir(keystore);
+    if let Err(err) = audit::note_failed_unlock(&dir, &Caller::current(), e) {
+        log::warn!(
+            "cannot note this failed unlock in {}: {err}; it is not recorded",
+            dir.display()
+        );
+    }
+}
+
 /// The audit trail directory of a keystore: `<keystore path>.audit/`.
 pub fn audit_dir(keystore: &Path) -> std::path::PathBuf {
     let mut name = keystore.file_name().unwrap_or_default().to_owned();
@@ -288,6 +382,167 @@ mod tests {
             .unwrap()
             .audit_key();
         assert_eq!(audit::verify(&dir, &key).unwrap().records, 6);
+    }
+
+    /// Issue 11 item 5: the keystore body vouches for the trail's head, so cutting its tail or
+    /// deleting it is noticed, and a service that finds the trail behind it does not move it.
+    #[test]
+    fn the_keystore_records_the_trail_head_and_keeps_it_when_the_trail_is_deleted() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("keystore.json");
+        let unlock = Unlock::random_keyfile();
+        let kms = LocalKms::create(&p, &unlock).unwrap();
+        let recorded = || Keystore::open(&p, &keyfile_copy(&unlock)).unwrap();
+        assert_eq!(recorded().audit_checkpoint().map(|c| c.seq), Some(0));
+        let me = Caller::current();
+        for _ in 0..3 {
+            kms.generate_data_key("alias/default", &ctx(), &me).unwrap();
+        }
+        kms.rotate("alias/default", &me).unwrap();
+        kms.sync_audit().unwrap();
+        drop(kms);
+        let ks = recorded();
+        let cp = ks.audit_checkpoint().unwrap();
+        assert_eq!(cp.seq, 3, "the head before the rotation's own record");
+        let key = ks.audit_key();
+        let r = audit::verify_with_keystore(&audit_dir(&p), &key, Some(&cp)).unwrap();
+        assert_eq!((r.last_seq, r.keystore_checkpoint_seq), (4, Some(3)));
+
+        std::fs::remove_dir_all(audit_dir(&p)).unwrap();
+        let kms = LocalKms::open(&p, &keyfile_copy(&unlock)).unwrap();
+        for _ in 0..5 {
+            kms.generate_data_key("alias/default", &ctx(), &me).unwrap();
+        }
+        kms.rotate("alias/default", &me).unwrap();
+        kms.sync_audit().unwrap();
+        assert_eq!(
+            recorded().audit_checkpoint(),
+            Some(cp.clone()),
+            "a new trail does not replace the keystore's checkpoint"
+        );
+        let e = audit::verify_with_keystore(&audit_dir(&p), &key, Some(&cp)).unwrap_err();
+        // The new trail has no checkpoint file: its service took none over the deleted one.
+        assert!(
+            e.reason
+                .contains("missing, but the keystore says the trail reached seq 3"),
+            "{e}"
+        );
+    }
+
+    /// Commands that never call `sync_audit` (rewrap, init) still leave their records under
+    /// a checkpoint: the service takes one when it is dropped.
+    #[test]
+    fn dropping_the_service_takes_a_checkpoint() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("keystore.json");
+        let unlock = Unlock::random_keyfile();
+        let kms = LocalKms::create(&p, &unlock).unwrap();
+        kms.generate_data_key("alias/default", &ctx(), &Caller::current())
+            .unwrap();
+        drop(kms);
+        let key = Keystore::open(&p, &keyfile_copy(&unlock))
+            .unwrap()
+            .audit_key();
+        let cp = audit::read_checkpoint(&audit_dir(&p), &key)
+            .unwrap()
+            .unwrap();
+        assert_eq!(cp.seq, 1);
+    }
+
+    /// Issue 11 item 5: a wrong passphrase or key file cannot extend the chain, but the next
+    /// successful unlock records it.
+    #[test]
+    fn failed_unlocks_are_recorded_by_the_next_unlock() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("keystore.json");
+        let unlock = Unlock::random_keyfile();
+        drop(LocalKms::create(&p, &unlock).unwrap());
+        for _ in 0..2 {
+            let e = LocalKms::open(&p, &Unlock::random_keyfile()).unwrap_err();
+            assert!(matches!(e, KeyError::WrongPassphrase { .. }), "{e}");
+        }
+        let kms = LocalKms::open(&p, &keyfile_copy(&unlock)).unwrap();
+        kms.sync_audit().unwrap();
+        let recs = audit::read_all(&audit_dir(&p)).unwrap();
+        let failed: Vec<_> = recs
+            .iter()
+            .filter(|r| r.event_name == audit::FAILED_UNLOCK_EVENT)
+            .collect();
+        assert_eq!(failed.len(), 2, "{recs:?}");
+        assert_eq!(failed[0].user_identity.uid, Caller::current().uid);
+        assert_eq!(
+            failed[0].error_code.as_deref(),
+            Some("AccessDeniedException")
+        );
+        let ks = Keystore::open(&p, &keyfile_copy(&unlock)).unwrap();
+        let r = audit::verify_with_keystore(
+            &audit_dir(&p),
+            &ks.audit_key(),
+            ks.audit_checkpoint().as_ref(),
+        );
+        assert!(r.is_ok(), "{}", r.unwrap_err());
+    }
+
+    /// Issue 11 item 5: every administrative command a non-administrator tries is refused and
+    /// recorded as AccessDeniedException.
+    #[test]
+    fn denied_admin_commands_are_recorded() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("keystore.json");
+        let kms = LocalKms::create(&p, &Unlock::random_keyfile()).unwrap();
+        let me = Caller::current();
+        assert_ne!(me.uid, ALICE.uid, "this test needs to run as another uid");
+        let grant = kms
+            .create_grant(
+                "alias/default",
+                crate::keys::policy::Grant::new(
+                    crate::keys::policy::PrincipalSpec::user("4343"),
+                    &["Decrypt"],
+                    None,
+                    None,
+                    None,
+                )
+                .unwrap(),
+                &me,
+            )
+            .unwrap();
+        let k = "alias/default";
+        const ADMIN_ONLY: &str = r#"{"Statement": [{"Effect": "Allow", "Principal": {"Admin": true}, "Action": "kms:*"}]}"#;
+        let tries: Vec<(&str, Result<(), KeyError>)> = vec![
+            ("CreateKey", kms.create_key("x", &ALICE).map(drop)),
+            ("DisableKey", kms.disable_key(k, &ALICE).map(drop)),
+            ("EnableKey", kms.enable_key(k, &ALICE).map(drop)),
+            (
+                "ScheduleKeyDeletion",
+                kms.schedule_key_deletion(k, Some(7), &ALICE).map(drop),
+            ),
+            (
+                "CancelKeyDeletion",
+                kms.cancel_key_deletion(k, &ALICE).map(drop),
+            ),
+            ("CreateAlias", kms.create_alias("alias/x", k, &ALICE)),
+            ("DeleteAlias", kms.delete_alias(k, &ALICE)),
+            ("RotateKeyOnDemand", kms.rotate(k, &ALICE).map(drop)),
+            ("PutKeyPolicy", kms.put_key_policy(k, ADMIN_ONLY, &ALICE)),
+            ("RevokeGrant", kms.revoke_grant(k, &grant, &ALICE)),
+            ("RetireGrant", kms.retire_grant(&grant, &ALICE).map(drop)),
+        ];
+        kms.sync_audit().unwrap();
+        let recs = audit::read_all(&audit_dir(&p)).unwrap();
+        for (name, result) in tries {
+            let e = result.expect_err(name);
+            assert_eq!(e.code(), "AccessDeniedException", "{name}: {e}");
+            let found = recs.iter().any(|r| {
+                r.event_name == name
+                    && r.user_identity.uid == ALICE.uid
+                    && r.error_code.as_deref() == Some("AccessDeniedException")
+            });
+            assert!(
+                found,
+                "no denied {name} record by uid {}: {recs:?}",
+                ALICE.uid
+            );
+        }
     }
 
     /// A mount daemon and the CLI write the same trail from two processes. This needs the

@@ -85,6 +85,8 @@ pub const DEFAULT_ALIAS: &str = "alias/default";
 pub const DEFAULT_DESCRIPTION: &str = "default key created by envelopefs init";
 
 const MATERIAL_AAD: &[u8] = b"envelopefs cmk material v1";
+/// The body member holding the audit trail's checkpoint (docs/FORMAT.md §9).
+const AUDIT_CHECKPOINT_FIELD: &str = "audit_checkpoint";
 
 #[derive(Serialize, Deserialize)]
 struct FileTop {
@@ -387,6 +389,20 @@ impl Keystore {
     /// The key of the keystore's audit log (`blake3::derive_key("envelopefs audit key v1", root)`).
     pub fn audit_key(&self) -> [u8; 32] {
         *self.keys.audit.expose_secret()
+    }
+
+    /// The audit trail's head as of this keystore's last write (the body's `audit_checkpoint`,
+    /// kept among the body's other fields; see `crate::keys::audit::checkpoint`), if any.
+    pub fn audit_checkpoint(&self) -> Option<crate::keys::audit::Checkpoint> {
+        let v = self.body.extra.get(AUDIT_CHECKPOINT_FIELD)?;
+        serde_json::from_value(v.clone()).ok()
+    }
+
+    /// Records the audit trail's head in the body, in memory (saved with the next write).
+    pub(super) fn set_audit_checkpoint(&mut self, cp: &crate::keys::audit::Checkpoint) {
+        if let Ok(v) = serde_json::to_value(cp) {
+            self.body.extra.insert(AUDIT_CHECKPOINT_FIELD.to_owned(), v);
+        }
     }
 
     /// All key records, in creation order.

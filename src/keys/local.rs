@@ -89,7 +89,9 @@ impl LocalKms {
     /// has made due: ended deletion windows, expired imported material.
     /// Records go to the audit trail beside the keystore ([`audit_dir`]).
     pub fn open(path: &Path, unlock: &Unlock) -> Result<Self, KeyError> {
-        let kms = Self::from_keystore(Keystore::open(path, unlock)?).with_default_audit_log();
+        let ks = Keystore::open(path, unlock)
+            .inspect_err(|e| crate::keys::events::note_failed_unlock(path, e))?;
+        let kms = Self::from_keystore(ks).with_default_audit_log();
         kms.purge_expired_quietly(keystore::now_secs());
         Ok(kms)
     }
@@ -97,7 +99,12 @@ impl LocalKms {
     /// Creates a new keystore at `path` with one CMK aliased `alias/default`, and its audit
     /// trail.
     pub fn create(path: &Path, unlock: &Unlock) -> Result<Self, KeyError> {
-        Ok(Self::from_keystore(Keystore::create(path, unlock)?).with_default_audit_log())
+        let kms = Self::from_keystore(Keystore::create(path, unlock)?).with_default_audit_log();
+        // The keystore vouches from the start that the trail exists (docs/FORMAT.md §9).
+        if kms.audit.is_some() {
+            kms.mutate_store(|_| Ok(()))?;
+        }
+        Ok(kms)
     }
 
     /// Sends audit records to `log` (replacing any other trail).
@@ -115,7 +122,11 @@ impl LocalKms {
         let dir = audit_dir(&path);
         let key = self.read().audit_key();
         match AuditLog::open(&dir, key, 0) {
-            Ok(log) => self.with_audit_log(log),
+            Ok(log) => {
+                let kms = self.with_audit_log(log);
+                kms.check_audit_against_keystore();
+                kms
+            }
             Err(e) => {
                 log::error!(
                     "cannot open the audit log {}: {e}; key use is NOT being recorded",
@@ -307,15 +318,21 @@ impl LocalKms {
         &self,
         f: impl Fn(&mut Keystore) -> Result<T, KeyError>,
     ) -> Result<T, KeyError> {
+        // Every keystore write also records the audit trail's checkpoint.
+        let f = |ks: &mut Keystore| {
+            let t = f(ks)?;
+            self.stamp_audit_checkpoint(ks);
+            Ok(t)
+        };
         let mut ks = self.write();
-        match ks.transact(&f) {
+        match ks.transact(f) {
             Err(KeyError::Conflict { path }) => {
                 log::info!(
                     "keystore {} changed under us; re-reading and retrying",
                     path.display()
                 );
                 ks.reload_if_changed()?;
-                ks.transact(&f)
+                ks.transact(f)
             }
             r => r,
         }

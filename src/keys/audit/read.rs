@@ -55,6 +55,12 @@ pub struct VerifyReport {
     /// The newest file ends in an incomplete line (a write in progress, or a crash the
     /// writer has not repaired yet); it was not checked.
     pub incomplete_tail: bool,
+    /// seq of the checkpoint file's head, which the trail was found to hold (`None`: no
+    /// checkpoint file, so a cut tail could not be detected).
+    pub checkpoint_seq: Option<u64>,
+    /// seq of the keystore's checkpoint, which the trail was found to hold (`None`: not
+    /// checked, or the keystore records none).
+    pub keystore_checkpoint_seq: Option<u64>,
 }
 
 /// The first bad record (or file) [`verify`] found.
@@ -85,9 +91,125 @@ impl std::fmt::Display for VerifyError {
 
 impl std::error::Error for VerifyError {}
 
-/// Checks the whole trail in `dir` under `audit_key` (see the module docs for what is and is
-/// not detected). `Ok` tells how much was checked; `Err` names the first bad record.
+/// Checks the whole trail in `dir` under `audit_key` and its checkpoint file, as
+/// [`verify_with_keystore`] without the keystore's checkpoint.
 pub fn verify(dir: &Path, audit_key: &[u8; 32]) -> Result<VerifyReport, VerifyError> {
+    verify_with_keystore(dir, audit_key, None)
+}
+
+/// Checks the whole trail in `dir` under `audit_key` (see the module docs for what is and is
+/// not detected), and that it holds the head recorded in its checkpoint file and in
+/// `keystore_checkpoint` (the keystore body's `audit_checkpoint`): a trail that ends before
+/// either, or holds another record at that seq, was cut or replaced. When the keystore
+/// records a checkpoint, the directory and its checkpoint file must exist. `Ok` tells how
+/// much was checked; `Err` names the first problem.
+pub fn verify_with_keystore(
+    dir: &Path,
+    audit_key: &[u8; 32],
+    keystore_checkpoint: Option<&Checkpoint>,
+) -> Result<VerifyReport, VerifyError> {
+    let dir_err = |reason: String| VerifyError {
+        file: dir.to_owned(),
+        line: 0,
+        seq: None,
+        reason,
+    };
+    if let Some(k) = keystore_checkpoint
+        && dir.symlink_metadata().is_err()
+    {
+        return Err(dir_err(format!(
+            "the audit directory is missing, but the keystore says the trail existed \
+             (checkpoint at seq {}): it was deleted",
+            k.seq
+        )));
+    }
+    let cp_path = dir.join(CHECKPOINT_FILE);
+    let file_cp = read_checkpoint(dir, audit_key).map_err(|e| VerifyError {
+        file: cp_path.clone(),
+        line: 0,
+        seq: None,
+        reason: e.to_string(),
+    })?;
+    if let (Some(k), None) = (keystore_checkpoint, &file_cp) {
+        return Err(VerifyError {
+            file: cp_path,
+            line: 0,
+            seq: None,
+            reason: format!(
+                "missing, but the keystore says the trail reached seq {} with a checkpoint: \
+                 it was deleted (and the trail may have been cut)",
+                k.seq
+            ),
+        });
+    }
+    let watch: Vec<u64> = file_cp
+        .iter()
+        .chain(keystore_checkpoint)
+        .map(|c| c.seq)
+        .collect();
+    let (mut report, found) = verify_chain(dir, audit_key, &watch)?;
+    let newest = list_files(dir)
+        .ok()
+        .and_then(|f| f.last().map(|(_, p)| p.clone()))
+        .unwrap_or_else(|| dir.to_owned());
+    let check = |cp: &Checkpoint, whose: &str| -> Result<(), VerifyError> {
+        if cp.seq == 0 {
+            return Ok(());
+        }
+        if report.records == 0 || report.last_seq < cp.seq {
+            let ends = match report.records {
+                0 => "the trail has no records".to_owned(),
+                _ => format!("the trail ends at seq {}", report.last_seq),
+            };
+            return Err(VerifyError {
+                file: newest.clone(),
+                line: 0,
+                seq: (report.records > 0).then_some(report.last_seq),
+                reason: format!(
+                    "trail truncated: {whose} says seq {}, {ends}: the newest records were \
+                     deleted, or the trail was replaced by an older copy",
+                    cp.seq
+                ),
+            });
+        }
+        match found.iter().find(|(s, _)| *s == cp.seq) {
+            Some((_, h)) if hex(h) == cp.hash => Ok(()),
+            Some(_) => Err(VerifyError {
+                file: newest.clone(),
+                line: 0,
+                seq: Some(cp.seq),
+                reason: format!(
+                    "record seq {} is not the one {whose} vouches for: the trail was replaced \
+                     from there on",
+                    cp.seq
+                ),
+            }),
+            // Older than every record kept (older files deleted under the anchor).
+            None => Ok(()),
+        }
+    };
+    if let Some(cp) = &file_cp {
+        check(cp, "the checkpoint")?;
+        report.checkpoint_seq = Some(cp.seq);
+    }
+    if let Some(cp) = keystore_checkpoint {
+        check(cp, "the keystore's checkpoint")?;
+        report.keystore_checkpoint_seq = Some(cp.seq);
+    }
+    Ok(report)
+}
+
+/// (seq, hash) of the watched records [`verify_chain`] met.
+type Watched = Vec<(u64, [u8; 32])>;
+
+/// The chain check of [`verify`]; also returns the hash of each record whose seq is in
+/// `watch`.
+fn verify_chain(
+    dir: &Path,
+    audit_key: &[u8; 32],
+    watch: &[u64],
+) -> Result<(VerifyReport, Watched), VerifyError> {
+    let mut found = Vec::new();
     let dir_err = |reason: String| VerifyError {
         file: dir.to_owned(),
         line: 0,
@@ -123,6 +245,8 @@ pub fn verify(dir: &Path, audit_key: &[u8; 32]) -> Result<VerifyReport, VerifyEr
         last_hash: String::new(),
         anchored_at_file: None,
         incomplete_tail: false,
+        checkpoint_seq: None,
+        keystore_checkpoint_seq: None,
     };
     let Some(&(oldest, _)) = files.first() else {
         return match anchor {
@@ -130,7 +254,7 @@ pub fn verify(dir: &Path, audit_key: &[u8; 32]) -> Result<VerifyReport, VerifyEr
                 "no audit files, but the anchor expects {}: the trail was deleted",
                 file_name(a.file)
             ))),
-            None => Ok(report),
+            None => Ok((report, found)),
         };
     };
     for pair in files.windows(2) {
@@ -270,6 +394,9 @@ pub fn verify(dir: &Path, audit_key: &[u8; 32]) -> Result<VerifyReport, VerifyEr
             if report.records == 0 {
                 report.first_seq = rec.seq;
             }
+            if watch.contains(&rec.seq) {
+                found.push((rec.seq, hash));
+            }
             report.records += 1;
             report.last_seq = rec.seq;
             expect = Some((rec.seq + 1, hash));
@@ -301,5 +428,5 @@ pub fn verify(dir: &Path, audit_key: &[u8; 32]) -> Result<VerifyReport, VerifyEr
     {
         report.last_hash = hex(&h);
     }
-    Ok(report)
+    Ok((report, found))
 }
