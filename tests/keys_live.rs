@@ -331,3 +331,55 @@ fn edited_audit_record_fails_verify_naming_it() {
         target + 1
     );
 }
+
+/// Issue 11 item 8b: ten `key create --alias` processes at once all succeed, and every new
+/// key has its alias (before: some failed with "nothing was written" after creating the key).
+#[test]
+fn parallel_key_create_with_alias_all_land() {
+    let Some(m) = Mounted::init_only(common::Options::default()) else {
+        return;
+    };
+    let children: Vec<_> = (0..10)
+        .map(|i| {
+            tool(BIN)
+                .args(["key", "create"])
+                .arg(m.backing())
+                .args(["--json", "--description", &format!("k{i}"), "--alias"])
+                .arg(format!("alias/k{i}"))
+                .arg("--keyfile")
+                .arg(m.keyfile())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn envelopefs key create")
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "key create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = common::output(
+        tool(BIN)
+            .args(["key", "list", "--json"])
+            .arg(m.backing())
+            .arg("--keyfile")
+            .arg(m.keyfile()),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 11, "{list:?}");
+    for k in &list[1..] {
+        let d = k["description"].as_str().unwrap();
+        let want = format!("alias/{d}");
+        assert_eq!(k["aliases"], serde_json::json!([want]), "{k}");
+    }
+}

@@ -224,12 +224,10 @@ pub fn run_key(args: KeyArgs) -> Result<(), CliError> {
                 description,
                 origin,
                 tags: tags(&t)?,
+                alias,
             };
-            let mut m = s.kms.create_key_with(&req, &s.me)?;
-            if let Some(a) = alias {
-                s.kms.create_alias(&a, &m.key_id, &s.me)?;
-                m.aliases.push(a);
-            }
+            // One keystore write: the key and its alias land together or not at all.
+            let m = s.kms.create_key_with(&req, &s.me)?;
             s.emit(&m, print_key);
         }
         K::List { target } => {

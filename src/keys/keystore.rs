@@ -481,22 +481,44 @@ impl Keystore {
         })
     }
 
-    /// Writes the current state to the file: atomic replace, mode 0600, fresh MAC. Fails with
-    /// [`KeyError::Conflict`], writing nothing, if another process rewrote the file since this
-    /// one last read or wrote it. Writers serialize on an advisory lock on `<keystore>.lock`,
-    /// so the check and the replace are one step for every envelopefs process.
+    /// Writes the current state to the file: atomic replace, fresh MAC, the file's mode and
+    /// owner kept (docs/FORMAT.md §6). Fails with [`KeyError::Conflict`], writing nothing, if
+    /// the file is no longer the one this process last read or wrote. Writers serialize on an
+    /// advisory lock on `<keystore>.lock`, so the check and the replace are one step for
+    /// every envelopefs process.
     pub fn save(&mut self) -> Result<(), KeyError> {
-        let Some(path) = self.path.clone() else {
-            return Ok(());
+        let _lock = self.lock_writers()?;
+        self.write_locked()
+    }
+
+    /// Takes the writers' lock (`<keystore>.lock`), held until the returned file is dropped;
+    /// `None` for an in-memory keystore. A lock file this user may not write (a keystore
+    /// shared through group permissions) is locked through a read-only descriptor: `flock`
+    /// needs no write access.
+    fn lock_writers(&self) -> Result<Option<std::fs::File>, KeyError> {
+        let Some(path) = &self.path else {
+            return Ok(None);
         };
-        let lock_path = lock_path(&path);
+        let lock_path = lock_path(path);
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock_path)
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::PermissionDenied => std::fs::File::open(&lock_path),
+                _ => Err(e),
+            })
             .map_err(|e| KeyError::io(&lock_path, e))?;
         lock.lock().map_err(|e| KeyError::io(&lock_path, e))?;
+        Ok(Some(lock))
+    }
+
+    /// [`Keystore::save`] with the writers' lock already held.
+    fn write_locked(&mut self) -> Result<(), KeyError> {
+        let Some(path) = self.path.clone() else {
+            return Ok(());
+        };
         if let Some(expected) = &self.disk_mac {
             let text = std::fs::read_to_string(&path).map_err(|e| KeyError::io(&path, e))?;
             if parse_top(&path, &text).ok().map(|t| t.mac).as_ref() != Some(expected) {
@@ -523,19 +545,23 @@ impl Keystore {
         self.disk_mac = Some(top.mac);
         // Still under the lock: no other envelopefs process can have replaced the file since.
         self.stamp = FileStamp::of(&path);
-        drop(lock);
         Ok(())
     }
 
     /// Runs `f` on the keystore, then saves; if either fails, the in-memory state is rolled
-    /// back, so memory and file never disagree.
+    /// back, so memory and file never disagree. The whole step holds the writers' lock, and
+    /// first re-reads the file if another process changed it: `f` always sees the newest
+    /// state, so concurrent envelopefs writers serialize instead of conflicting, and what `f`
+    /// does lands in one write or not at all.
     pub(super) fn transact<T>(
         &mut self,
         f: impl FnOnce(&mut Self) -> Result<T, KeyError>,
     ) -> Result<T, KeyError> {
+        let _lock = self.lock_writers()?;
+        self.reload_if_changed()?;
         let before = self.body.clone();
         let known: Vec<(KeyId, u32)> = self.materials.keys().copied().collect();
-        let result = f(self).and_then(|t| self.save().map(|()| t));
+        let result = f(self).and_then(|t| self.write_locked().map(|()| t));
         if result.is_err() {
             self.body = before;
             self.materials.retain(|k, _| known.contains(k));

@@ -136,20 +136,28 @@ fn mutations_persist_and_unknown_fields_survive() {
     );
 }
 
+/// A writer whose view is stale catches up under the writers' lock before it changes
+/// anything: both writers' changes land (no Conflict, nothing clobbered). A change that
+/// fails is rolled back and writes nothing.
 #[test]
-fn concurrent_writer_is_a_conflict_and_rolls_back() {
+fn concurrent_writers_serialize_and_a_failed_change_rolls_back() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("ks");
     let key = Unlock::random_keyfile();
     let mut a = Keystore::create(&p, &key).unwrap();
     let mut b = Keystore::open(&p, &key).unwrap();
-    b.create_key("by b").unwrap();
+    let by_b = b.create_key("by b").unwrap();
+    let by_a = a.create_key("by a").unwrap();
+    let again = Keystore::open(&p, &key).unwrap();
+    assert!(again.key(&by_a).is_some() && again.key(&by_b).is_some());
+    assert_eq!(again.keys().len(), 3);
     let on_disk = std::fs::read(&p).unwrap();
-    assert!(matches!(
-        a.create_key("by a"),
-        Err(KeyError::Conflict { .. })
-    ));
-    assert_eq!(a.keys().len(), 1, "failed mutation must roll back");
+    let e = a.transact(|ks| {
+        ks.add_key("never written", Origin::AwsKms, 1)?;
+        Err::<(), _>(KeyError::InvalidArgument("refused".into()))
+    });
+    assert!(e.is_err());
+    assert_eq!(a.keys().len(), 3, "failed mutation must roll back");
     assert_eq!(std::fs::read(&p).unwrap(), on_disk);
 }
 

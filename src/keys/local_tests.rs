@@ -341,3 +341,50 @@ fn refresh_rereads_only_when_the_file_changed_and_is_cheap() {
         .unwrap();
     drop(key);
 }
+
+/// Issue 11 item 8b: ten `key create --alias` at once (ten independent services on one file,
+/// as ten processes) all land, each key with its alias; none is left without its alias.
+#[test]
+fn parallel_creates_with_alias_all_land() {
+    let d = tempfile::tempdir().unwrap();
+    let (p, key, first) = keyfile_kms(d.path());
+    drop(first);
+    let barrier = std::sync::Barrier::new(10);
+    let results: Vec<Result<KeyMetadata, KeyError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..10)
+            .map(|i| {
+                let kms = reopen(&p, &key);
+                let barrier = &barrier;
+                s.spawn(move || {
+                    barrier.wait();
+                    let req = crate::keys::lifecycle::CreateKeyRequest {
+                        description: format!("k{i}"),
+                        alias: Some(format!("alias/k{i}")),
+                        ..Default::default()
+                    };
+                    kms.create_key_with(&req, &me())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in &results {
+        let m = r.as_ref().unwrap_or_else(|e| panic!("create failed: {e}"));
+        assert_eq!(m.aliases.len(), 1, "{m:?}");
+    }
+    let kms = reopen(&p, &key);
+    let all = kms.list_keys();
+    assert_eq!(all.len(), 11);
+    for m in &all[1..] {
+        let i = m.description.strip_prefix('k').unwrap();
+        assert_eq!(m.aliases, [format!("alias/k{i}")], "{m:?}");
+    }
+    // An alias that exists already: refused, and no key is created either.
+    let req = crate::keys::lifecycle::CreateKeyRequest {
+        alias: Some("alias/k3".into()),
+        ..Default::default()
+    };
+    let e = kms.create_key_with(&req, &me()).unwrap_err();
+    assert!(matches!(e, KeyError::AlreadyExists(_)), "{e}");
+    assert_eq!(reopen(&p, &key).list_keys().len(), 11);
+}
