@@ -89,6 +89,10 @@ pub enum Command {
         /// different disk than the ciphertext).
         #[arg(long, value_name = "PATH")]
         keystore: Option<PathBuf>,
+        /// Also make this user (uid or name) a volume administrator; repeatable. The user
+        /// running init always is one (change later with `envelopefs key admin`).
+        #[arg(long, value_name = "UID")]
+        admin_uid: Vec<String>,
         #[command(flatten)]
         secret: SecretArgs,
     },
@@ -303,8 +307,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             backing,
             block_size,
             keystore,
+            admin_uid,
             secret,
-        } => init(&backing, block_size, keystore, &secret),
+        } => init(&backing, block_size, keystore, &admin_uid, &secret),
         Command::Mount {
             backing,
             mountpoint,
@@ -376,10 +381,15 @@ fn init(
     backing: &Path,
     block_size: u32,
     keystore: Option<PathBuf>,
+    admin_uids: &[String],
     secret: &SecretArgs,
 ) -> Result<(), CliError> {
     crate::format::header::check_block_size(block_size)
         .map_err(|e| fail(ExitCode::Usage, e.to_string()))?;
+    let admin_uids = admin_uids
+        .iter()
+        .map(|u| crate::cli_keys::parse_uid(u))
+        .collect::<Result<Vec<u32>, _>>()?;
     vol::prepare(backing)?;
     let ks_rel = keystore
         .map(|p| {
@@ -399,6 +409,10 @@ fn init(
         eprintln!("Deriving the keystore key from the passphrase with Argon2id (64 MiB)...");
     }
     let kms = LocalKms::create(&ks_path, &unlock)?;
+    let me = Caller::current();
+    for uid in admin_uids {
+        kms.add_admin(uid, &me)?;
+    }
     let cfg = vol::create(backing, &kms, "alias/default", block_size, ks_rel, now()).map_err(
         |e| match e {
             vol::VolumeCreateError::Volume(v) => CliError::from(v),
@@ -411,6 +425,7 @@ fn init(
         cfg.volume_id
     );
     println!("  keystore: {}", ks_path.display());
+    println!("  administrators: uid {:?}", kms.admins());
     println!(
         "Next: mkdir -p MNT && envelopefs mount {} MNT",
         backing.display()

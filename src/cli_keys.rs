@@ -214,6 +214,47 @@ Example (docs/KEYS.md §Import):
     /// Create, list, retire and revoke grants.
     #[command(subcommand)]
     Grant(GrantCommand),
+    /// List, add or remove volume administrators (the uids recorded in the keystore).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+/// `envelopefs key admin`.
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// List the administrators (root is one too, without being listed).
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Make a user an administrator (administrators only).
+    #[command(after_help = "Example: envelopefs key admin add ~/vault.enc alice")]
+    Add {
+        #[command(flatten)]
+        target: Target,
+        /// A uid or user name.
+        user: String,
+    },
+    /// Stop a user being an administrator (administrators only; never the last one).
+    Remove {
+        #[command(flatten)]
+        target: Target,
+        /// A uid or user name.
+        user: String,
+    },
+}
+
+/// A uid given as a number or a user name known to the system.
+pub(crate) fn parse_uid(s: &str) -> Result<u32, CliError> {
+    if let Ok(uid) = s.parse::<u32>() {
+        return Ok(uid);
+    }
+    crate::keys::principal::user_id(s).ok_or_else(|| {
+        crate::cli::fail(
+            crate::cli::ExitCode::Usage,
+            format!("{s:?} is neither a uid nor a user this system knows (see `getent passwd`)"),
+        )
+    })
 }
 
 /// `envelopefs key alias`.

@@ -383,3 +383,88 @@ fn parallel_key_create_with_alias_all_land() {
         assert_eq!(k["aliases"], serde_json::json!([want]), "{k}");
     }
 }
+
+/// Runs `envelopefs ARGS BACKING REST --keyfile KF` as uid 1000 (gid 1000, no groups).
+fn cli_as_user_1000(m: &Mounted, args: &[&str], rest: &[&str]) -> (bool, String) {
+    let out = common::output(
+        tool("setpriv")
+            .args(["--reuid", "1000", "--regid", "1000", "--clear-groups"])
+            .arg(BIN)
+            .args(args)
+            .arg(m.backing())
+            .args(rest)
+            .arg("--keyfile")
+            .arg(m.keyfile())
+            .current_dir(m.root()),
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Issue 11 item 3: a grantee who retires a grant on a group-writable keystore rewrites the
+/// file (and, not being root, ends up owning it) but does not become an administrator: the
+/// administrators are recorded inside the keystore. The rewrite keeps the file's mode.
+#[test]
+fn grantee_rewriting_a_shared_keystore_does_not_become_admin() {
+    use std::os::unix::fs::MetadataExt;
+    let Some(m) = Mounted::for_other_users(common::Options::default()) else {
+        return;
+    };
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: needs root to act as uid 1000");
+        return;
+    }
+    let ks = m.backing().join("keystore.json");
+    // A keystore shared with a group the grantee is in (here: writable by all, the same for
+    // this test), in a directory the grantee may create the temporary file in.
+    fs::set_permissions(m.backing(), fs::Permissions::from_mode(0o777)).unwrap();
+    fs::set_permissions(&ks, fs::Permissions::from_mode(0o666)).unwrap();
+    fs::set_permissions(m.keyfile(), fs::Permissions::from_mode(0o644)).unwrap();
+    let text = ok(
+        &m,
+        &["key", "grant", "create"],
+        &[
+            "alias/default",
+            "--grantee",
+            "uid:1000",
+            "--operations",
+            "Decrypt",
+            "--retiring-principal",
+            "uid:1000",
+        ],
+    );
+    let grant_id = text
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("no grant id in {text:?}"))
+        .to_owned();
+    let (retired, text) =
+        cli_as_user_1000(&m, &["key", "grant", "retire"], &["--grant-id", &grant_id]);
+    assert!(retired, "the retiring principal may retire: {text}");
+    let meta = fs::metadata(&ks).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o666, "the rewrite keeps the mode");
+    assert_eq!(
+        meta.uid(),
+        1000,
+        "uid 1000 cannot give the file back to root"
+    );
+    let (disabled, text) = cli_as_user_1000(&m, &["key", "disable"], &["alias/default"]);
+    assert!(
+        !disabled,
+        "the last writer of the keystore is not an administrator: {text}"
+    );
+    assert!(text.contains("access denied"), "{text}");
+    let (added, text) = cli_as_user_1000(&m, &["key", "admin", "add"], &["1000"]);
+    assert!(!added, "nor may they make themselves one: {text}");
+    let listed = ok(&m, &["key", "admin", "list"], &[]);
+    assert!(listed.contains("uid 0"), "{listed}");
+    assert!(!listed.contains("uid 1000"), "{listed}");
+    // The administrator still is one, and files still open through the mount.
+    fs::write(m.path("f"), b"still works").unwrap();
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"still works");
+}

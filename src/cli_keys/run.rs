@@ -9,8 +9,8 @@ use serde_json::json;
 
 use super::scan::{self, ScanReport};
 use super::{
-    AliasCommand, AuditArgs, GrantCommand, KeyArgs, KeyCommand, PolicyCommand, RotationCommand,
-    Target, parse_pair,
+    AdminCommand, AliasCommand, AuditArgs, GrantCommand, KeyArgs, KeyCommand, PolicyCommand,
+    RotationCommand, Target, parse_pair, parse_uid,
 };
 use crate::cli::{CliError, ExitCode, fail, read_unlock};
 use crate::keys::keystore::now_secs;
@@ -401,6 +401,35 @@ pub fn run_key(args: KeyArgs) -> Result<(), CliError> {
             });
         }
         K::Grant(cmd) => run_grant(cmd)?,
+        K::Admin(cmd) => run_admin(cmd)?,
+    }
+    Ok(())
+}
+
+fn run_admin(cmd: AdminCommand) -> Result<(), CliError> {
+    let print = |admins: &Vec<u32>| {
+        for uid in admins {
+            match crate::keys::principal::user_name(*uid) {
+                Some(n) => println!("uid {uid} ({n})"),
+                None => println!("uid {uid}"),
+            }
+        }
+    };
+    match cmd {
+        AdminCommand::List { target } => {
+            let s = Session::open(&target)?;
+            s.emit(&s.kms.list_admins(&s.me)?, print);
+        }
+        AdminCommand::Add { target, user } => {
+            let uid = parse_uid(&user)?;
+            let s = Session::open(&target)?;
+            s.emit(&s.kms.add_admin(uid, &s.me)?, print);
+        }
+        AdminCommand::Remove { target, user } => {
+            let uid = parse_uid(&user)?;
+            let s = Session::open(&target)?;
+            s.emit(&s.kms.remove_admin(uid, &s.me)?, print);
+        }
     }
     Ok(())
 }

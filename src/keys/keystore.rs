@@ -106,6 +106,11 @@ pub(super) struct Body {
     /// Tombstones of keys whose deletion window passed.
     #[serde(default)]
     pub(super) deleted: Vec<DeletedKey>,
+    /// The volume administrators' uids: recorded at creation (the creating user), changed
+    /// only by an administrator. Absent in keystores written by envelopefs before 0.2 (see
+    /// [`Keystore::open`] for how those are migrated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) admins: Option<Vec<u32>>,
     /// Fields a later version added; kept verbatim on rewrite.
     #[serde(flatten)]
     extra: BTreeMap<String, serde_json::Value>,
@@ -205,6 +210,7 @@ impl Keystore {
         let body = Body {
             created: now_secs(),
             check: keys.check.clone(),
+            admins: Some(vec![crate::keys::Caller::current().uid]),
             ..Body::default()
         };
         let mut ks = Keystore {
@@ -242,6 +248,7 @@ impl Keystore {
             stamp,
         };
         ks.load_top(top)?;
+        ks.adopt_legacy_admin();
         warn_if_readable_by_others(path);
         log::debug!(
             "opened keystore {} ({} keys)",
@@ -251,8 +258,36 @@ impl Keystore {
         Ok(ks)
     }
 
+    /// A keystore written before administrators were recorded in it: its administrator is
+    /// the file's owner, read this once, at open (with a warning), and kept in memory, so the
+    /// next write by this process records it in the body. Later changes of the file's owner
+    /// (a rewrite by another user) never change who the administrator is.
+    fn adopt_legacy_admin(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        if self.body.admins.is_some() {
+            return;
+        }
+        let Some(path) = &self.path else { return };
+        let Ok(owner) = std::fs::metadata(path).map(|m| m.uid()) else {
+            return;
+        };
+        log::warn!(
+            "keystore {} records no administrator (written by an older envelopefs); taking its \
+             owner, uid {owner}, as the administrator; the next change to the keystore records \
+             it (check with `envelopefs key admin list`)",
+            path.display()
+        );
+        self.body.admins = Some(vec![owner]);
+    }
+
+    /// The volume administrators' uids (root is an administrator too, without being listed).
+    pub fn admins(&self) -> &[u32] {
+        self.body.admins.as_deref().unwrap_or(&[])
+    }
+
     /// Verifies `top` with the derived keys and, only if everything checks, replaces the body
-    /// and the decrypted material. On error nothing in `self` changes.
+    /// and the decrypted material. On error nothing in `self` changes. A body that records
+    /// no administrators (an older writer) keeps the administrators known so far.
     fn load_top(&mut self, top: FileTop) -> Result<(), KeyError> {
         let path = self.path.clone().unwrap_or_default();
         let bad = |why: String| KeyError::corrupt(&path, why);
@@ -272,9 +307,12 @@ impl Keystore {
                 false => KeyError::WrongPassphrase { path },
             });
         }
-        let body: Body =
+        let mut body: Body =
             serde_json::from_str(&top.body).map_err(|e| bad(format!("bad body: {e}")))?;
         let materials = self.check_and_decrypt(&body).map_err(bad)?;
+        if body.admins.is_none() {
+            body.admins = self.body.admins.clone();
+        }
         self.body = body;
         self.materials = materials;
         self.disk_mac = Some(top.mac);
@@ -288,6 +326,9 @@ impl Keystore {
     ) -> Result<BTreeMap<(KeyId, u32), KeyMaterial>, String> {
         if body.check != self.keys.check {
             return Err("its check value does not match".into());
+        }
+        if body.admins.as_ref().is_some_and(Vec::is_empty) {
+            return Err("it lists no administrator".into());
         }
         let mut materials = BTreeMap::new();
         for (i, k) in body.keys.iter().enumerate() {
@@ -540,8 +581,18 @@ impl Keystore {
             mac,
         };
         let text = json(serde_json::to_string_pretty(&top))? + "\n";
-        crate::atomic::atomic_write(&path, text.as_bytes(), 0o600)
+        let kept = crate::atomic::atomic_write_preserving(&path, text.as_bytes(), 0o600)
             .map_err(|e| KeyError::io(&path, e))?;
+        if let crate::atomic::Kept::ModeOnly { uid } = kept {
+            log::warn!(
+                "keystore {} was owned by uid {uid}; only root may give a file away, so it is \
+                 now owned by uid {} (its mode is kept; who administers the keys is recorded \
+                 inside it and did not change); to restore the owner run `chown {uid} {}` as root",
+                path.display(),
+                crate::keys::Caller::current().uid,
+                path.display()
+            );
+        }
         self.disk_mac = Some(top.mac);
         // Still under the lock: no other envelopefs process can have replaced the file since.
         self.stamp = FileStamp::of(&path);

@@ -66,8 +66,6 @@ pub struct LocalKms {
     /// describe and list hold it shared; mutations and reloads hold it exclusively across the
     /// keystore's atomic save, so no operation sees a state that is not also on disk.
     store: RwLock<Keystore>,
-    /// The volume administrator: the keystore file's owner (the current user in memory).
-    admin_uid: u32,
     /// The audit trail (`<keystore>.audit/`), when there is one; it has its own lock.
     pub(super) audit: Option<AuditLog>,
 }
@@ -133,16 +131,11 @@ impl LocalKms {
         self.audit.as_ref().map_or(Ok(()), AuditLog::sync)
     }
 
-    /// Serves an already opened keystore. The administrator is the keystore file's owner.
+    /// Serves an already opened keystore. The administrators are those recorded in it
+    /// ([`Keystore::admins`]), never the file's owner.
     pub fn from_keystore(keystore: Keystore) -> Self {
-        use std::os::unix::fs::MetadataExt;
-        let admin_uid = keystore
-            .path()
-            .and_then(|p| std::fs::metadata(p).ok())
-            .map_or_else(|| Caller::current().uid, |m| m.uid());
         LocalKms {
             store: RwLock::new(keystore),
-            admin_uid,
             audit: None,
         }
     }
@@ -153,9 +146,9 @@ impl LocalKms {
         Self::from_keystore(Keystore::in_memory())
     }
 
-    /// The volume administrator's uid (the keystore file's owner).
-    pub fn admin_uid(&self) -> u32 {
-        self.admin_uid
+    /// The volume administrators' uids, as recorded in the keystore (root is one too).
+    pub fn admins(&self) -> Vec<u32> {
+        self.read().admins().to_vec()
     }
 
     /// The keystore file, if any.
@@ -369,7 +362,7 @@ impl LocalKms {
     ) -> Result<Option<String>, KeyError> {
         // Supplementary groups cost a /proc read (~20 us, on every file create and open), so
         // they are read only when a statement or grant of the key names a group.
-        let mut who = Principal::from_caller_with(caller, self.admin_uid, false);
+        let mut who = Principal::from_caller_with(caller, ks.admins(), false);
         let decision = match (op, key) {
             (Op::CreateGrant | Op::RetireGrant, _) => return Ok(None),
             _ if op.is_service_event() => return Ok(None),
@@ -379,16 +372,17 @@ impl LocalKms {
                     .ok_or_else(|| KeyError::NotFound(id.to_string()))?;
                 let policy = rec.policy.as_ref().unwrap_or(&DEFAULT_POLICY);
                 if policy::needs_groups(policy, &rec.grants) {
-                    who = Principal::from_caller(caller, self.admin_uid);
+                    who = Principal::from_caller(caller, ks.admins());
                 }
                 policy::evaluate(policy, &rec.grants, &who, &op.action(), context)
             }
             (_, None) if who.is_admin => return Ok(Some("the volume administrator".into())),
             (_, None) => policy::Decision::Deny {
                 reason: format!(
-                    "{} is for the volume administrator (uid {}, the keystore's owner) only, not {}",
+                    "{} is for the volume administrators (uid {:?}, recorded in the keystore; \
+                     see `envelopefs key admin list`) and root only, not {}",
                     op.action(),
-                    self.admin_uid,
+                    ks.admins(),
                     who.label()
                 ),
             },

@@ -388,3 +388,95 @@ fn parallel_creates_with_alias_all_land() {
     assert!(matches!(e, KeyError::AlreadyExists(_)), "{e}");
     assert_eq!(reopen(&p, &key).list_keys().len(), 11);
 }
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+const ALICE: Caller = Caller {
+    uid: 4242,
+    gid: 4242,
+    pid: 0,
+};
+
+/// Issue 11 item 3: the administrators are recorded in the keystore at creation; whoever
+/// owns (or last rewrote) the file gains nothing; a rewrite keeps the file's owner and mode;
+/// only an administrator changes the list, and never empties it.
+#[test]
+fn admins_are_recorded_in_the_keystore_not_taken_from_the_file_owner() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let d = tempfile::tempdir().unwrap();
+    let (p, key, kms) = keyfile_kms(d.path());
+    assert_eq!(kms.admins(), [me().uid]);
+    assert!(
+        std::fs::read_to_string(&p)
+            .unwrap()
+            .contains(r#"\"admins\":["#)
+    );
+    if is_root() {
+        // Alice owning the file (say she rewrote it) does not make her an administrator.
+        std::os::unix::fs::chown(&p, Some(ALICE.uid), Some(ALICE.gid)).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o660)).unwrap();
+        let kms = reopen(&p, &key);
+        assert_eq!(kms.admins(), [me().uid]);
+        let e = kms.disable_key("alias/default", &ALICE).unwrap_err();
+        assert!(matches!(e, KeyError::AccessDenied { .. }), "{e}");
+        let e = kms.create_key("by alice", &ALICE).unwrap_err();
+        assert!(matches!(e, KeyError::AccessDenied { .. }), "{e}");
+        // A rewrite (by root, who may chown) keeps the file's owner, group and mode.
+        kms.create_key("by root", &me()).unwrap();
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid(), m.mode() & 0o7777),
+            (ALICE.uid, ALICE.gid, 0o660)
+        );
+    }
+    // Only an administrator changes the list.
+    let e = kms.add_admin(ALICE.uid, &ALICE).unwrap_err();
+    assert!(matches!(e, KeyError::AccessDenied { .. }), "{e}");
+    assert_eq!(
+        kms.add_admin(ALICE.uid, &me()).unwrap(),
+        [me().uid, ALICE.uid]
+    );
+    kms.disable_key("alias/default", &ALICE).unwrap();
+    let kms2 = reopen(&p, &key);
+    assert_eq!(kms2.admins(), [me().uid, ALICE.uid]);
+    if me().uid != ALICE.uid {
+        kms2.remove_admin(me().uid, &ALICE).unwrap();
+        let e = kms2.remove_admin(ALICE.uid, &ALICE).unwrap_err();
+        assert!(e.to_string().contains("last administrator"), "{e}");
+        assert_eq!(reopen(&p, &key).admins(), [ALICE.uid]);
+    }
+}
+
+/// A keystore written before administrators were recorded: its owner at open is the
+/// administrator (once), and the next write records that uid; a later owner change does not
+/// move it.
+#[test]
+fn legacy_keystore_takes_its_owner_once_and_records_it() {
+    if !is_root() {
+        eprintln!("skipping: needs root to chown the keystore");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (p, key, kms) = keyfile_kms(d.path());
+    kms.mutate_store(|ks| {
+        ks.body.admins = None;
+        Ok(())
+    })
+    .unwrap();
+    drop(kms);
+    assert!(!std::fs::read_to_string(&p).unwrap().contains("admins"));
+    std::os::unix::fs::chown(&p, Some(ALICE.uid), None).unwrap();
+    let kms = reopen(&p, &key);
+    assert_eq!(kms.admins(), [ALICE.uid]);
+    kms.create_key("any write", &ALICE).unwrap();
+    assert!(
+        std::fs::read_to_string(&p)
+            .unwrap()
+            .contains(&format!(r#"\"admins\":[{}]"#, ALICE.uid))
+    );
+    std::os::unix::fs::chown(&p, Some(4343), None).unwrap();
+    assert_eq!(reopen(&p, &key).admins(), [ALICE.uid]);
+}

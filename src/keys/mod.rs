@@ -7,6 +7,7 @@
 //! only as [`DataKey`], which zeroizes itself on drop.
 
 pub mod access;
+pub mod admins;
 pub mod audit;
 pub mod error;
 pub mod events;
