@@ -71,8 +71,9 @@ use crate::keys::{KeyError, KeyId};
 
 /// The `format` field.
 pub const FORMAT_NAME: &str = "envelopefs-keystore";
-/// The only keystore version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The keystore version this build writes; it reads this one and version 1 (whose MAC does
+/// not cover `kdf`), which it rewrites as this one at the next change.
+pub const FORMAT_VERSION: u32 = 2;
 /// Argon2id memory cost of new keystores, KiB (64 MiB).
 pub const DEFAULT_M_KIB: u32 = 65536;
 /// Argon2id passes of new keystores.
@@ -111,6 +112,10 @@ pub(super) struct Body {
     /// [`Keystore::open`] for how those are migrated).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) admins: Option<Vec<u32>>,
+    /// A copy of the top-level `kdf` (version 2): the MAC covers it, and comparing it with
+    /// the top-level one before deriving tells a modified kdf from a wrong passphrase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kdf: Option<Kdf>,
     /// Fields a later version added; kept verbatim on rewrite.
     #[serde(flatten)]
     extra: BTreeMap<String, serde_json::Value>,
@@ -237,6 +242,7 @@ impl Keystore {
         let top = parse_top(path, &text)?;
         let kdf: Kdf =
             serde_json::from_value(top.kdf.clone()).map_err(|e| bad(format!("bad kdf: {e}")))?;
+        check_kdf_copy(path, &top, &kdf)?;
         let keys = Keys::from_root(&derive_root(&kdf, unlock, path, false)?);
         let mut ks = Keystore {
             path: Some(path.to_owned()),
@@ -292,7 +298,11 @@ impl Keystore {
         let path = self.path.clone().unwrap_or_default();
         let bad = |why: String| KeyError::corrupt(&path, why);
         let stored = unhex::<32>(&top.mac).ok_or_else(|| bad("bad mac field".into()))?;
-        if self.keys.mac(&top.body) != blake3::Hash::from_bytes(stored) {
+        let kdf_bytes = self
+            .kdf
+            .canonical()
+            .ok_or_else(|| bad("bad kdf salt".into()))?;
+        if self.keys.mac(top.version, &kdf_bytes, &top.body) != blake3::Hash::from_bytes(stored) {
             // Tell a wrong secret from a modified file by the (unauthenticated) check value.
             #[derive(Deserialize)]
             struct CheckOnly {
@@ -310,6 +320,11 @@ impl Keystore {
         let mut body: Body =
             serde_json::from_str(&top.body).map_err(|e| bad(format!("bad body: {e}")))?;
         let materials = self.check_and_decrypt(&body).map_err(bad)?;
+        if top.version >= 2 && body.kdf.as_ref() != Some(&self.kdf) {
+            return Err(bad(
+                "its body does not record the kdf it was written with".into()
+            ));
+        }
         if body.admins.is_none() {
             body.admins = self.body.admins.clone();
         }
@@ -407,8 +422,10 @@ impl Keystore {
             self.stamp = stamp;
             return Ok(false);
         }
-        let same_kdf = serde_json::from_value::<Kdf>(top.kdf.clone()).is_ok_and(|k| k == self.kdf);
-        if !same_kdf {
+        let kdf = serde_json::from_value::<Kdf>(top.kdf.clone())
+            .map_err(|e| KeyError::corrupt(&path, format!("bad kdf: {e}")))?;
+        check_kdf_copy(&path, &top, &kdf)?;
+        if kdf != self.kdf {
             return Err(KeyError::corrupt(
                 &path,
                 "its passphrase or key file was changed by another process; restart to unlock it again",
@@ -569,8 +586,17 @@ impl Keystore {
         let json = |r: serde_json::Result<String>| {
             r.map_err(|e| KeyError::Internal(format!("serialize keystore: {e}")))
         };
+        self.body.kdf = Some(self.kdf.clone());
         let body = json(serde_json::to_string(&self.body))?;
-        let mac = self.keys.mac(&body).to_hex().to_string();
+        let kdf_bytes = self
+            .kdf
+            .canonical()
+            .ok_or_else(|| KeyError::Internal("bad kdf salt".into()))?;
+        let mac = self
+            .keys
+            .mac(FORMAT_VERSION.into(), &kdf_bytes, &body)
+            .to_hex()
+            .to_string();
         let kdf = serde_json::to_value(&self.kdf)
             .map_err(|e| KeyError::Internal(format!("serialize kdf: {e}")))?;
         let top = FileTop {
@@ -653,7 +679,7 @@ fn parse_top(path: &Path, text: &str) -> Result<FileTop, KeyError> {
         )));
     }
     match head.version {
-        Some(v) if v == u64::from(FORMAT_VERSION) => {}
+        Some(v) if v == 1 || v == u64::from(FORMAT_VERSION) => {}
         Some(v) if v > u64::from(FORMAT_VERSION) => {
             let why = format!(
                 "keystore version {v} was written by a newer envelopefs (this one reads version {FORMAT_VERSION}); upgrade envelopefs"
@@ -663,6 +689,36 @@ fn parse_top(path: &Path, text: &str) -> Result<FileTop, KeyError> {
         _ => return Err(bad("missing or invalid keystore version".into())),
     }
     serde_json::from_str(text).map_err(|e| bad(format!("bad keystore fields: {e}")))
+}
+
+/// Version 2: the body's copy of `kdf` (read before the MAC can be checked) must equal the
+/// top-level one, else the file was modified; checked before the KDF runs, so an edited
+/// cost is reported as such instead of being run, and instead of looking like a wrong
+/// passphrase. (Whoever edits both copies gets a MAC failure after the KDF: a wrong
+/// passphrase or a modified file, which cannot be told apart.)
+fn check_kdf_copy(path: &Path, top: &FileTop, kdf: &Kdf) -> Result<(), KeyError> {
+    if top.version < 2 {
+        return Ok(());
+    }
+    #[derive(Deserialize)]
+    struct KdfOnly {
+        kdf: Option<Kdf>,
+    }
+    let copy = serde_json::from_str::<KdfOnly>(&top.body)
+        .ok()
+        .and_then(|b| b.kdf);
+    if copy.as_ref() == Some(kdf) {
+        return Ok(());
+    }
+    Err(KeyError::corrupt(
+        path,
+        format!(
+            "it was modified after it was written: its kdf ({}) is not the one recorded in its \
+             body ({}); nothing was derived or written",
+            kdf.describe(),
+            copy.map_or_else(|| "none".into(), |k| k.describe())
+        ),
+    ))
 }
 
 pub(super) fn material_aad(id: &KeyId, version: u32) -> Vec<u8> {

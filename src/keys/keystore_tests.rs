@@ -69,7 +69,7 @@ fn newer_version_and_foreign_files_are_refused() {
     let d = tempfile::tempdir().unwrap();
     let (p, _) = small(d.path(), "pw");
     let orig = std::fs::read_to_string(&p).unwrap();
-    std::fs::write(&p, orig.replace("\"version\": 1", "\"version\": 2")).unwrap();
+    std::fs::write(&p, orig.replace("\"version\": 2", "\"version\": 3")).unwrap();
     let e = Keystore::open(&p, &pw("pw")).err().unwrap().to_string();
     assert!(e.contains("newer envelopefs"), "{e}");
     std::fs::write(&p, b"{\"hello\": 1}").unwrap();
@@ -159,6 +159,90 @@ fn concurrent_writers_serialize_and_a_failed_change_rolls_back() {
     assert!(e.is_err());
     assert_eq!(a.keys().len(), 3, "failed mutation must roll back");
     assert_eq!(std::fs::read(&p).unwrap(), on_disk);
+}
+
+/// Issue 11 item 7: the Argon2 costs are under the MAC. Editing them (or the salt, or the
+/// algorithm) in keystore.json is reported as a modified keystore before anything is
+/// derived, not as a wrong passphrase, and never opens.
+#[test]
+fn edited_kdf_parameters_are_a_modified_keystore() {
+    let d = tempfile::tempdir().unwrap();
+    let (p, _) = small(d.path(), "pw");
+    let orig = std::fs::read_to_string(&p).unwrap();
+    assert!(orig.contains("\"version\": 2"), "{orig}");
+    let top: serde_json::Value = serde_json::from_str(&orig).unwrap();
+    for (field, value) in [
+        ("m_kib", serde_json::json!(2048)),
+        ("m_kib", serde_json::json!(4 * 1024 * 1024)),
+        ("t", serde_json::json!(2)),
+        ("t", serde_json::json!(1000)),
+        ("p", serde_json::json!(2)),
+        ("salt", serde_json::json!("03".repeat(16))),
+    ] {
+        let mut edited = top.clone();
+        edited["kdf"][field] = value.clone();
+        std::fs::write(&p, serde_json::to_string_pretty(&edited).unwrap()).unwrap();
+        let t = std::time::Instant::now();
+        let e = Keystore::open(&p, &pw("pw")).err().unwrap();
+        assert!(
+            matches!(&e, KeyError::Corrupt { reason, .. } if reason.contains("modified")),
+            "{field}={value}: {e}"
+        );
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(2),
+            "no Argon2 run"
+        );
+    }
+    // Editing both copies consistently: the KDF runs (within bounds) and the MAC fails.
+    let mut both = top.clone();
+    both["kdf"]["t"] = 2.into();
+    let body = top["body"].as_str().unwrap().replace("\"t\":1", "\"t\":2");
+    both["body"] = body.into();
+    std::fs::write(&p, serde_json::to_string_pretty(&both).unwrap()).unwrap();
+    assert!(Keystore::open(&p, &pw("pw")).is_err());
+    // Costs beyond the bounds are refused before deriving even when both copies agree.
+    let mut huge = both.clone();
+    huge["kdf"]["t"] = 101.into();
+    let body = top["body"]
+        .as_str()
+        .unwrap()
+        .replace("\"t\":1", "\"t\":101");
+    huge["body"] = body.into();
+    std::fs::write(&p, serde_json::to_string_pretty(&huge).unwrap()).unwrap();
+    let e = Keystore::open(&p, &pw("pw")).err().unwrap();
+    assert!(e.to_string().contains("unreasonable"), "{e}");
+    std::fs::write(&p, &orig).unwrap();
+    Keystore::open(&p, &pw("pw")).unwrap();
+}
+
+/// A version-1 keystore (MAC over the body alone, no kdf copy) still opens, and the next
+/// change rewrites it as version 2.
+#[test]
+fn version_1_keystore_opens_and_is_upgraded_at_the_next_write() {
+    let d = tempfile::tempdir().unwrap();
+    let (p, ks) = small(d.path(), "pw");
+    let mut top: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let mut body: serde_json::Value = serde_json::from_str(top["body"].as_str().unwrap()).unwrap();
+    body.as_object_mut().unwrap().remove("kdf");
+    let body = serde_json::to_string(&body).unwrap();
+    top["mac"] = ks.keys.mac(1, b"", &body).to_hex().to_string().into();
+    top["body"] = body.into();
+    top["version"] = 1.into();
+    std::fs::write(&p, serde_json::to_string_pretty(&top).unwrap()).unwrap();
+    let mut v1 = Keystore::open(&p, &pw("pw")).unwrap();
+    assert!(
+        std::fs::read_to_string(&p)
+            .unwrap()
+            .contains("\"version\": 1")
+    );
+    v1.create_key("upgrade").unwrap();
+    let text = std::fs::read_to_string(&p).unwrap();
+    assert!(
+        text.contains("\"version\": 2") && text.contains("m_kib"),
+        "{text}"
+    );
+    assert_eq!(Keystore::open(&p, &pw("pw")).unwrap().keys().len(), 2);
 }
 
 /// The material AAD of docs/FORMAT.md.
