@@ -468,3 +468,25 @@ fn grantee_rewriting_a_shared_keystore_does_not_become_admin() {
     fs::write(m.path("f"), b"still works").unwrap();
     assert_eq!(fs::read(m.path("f")).unwrap(), b"still works");
 }
+
+/// Issue 11 item 8f: a live mount whose keystore.json is edited by hand (the MAC left as it
+/// was) logs one error naming the file, however many operations follow, and keeps serving
+/// with the last verified keystore.
+#[test]
+fn live_mount_logs_a_keystore_failing_its_mac_once() {
+    let Some(m) = Mounted::new() else { return };
+    fs::write(m.path("a"), b"before").unwrap();
+    let ks = m.backing().join("keystore.json");
+    let good = fs::read_to_string(&ks).unwrap();
+    let bad = good.replace("Enabled", "Disabled");
+    assert_ne!(bad, good);
+    fs::write(&ks, &bad).unwrap();
+    for i in 0..5 {
+        fs::write(m.path(&format!("n{i}")), b"after").unwrap();
+        assert_eq!(fs::read(m.path(&format!("n{i}"))).unwrap(), b"after");
+    }
+    assert_eq!(fs::read(m.path("a")).unwrap(), b"before");
+    let needle = ks.display().to_string();
+    let lines = m.log_lines_with(&["ERROR", &needle, "still using the keystore"]);
+    assert_eq!(lines, 1, "{}", m.log_text());
+}

@@ -156,8 +156,13 @@ pub struct Keystore {
     pub(super) body: Body,
     /// Decrypted CMK material by (key, version); zeroized on drop.
     pub(super) materials: BTreeMap<(KeyId, u32), KeyMaterial>,
-    /// The `mac` of the file as last read or written, to notice another writer.
-    disk_mac: Option<String>,
+    /// A hash of the whole file as last read or written, to notice another writer (the
+    /// `mac` alone would not do: a file edited by hand may keep it).
+    disk_digest: Option<blake3::Hash>,
+    /// The identity of a file version that failed to verify, so it is reported once, not at
+    /// every operation ([`Keystore::changed_on_disk`] is false for it).
+    /// (`Some(None)`: the file was missing or could not be examined.)
+    rejected: Option<Option<FileStamp>>,
     /// The file's identity as last read or written, to notice a change with one `stat`.
     stamp: Option<FileStamp>,
 }
@@ -224,7 +229,8 @@ impl Keystore {
             keys,
             body,
             materials: BTreeMap::new(),
-            disk_mac: None,
+            disk_digest: None,
+            rejected: None,
             stamp: None,
         };
         let id = ks.add_key(DEFAULT_DESCRIPTION, Origin::AwsKms, now_secs())?;
@@ -250,10 +256,11 @@ impl Keystore {
             keys,
             body: Body::default(),
             materials: BTreeMap::new(),
-            disk_mac: None,
+            disk_digest: None,
+            rejected: None,
             stamp,
         };
-        ks.load_top(top)?;
+        ks.load_top(top, blake3::hash(text.as_bytes()))?;
         ks.adopt_legacy_admin();
         warn_if_readable_by_others(path);
         log::debug!(
@@ -294,7 +301,7 @@ impl Keystore {
     /// Verifies `top` with the derived keys and, only if everything checks, replaces the body
     /// and the decrypted material. On error nothing in `self` changes. A body that records
     /// no administrators (an older writer) keeps the administrators known so far.
-    fn load_top(&mut self, top: FileTop) -> Result<(), KeyError> {
+    fn load_top(&mut self, top: FileTop, digest: blake3::Hash) -> Result<(), KeyError> {
         let path = self.path.clone().unwrap_or_default();
         let bad = |why: String| KeyError::corrupt(&path, why);
         let stored = unhex::<32>(&top.mac).ok_or_else(|| bad("bad mac field".into()))?;
@@ -330,7 +337,7 @@ impl Keystore {
         }
         self.body = body;
         self.materials = materials;
-        self.disk_mac = Some(top.mac);
+        self.disk_digest = Some(digest);
         Ok(())
     }
 
@@ -396,18 +403,23 @@ impl Keystore {
         Some(m)
     }
 
-    /// Whether the file on disk is no longer the one this keystore last read or wrote (one
-    /// `stat`). Always false in memory; true when the file cannot be examined.
+    /// Whether the file on disk is no longer the one this keystore last read or wrote, nor
+    /// one that already failed to verify (one `stat`). Always false in memory; true when the
+    /// file cannot be examined.
     pub(super) fn changed_on_disk(&self) -> bool {
         match &self.path {
             None => false,
-            Some(p) => FileStamp::of(p) != self.stamp,
+            Some(p) => {
+                let now = FileStamp::of(p);
+                now != self.stamp && self.rejected != Some(now)
+            }
         }
     }
 
     /// Re-reads the file if it changed on disk, re-verifying its MAC with the keys derived at
     /// open (no second KDF run). Returns whether the contents changed. On any error the
-    /// in-memory state is left as it was.
+    /// in-memory state is left as it was, and the file version is remembered as rejected
+    /// (see [`Keystore::changed_on_disk`]); this still re-reads it and fails again.
     pub fn reload_if_changed(&mut self) -> Result<bool, KeyError> {
         let Some(path) = self.path.clone() else {
             return Ok(false);
@@ -416,12 +428,23 @@ impl Keystore {
         if stamp == self.stamp {
             return Ok(false);
         }
+        let result = self.reload(&path, stamp);
+        self.rejected = match &result {
+            Err(_) => Some(stamp),
+            Ok(_) => None,
+        };
+        result
+    }
+
+    fn reload(&mut self, path: &Path, stamp: Option<FileStamp>) -> Result<bool, KeyError> {
+        let path = path.to_owned();
         let text = std::fs::read_to_string(&path).map_err(|e| KeyError::io(&path, e))?;
-        let top = parse_top(&path, &text)?;
-        if Some(&top.mac) == self.disk_mac.as_ref() {
+        let digest = blake3::hash(text.as_bytes());
+        if Some(digest) == self.disk_digest {
             self.stamp = stamp;
             return Ok(false);
         }
+        let top = parse_top(&path, &text)?;
         let kdf = serde_json::from_value::<Kdf>(top.kdf.clone())
             .map_err(|e| KeyError::corrupt(&path, format!("bad kdf: {e}")))?;
         check_kdf_copy(&path, &top, &kdf)?;
@@ -431,7 +454,7 @@ impl Keystore {
                 "its passphrase or key file was changed by another process; restart to unlock it again",
             ));
         }
-        self.load_top(top)?;
+        self.load_top(top, digest)?;
         self.stamp = stamp;
         log::info!("reloaded keystore {} (changed on disk)", path.display());
         Ok(true)
@@ -577,9 +600,9 @@ impl Keystore {
         let Some(path) = self.path.clone() else {
             return Ok(());
         };
-        if let Some(expected) = &self.disk_mac {
-            let text = std::fs::read_to_string(&path).map_err(|e| KeyError::io(&path, e))?;
-            if parse_top(&path, &text).ok().map(|t| t.mac).as_ref() != Some(expected) {
+        if let Some(expected) = self.disk_digest {
+            let text = std::fs::read(&path).map_err(|e| KeyError::io(&path, e))?;
+            if blake3::hash(&text) != expected {
                 return Err(KeyError::Conflict { path });
             }
         }
@@ -607,6 +630,7 @@ impl Keystore {
             mac,
         };
         let text = json(serde_json::to_string_pretty(&top))? + "\n";
+        let digest = blake3::hash(text.as_bytes());
         let kept = crate::atomic::atomic_write_preserving(&path, text.as_bytes(), 0o600)
             .map_err(|e| KeyError::io(&path, e))?;
         if let crate::atomic::Kept::ModeOnly { uid } = kept {
@@ -619,7 +643,8 @@ impl Keystore {
                 path.display()
             );
         }
-        self.disk_mac = Some(top.mac);
+        self.disk_digest = Some(digest);
+        self.rejected = None;
         // Still under the lock: no other envelopefs process can have replaced the file since.
         self.stamp = FileStamp::of(&path);
         Ok(())

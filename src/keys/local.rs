@@ -160,7 +160,8 @@ impl LocalKms {
     /// about 1 µs, so every operation calls it). The MAC is re-verified with the keys derived
     /// at open; no KDF runs. After a re-read, expired deletions and imports are applied.
     /// Returns whether anything was re-read. On error (the file is unreadable or fails to
-    /// verify) the last good state stays in force.
+    /// verify) the last good state stays in force, and the error is returned once for that
+    /// version of the file: later calls see no change until the file changes again.
     pub fn refresh_if_changed(&self) -> Result<bool, KeyError> {
         if !self.read().changed_on_disk() {
             return Ok(false);
@@ -172,11 +173,14 @@ impl LocalKms {
         Ok(changed)
     }
 
-    /// [`LocalKms::refresh_if_changed`], logging a failure instead of returning it: the
-    /// operation goes on with the last good state.
+    /// [`LocalKms::refresh_if_changed`], logging a failure (once per change of the file)
+    /// instead of returning it: the operation goes on with the last good state, which stays
+    /// in force until the file verifies again (docs/KEYS.md §One keystore, several processes).
     pub(super) fn refresh_quietly(&self) {
         if let Err(e) = self.refresh_if_changed() {
-            log::error!("keeping the keystore as last read: {e}");
+            log::error!(
+                "{e}; still using the keystore as last verified; key changes made since cannot                  take effect until the file is repaired (restore it, or undo the edit)"
+            );
         }
     }
 

@@ -480,3 +480,49 @@ fn legacy_keystore_takes_its_owner_once_and_records_it() {
     std::os::unix::fs::chown(&p, Some(4343), None).unwrap();
     assert_eq!(reopen(&p, &key).admins(), [ALICE.uid]);
 }
+
+/// Issue 11 item 8f: a keystore file that changes into one that fails to verify (here: the
+/// body edited by hand, the MAC left as it was) is reported once per change, naming the
+/// file; the service keeps serving the last good keystore and writes nothing over it.
+#[test]
+fn a_keystore_failing_its_mac_is_reported_once_and_the_last_good_one_serves() {
+    let d = tempfile::tempdir().unwrap();
+    let (p, _key, kms) = keyfile_kms(d.path());
+    let (dek, w) = kms
+        .generate_data_key("alias/default", &ctx(1), &me())
+        .unwrap();
+    let good = std::fs::read_to_string(&p).unwrap();
+    let bad = good.replace("Enabled", "Disabled");
+    assert_ne!(bad, good);
+    std::fs::write(&p, &bad).unwrap();
+    let e = kms.refresh_if_changed().unwrap_err();
+    assert!(
+        matches!(&e, KeyError::Corrupt { .. }) && e.to_string().contains(&p.display().to_string()),
+        "{e}"
+    );
+    assert!(
+        !kms.refresh_if_changed().unwrap(),
+        "reported once per change"
+    );
+    assert_eq!(
+        kms.decrypt(&w, &ctx(1), &me()).unwrap().expose_secret(),
+        dek.expose_secret(),
+        "the last good keystore still serves"
+    );
+    assert!(kms.disable_key("alias/default", &me()).is_err());
+    assert_eq!(
+        std::fs::read_to_string(&p).unwrap(),
+        bad,
+        "nothing written over it"
+    );
+    // A second bad change is reported again; the good file back is taken again.
+    std::fs::write(&p, bad.replace("\"mac\": \"", "\"mac\": \"00")).unwrap();
+    assert!(kms.refresh_if_changed().is_err());
+    // A missing file too, once.
+    std::fs::rename(&p, d.path().join("moved")).unwrap();
+    assert!(kms.refresh_if_changed().is_err());
+    assert!(!kms.refresh_if_changed().unwrap());
+    std::fs::write(&p, &good).unwrap();
+    kms.refresh_if_changed().unwrap();
+    kms.disable_key("alias/default", &me()).unwrap();
+}
