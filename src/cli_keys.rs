@@ -269,7 +269,8 @@ pub enum AliasCommand {
         /// Key id or alias/NAME.
         key: String,
     },
-    /// Point an existing ALIAS at another KEY.
+    /// Point an existing ALIAS at another KEY. The volume's default key alias (default_key
+    /// in envelopefs.json) may only be pointed at an Enabled key, unless --force.
     Update {
         #[command(flatten)]
         target: Target,
@@ -277,13 +278,20 @@ pub enum AliasCommand {
         alias: String,
         /// Key id or alias/NAME.
         key: String,
+        /// Point the volume's default key alias at a key that cannot encrypt new files.
+        #[arg(long)]
+        force: bool,
     },
-    /// Delete ALIAS (the key stays).
+    /// Delete ALIAS (the key stays). The volume's default key alias (default_key in
+    /// envelopefs.json) is refused unless --force: without it no file can be created.
     Delete {
         #[command(flatten)]
         target: Target,
         /// alias/NAME.
         alias: String,
+        /// Delete the volume's default key alias anyway.
+        #[arg(long)]
+        force: bool,
     },
     /// List aliases (of one key with --key).
     List {

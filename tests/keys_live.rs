@@ -490,3 +490,46 @@ fn live_mount_logs_a_keystore_failing_its_mac_once() {
     let lines = m.log_lines_with(&["ERROR", &needle, "still using the keystore"]);
     assert_eq!(lines, 1, "{}", m.log_text());
 }
+
+/// Issue 11 item 8c: deleting the alias the volume's default_key names is refused (saying
+/// what to do) and new files keep working; pointing it at a Disabled key is refused too;
+/// pointing it at an Enabled key, or `--force`, is allowed.
+#[test]
+fn default_key_alias_is_not_deleted_or_pointed_at_an_unusable_key() {
+    let Some(m) = Mounted::new() else { return };
+    let (deleted, text) = m.cli(&["key", "alias", "delete"], &["alias/default"]);
+    assert!(!deleted, "{text}");
+    assert!(
+        text.contains("default_key") && text.contains("--force") && text.contains("alias update"),
+        "{text}"
+    );
+    fs::write(m.path("new"), b"still created").unwrap();
+    assert_eq!(fs::read(m.path("new")).unwrap(), b"still created");
+
+    let created = ok(
+        &m,
+        &["key", "create", "--json"],
+        &["--description", "other"],
+    );
+    let other: serde_json::Value =
+        serde_json::from_str(&created[created.find('{').unwrap()..=created.rfind('}').unwrap()])
+            .unwrap();
+    let other = other["key_id"].as_str().unwrap().to_owned();
+    ok(&m, &["key", "disable"], &[&other]);
+    let (updated, text) = m.cli(&["key", "alias", "update"], &["alias/default", &other]);
+    assert!(!updated, "{text}");
+    assert!(
+        text.contains("Disabled") && text.contains("--force"),
+        "{text}"
+    );
+    ok(&m, &["key", "enable"], &[&other]);
+    ok(&m, &["key", "alias", "update"], &["alias/default", &other]);
+    fs::write(m.path("under-other"), b"x").unwrap();
+
+    ok(
+        &m,
+        &["key", "alias", "delete"],
+        &["alias/default", "--force"],
+    );
+    assert!(fs::write(m.path("no-default"), b"x").is_err());
+}

@@ -454,15 +454,52 @@ fn run_alias(cmd: AliasCommand) -> Result<(), CliError> {
                 println!("{alias} → {key}")
             });
         }
-        AliasCommand::Update { target, alias, key } => {
+        AliasCommand::Update {
+            target,
+            alias,
+            key,
+            force,
+        } => {
             let s = Session::open(&target)?;
+            if !force && is_default_key(&s, &alias)? {
+                let state = s.kms.describe(&key, &s.me)?.state;
+                if state != crate::keys::KeyState::Enabled {
+                    return Err(fail(
+                        ExitCode::Failure,
+                        format!(
+                            "{alias} is the volume's default key (default_key in {}): new files \
+                             are encrypted under it, and {key} is {state}, so creating files would \
+                             fail; enable {key} first, pick an Enabled key, or pass --force",
+                            s.backing.join(vol::CONFIG_NAME).display()
+                        ),
+                    ));
+                }
+            }
             s.kms.update_alias(&alias, &key, &s.me)?;
             s.emit(&json!({"alias_name": alias, "target": key}), |_| {
                 println!("{alias} → {key}")
             });
         }
-        AliasCommand::Delete { target, alias } => {
+        AliasCommand::Delete {
+            target,
+            alias,
+            force,
+        } => {
             let s = Session::open(&target)?;
+            if !force && is_default_key(&s, &alias)? {
+                return Err(fail(
+                    ExitCode::Failure,
+                    format!(
+                        "{alias} is the volume's default key (default_key in {}): every new file \
+                         is encrypted under it, so without it creating files fails (EIO); nothing \
+                         was deleted. To use another key for new files, point the alias at it \
+                         (`envelopefs key alias update {} {alias} KEY`); to delete it anyway, \
+                         pass --force",
+                        s.backing.join(vol::CONFIG_NAME).display(),
+                        s.backing.display()
+                    ),
+                ));
+            }
             s.kms.delete_alias(&alias, &s.me)?;
             s.emit(&json!({"alias_name": alias, "deleted": true}), |_| {
                 println!("deleted {alias}")
@@ -478,6 +515,11 @@ fn run_alias(cmd: AliasCommand) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// Whether `alias` is the volume's default key (`default_key` in its envelopefs.json).
+fn is_default_key(s: &Session, alias: &str) -> Result<bool, CliError> {
+    Ok(vol::read_config(&s.backing)?.default_key == alias)
 }
 
 fn run_rotation(cmd: RotationCommand) -> Result<(), CliError> {
