@@ -362,6 +362,10 @@ pub enum PolicyCommand {
         /// The policy document.
         #[arg(long, value_name = "FILE")]
         file: PathBuf,
+        /// Accept user or group names this system does not know (they match no one until
+        /// such a user or group is created).
+        #[arg(long)]
+        allow_unknown_principal: bool,
     },
 }
 
@@ -397,6 +401,10 @@ pub enum GrantCommand {
         /// A name for the grant.
         #[arg(long)]
         name: Option<String>,
+        /// Accept a user or group name this system does not know (it matches no one until
+        /// such a user or group is created).
+        #[arg(long)]
+        allow_unknown_principal: bool,
     },
     /// List the key's grants.
     List {

@@ -533,3 +533,59 @@ fn default_key_alias_is_not_deleted_or_pointed_at_an_unusable_key() {
     );
     assert!(fs::write(m.path("no-default"), b"x").is_err());
 }
+
+/// Issue 11 item 8e: a grant or key policy naming a user or group this system does not
+/// know is refused, saying so; numeric ids are accepted, and --allow-unknown-principal
+/// overrides.
+#[test]
+fn grants_and_policies_to_unknown_names_are_refused() {
+    let Some(m) = Mounted::init_only(common::Options::default()) else {
+        return;
+    };
+    let grant = |who: &str, extra: &[&str]| {
+        let mut rest = vec!["alias/default", "--grantee", who, "--operations", "Decrypt"];
+        rest.extend_from_slice(extra);
+        m.cli(&["key", "grant", "create"], &rest)
+    };
+    let (made, text) = grant("user:no-such-user-envelopefs", &[]);
+    assert!(!made, "{text}");
+    assert!(
+        text.contains("user no-such-user-envelopefs") && text.contains("--allow-unknown-principal"),
+        "{text}"
+    );
+    let (made, text) = grant("group:no-such-group-envelopefs", &[]);
+    assert!(
+        !made && text.contains("group no-such-group-envelopefs"),
+        "{text}"
+    );
+    let listed = ok(&m, &["key", "grant", "list"], &["alias/default"]);
+    assert!(!listed.contains("no-such"), "nothing was granted: {listed}");
+    assert!(grant("user:4242", &[]).0);
+    assert!(grant("user:root", &[]).0);
+    assert!(
+        grant(
+            "user:no-such-user-envelopefs",
+            &["--allow-unknown-principal"]
+        )
+        .0
+    );
+
+    let policy = m.root().join("policy.json");
+    fs::write(
+        &policy,
+        r#"{"Statement":[{"Effect":"Allow","Principal":{"Admin":true},"Action":"kms:*"},
+            {"Effect":"Allow","Principal":{"Group":"no-such-group-envelopefs"},"Action":"kms:Decrypt"}]}"#,
+    )
+    .unwrap();
+    let p = policy.to_str().unwrap();
+    let (put, text) = m.cli(&["key", "policy", "put"], &["alias/default", "--file", p]);
+    assert!(
+        !put && text.contains("group no-such-group-envelopefs"),
+        "{text}"
+    );
+    ok(
+        &m,
+        &["key", "policy", "put"],
+        &["alias/default", "--file", p, "--allow-unknown-principal"],
+    );
+}

@@ -387,7 +387,12 @@ pub fn run_key(args: KeyArgs) -> Result<(), CliError> {
             let s = Session::open(&target)?;
             println!("{}", s.kms.get_key_policy(&key, &s.me)?.to_json_pretty());
         }
-        K::Policy(PolicyCommand::Put { target, key, file }) => {
+        K::Policy(PolicyCommand::Put {
+            target,
+            key,
+            file,
+            allow_unknown_principal,
+        }) => {
             let s = Session::open(&target)?;
             let text = String::from_utf8(read_file(&file)?).map_err(|_| {
                 fail(
@@ -395,6 +400,9 @@ pub fn run_key(args: KeyArgs) -> Result<(), CliError> {
                     format!("{} is not UTF-8 text", file.display()),
                 )
             })?;
+            if !allow_unknown_principal && let Ok(p) = crate::keys::policy::parse_policy(&text) {
+                refuse_unknown(&p.unknown_names(), "key policy")?;
+            }
             s.kms.put_key_policy(&key, &text, &s.me)?;
             s.emit(&json!({"key": key, "policy": "replaced"}), |_| {
                 println!("replaced the key policy of {key}")
@@ -432,6 +440,22 @@ fn run_admin(cmd: AdminCommand) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// Refuses a grant or policy that names users or groups the system does not know.
+fn refuse_unknown(unknown: &[String], what: &str) -> Result<(), CliError> {
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(fail(
+        ExitCode::Failure,
+        format!(
+            "the {what} names {} that this system does not know (see `getent passwd` and \
+             `getent group`); nothing was changed. Check the spelling, use a numeric uid or gid, \
+             or pass --allow-unknown-principal (the name then matches whoever gets it later)",
+            unknown.join(", ")
+        ),
+    ))
 }
 
 /// Opens, runs one metadata-returning operation, prints the key.
@@ -588,6 +612,7 @@ fn run_grant(cmd: GrantCommand) -> Result<(), CliError> {
             constraint_subset,
             constraint_equals,
             name,
+            allow_unknown_principal,
         } => {
             let s = Session::open(&target)?;
             let pairs = |v: &[String]| -> Result<Option<BTreeMap<String, String>>, CliError> {
@@ -599,13 +624,13 @@ fn run_grant(cmd: GrantCommand) -> Result<(), CliError> {
             };
             let ops: Vec<&str> = operations.iter().map(String::as_str).collect();
             let retiring = retiring_principal.as_deref().map(principal).transpose()?;
-            let grant = Grant::new(
-                principal(&grantee)?,
-                &ops,
-                retiring,
-                Some(constraints),
-                name,
-            )?;
+            let grantee = principal(&grantee)?;
+            if !allow_unknown_principal {
+                let mut unknown = grantee.unknown_names();
+                unknown.extend(retiring.iter().flat_map(PrincipalSpec::unknown_names));
+                refuse_unknown(&unknown, "grant")?;
+            }
+            let grant = Grant::new(grantee, &ops, retiring, Some(constraints), name)?;
             let id = s.kms.create_grant(&key, grant, &s.me)?;
             s.emit(&json!({"grant_id": id, "key": key}), |_| {
                 println!("created grant {id} on {key}")
