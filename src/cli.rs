@@ -13,7 +13,7 @@ use crate::format::volume::DEFAULT_BLOCK_SIZE;
 use crate::fs::EncFs;
 use crate::fuse::{Adapter, MountOptions};
 use crate::keys::local::LocalKms;
-use crate::keys::secret::Unlock;
+use crate::keys::secret::{Unlock, passphrase_bytes};
 use crate::keys::{Caller, KeyError};
 use crate::store::volume::{self as vol, VolumeError};
 
@@ -67,7 +67,8 @@ pub struct Cli {
 /// How to unlock the keystore.
 #[derive(Args, Debug, Clone, Default)]
 pub struct SecretArgs {
-    /// Read the passphrase from FILE (first line; a trailing newline is ignored).
+    /// Read the passphrase from FILE: its first line, without the line feed and one carriage
+    /// return before it (docs/FORMAT.md §6.1).
     #[arg(long, value_name = "FILE", conflicts_with = "keyfile")]
     pub passfile: Option<PathBuf>,
     /// Unlock with a 32-byte key file instead of a passphrase (no Argon2id).
@@ -248,7 +249,8 @@ pub fn read_unlock(args: &SecretArgs, confirm: bool) -> Result<Unlock, CliError>
         })?;
         return Ok(Unlock::KeyFile(Zeroizing::new(key)));
     }
-    let mut pass = if let Some(p) = &args.passfile {
+    // One rule for every source: crate::keys::secret::passphrase_bytes (docs/FORMAT.md §6.1).
+    let pass = if let Some(p) = &args.passfile {
         let mut s = Zeroizing::new(Vec::new());
         let mut f = std::fs::File::open(p).map_err(|e| {
             fail(
@@ -262,12 +264,12 @@ pub fn read_unlock(args: &SecretArgs, confirm: bool) -> Result<Unlock, CliError>
                 format!("cannot read pass file {}: {e}", p.display()),
             )
         })?;
-        if let Some(i) = s.iter().position(|&b| b == b'\n') {
-            s.truncate(i);
-        }
-        s
+        passphrase_bytes(s, true)
     } else if let Some(v) = std::env::var_os(PASSPHRASE_ENV) {
-        Zeroizing::new(std::os::unix::ffi::OsStringExt::into_vec(v))
+        passphrase_bytes(
+            Zeroizing::new(std::os::unix::ffi::OsStringExt::into_vec(v)),
+            false,
+        )
     } else {
         let p = rpassword::prompt_password("Passphrase: ").map_err(|e| {
             fail(ExitCode::Failure, format!("cannot read a passphrase from the terminal ({e}); use --passfile FILE or ${PASSPHRASE_ENV}"))
@@ -286,11 +288,8 @@ pub fn read_unlock(args: &SecretArgs, confirm: bool) -> Result<Unlock, CliError>
                 ));
             }
         }
-        p
+        passphrase_bytes(p, false)
     };
-    if pass.ends_with(b"\r") {
-        pass.pop();
-    }
     if pass.is_empty() {
         return Err(fail(
             ExitCode::Failure,

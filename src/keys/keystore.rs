@@ -1,23 +1,28 @@
 //! The keystore file: every CMK's material, encrypted under a key derived from a passphrase
 //! or a key file, plus non-secret key records and aliases, authenticated by a MAC.
 //!
-//! # File layout (version 1)
+//! # File layout (version 2; docs/FORMAT.md §6 is the contract)
 //!
-//! A UTF-8 JSON object (written pretty-printed, mode 0600, by atomic replace):
+//! A UTF-8 JSON object (written pretty-printed, mode 0600 when new, by atomic replace that
+//! keeps an existing file's mode and, where allowed, owner):
 //!
 //! ```text
 //! {
 //!   "format":  "envelopefs-keystore",
-//!   "version": 1,
+//!   "version": 2,
 //!   "kdf":     {"alg":"argon2id","salt":"<hex 16 B>","m_kib":65536,"t":3,"p":1}
 //!            | {"alg":"keyfile","salt":"<hex 16 B>"},
 //!   "body":    "<string: the JSON text of the body, see below>",
-//!   "mac":     "<hex 32 B: blake3::keyed_hash(mac_key, UTF-8 bytes of the body string)>"
+//!   "mac":     "<hex 32 B: blake3::keyed_hash(mac_key, kdf_bytes ‖ UTF-8 bytes of the body)>"
 //! }
 //! ```
 //!
-//! Readers check `format`, then `version` (a larger one is refused as written by a newer
-//! envelopefs), then derive the keys, then verify `mac`, and only then trust `body`.
+//! `kdf_bytes` is [`Kdf::canonical`](crate::keys::kdf). Version 1 (still read, rewritten as 2
+//! at the next change) has no `kdf_bytes` in its MAC and no `kdf` copy in its body.
+//!
+//! Readers check `format`, then `version` (1 or 2; a larger one is refused as written by a
+//! newer envelopefs), then that the body's copy of `kdf` equals the top-level one (version 2),
+//! then derive the keys, then verify `mac`, and only then trust `body`.
 //!
 //! # Keys
 //!
@@ -34,6 +39,8 @@
 //!
 //! ```text
 //! {"created": <u64 secs>, "check": "<hex 16 B>",
+//!  "admins": [<uid>, ...],                             (crate::keys::admins)
+//!  "kdf": <copy of the top-level kdf>,                 (version 2)
 //!  "keys": [ <key record>, ... ],                      (layout in crate::keys::record)
 //!  "aliases": {"alias/default": "<key id>", ...},
 //!  "deleted": [ {"key_id": "<uuid>", "deletion_date": <secs>, "description": "<text>"} ] }
@@ -44,9 +51,10 @@
 //!
 //! # Writers and readers
 //!
-//! Every write is an atomic replace done while holding an advisory lock (`flock`) on
-//! `<keystore>.lock`, after checking that the file is still the one this process last read or
-//! wrote (else [`KeyError::Conflict`], nothing written). A long-lived reader (the mount daemon)
+//! Every change ([`Keystore::transact`]) holds an advisory lock (`flock`) on
+//! `<keystore>.lock` while it re-reads the file if another process changed it, applies the
+//! change and writes the file (atomic replace); a file changed by something that does not take
+//! the lock is a [`KeyError::Conflict`], nothing written. A long-lived reader (the mount daemon)
 //! notices another process's write with one `stat` (device, inode, size, mtime, ctime: every
 //! write is a new inode) and re-reads the file with [`Keystore::reload_if_changed`], which
 //! verifies the MAC with the keys derived at open: no second Argon2 run.

@@ -252,3 +252,39 @@ fn material_aad_vector() {
     let want = "656e76656c6f7065667320636d6b206d6174657269616c207631 22222222222222222222222222222222 00000001";
     assert_eq!(hex(&aad), want.replace(' ', ""));
 }
+
+/// Vector `keystore-material-1` of docs/FORMAT.md §6.4 (cross-checked with Python
+/// `cryptography`'s AESGCMSIV): material M = 44×32 of key 22×16 version 1 sealed under
+/// wrap_key 11×32 with nonce 33×12.
+#[test]
+fn material_sealing_vector() {
+    let aad = material_aad(&KeyId([0x22; 16]), 1);
+    let sealed =
+        crate::keys::secret::seal32_with_nonce(&[0x11; 32], &aad, &[0x44; 32], [0x33; 12]).unwrap();
+    assert_eq!(
+        hex(&sealed),
+        "333333333333333333333333\
+         71f936210e872b09cb78869564c0ad0501f2a4384eac363a11669a6519c530fc\
+         e7fef9e5b887d1cdc2954dd7b729689d"
+    );
+    let mut back = [0u8; 32];
+    crate::keys::secret::open32(&[0x11; 32], &aad, &sealed, &mut back).unwrap();
+    assert_eq!(back, [0x44; 32]);
+    let doc = crate::keys::doc_vectors::get("keystore-material-1");
+    let inputs = [
+        &doc["wrap_key"],
+        &doc["key_id"],
+        &doc["version"],
+        &doc["nonce"],
+        &doc["m"],
+    ];
+    let want = [
+        hex(&[0x11; 32]),
+        hex(&[0x22; 16]),
+        "1".into(),
+        hex(&[0x33; 12]),
+        hex(&[0x44; 32]),
+    ];
+    assert_eq!(inputs, want.each_ref());
+    assert_eq!(doc["material"], hex(&sealed));
+}
