@@ -589,3 +589,44 @@ fn grants_and_policies_to_unknown_names_are_refused() {
         &["alias/default", "--file", p, "--allow-unknown-principal"],
     );
 }
+
+/// `init --admin-uid` records more administrators beside the user running init; an unknown
+/// user name is refused before anything is created.
+#[test]
+fn init_records_the_admins_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let kf = dir.path().join("key");
+    fs::write(&kf, common::random_bytes(32)).unwrap();
+    let init = |backing: &std::path::Path, extra: &[&str]| {
+        common::output(
+            tool(BIN)
+                .arg("init")
+                .arg(backing)
+                .arg("--keyfile")
+                .arg(&kf)
+                .args(extra),
+        )
+    };
+    let bad = dir.path().join("bad");
+    let out = init(&bad, &["--admin-uid", "no-such-user-envelopefs"]);
+    assert!(!out.status.success());
+    assert!(!bad.join("keystore.json").exists());
+    let b = dir.path().join("b");
+    let out = init(&b, &["--admin-uid", "4242", "--admin-uid", "4243"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = common::output(
+        tool(BIN)
+            .args(["key", "admin", "list", "--json"])
+            .arg(&b)
+            .arg("--keyfile")
+            .arg(&kf),
+    );
+    let admins: Vec<u32> = serde_json::from_slice(&out.stdout).unwrap();
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    assert_eq!(admins, [me, 4242, 4243]);
+}
