@@ -7,7 +7,7 @@
 
 use crate::format::context::EncryptionContext;
 use crate::keys::local::{Event, LocalKms, Op};
-use crate::keys::principal::{Principal, user_name};
+use crate::keys::principal::user_name;
 use crate::keys::{Caller, KeyError};
 
 /// Most administrators a keystore lists.
@@ -92,9 +92,4 @@ impl LocalKms {
         }
         result
     }
-}
-
-/// Whether `caller` is an administrator of `kms` (listed, or root).
-pub fn is_admin(kms: &LocalKms, caller: &Caller) -> bool {
-    Principal::from_caller_with(caller, &kms.admins(), false).is_admin
 }
