@@ -419,12 +419,6 @@ fn grantee_rewriting_a_shared_keystore_does_not_become_admin() {
         eprintln!("skipping: needs root to act as uid 1000");
         return;
     }
-    let ks = m.backing().join("keystore.json");
-    // A keystore shared with a group the grantee is in (here: writable by all, the same for
-    // this test), in a directory the grantee may create the temporary file in.
-    fs::set_permissions(m.backing(), fs::Permissions::from_mode(0o777)).unwrap();
-    fs::set_permissions(&ks, fs::Permissions::from_mode(0o666)).unwrap();
-    fs::set_permissions(m.keyfile(), fs::Permissions::from_mode(0o644)).unwrap();
     let text = ok(
         &m,
         &["key", "grant", "create"],
@@ -443,16 +437,20 @@ fn grantee_rewriting_a_shared_keystore_does_not_become_admin() {
         .nth(2)
         .unwrap_or_else(|| panic!("no grant id in {text:?}"))
         .to_owned();
+    let ks = m.backing().join("keystore.json");
+    // A keystore shared with a group the grantee is in (here: writable by all, the same for
+    // this test), in a directory the grantee may create the temporary file in.
+    fs::set_permissions(m.backing(), fs::Permissions::from_mode(0o777)).unwrap();
+    fs::set_permissions(&ks, fs::Permissions::from_mode(0o666)).unwrap();
+    fs::set_permissions(
+        m.backing().join("keystore.json.lock"),
+        fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    fs::set_permissions(m.keyfile(), fs::Permissions::from_mode(0o644)).unwrap();
     let (retired, text) =
         cli_as_user_1000(&m, &["key", "grant", "retire"], &["--grant-id", &grant_id]);
     assert!(retired, "the retiring principal may retire: {text}");
-    let meta = fs::metadata(&ks).unwrap();
-    assert_eq!(meta.mode() & 0o7777, 0o666, "the rewrite keeps the mode");
-    assert_eq!(
-        meta.uid(),
-        1000,
-        "uid 1000 cannot give the file back to root"
-    );
     let (disabled, text) = cli_as_user_1000(&m, &["key", "disable"], &["alias/default"]);
     assert!(
         !disabled,
@@ -461,6 +459,13 @@ fn grantee_rewriting_a_shared_keystore_does_not_become_admin() {
     assert!(text.contains("access denied"), "{text}");
     let (added, text) = cli_as_user_1000(&m, &["key", "admin", "add"], &["1000"]);
     assert!(!added, "nor may they make themselves one: {text}");
+    let meta = fs::metadata(&ks).unwrap();
+    assert_eq!(meta.mode() & 0o7777, 0o666, "the rewrite keeps the mode");
+    assert_eq!(
+        meta.uid(),
+        1000,
+        "uid 1000 cannot give the file back to root"
+    );
     let listed = ok(&m, &["key", "admin", "list"], &[]);
     assert!(listed.contains("uid 0"), "{listed}");
     assert!(!listed.contains("uid 1000"), "{listed}");
