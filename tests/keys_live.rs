@@ -635,3 +635,85 @@ fn init_records_the_admins_it_is_given() {
     let me = unsafe { libc::geteuid() };
     assert_eq!(admins, [me, 4242, 4243]);
 }
+
+/// Unmounts (lazily) in Drop, so a failing test leaves no mount behind.
+struct Unmount<'a>(&'a std::path::Path);
+
+impl Drop for Unmount<'_> {
+    fn drop(&mut self) {
+        if common::is_mounted(self.0) {
+            let _ = common::output(tool(BIN).arg("unmount").arg(self.0));
+        }
+        if common::is_mounted(self.0) {
+            common::abort_mount(self.0);
+            let _ = common::output(tool("umount").arg("-l").arg(self.0));
+        }
+    }
+}
+
+/// docs/FORMAT.md §6.1: `mount --background` hands its daemon the very passphrase bytes the
+/// foreground would use, even one ending in CR ($ENVELOPEFS_PASSPHRASE = "pw\r\r" is the
+/// passphrase "pw\r"); one with a line feed is refused, saying why.
+#[test]
+fn background_mount_uses_the_same_passphrase_bytes() {
+    if !common::fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (backing, mnt) = (dir.path().join("b"), dir.path().join("m"));
+    fs::create_dir(&mnt).unwrap();
+    let run = |args: &[&std::ffi::OsStr], pass: &str| {
+        common::output(
+            tool(BIN)
+                .args(args)
+                .env("ENVELOPEFS_PASSPHRASE", pass)
+                .env_remove("RUST_LOG"),
+        )
+    };
+    let out = run(&["init".as_ref(), backing.as_os_str()], "pw\r\r");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = dir.path().join("daemon.log");
+    let mount = |pass: &str| {
+        run(
+            &[
+                "mount".as_ref(),
+                "--background".as_ref(),
+                backing.as_os_str(),
+                mnt.as_os_str(),
+                "--log-file".as_ref(),
+                log.as_os_str(),
+            ],
+            pass,
+        )
+    };
+    let out = mount("pw\r\r");
+    let _guard = Unmount(&mnt);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        fs::read_to_string(&log).unwrap_or_default()
+    );
+    fs::write(mnt.join("f"), b"through the background daemon").unwrap();
+    assert_eq!(
+        fs::read(mnt.join("f")).unwrap(),
+        b"through the background daemon"
+    );
+    let out = common::output(tool(BIN).arg("unmount").arg(&mnt));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = mount("two\nlines");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line feed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

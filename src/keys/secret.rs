@@ -200,6 +200,21 @@ pub fn passphrase_bytes(raw: Zeroizing<Vec<u8>>, first_line: bool) -> Zeroizing<
     raw
 }
 
+/// The contents of a pass file that [`passphrase_bytes`] (`first_line`) reads back as exactly
+/// `pass`: `pass` ‖ CR LF (the LF ends the first line, the CR is the one dropped, so a
+/// passphrase that itself ends in CR survives). `None` when `pass` contains a line feed,
+/// which no pass file can carry. `mount --background` hands the passphrase to its daemon this
+/// way.
+pub fn as_passfile(pass: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    if pass.contains(&b'\n') {
+        return None;
+    }
+    let mut out = Zeroizing::new(Vec::with_capacity(pass.len() + 2));
+    out.extend_from_slice(pass);
+    out.extend_from_slice(b"\r\n");
+    Some(out)
+}
+
 /// Length of a sealed 32-byte secret: nonce ‖ ciphertext ‖ tag.
 pub(crate) const SEALED_LEN: usize = 12 + 32 + 16;
 
@@ -409,6 +424,16 @@ mod tests {
             panic!()
         };
         assert_eq!(&pw[..], b"first");
+    }
+
+    /// Whatever passphrase a pass file can carry survives the trip through one.
+    #[test]
+    fn as_passfile_round_trips() {
+        for p in [&b"pw"[..], b"pw\r", b"pw\r\r", b"\r", b" a b ", b"\xff\x00"] {
+            let file = as_passfile(p).unwrap();
+            assert_eq!(&passphrase_bytes(file, true)[..], p, "{p:?}");
+        }
+        assert!(as_passfile(b"two\nlines").is_none());
     }
 
     /// The passphrase rule of docs/FORMAT.md §6.1, case by case.
