@@ -138,12 +138,9 @@ impl LocalKms {
             .and_then(|()| check_tags(&req.tags))
             .and_then(|()| req.alias.as_deref().map_or(Ok(()), check_alias_name))
             .and_then(|()| {
-                let ks = self.read();
-                self.authorize(&ks, Op::CreateKey, None, caller, &Default::default())
-                    .map(|_| ())
-            })
-            .and_then(|()| {
                 self.mutate_store(|ks| {
+                    // Authorized on the state it changes: the administrators are in it.
+                    self.authorize(ks, Op::CreateKey, None, caller, &Default::default())?;
                     if let Some(a) = &req.alias
                         && ks.aliases().contains_key(a)
                     {
