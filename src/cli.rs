@@ -13,7 +13,7 @@ use crate::format::volume::DEFAULT_BLOCK_SIZE;
 use crate::fs::EncFs;
 use crate::fuse::{Adapter, MountOptions};
 use crate::keys::local::LocalKms;
-use crate::keys::secret::Unlock;
+use crate::keys::secret::{Unlock, passphrase_bytes};
 use crate::keys::{Caller, KeyError};
 use crate::store::volume::{self as vol, VolumeError};
 
@@ -67,7 +67,8 @@ pub struct Cli {
 /// How to unlock the keystore.
 #[derive(Args, Debug, Clone, Default)]
 pub struct SecretArgs {
-    /// Read the passphrase from FILE (first line; a trailing newline is ignored).
+    /// Read the passphrase from FILE: its first line, without the line feed and one carriage
+    /// return before it (docs/FORMAT.md §6.1).
     #[arg(long, value_name = "FILE", conflicts_with = "keyfile")]
     pub passfile: Option<PathBuf>,
     /// Unlock with a 32-byte key file instead of a passphrase (no Argon2id).
@@ -89,6 +90,10 @@ pub enum Command {
         /// different disk than the ciphertext).
         #[arg(long, value_name = "PATH")]
         keystore: Option<PathBuf>,
+        /// Also make this user (uid or name) a volume administrator; repeatable. The user
+        /// running init always is one (change later with `envelopefs key admin`).
+        #[arg(long, value_name = "UID")]
+        admin_uid: Vec<String>,
         #[command(flatten)]
         secret: SecretArgs,
     },
@@ -282,7 +287,8 @@ pub fn read_unlock(args: &SecretArgs, confirm: bool) -> Result<Unlock, CliError>
         })?;
         return Ok(Unlock::KeyFile(Zeroizing::new(key)));
     }
-    let mut pass = if let Some(p) = &args.passfile {
+    // One rule for every source: crate::keys::secret::passphrase_bytes (docs/FORMAT.md §6.1).
+    let pass = if let Some(p) = &args.passfile {
         let mut s = Zeroizing::new(Vec::new());
         let mut f = std::fs::File::open(p).map_err(|e| {
             fail(
@@ -296,12 +302,12 @@ pub fn read_unlock(args: &SecretArgs, confirm: bool) -> Result<Unlock, CliError>
                 format!("cannot read pass file {}: {e}", p.display()),
             )
         })?;
-        if let Some(i) = s.iter().position(|&b| b == b'\n') {
-            s.truncate(i);
-        }
-        s
+        passphrase_bytes(s, true)
     } else if let Some(v) = std::env::var_os(PASSPHRASE_ENV) {
-        Zeroizing::new(std::os::unix::ffi::OsStringExt::into_vec(v))
+        passphrase_bytes(
+            Zeroizing::new(std::os::unix::ffi::OsStringExt::into_vec(v)),
+            false,
+        )
     } else {
         let p = rpassword::prompt_password("Passphrase: ").map_err(|e| {
             fail(ExitCode::Failure, format!("cannot read a passphrase from the terminal ({e}); use --passfile FILE or ${PASSPHRASE_ENV}"))
@@ -320,11 +326,8 @@ pub fn read_unlock(args: &SecretArgs, confirm: bool) -> Result<Unlock, CliError>
                 ));
             }
         }
-        p
+        passphrase_bytes(p, false)
     };
-    if pass.ends_with(b"\r") {
-        pass.pop();
-    }
     if pass.is_empty() {
         return Err(fail(
             ExitCode::Failure,
@@ -341,8 +344,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             backing,
             block_size,
             keystore,
+            admin_uid,
             secret,
-        } => init(&backing, block_size, keystore, &secret),
+        } => init(&backing, block_size, keystore, &admin_uid, &secret),
         Command::Mount {
             backing,
             mountpoint,
@@ -449,10 +453,15 @@ fn init(
     backing: &Path,
     block_size: u32,
     keystore: Option<PathBuf>,
+    admin_uids: &[String],
     secret: &SecretArgs,
 ) -> Result<(), CliError> {
     crate::format::header::check_block_size(block_size)
         .map_err(|e| fail(ExitCode::Usage, e.to_string()))?;
+    let admin_uids = admin_uids
+        .iter()
+        .map(|u| crate::cli_keys::parse_uid(u))
+        .collect::<Result<Vec<u32>, _>>()?;
     vol::prepare(backing)?;
     let ks_rel = keystore
         .map(|p| {
@@ -472,6 +481,10 @@ fn init(
         eprintln!("Deriving the keystore key from the passphrase with Argon2id (64 MiB)...");
     }
     let kms = LocalKms::create(&ks_path, &unlock)?;
+    let me = Caller::current();
+    for uid in admin_uids {
+        kms.add_admin(uid, &me)?;
+    }
     let cfg = vol::create(backing, &kms, "alias/default", block_size, ks_rel, now()).map_err(
         |e| match e {
             vol::VolumeCreateError::Volume(v) => CliError::from(v),
@@ -484,6 +497,7 @@ fn init(
         cfg.volume_id
     );
     println!("  keystore: {}", ks_path.display());
+    println!("  administrators: uid {:?}", kms.admins());
     println!(
         "Next: mkdir -p MNT && envelopefs mount {} MNT",
         backing.display()

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crate::cli::{BACKGROUND_TIMEOUT, CliError, ExitCode, SecretArgs, fail, read_unlock};
 use crate::fuse::MountOptions;
-use crate::keys::secret::Unlock;
+use crate::keys::secret::{Unlock, as_passfile};
 
 /// True when `mountpoint` appears in /proc/self/mountinfo.
 pub fn is_mounted(mountpoint: &Path) -> bool {
@@ -60,6 +60,18 @@ pub fn spawn_background(
     verbose: u8,
 ) -> Result<(), CliError> {
     let unlock = read_unlock(secret, false)?;
+    // The daemon reads the secret from its stdin as `--passfile`/`--keyfile`: a passphrase is
+    // written so that the pass-file rule gives back exactly its bytes.
+    let handed = match &unlock {
+        Unlock::Passphrase(p) => as_passfile(p).ok_or_else(|| {
+            fail(
+                ExitCode::Failure,
+                "the passphrase contains a line feed, which cannot be handed to a background \
+                 daemon (it reads a pass file's first line); mount in the foreground instead",
+            )
+        })?,
+        Unlock::KeyFile(k) => zeroize::Zeroizing::new(k.to_vec()),
+    };
     let log = log_file.unwrap_or_else(|| {
         // SAFETY: getuid cannot fail.
         let uid = unsafe { libc::getuid() };
@@ -125,11 +137,7 @@ pub fn spawn_background(
     })?;
     {
         let mut stdin = child.stdin.take().expect("stdin piped");
-        let secret: &[u8] = match &unlock {
-            Unlock::Passphrase(p) => p.as_slice(),
-            Unlock::KeyFile(k) => k.as_slice(),
-        };
-        stdin.write_all(secret).map_err(|e| {
+        stdin.write_all(&handed).map_err(|e| {
             fail(
                 ExitCode::MountFailed,
                 format!("cannot hand the secret to the daemon: {e}"),

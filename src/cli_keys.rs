@@ -214,6 +214,47 @@ Example (docs/KEYS.md §Import):
     /// Create, list, retire and revoke grants.
     #[command(subcommand)]
     Grant(GrantCommand),
+    /// List, add or remove volume administrators (the uids recorded in the keystore).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+/// `envelopefs key admin`.
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// List the administrators (root is one too, without being listed).
+    List {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Make a user an administrator (administrators only).
+    #[command(after_help = "Example: envelopefs key admin add ~/vault.enc alice")]
+    Add {
+        #[command(flatten)]
+        target: Target,
+        /// A uid or user name.
+        user: String,
+    },
+    /// Stop a user being an administrator (administrators only; never the last one).
+    Remove {
+        #[command(flatten)]
+        target: Target,
+        /// A uid or user name.
+        user: String,
+    },
+}
+
+/// A uid given as a number or a user name known to the system.
+pub(crate) fn parse_uid(s: &str) -> Result<u32, CliError> {
+    if let Ok(uid) = s.parse::<u32>() {
+        return Ok(uid);
+    }
+    crate::keys::principal::user_id(s).ok_or_else(|| {
+        crate::cli::fail(
+            crate::cli::ExitCode::Usage,
+            format!("{s:?} is neither a uid nor a user this system knows (see `getent passwd`)"),
+        )
+    })
 }
 
 /// `envelopefs key alias`.
@@ -228,7 +269,8 @@ pub enum AliasCommand {
         /// Key id or alias/NAME.
         key: String,
     },
-    /// Point an existing ALIAS at another KEY.
+    /// Point an existing ALIAS at another KEY. The volume's default key alias (default_key
+    /// in envelopefs.json) may only be pointed at an Enabled key, unless --force.
     Update {
         #[command(flatten)]
         target: Target,
@@ -236,13 +278,20 @@ pub enum AliasCommand {
         alias: String,
         /// Key id or alias/NAME.
         key: String,
+        /// Point the volume's default key alias at a key that cannot encrypt new files.
+        #[arg(long)]
+        force: bool,
     },
-    /// Delete ALIAS (the key stays).
+    /// Delete ALIAS (the key stays). The volume's default key alias (default_key in
+    /// envelopefs.json) is refused unless --force: without it no file can be created.
     Delete {
         #[command(flatten)]
         target: Target,
         /// alias/NAME.
         alias: String,
+        /// Delete the volume's default key alias anyway.
+        #[arg(long)]
+        force: bool,
     },
     /// List aliases (of one key with --key).
     List {
@@ -313,6 +362,10 @@ pub enum PolicyCommand {
         /// The policy document.
         #[arg(long, value_name = "FILE")]
         file: PathBuf,
+        /// Accept user or group names this system does not know (they match no one until
+        /// such a user or group is created).
+        #[arg(long)]
+        allow_unknown_principal: bool,
     },
 }
 
@@ -348,6 +401,10 @@ pub enum GrantCommand {
         /// A name for the grant.
         #[arg(long)]
         name: Option<String>,
+        /// Accept a user or group name this system does not know (it matches no one until
+        /// such a user or group is created).
+        #[arg(long)]
+        allow_unknown_principal: bool,
     },
     /// List the key's grants.
     List {

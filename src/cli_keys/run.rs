@@ -9,8 +9,8 @@ use serde_json::json;
 
 use super::scan::{self, ScanReport};
 use super::{
-    AliasCommand, AuditArgs, GrantCommand, KeyArgs, KeyCommand, PolicyCommand, RotationCommand,
-    Target, parse_pair,
+    AdminCommand, AliasCommand, AuditArgs, GrantCommand, KeyArgs, KeyCommand, PolicyCommand,
+    RotationCommand, Target, parse_pair, parse_uid,
 };
 use crate::cli::{CliError, ExitCode, fail, read_unlock};
 use crate::keys::keystore::now_secs;
@@ -224,12 +224,10 @@ pub fn run_key(args: KeyArgs) -> Result<(), CliError> {
                 description,
                 origin,
                 tags: tags(&t)?,
+                alias,
             };
-            let mut m = s.kms.create_key_with(&req, &s.me)?;
-            if let Some(a) = alias {
-                s.kms.create_alias(&a, &m.key_id, &s.me)?;
-                m.aliases.push(a);
-            }
+            // One keystore write: the key and its alias land together or not at all.
+            let m = s.kms.create_key_with(&req, &s.me)?;
             s.emit(&m, print_key);
         }
         K::List { target } => {
@@ -389,7 +387,12 @@ pub fn run_key(args: KeyArgs) -> Result<(), CliError> {
             let s = Session::open(&target)?;
             println!("{}", s.kms.get_key_policy(&key, &s.me)?.to_json_pretty());
         }
-        K::Policy(PolicyCommand::Put { target, key, file }) => {
+        K::Policy(PolicyCommand::Put {
+            target,
+            key,
+            file,
+            allow_unknown_principal,
+        }) => {
             let s = Session::open(&target)?;
             let text = String::from_utf8(read_file(&file)?).map_err(|_| {
                 fail(
@@ -397,14 +400,62 @@ pub fn run_key(args: KeyArgs) -> Result<(), CliError> {
                     format!("{} is not UTF-8 text", file.display()),
                 )
             })?;
+            if !allow_unknown_principal && let Ok(p) = crate::keys::policy::parse_policy(&text) {
+                refuse_unknown(&p.unknown_names(), "key policy")?;
+            }
             s.kms.put_key_policy(&key, &text, &s.me)?;
             s.emit(&json!({"key": key, "policy": "replaced"}), |_| {
                 println!("replaced the key policy of {key}")
             });
         }
         K::Grant(cmd) => run_grant(cmd)?,
+        K::Admin(cmd) => run_admin(cmd)?,
     }
     Ok(())
+}
+
+fn run_admin(cmd: AdminCommand) -> Result<(), CliError> {
+    let print = |admins: &Vec<u32>| {
+        for uid in admins {
+            match crate::keys::principal::user_name(*uid) {
+                Some(n) => println!("uid {uid} ({n})"),
+                None => println!("uid {uid}"),
+            }
+        }
+    };
+    match cmd {
+        AdminCommand::List { target } => {
+            let s = Session::open(&target)?;
+            s.emit(&s.kms.list_admins(&s.me)?, print);
+        }
+        AdminCommand::Add { target, user } => {
+            let uid = parse_uid(&user)?;
+            let s = Session::open(&target)?;
+            s.emit(&s.kms.add_admin(uid, &s.me)?, print);
+        }
+        AdminCommand::Remove { target, user } => {
+            let uid = parse_uid(&user)?;
+            let s = Session::open(&target)?;
+            s.emit(&s.kms.remove_admin(uid, &s.me)?, print);
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a grant or policy that names users or groups the system does not know.
+fn refuse_unknown(unknown: &[String], what: &str) -> Result<(), CliError> {
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(fail(
+        ExitCode::Failure,
+        format!(
+            "the {what} names {} that this system does not know (see `getent passwd` and \
+             `getent group`); nothing was changed. Check the spelling, use a numeric uid or gid, \
+             or pass --allow-unknown-principal (the name then matches whoever gets it later)",
+            unknown.join(", ")
+        ),
+    ))
 }
 
 /// Opens, runs one metadata-returning operation, prints the key.
@@ -427,15 +478,52 @@ fn run_alias(cmd: AliasCommand) -> Result<(), CliError> {
                 println!("{alias} → {key}")
             });
         }
-        AliasCommand::Update { target, alias, key } => {
+        AliasCommand::Update {
+            target,
+            alias,
+            key,
+            force,
+        } => {
             let s = Session::open(&target)?;
+            if !force && is_default_key(&s, &alias)? {
+                let state = s.kms.describe(&key, &s.me)?.state;
+                if state != crate::keys::KeyState::Enabled {
+                    return Err(fail(
+                        ExitCode::Failure,
+                        format!(
+                            "{alias} is the volume's default key (default_key in {}): new files \
+                             are encrypted under it, and {key} is {state}, so creating files would \
+                             fail; enable {key} first, pick an Enabled key, or pass --force",
+                            s.backing.join(vol::CONFIG_NAME).display()
+                        ),
+                    ));
+                }
+            }
             s.kms.update_alias(&alias, &key, &s.me)?;
             s.emit(&json!({"alias_name": alias, "target": key}), |_| {
                 println!("{alias} → {key}")
             });
         }
-        AliasCommand::Delete { target, alias } => {
+        AliasCommand::Delete {
+            target,
+            alias,
+            force,
+        } => {
             let s = Session::open(&target)?;
+            if !force && is_default_key(&s, &alias)? {
+                return Err(fail(
+                    ExitCode::Failure,
+                    format!(
+                        "{alias} is the volume's default key (default_key in {}): every new file \
+                         is encrypted under it, so without it creating files fails (EIO); nothing \
+                         was deleted. To use another key for new files, point the alias at it \
+                         (`envelopefs key alias update {} {alias} KEY`); to delete it anyway, \
+                         pass --force",
+                        s.backing.join(vol::CONFIG_NAME).display(),
+                        s.backing.display()
+                    ),
+                ));
+            }
             s.kms.delete_alias(&alias, &s.me)?;
             s.emit(&json!({"alias_name": alias, "deleted": true}), |_| {
                 println!("deleted {alias}")
@@ -451,6 +539,11 @@ fn run_alias(cmd: AliasCommand) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// Whether `alias` is the volume's default key (`default_key` in its envelopefs.json).
+fn is_default_key(s: &Session, alias: &str) -> Result<bool, CliError> {
+    Ok(vol::read_config(&s.backing)?.default_key == alias)
 }
 
 fn run_rotation(cmd: RotationCommand) -> Result<(), CliError> {
@@ -519,6 +612,7 @@ fn run_grant(cmd: GrantCommand) -> Result<(), CliError> {
             constraint_subset,
             constraint_equals,
             name,
+            allow_unknown_principal,
         } => {
             let s = Session::open(&target)?;
             let pairs = |v: &[String]| -> Result<Option<BTreeMap<String, String>>, CliError> {
@@ -530,13 +624,13 @@ fn run_grant(cmd: GrantCommand) -> Result<(), CliError> {
             };
             let ops: Vec<&str> = operations.iter().map(String::as_str).collect();
             let retiring = retiring_principal.as_deref().map(principal).transpose()?;
-            let grant = Grant::new(
-                principal(&grantee)?,
-                &ops,
-                retiring,
-                Some(constraints),
-                name,
-            )?;
+            let grantee = principal(&grantee)?;
+            if !allow_unknown_principal {
+                let mut unknown = grantee.unknown_names();
+                unknown.extend(retiring.iter().flat_map(PrincipalSpec::unknown_names));
+                refuse_unknown(&unknown, "grant")?;
+            }
+            let grant = Grant::new(grantee, &ops, retiring, Some(constraints), name)?;
             let id = s.kms.create_grant(&key, grant, &s.me)?;
             s.emit(&json!({"grant_id": id, "key": key}), |_| {
                 println!("created grant {id} on {key}")

@@ -32,7 +32,6 @@ impl LocalKms {
     /// Replaces the key's policy (KMS PutKeyPolicy) after checking the document and that it
     /// would still let `caller` change it (KMS's lockout safety check).
     pub fn put_key_policy(&self, key: &str, json: &str, caller: &Caller) -> Result<(), KeyError> {
-        let who = Principal::from_caller(caller, self.admin_uid());
         let new = match policy::parse_policy(json).map_err(malformed) {
             Ok(p) => p,
             Err(e) => {
@@ -43,6 +42,7 @@ impl LocalKms {
         let detail = Some(format!("{} statements", new.statement.len()));
         self.mutate(Op::PutKeyPolicy, key, caller, detail, |ks, id| {
             // After authorization (in `mutate`), as KMS: the safety check comes second.
+            let who = Principal::from_caller(caller, ks.admins());
             policy::check_lockout(&new, &who).map_err(malformed)?;
             ks.record_mut(&id)?.policy = Some(new.clone());
             Ok(())
@@ -58,7 +58,6 @@ impl LocalKms {
         grant: Grant,
         caller: &Caller,
     ) -> Result<String, KeyError> {
-        let who = Principal::from_caller(caller, self.admin_uid());
         let detail = Some(format!(
             "{} for {} operations {:?}",
             grant.label(),
@@ -67,6 +66,7 @@ impl LocalKms {
         ));
         self.mutate(Op::CreateGrant, key, caller, detail, |ks, id| {
             grant.validate()?;
+            let who = Principal::from_caller(caller, ks.admins());
             let rec = ks.record_mut(&id)?;
             let policy = rec.policy.as_ref().unwrap_or(&DEFAULT_POLICY);
             policy::evaluate_create_grant(policy, &rec.grants, &who, &grant)
@@ -93,9 +93,9 @@ impl LocalKms {
     /// `kms:RetireGrant`. Returns the key id.
     pub fn retire_grant(&self, grant_id: &str, caller: &Caller) -> Result<String, KeyError> {
         self.refresh_quietly();
-        let who = Principal::from_caller(caller, self.admin_uid());
         let key = std::cell::RefCell::new(None);
         let result = self.mutate_store(|ks| {
+            let who = Principal::from_caller(caller, ks.admins());
             let rec = ks
                 .keys()
                 .iter()

@@ -590,7 +590,7 @@ fn append_throughput() {
     // As the key service calls it: a resolved principal (user name known), the caller's
     // pid (process name from the cache).
     let me = Caller::current();
-    let who = Principal::from_caller(&me, 0);
+    let who = Principal::from_caller(&me, &[0]);
     let n = 100_000u64;
     let start = Instant::now();
     for i in 0..n {

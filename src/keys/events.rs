@@ -46,6 +46,12 @@ pub enum Op {
     ListGrants,
     RetireGrant,
     RevokeGrant,
+    /// `envelopefs key admin list` (not a KMS event).
+    ListAdministrators,
+    /// `envelopefs key admin add` (not a KMS event).
+    AddAdministrator,
+    /// `envelopefs key admin remove` (not a KMS event).
+    RemoveAdministrator,
     /// Service events (no caller): automatic rotation.
     RotateKey,
     /// Service event: a deletion window ended and the key's material was destroyed.
@@ -91,6 +97,9 @@ impl Op {
             ListGrants => "ListGrants",
             RetireGrant => "RetireGrant",
             RevokeGrant => "RevokeGrant",
+            ListAdministrators => "ListAdministrators",
+            AddAdministrator => "AddAdministrator",
+            RemoveAdministrator => "RemoveAdministrator",
             RotateKey => "RotateKey",
             DeleteKey => "DeleteKey",
             DeleteExpiredKeyMaterial => "DeleteExpiredKeyMaterial",

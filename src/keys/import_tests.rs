@@ -11,7 +11,7 @@ use crate::keys::KeyService;
 use crate::keys::lifecycle::CreateKeyRequest;
 
 /// The caller of these tests: the current process, which is the administrator
-/// (it owns the keystore, or the in-memory service was made by it).
+/// (it created the keystore, so the keystore lists it as administrator).
 fn me() -> Caller {
     Caller::current()
 }

@@ -26,6 +26,17 @@ use crate::keys::secret::{KeyMaterial, Unlock, unhex};
 pub(super) const SALT_LEN: usize = 16;
 /// Largest Argon2 memory cost `open` accepts (4 GiB), so a damaged file cannot exhaust memory.
 const MAX_M_KIB: u32 = 4 * 1024 * 1024;
+/// Most Argon2 passes `open` accepts.
+const MAX_T: u32 = 100;
+/// Most Argon2 lanes `open` accepts.
+const MAX_P: u32 = 64;
+/// Above this memory cost (1 GiB) or [`SLOW_T`] passes, `open` warns before deriving: such
+/// costs are never chosen by envelopefs and may come from a tampered file.
+const SLOW_M_KIB: u32 = 1024 * 1024;
+/// See [`SLOW_M_KIB`].
+const SLOW_T: u32 = 10;
+/// The first bytes of [`Kdf::canonical`].
+const KDF_DOMAIN: &[u8] = b"envelopefs keystore kdf v2";
 
 /// How the root key is derived (the `kdf` field).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +51,42 @@ pub(super) enum Kdf {
     },
     #[serde(rename = "keyfile")]
     KeyFile { salt: String },
+}
+
+impl Kdf {
+    /// The canonical encoding of the `kdf` object that the version-2 MAC covers
+    /// (docs/FORMAT.md §6.2); `None` when the salt is not 16 bytes of hex:
+    ///
+    /// ```text
+    /// "envelopefs keystore kdf v2" (26 B ASCII)
+    /// ‖ 0x01 ‖ salt (16 B) ‖ m_kib (u32 BE) ‖ t (u32 BE) ‖ p (u32 BE)     argon2id: 59 B
+    /// ‖ 0x02 ‖ salt (16 B)                                               keyfile:  43 B
+    /// ```
+    pub(super) fn canonical(&self) -> Option<Vec<u8>> {
+        let mut out = KDF_DOMAIN.to_vec();
+        match self {
+            Kdf::Argon2id { salt, m_kib, t, p } => {
+                out.push(1);
+                out.extend_from_slice(&unhex::<SALT_LEN>(salt)?);
+                for n in [m_kib, t, p] {
+                    out.extend_from_slice(&n.to_be_bytes());
+                }
+            }
+            Kdf::KeyFile { salt } => {
+                out.push(2);
+                out.extend_from_slice(&unhex::<SALT_LEN>(salt)?);
+            }
+        }
+        Some(out)
+    }
+
+    /// `argon2id m_kib=65536 t=3 p=1` or `keyfile`: for messages (the salt is left out).
+    pub(super) fn describe(&self) -> String {
+        match self {
+            Kdf::Argon2id { m_kib, t, p, .. } => format!("argon2id m_kib={m_kib} t={t} p={p}"),
+            Kdf::KeyFile { .. } => "keyfile".into(),
+        }
+    }
 }
 
 /// The keys derived from the root key; the secret ones zeroize on drop.
@@ -66,8 +113,15 @@ impl Keys {
         }
     }
 
-    pub(super) fn mac(&self, body: &str) -> blake3::Hash {
-        blake3::keyed_hash(self.mac.expose_secret(), body.as_bytes())
+    /// The keystore MAC: version 1 covers the body; version 2 covers
+    /// `kdf_bytes` ([`Kdf::canonical`]) ‖ the body.
+    pub(super) fn mac(&self, version: u64, kdf_bytes: &[u8], body: &str) -> blake3::Hash {
+        let mut h = blake3::Hasher::new_keyed(self.mac.expose_secret());
+        if version >= 2 {
+            h.update(kdf_bytes);
+        }
+        h.update(body.as_bytes());
+        h.finalize()
     }
 }
 
@@ -94,8 +148,19 @@ pub(super) fn derive_root(
     match (kdf, unlock) {
         (Kdf::Argon2id { m_kib, t, p, .. }, Unlock::Passphrase(pw)) => {
             let costs = format!("argon2 costs m_kib={m_kib} t={t} p={p}");
-            if !creating && (*m_kib > MAX_M_KIB || *t > 1000 || *p > 255) {
-                return Err(bad(format!("unreasonable {costs}")));
+            if !creating && (*m_kib > MAX_M_KIB || *t > MAX_T || *p > MAX_P) {
+                return Err(bad(format!(
+                    "unreasonable {costs} (at most m_kib={MAX_M_KIB} t={MAX_T} p={MAX_P} are \
+                     accepted; envelopefs writes m_kib=65536 t=3 p=1), so it was probably modified"
+                )));
+            }
+            if !creating && (*m_kib > SLOW_M_KIB || *t > SLOW_T) {
+                log::warn!(
+                    "keystore {}: unusually high {costs} (envelopefs writes m_kib=65536 t=3 \
+                     p=1); deriving the key may take long; if you did not choose them, the \
+                     keystore may have been modified",
+                    path.display()
+                );
             }
             let params = argon2::Params::new(*m_kib, *t, *p, Some(32))
                 .map_err(|e| bad(format!("{costs}: {e}")))?;
@@ -159,5 +224,77 @@ mod tests {
         );
         let audit = blake3::derive_key("envelopefs audit key v1", root.expose_secret());
         assert_eq!(keys.audit.expose_secret(), &audit);
+    }
+
+    /// Vector `keystore-argon2id-1` of docs/FORMAT.md §6.4 (the root key was cross-checked
+    /// with Python `cryptography`'s Argon2id), and `keystore-mac-v2-1`: the canonical kdf
+    /// encoding and the version-2 MAC of the body `{}` under the mac_key derived here. The
+    /// values are checked both as written here and as printed in the document.
+    #[test]
+    fn argon2id_derivation_and_v2_mac_vector() {
+        let kdf = Kdf::Argon2id {
+            salt: hex(&[2; 16]),
+            m_kib: 8,
+            t: 1,
+            p: 1,
+        };
+        let pw = Unlock::Passphrase(Zeroizing::new(b"correct horse".to_vec()));
+        let root = derive_root(&kdf, &pw, Path::new("v"), false).unwrap();
+        let keys = Keys::from_root(&root);
+        let got = [
+            hex(root.expose_secret()),
+            hex(keys.wrap.expose_secret()),
+            hex(keys.mac.expose_secret()),
+            keys.check.clone(),
+        ];
+        assert_eq!(
+            got,
+            [
+                "cfeaedcb6f5fab3309a3f9cf73742e780e5e3bbbde874eac235a41672466776e",
+                "0ef777f3be19d8a08eeb4bddb8f6718b2a3b5dcbef63bc0bd3f03d28d0c04d50",
+                "e62354bae315655913ba3a3ec51c895dbfa28cfd3bfb3f274019dd4e283e14e0",
+                "2ef791f90a347ee6db8f8bd4648bf5ce",
+            ]
+        );
+        let kdf_bytes = kdf.canonical().unwrap();
+        assert_eq!(
+            hex(&kdf_bytes),
+            "656e76656c6f70656673206b657973746f7265206b6466207632\
+             01 02020202020202020202020202020202 00000008 00000001 00000001"
+                .replace(' ', "")
+        );
+        assert_eq!(
+            keys.mac(2, &kdf_bytes, "{}").to_hex().as_str(),
+            "b49b9f1c42830a201843a4d14244a1d38f1b169fd9c94c132c83b7da27a31d30"
+        );
+        let doc = crate::keys::doc_vectors::get("keystore-argon2id-1");
+        assert_eq!(doc["passphrase"], hex(b"correct horse"));
+        assert_eq!(
+            [&doc["salt"], &doc["m_kib"], &doc["t"], &doc["p"]],
+            [&hex(&[2; 16]), "8", "1", "1"]
+        );
+        assert_eq!(
+            [
+                &doc["root"],
+                &doc["wrap_key"],
+                &doc["mac_key"],
+                &doc["check"]
+            ],
+            [&got[0], &got[1], &got[2], &got[3]]
+        );
+        let doc = crate::keys::doc_vectors::get("keystore-mac-v2-1");
+        assert_eq!(doc["kdf_bytes"], hex(&kdf_bytes));
+        assert_eq!(
+            doc["mac"],
+            keys.mac(2, &kdf_bytes, &doc["body"]).to_hex().as_str()
+        );
+        let keyfile = Kdf::KeyFile {
+            salt: hex(&[2; 16]),
+        };
+        assert_eq!(
+            hex(&keyfile.canonical().unwrap()),
+            "656e76656c6f70656673206b657973746f7265206b646620763202 02020202020202020202020202020202"
+                .replace(' ', "")
+        );
     }
 }

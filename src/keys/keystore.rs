@@ -1,23 +1,28 @@
 //! The keystore file: every CMK's material, encrypted under a key derived from a passphrase
 //! or a key file, plus non-secret key records and aliases, authenticated by a MAC.
 //!
-//! # File layout (version 1)
+//! # File layout (version 2; docs/FORMAT.md §6 is the contract)
 //!
-//! A UTF-8 JSON object (written pretty-printed, mode 0600, by atomic replace):
+//! A UTF-8 JSON object (written pretty-printed, mode 0600 when new, by atomic replace that
+//! keeps an existing file's mode and, where allowed, owner):
 //!
 //! ```text
 //! {
 //!   "format":  "envelopefs-keystore",
-//!   "version": 1,
+//!   "version": 2,
 //!   "kdf":     {"alg":"argon2id","salt":"<hex 16 B>","m_kib":65536,"t":3,"p":1}
 //!            | {"alg":"keyfile","salt":"<hex 16 B>"},
 //!   "body":    "<string: the JSON text of the body, see below>",
-//!   "mac":     "<hex 32 B: blake3::keyed_hash(mac_key, UTF-8 bytes of the body string)>"
+//!   "mac":     "<hex 32 B: blake3::keyed_hash(mac_key, kdf_bytes ‖ UTF-8 bytes of the body)>"
 //! }
 //! ```
 //!
-//! Readers check `format`, then `version` (a larger one is refused as written by a newer
-//! envelopefs), then derive the keys, then verify `mac`, and only then trust `body`.
+//! `kdf_bytes` is [`Kdf::canonical`](crate::keys::kdf). Version 1 (still read, rewritten as 2
+//! at the next change) has no `kdf_bytes` in its MAC and no `kdf` copy in its body.
+//!
+//! Readers check `format`, then `version` (1 or 2; a larger one is refused as written by a
+//! newer envelopefs), then that the body's copy of `kdf` equals the top-level one (version 2),
+//! then derive the keys, then verify `mac`, and only then trust `body`.
 //!
 //! # Keys
 //!
@@ -34,6 +39,8 @@
 //!
 //! ```text
 //! {"created": <u64 secs>, "check": "<hex 16 B>",
+//!  "admins": [<uid>, ...],                             (crate::keys::admins)
+//!  "kdf": <copy of the top-level kdf>,                 (version 2)
 //!  "keys": [ <key record>, ... ],                      (layout in crate::keys::record)
 //!  "aliases": {"alias/default": "<key id>", ...},
 //!  "deleted": [ {"key_id": "<uuid>", "deletion_date": <secs>, "description": "<text>"} ] }
@@ -44,9 +51,10 @@
 //!
 //! # Writers and readers
 //!
-//! Every write is an atomic replace done while holding an advisory lock (`flock`) on
-//! `<keystore>.lock`, after checking that the file is still the one this process last read or
-//! wrote (else [`KeyError::Conflict`], nothing written). A long-lived reader (the mount daemon)
+//! Every change ([`Keystore::transact`]) holds an advisory lock (`flock`) on
+//! `<keystore>.lock` while it re-reads the file if another process changed it, applies the
+//! change and writes the file (atomic replace); a file changed by something that does not take
+//! the lock is a [`KeyError::Conflict`], nothing written. A long-lived reader (the mount daemon)
 //! notices another process's write with one `stat` (device, inode, size, mtime, ctime: every
 //! write is a new inode) and re-reads the file with [`Keystore::reload_if_changed`], which
 //! verifies the MAC with the keys derived at open: no second Argon2 run.
@@ -71,8 +79,9 @@ use crate::keys::{KeyError, KeyId};
 
 /// The `format` field.
 pub const FORMAT_NAME: &str = "envelopefs-keystore";
-/// The only keystore version this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The keystore version this build writes; it reads this one and version 1 (whose MAC does
+/// not cover `kdf`), which it rewrites as this one at the next change.
+pub const FORMAT_VERSION: u32 = 2;
 /// Argon2id memory cost of new keystores, KiB (64 MiB).
 pub const DEFAULT_M_KIB: u32 = 65536;
 /// Argon2id passes of new keystores.
@@ -108,6 +117,15 @@ pub(super) struct Body {
     /// Tombstones of keys whose deletion window passed.
     #[serde(default)]
     pub(super) deleted: Vec<DeletedKey>,
+    /// The volume administrators' uids: recorded at creation (the creating user), changed
+    /// only by an administrator. Absent in keystores written by envelopefs before 0.2 (see
+    /// [`Keystore::open`] for how those are migrated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) admins: Option<Vec<u32>>,
+    /// A copy of the top-level `kdf` (version 2): the MAC covers it, and comparing it with
+    /// the top-level one before deriving tells a modified kdf from a wrong passphrase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kdf: Option<Kdf>,
     /// Fields a later version added; kept verbatim on rewrite.
     #[serde(flatten)]
     extra: BTreeMap<String, serde_json::Value>,
@@ -148,8 +166,13 @@ pub struct Keystore {
     pub(super) body: Body,
     /// Decrypted CMK material by (key, version); zeroized on drop.
     pub(super) materials: BTreeMap<(KeyId, u32), KeyMaterial>,
-    /// The `mac` of the file as last read or written, to notice another writer.
-    disk_mac: Option<String>,
+    /// A hash of the whole file as last read or written, to notice another writer (the
+    /// `mac` alone would not do: a file edited by hand may keep it).
+    disk_digest: Option<blake3::Hash>,
+    /// The identity of a file version that failed to verify, so it is reported once, not at
+    /// every operation ([`Keystore::changed_on_disk`] is false for it).
+    /// (`Some(None)`: the file was missing or could not be examined.)
+    rejected: Option<Option<FileStamp>>,
     /// The file's identity as last read or written, to notice a change with one `stat`.
     stamp: Option<FileStamp>,
 }
@@ -207,6 +230,7 @@ impl Keystore {
         let body = Body {
             created: now_secs(),
             check: keys.check.clone(),
+            admins: Some(vec![crate::keys::Caller::current().uid]),
             ..Body::default()
         };
         let mut ks = Keystore {
@@ -215,7 +239,8 @@ impl Keystore {
             keys,
             body,
             materials: BTreeMap::new(),
-            disk_mac: None,
+            disk_digest: None,
+            rejected: None,
             stamp: None,
         };
         let id = ks.add_key(DEFAULT_DESCRIPTION, Origin::AwsKms, now_secs())?;
@@ -233,6 +258,7 @@ impl Keystore {
         let top = parse_top(path, &text)?;
         let kdf: Kdf =
             serde_json::from_value(top.kdf.clone()).map_err(|e| bad(format!("bad kdf: {e}")))?;
+        check_kdf_copy(path, &top, &kdf)?;
         let keys = Keys::from_root(&derive_root(&kdf, unlock, path, false)?);
         let mut ks = Keystore {
             path: Some(path.to_owned()),
@@ -240,10 +266,12 @@ impl Keystore {
             keys,
             body: Body::default(),
             materials: BTreeMap::new(),
-            disk_mac: None,
+            disk_digest: None,
+            rejected: None,
             stamp,
         };
-        ks.load_top(top)?;
+        ks.load_top(top, blake3::hash(text.as_bytes()))?;
+        ks.adopt_legacy_admin();
         warn_if_readable_by_others(path);
         log::debug!(
             "opened keystore {} ({} keys)",
@@ -253,13 +281,45 @@ impl Keystore {
         Ok(ks)
     }
 
+    /// A keystore written before administrators were recorded in it: its administrator is
+    /// the file's owner, read this once, at open (with a warning), and kept in memory, so the
+    /// next write by this process records it in the body. Later changes of the file's owner
+    /// (a rewrite by another user) never change who the administrator is.
+    fn adopt_legacy_admin(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        if self.body.admins.is_some() {
+            return;
+        }
+        let Some(path) = &self.path else { return };
+        let Ok(owner) = std::fs::metadata(path).map(|m| m.uid()) else {
+            return;
+        };
+        log::warn!(
+            "keystore {} records no administrator (written by an older envelopefs); taking its \
+             owner, uid {owner}, as the administrator; the next change to the keystore records \
+             it (check with `envelopefs key admin list`)",
+            path.display()
+        );
+        self.body.admins = Some(vec![owner]);
+    }
+
+    /// The volume administrators' uids (root is an administrator too, without being listed).
+    pub fn admins(&self) -> &[u32] {
+        self.body.admins.as_deref().unwrap_or(&[])
+    }
+
     /// Verifies `top` with the derived keys and, only if everything checks, replaces the body
-    /// and the decrypted material. On error nothing in `self` changes.
-    fn load_top(&mut self, top: FileTop) -> Result<(), KeyError> {
+    /// and the decrypted material. On error nothing in `self` changes. A body that records
+    /// no administrators (an older writer) keeps the administrators known so far.
+    fn load_top(&mut self, top: FileTop, digest: blake3::Hash) -> Result<(), KeyError> {
         let path = self.path.clone().unwrap_or_default();
         let bad = |why: String| KeyError::corrupt(&path, why);
         let stored = unhex::<32>(&top.mac).ok_or_else(|| bad("bad mac field".into()))?;
-        if self.keys.mac(&top.body) != blake3::Hash::from_bytes(stored) {
+        let kdf_bytes = self
+            .kdf
+            .canonical()
+            .ok_or_else(|| bad("bad kdf salt".into()))?;
+        if self.keys.mac(top.version, &kdf_bytes, &top.body) != blake3::Hash::from_bytes(stored) {
             // Tell a wrong secret from a modified file by the (unauthenticated) check value.
             #[derive(Deserialize)]
             struct CheckOnly {
@@ -274,12 +334,20 @@ impl Keystore {
                 false => KeyError::WrongPassphrase { path },
             });
         }
-        let body: Body =
+        let mut body: Body =
             serde_json::from_str(&top.body).map_err(|e| bad(format!("bad body: {e}")))?;
         let materials = self.check_and_decrypt(&body).map_err(bad)?;
+        if top.version >= 2 && body.kdf.as_ref() != Some(&self.kdf) {
+            return Err(bad(
+                "its body does not record the kdf it was written with".into()
+            ));
+        }
+        if body.admins.is_none() {
+            body.admins = self.body.admins.clone();
+        }
         self.body = body;
         self.materials = materials;
-        self.disk_mac = Some(top.mac);
+        self.disk_digest = Some(digest);
         Ok(())
     }
 
@@ -290,6 +358,9 @@ impl Keystore {
     ) -> Result<BTreeMap<(KeyId, u32), KeyMaterial>, String> {
         if body.check != self.keys.check {
             return Err("its check value does not match".into());
+        }
+        if body.admins.as_ref().is_some_and(Vec::is_empty) {
+            return Err("it lists no administrator".into());
         }
         let mut materials = BTreeMap::new();
         for (i, k) in body.keys.iter().enumerate() {
@@ -342,18 +413,23 @@ impl Keystore {
         Some(m)
     }
 
-    /// Whether the file on disk is no longer the one this keystore last read or wrote (one
-    /// `stat`). Always false in memory; true when the file cannot be examined.
+    /// Whether the file on disk is no longer the one this keystore last read or wrote, nor
+    /// one that already failed to verify (one `stat`). Always false in memory; true when the
+    /// file cannot be examined.
     pub(super) fn changed_on_disk(&self) -> bool {
         match &self.path {
             None => false,
-            Some(p) => FileStamp::of(p) != self.stamp,
+            Some(p) => {
+                let now = FileStamp::of(p);
+                now != self.stamp && self.rejected != Some(now)
+            }
         }
     }
 
     /// Re-reads the file if it changed on disk, re-verifying its MAC with the keys derived at
     /// open (no second KDF run). Returns whether the contents changed. On any error the
-    /// in-memory state is left as it was.
+    /// in-memory state is left as it was, and the file version is remembered as rejected
+    /// (see [`Keystore::changed_on_disk`]); this still re-reads it and fails again.
     pub fn reload_if_changed(&mut self) -> Result<bool, KeyError> {
         let Some(path) = self.path.clone() else {
             return Ok(false);
@@ -362,20 +438,33 @@ impl Keystore {
         if stamp == self.stamp {
             return Ok(false);
         }
+        let result = self.reload(&path, stamp);
+        self.rejected = match &result {
+            Err(_) => Some(stamp),
+            Ok(_) => None,
+        };
+        result
+    }
+
+    fn reload(&mut self, path: &Path, stamp: Option<FileStamp>) -> Result<bool, KeyError> {
+        let path = path.to_owned();
         let text = std::fs::read_to_string(&path).map_err(|e| KeyError::io(&path, e))?;
-        let top = parse_top(&path, &text)?;
-        if Some(&top.mac) == self.disk_mac.as_ref() {
+        let digest = blake3::hash(text.as_bytes());
+        if Some(digest) == self.disk_digest {
             self.stamp = stamp;
             return Ok(false);
         }
-        let same_kdf = serde_json::from_value::<Kdf>(top.kdf.clone()).is_ok_and(|k| k == self.kdf);
-        if !same_kdf {
+        let top = parse_top(&path, &text)?;
+        let kdf = serde_json::from_value::<Kdf>(top.kdf.clone())
+            .map_err(|e| KeyError::corrupt(&path, format!("bad kdf: {e}")))?;
+        check_kdf_copy(&path, &top, &kdf)?;
+        if kdf != self.kdf {
             return Err(KeyError::corrupt(
                 &path,
                 "its passphrase or key file was changed by another process; restart to unlock it again",
             ));
         }
-        self.load_top(top)?;
+        self.load_top(top, digest)?;
         self.stamp = stamp;
         log::info!("reloaded keystore {} (changed on disk)", path.display());
         Ok(true)
@@ -497,33 +586,64 @@ impl Keystore {
         })
     }
 
-    /// Writes the current state to the file: atomic replace, mode 0600, fresh MAC. Fails with
-    /// [`KeyError::Conflict`], writing nothing, if another process rewrote the file since this
-    /// one last read or wrote it. Writers serialize on an advisory lock on `<keystore>.lock`,
-    /// so the check and the replace are one step for every envelopefs process.
+    /// Writes the current state to the file: atomic replace, fresh MAC, the file's mode and
+    /// owner kept (docs/FORMAT.md §6). Fails with [`KeyError::Conflict`], writing nothing, if
+    /// the file is no longer the one this process last read or wrote. Writers serialize on an
+    /// advisory lock on `<keystore>.lock`, so the check and the replace are one step for
+    /// every envelopefs process.
     pub fn save(&mut self) -> Result<(), KeyError> {
-        let Some(path) = self.path.clone() else {
-            return Ok(());
+        let _lock = self.lock_writers()?;
+        self.write_locked()
+    }
+
+    /// Takes the writers' lock (`<keystore>.lock`), held until the returned file is dropped;
+    /// `None` for an in-memory keystore. A lock file this user may not write (a keystore
+    /// shared through group permissions) is locked through a read-only descriptor: `flock`
+    /// needs no write access.
+    fn lock_writers(&self) -> Result<Option<std::fs::File>, KeyError> {
+        let Some(path) = &self.path else {
+            return Ok(None);
         };
-        let lock_path = lock_path(&path);
+        let lock_path = lock_path(path);
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock_path)
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::PermissionDenied => std::fs::File::open(&lock_path),
+                _ => Err(e),
+            })
             .map_err(|e| KeyError::io(&lock_path, e))?;
         lock.lock().map_err(|e| KeyError::io(&lock_path, e))?;
-        if let Some(expected) = &self.disk_mac {
-            let text = std::fs::read_to_string(&path).map_err(|e| KeyError::io(&path, e))?;
-            if parse_top(&path, &text).ok().map(|t| t.mac).as_ref() != Some(expected) {
+        Ok(Some(lock))
+    }
+
+    /// [`Keystore::save`] with the writers' lock already held.
+    fn write_locked(&mut self) -> Result<(), KeyError> {
+        let Some(path) = self.path.clone() else {
+            return Ok(());
+        };
+        if let Some(expected) = self.disk_digest {
+            let text = std::fs::read(&path).map_err(|e| KeyError::io(&path, e))?;
+            if blake3::hash(&text) != expected {
                 return Err(KeyError::Conflict { path });
             }
         }
         let json = |r: serde_json::Result<String>| {
             r.map_err(|e| KeyError::Internal(format!("serialize keystore: {e}")))
         };
+        self.body.kdf = Some(self.kdf.clone());
         let body = json(serde_json::to_string(&self.body))?;
-        let mac = self.keys.mac(&body).to_hex().to_string();
+        let kdf_bytes = self
+            .kdf
+            .canonical()
+            .ok_or_else(|| KeyError::Internal("bad kdf salt".into()))?;
+        let mac = self
+            .keys
+            .mac(FORMAT_VERSION.into(), &kdf_bytes, &body)
+            .to_hex()
+            .to_string();
         let kdf = serde_json::to_value(&self.kdf)
             .map_err(|e| KeyError::Internal(format!("serialize kdf: {e}")))?;
         let top = FileTop {
@@ -534,24 +654,40 @@ impl Keystore {
             mac,
         };
         let text = json(serde_json::to_string_pretty(&top))? + "\n";
-        crate::atomic::atomic_write(&path, text.as_bytes(), 0o600)
+        let digest = blake3::hash(text.as_bytes());
+        let kept = crate::atomic::atomic_write_preserving(&path, text.as_bytes(), 0o600)
             .map_err(|e| KeyError::io(&path, e))?;
-        self.disk_mac = Some(top.mac);
+        if let crate::atomic::Kept::ModeOnly { uid } = kept {
+            log::warn!(
+                "keystore {} was owned by uid {uid}; only root may give a file away, so it is \
+                 now owned by uid {} (its mode is kept; who administers the keys is recorded \
+                 inside it and did not change); to restore the owner run `chown {uid} {}` as root",
+                path.display(),
+                crate::keys::Caller::current().uid,
+                path.display()
+            );
+        }
+        self.disk_digest = Some(digest);
+        self.rejected = None;
         // Still under the lock: no other envelopefs process can have replaced the file since.
         self.stamp = FileStamp::of(&path);
-        drop(lock);
         Ok(())
     }
 
     /// Runs `f` on the keystore, then saves; if either fails, the in-memory state is rolled
-    /// back, so memory and file never disagree.
+    /// back, so memory and file never disagree. The whole step holds the writers' lock, and
+    /// first re-reads the file if another process changed it: `f` always sees the newest
+    /// state, so concurrent envelopefs writers serialize instead of conflicting, and what `f`
+    /// does lands in one write or not at all.
     pub(super) fn transact<T>(
         &mut self,
         f: impl FnOnce(&mut Self) -> Result<T, KeyError>,
     ) -> Result<T, KeyError> {
+        let _lock = self.lock_writers()?;
+        self.reload_if_changed()?;
         let before = self.body.clone();
         let known: Vec<(KeyId, u32)> = self.materials.keys().copied().collect();
-        let result = f(self).and_then(|t| self.save().map(|()| t));
+        let result = f(self).and_then(|t| self.write_locked().map(|()| t));
         if result.is_err() {
             self.body = before;
             self.materials.retain(|k, _| known.contains(k));
@@ -592,7 +728,7 @@ fn parse_top(path: &Path, text: &str) -> Result<FileTop, KeyError> {
         )));
     }
     match head.version {
-        Some(v) if v == u64::from(FORMAT_VERSION) => {}
+        Some(v) if v == 1 || v == u64::from(FORMAT_VERSION) => {}
         Some(v) if v > u64::from(FORMAT_VERSION) => {
             let why = format!(
                 "keystore version {v} was written by a newer envelopefs (this one reads version {FORMAT_VERSION}); upgrade envelopefs"
@@ -602,6 +738,36 @@ fn parse_top(path: &Path, text: &str) -> Result<FileTop, KeyError> {
         _ => return Err(bad("missing or invalid keystore version".into())),
     }
     serde_json::from_str(text).map_err(|e| bad(format!("bad keystore fields: {e}")))
+}
+
+/// Version 2: the body's copy of `kdf` (read before the MAC can be checked) must equal the
+/// top-level one, else the file was modified; checked before the KDF runs, so an edited
+/// cost is reported as such instead of being run, and instead of looking like a wrong
+/// passphrase. (Whoever edits both copies gets a MAC failure after the KDF: a wrong
+/// passphrase or a modified file, which cannot be told apart.)
+fn check_kdf_copy(path: &Path, top: &FileTop, kdf: &Kdf) -> Result<(), KeyError> {
+    if top.version < 2 {
+        return Ok(());
+    }
+    #[derive(Deserialize)]
+    struct KdfOnly {
+        kdf: Option<Kdf>,
+    }
+    let copy = serde_json::from_str::<KdfOnly>(&top.body)
+        .ok()
+        .and_then(|b| b.kdf);
+    if copy.as_ref() == Some(kdf) {
+        return Ok(());
+    }
+    Err(KeyError::corrupt(
+        path,
+        format!(
+            "it was modified after it was written: its kdf ({}) is not the one recorded in its \
+             body ({}); nothing was derived or written",
+            kdf.describe(),
+            copy.map_or_else(|| "none".into(), |k| k.describe())
+        ),
+    ))
 }
 
 pub(super) fn material_aad(id: &KeyId, version: u32) -> Vec<u8> {

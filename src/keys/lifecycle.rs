@@ -42,6 +42,9 @@ pub struct CreateKeyRequest {
     pub origin: Origin,
     /// Tags (key ≤ 128, value ≤ 256 characters, ≤ 50 tags, no `aws:` prefix).
     pub tags: BTreeMap<String, String>,
+    /// An alias (`alias/NAME`) made for the new key in the same keystore write: either both
+    /// the key and its alias exist afterwards, or neither.
+    pub alias: Option<String>,
 }
 
 /// One alias, as `alias list` shows it.
@@ -123,7 +126,8 @@ impl LocalKms {
     }
 
     /// Creates a CMK (KMS CreateKey): Enabled with fresh material, or PendingImport for an
-    /// EXTERNAL origin. Saves the keystore.
+    /// EXTERNAL origin, and its alias if `req.alias` names one (KMS CreateAlias, recorded as
+    /// its own audit event), all in one keystore write. Saves the keystore.
     pub fn create_key_with(
         &self,
         req: &CreateKeyRequest,
@@ -132,15 +136,25 @@ impl LocalKms {
         self.refresh_quietly();
         let result = check_description(&req.description)
             .and_then(|()| check_tags(&req.tags))
-            .and_then(|()| {
-                let ks = self.read();
-                self.authorize(&ks, Op::CreateKey, None, caller, &Default::default())
-                    .map(|_| ())
-            })
+            .and_then(|()| req.alias.as_deref().map_or(Ok(()), check_alias_name))
             .and_then(|()| {
                 self.mutate_store(|ks| {
+                    // Authorized on the state it changes: the administrators are in it.
+                    self.authorize(ks, Op::CreateKey, None, caller, &Default::default())?;
+                    if let Some(a) = &req.alias
+                        && ks.aliases().contains_key(a)
+                    {
+                        return Err(KeyError::AlreadyExists(format!(
+                            "alias {a} (no key was created; pick another alias)"
+                        )));
+                    }
                     let id = ks.add_key(&req.description, req.origin, keystore::now_secs())?;
                     ks.record_mut(&id)?.tags = req.tags.clone();
+                    if let Some(a) = &req.alias {
+                        // The new key has the default policy, which lets the administrator
+                        // (already required for CreateKey) do everything, CreateAlias included.
+                        ks.body.aliases.insert(a.clone(), id.to_string());
+                    }
                     Ok(metadata(ks, &id))
                 })
             });
@@ -150,6 +164,13 @@ impl LocalKms {
             ..Event::default()
         };
         self.record(Op::CreateKey, ev, caller, result.as_ref().map(|_| ()));
+        if let (Ok(m), Some(a)) = (&result, &req.alias) {
+            let ev = Event {
+                detail: Some(format!("alias {a}")),
+                ..Event::key(&m.key_id)
+            };
+            self.record(Op::CreateAlias, ev, caller, Ok(()));
+        }
         result
     }
 
@@ -427,7 +448,7 @@ mod tests {
     use crate::keys::KeyService;
 
     /// The caller of these tests: the current process, which is the administrator
-    /// (it owns the keystore, or the in-memory service was made by it).
+    /// (it created the keystore, so the keystore lists it as administrator).
     fn me() -> Caller {
         Caller::current()
     }

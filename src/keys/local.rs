@@ -66,8 +66,6 @@ pub struct LocalKms {
     /// describe and list hold it shared; mutations and reloads hold it exclusively across the
     /// keystore's atomic save, so no operation sees a state that is not also on disk.
     store: RwLock<Keystore>,
-    /// The volume administrator: the keystore file's owner (the current user in memory).
-    admin_uid: u32,
     /// The audit trail (`<keystore>.audit/`), when there is one; it has its own lock.
     pub(super) audit: Option<AuditLog>,
     /// Bumped after every change of the keystore, ours or re-read ([`KeyService::generation`]).
@@ -148,16 +146,11 @@ impl LocalKms {
         self.audit.as_ref().map_or(Ok(()), AuditLog::sync)
     }
 
-    /// Serves an already opened keystore. The administrator is the keystore file's owner.
+    /// Serves an already opened keystore. The administrators are those recorded in it
+    /// ([`Keystore::admins`]), never the file's owner.
     pub fn from_keystore(keystore: Keystore) -> Self {
-        use std::os::unix::fs::MetadataExt;
-        let admin_uid = keystore
-            .path()
-            .and_then(|p| std::fs::metadata(p).ok())
-            .map_or_else(|| Caller::current().uid, |m| m.uid());
         LocalKms {
             store: RwLock::new(keystore),
-            admin_uid,
             audit: None,
             generation: std::sync::atomic::AtomicU64::new(1),
             generation_checked_ms: std::sync::atomic::AtomicU64::new(0),
@@ -170,9 +163,9 @@ impl LocalKms {
         Self::from_keystore(Keystore::in_memory())
     }
 
-    /// The volume administrator's uid (the keystore file's owner).
-    pub fn admin_uid(&self) -> u32 {
-        self.admin_uid
+    /// The volume administrators' uids, as recorded in the keystore (root is one too).
+    pub fn admins(&self) -> Vec<u32> {
+        self.read().admins().to_vec()
     }
 
     /// The keystore file, if any.
@@ -184,7 +177,8 @@ impl LocalKms {
     /// about 1 µs, so every operation calls it). The MAC is re-verified with the keys derived
     /// at open; no KDF runs. After a re-read, expired deletions and imports are applied.
     /// Returns whether anything was re-read. On error (the file is unreadable or fails to
-    /// verify) the last good state stays in force.
+    /// verify) the last good state stays in force, and the error is returned once for that
+    /// version of the file: later calls see no change until the file changes again.
     pub fn refresh_if_changed(&self) -> Result<bool, KeyError> {
         if !self.read().changed_on_disk() {
             return Ok(false);
@@ -197,11 +191,14 @@ impl LocalKms {
         Ok(changed)
     }
 
-    /// [`LocalKms::refresh_if_changed`], logging a failure instead of returning it: the
-    /// operation goes on with the last good state.
+    /// [`LocalKms::refresh_if_changed`], logging a failure (once per change of the file)
+    /// instead of returning it: the operation goes on with the last good state, which stays
+    /// in force until the file verifies again (docs/KEYS.md §One keystore, several processes).
     pub(super) fn refresh_quietly(&self) {
         if let Err(e) = self.refresh_if_changed() {
-            log::error!("keeping the keystore as last read: {e}");
+            log::error!(
+                "{e}; still using the keystore as last verified; key changes made since cannot                  take effect until the file is repaired (restore it, or undo the edit)"
+            );
         }
     }
 
@@ -429,7 +426,7 @@ impl LocalKms {
     ) -> Result<Option<String>, KeyError> {
         // Supplementary groups cost a /proc read (~20 us, on every file create and open), so
         // they are read only when a statement or grant of the key names a group.
-        let mut who = Principal::from_caller_with(caller, self.admin_uid, false);
+        let mut who = Principal::from_caller_with(caller, ks.admins(), false);
         let decision = match (op, key) {
             (Op::CreateGrant | Op::RetireGrant, _) => return Ok(None),
             _ if op.is_service_event() => return Ok(None),
@@ -439,16 +436,17 @@ impl LocalKms {
                     .ok_or_else(|| KeyError::NotFound(id.to_string()))?;
                 let policy = rec.policy.as_ref().unwrap_or(&DEFAULT_POLICY);
                 if policy::needs_groups(policy, &rec.grants) {
-                    who = Principal::from_caller(caller, self.admin_uid);
+                    who = Principal::from_caller(caller, ks.admins());
                 }
                 policy::evaluate(policy, &rec.grants, &who, &op.action(), context)
             }
             (_, None) if who.is_admin => return Ok(Some("the volume administrator".into())),
             (_, None) => policy::Decision::Deny {
                 reason: format!(
-                    "{} is for the volume administrator (uid {}, the keystore's owner) only, not {}",
+                    "{} is for the volume administrators (uid {:?}, recorded in the keystore; \
+                     see `envelopefs key admin list`) and root only, not {}",
                     op.action(),
-                    self.admin_uid,
+                    ks.admins(),
                     who.label()
                 ),
             },

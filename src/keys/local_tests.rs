@@ -3,7 +3,7 @@
 use super::*;
 
 /// The caller of these tests: the current process, which is the administrator
-/// (it owns the keystore, or the in-memory service was made by it).
+/// (it created the keystore, so the keystore lists it as administrator).
 fn me() -> Caller {
     Caller::current()
 }
@@ -340,4 +340,189 @@ fn refresh_rereads_only_when_the_file_changed_and_is_cheap() {
     kms.generate_data_key("alias/default", &ctx(1), &me())
         .unwrap();
     drop(key);
+}
+
+/// Issue 11 item 8b: ten `key create --alias` at once (ten independent services on one file,
+/// as ten processes) all land, each key with its alias; none is left without its alias.
+#[test]
+fn parallel_creates_with_alias_all_land() {
+    let d = tempfile::tempdir().unwrap();
+    let (p, key, first) = keyfile_kms(d.path());
+    drop(first);
+    let barrier = std::sync::Barrier::new(10);
+    let results: Vec<Result<KeyMetadata, KeyError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..10)
+            .map(|i| {
+                let kms = reopen(&p, &key);
+                let barrier = &barrier;
+                s.spawn(move || {
+                    barrier.wait();
+                    let req = crate::keys::lifecycle::CreateKeyRequest {
+                        description: format!("k{i}"),
+                        alias: Some(format!("alias/k{i}")),
+                        ..Default::default()
+                    };
+                    kms.create_key_with(&req, &me())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for r in &results {
+        let m = r.as_ref().unwrap_or_else(|e| panic!("create failed: {e}"));
+        assert_eq!(m.aliases.len(), 1, "{m:?}");
+    }
+    let kms = reopen(&p, &key);
+    let all = kms.list_keys();
+    assert_eq!(all.len(), 11);
+    for m in &all[1..] {
+        let i = m.description.strip_prefix('k').unwrap();
+        assert_eq!(m.aliases, [format!("alias/k{i}")], "{m:?}");
+    }
+    // An alias that exists already: refused, and no key is created either.
+    let req = crate::keys::lifecycle::CreateKeyRequest {
+        alias: Some("alias/k3".into()),
+        ..Default::default()
+    };
+    let e = kms.create_key_with(&req, &me()).unwrap_err();
+    assert!(matches!(e, KeyError::AlreadyExists(_)), "{e}");
+    assert_eq!(reopen(&p, &key).list_keys().len(), 11);
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+const ALICE: Caller = Caller {
+    uid: 4242,
+    gid: 4242,
+    pid: 0,
+};
+
+/// Issue 11 item 3: the administrators are recorded in the keystore at creation; whoever
+/// owns (or last rewrote) the file gains nothing; a rewrite keeps the file's owner and mode;
+/// only an administrator changes the list, and never empties it.
+#[test]
+fn admins_are_recorded_in_the_keystore_not_taken_from_the_file_owner() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let d = tempfile::tempdir().unwrap();
+    let (p, key, kms) = keyfile_kms(d.path());
+    assert_eq!(kms.admins(), [me().uid]);
+    assert!(
+        std::fs::read_to_string(&p)
+            .unwrap()
+            .contains(r#"\"admins\":["#)
+    );
+    if is_root() {
+        // Alice owning the file (say she rewrote it) does not make her an administrator.
+        std::os::unix::fs::chown(&p, Some(ALICE.uid), Some(ALICE.gid)).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o660)).unwrap();
+        let kms = reopen(&p, &key);
+        assert_eq!(kms.admins(), [me().uid]);
+        let e = kms.disable_key("alias/default", &ALICE).unwrap_err();
+        assert!(matches!(e, KeyError::AccessDenied { .. }), "{e}");
+        let e = kms.create_key("by alice", &ALICE).unwrap_err();
+        assert!(matches!(e, KeyError::AccessDenied { .. }), "{e}");
+        // A rewrite (by root, who may chown) keeps the file's owner, group and mode.
+        kms.create_key("by root", &me()).unwrap();
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!(
+            (m.uid(), m.gid(), m.mode() & 0o7777),
+            (ALICE.uid, ALICE.gid, 0o660)
+        );
+    }
+    // Only an administrator changes the list.
+    let e = kms.add_admin(ALICE.uid, &ALICE).unwrap_err();
+    assert!(matches!(e, KeyError::AccessDenied { .. }), "{e}");
+    assert_eq!(
+        kms.add_admin(ALICE.uid, &me()).unwrap(),
+        [me().uid, ALICE.uid]
+    );
+    kms.disable_key("alias/default", &ALICE).unwrap();
+    let kms2 = reopen(&p, &key);
+    assert_eq!(kms2.admins(), [me().uid, ALICE.uid]);
+    if me().uid != ALICE.uid {
+        kms2.remove_admin(me().uid, &ALICE).unwrap();
+        let e = kms2.remove_admin(ALICE.uid, &ALICE).unwrap_err();
+        assert!(e.to_string().contains("last administrator"), "{e}");
+        assert_eq!(reopen(&p, &key).admins(), [ALICE.uid]);
+    }
+}
+
+/// A keystore written before administrators were recorded: its owner at open is the
+/// administrator (once), and the next write records that uid; a later owner change does not
+/// move it.
+#[test]
+fn legacy_keystore_takes_its_owner_once_and_records_it() {
+    if !is_root() {
+        eprintln!("skipping: needs root to chown the keystore");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (p, key, kms) = keyfile_kms(d.path());
+    kms.mutate_store(|ks| {
+        ks.body.admins = None;
+        Ok(())
+    })
+    .unwrap();
+    drop(kms);
+    assert!(!std::fs::read_to_string(&p).unwrap().contains("admins"));
+    std::os::unix::fs::chown(&p, Some(ALICE.uid), None).unwrap();
+    let kms = reopen(&p, &key);
+    assert_eq!(kms.admins(), [ALICE.uid]);
+    kms.create_key("any write", &ALICE).unwrap();
+    assert!(
+        std::fs::read_to_string(&p)
+            .unwrap()
+            .contains(&format!(r#"\"admins\":[{}]"#, ALICE.uid))
+    );
+    std::os::unix::fs::chown(&p, Some(4343), None).unwrap();
+    assert_eq!(reopen(&p, &key).admins(), [ALICE.uid]);
+}
+
+/// Issue 11 item 8f: a keystore file that changes into one that fails to verify (here: the
+/// body edited by hand, the MAC left as it was) is reported once per change, naming the
+/// file; the service keeps serving the last good keystore and writes nothing over it.
+#[test]
+fn a_keystore_failing_its_mac_is_reported_once_and_the_last_good_one_serves() {
+    let d = tempfile::tempdir().unwrap();
+    let (p, _key, kms) = keyfile_kms(d.path());
+    let (dek, w) = kms
+        .generate_data_key("alias/default", &ctx(1), &me())
+        .unwrap();
+    let good = std::fs::read_to_string(&p).unwrap();
+    let bad = good.replace("Enabled", "Disabled");
+    assert_ne!(bad, good);
+    std::fs::write(&p, &bad).unwrap();
+    let e = kms.refresh_if_changed().unwrap_err();
+    assert!(
+        matches!(&e, KeyError::Corrupt { .. }) && e.to_string().contains(&p.display().to_string()),
+        "{e}"
+    );
+    assert!(
+        !kms.refresh_if_changed().unwrap(),
+        "reported once per change"
+    );
+    assert_eq!(
+        kms.decrypt(&w, &ctx(1), &me()).unwrap().expose_secret(),
+        dek.expose_secret(),
+        "the last good keystore still serves"
+    );
+    assert!(kms.disable_key("alias/default", &me()).is_err());
+    assert_eq!(
+        std::fs::read_to_string(&p).unwrap(),
+        bad,
+        "nothing written over it"
+    );
+    // A second bad change is reported again; the good file back is taken again.
+    std::fs::write(&p, bad.replace("\"mac\": \"", "\"mac\": \"00")).unwrap();
+    assert!(kms.refresh_if_changed().is_err());
+    // A missing file too, once.
+    std::fs::rename(&p, d.path().join("moved")).unwrap();
+    assert!(kms.refresh_if_changed().is_err());
+    assert!(!kms.refresh_if_changed().unwrap());
+    std::fs::write(&p, &good).unwrap();
+    kms.refresh_if_changed().unwrap();
+    kms.disable_key("alias/default", &me()).unwrap();
 }

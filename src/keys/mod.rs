@@ -7,6 +7,7 @@
 //! only as [`DataKey`], which zeroizes itself on drop.
 
 pub mod access;
+pub mod admins;
 pub mod audit;
 pub mod error;
 pub mod events;
@@ -205,3 +206,29 @@ pub trait KeyService: Send + Sync {
 /// How often [`KeyService::generation`] of the embedded service looks for another process's
 /// change to the keystore, in milliseconds: the longest a revocation takes to reach open files.
 pub const GENERATION_CHECK_MS: u64 = 200;
+
+/// The test vectors of docs/FORMAT.md, for the unit tests that check them.
+#[cfg(test)]
+pub(crate) mod doc_vectors {
+    use std::collections::BTreeMap;
+
+    /// The `key = value` lines of the block `vector NAME` … `end` in docs/FORMAT.md (the values
+    /// of a repeated key are concatenated). Panics if there is no such vector.
+    pub(crate) fn get(name: &str) -> BTreeMap<String, String> {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/FORMAT.md"))
+            .expect("docs/FORMAT.md");
+        let mut lines = doc.lines().map(str::trim);
+        lines
+            .find(|l| l.strip_prefix("vector ").map(str::trim) == Some(name))
+            .unwrap_or_else(|| panic!("docs/FORMAT.md lacks vector {name}"));
+        let mut out = BTreeMap::new();
+        for line in lines.take_while(|l| *l != "end") {
+            if let Some((k, v)) = line.split_once('=') {
+                out.entry(k.trim().to_owned())
+                    .or_insert_with(String::new)
+                    .push_str(v.trim());
+            }
+        }
+        out
+    }
+}

@@ -418,6 +418,46 @@ impl PrincipalSpec {
     }
 }
 
+impl PrincipalSpec {
+    /// The user and group names this principal lists that the system's user and group
+    /// databases do not know, as `user NAME` / `group NAME` (numeric ids are never unknown).
+    /// A name no one has yet matches no one today, but would let in whoever is created with
+    /// it later, so `key grant create` and `key policy put` refuse such names by default.
+    pub fn unknown_names(&self) -> Vec<String> {
+        let PrincipalSpec::Local(l) = self else {
+            return Vec::new();
+        };
+        let users = l
+            .users
+            .0
+            .iter()
+            .filter(|u| numeric_id(u).is_none() && crate::keys::principal::user_id(u).is_none())
+            .map(|u| format!("user {u}"));
+        let groups = l
+            .groups
+            .0
+            .iter()
+            .filter(|g| numeric_id(g).is_none() && crate::keys::principal::group_id(g).is_none())
+            .map(|g| format!("group {g}"));
+        users.chain(groups).collect()
+    }
+}
+
+impl KeyPolicy {
+    /// [`PrincipalSpec::unknown_names`] of every statement, without repeats.
+    pub fn unknown_names(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for st in &self.statement {
+            for n in st.principal.unknown_names() {
+                if !out.contains(&n) {
+                    out.push(n);
+                }
+            }
+        }
+        out
+    }
+}
+
 /// An all-digit principal entry as an id (`None` for names and out-of-range numbers).
 fn numeric_id(s: &str) -> Option<u32> {
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {

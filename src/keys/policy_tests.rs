@@ -744,3 +744,31 @@ fn principal_spec_cli_forms() {
     assert!(PrincipalSpec::from_cli("user:").is_err());
     assert_eq!(PrincipalSpec::user("alice").to_string(), "user:alice");
 }
+
+/// Issue 11 item 8e: names the system does not know are reported; ids and known names are not.
+#[test]
+fn unknown_principal_names_are_reported() {
+    let spec = PrincipalSpec::from_cli("user:no-such-user-envelopefs").unwrap();
+    assert_eq!(spec.unknown_names(), ["user no-such-user-envelopefs"]);
+    let spec = PrincipalSpec::from_cli("group:no-such-group-envelopefs").unwrap();
+    assert_eq!(spec.unknown_names(), ["group no-such-group-envelopefs"]);
+    for known in [
+        "user:root",
+        "user:4242",
+        "group:root",
+        "group:4242",
+        "admin",
+        "*",
+    ] {
+        let spec = PrincipalSpec::from_cli(known).unwrap();
+        assert!(spec.unknown_names().is_empty(), "{known}");
+    }
+    let policy = parse_policy(
+        r#"{"Statement": [
+            {"Effect": "Allow", "Principal": {"Admin": true}, "Action": "kms:*"},
+            {"Effect": "Allow", "Principal": {"User": ["root", "nobody-here-envelopefs"], "Group": "4242"}, "Action": "kms:Decrypt"},
+            {"Effect": "Deny", "Principal": {"User": "nobody-here-envelopefs"}, "Action": "kms:Decrypt"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(policy.unknown_names(), ["user nobody-here-envelopefs"]);
+}

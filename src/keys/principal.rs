@@ -26,7 +26,7 @@ pub struct Principal {
     pub user_name: Option<String>,
     /// Names of the groups in `groups` that the group database knows.
     pub group_names: Vec<String>,
-    /// The volume administrator (the configured admin uid, or root).
+    /// A volume administrator (a uid the keystore lists, or root).
     pub is_admin: bool,
 }
 
@@ -40,14 +40,14 @@ impl Principal {
     /// Reading `/proc/<pid>/status` costs about 20 µs (the kernel formats the whole file);
     /// when [`needs_groups`](crate::keys::policy::needs_groups) says no statement or grant names a group, use
     /// [`Principal::from_caller_with`] with `supplementary = false` to skip it (about 1 µs).
-    pub fn from_caller(c: &Caller, admin_uid: u32) -> Self {
-        Self::from_caller_with(c, admin_uid, true)
+    pub fn from_caller(c: &Caller, admins: &[u32]) -> Self {
+        Self::from_caller_with(c, admins, true)
     }
 
     /// [`Principal::from_caller`], reading the supplementary groups only when
     /// `supplementary` is true (otherwise `groups` is just the primary gid). Deliberately not
     /// cached: a process may drop groups with setgroups(2) at any moment.
-    pub fn from_caller_with(c: &Caller, admin_uid: u32, supplementary: bool) -> Self {
+    pub fn from_caller_with(c: &Caller, admins: &[u32], supplementary: bool) -> Self {
         let mut groups = vec![c.gid];
         if c.pid != 0 && supplementary {
             for g in proc_groups(c.pid, c.uid).unwrap_or_default() {
@@ -63,7 +63,7 @@ impl Principal {
             groups,
             user_name: user_name(c.uid),
             group_names,
-            is_admin: c.uid == admin_uid || c.uid == 0,
+            is_admin: admins.contains(&c.uid) || c.uid == 0,
         }
     }
 
@@ -178,6 +178,59 @@ fn lookup_group_name(gid: u32) -> Option<String> {
     )
 }
 
+/// The uid of user `name`, or `None` when the password database does not know it.
+pub fn user_id(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `passwd` is a plain C struct of integers and pointers; all-zero is valid.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    nss_lookup(
+        &mut pwd,
+        |pwd, buf, len, result| {
+            // SAFETY: `name` is NUL-terminated, every pointer is valid for the call and `len`
+            // is the true length of `buf`; getpwnam_r writes only into `pwd`, `buf`, `result`.
+            unsafe { libc::getpwnam_r(name.as_ptr(), pwd, buf, len, result) }
+        },
+        |pwd| pwd.pw_uid,
+    )
+}
+
+/// The gid of group `name`, or `None` when the group database does not know it.
+pub fn group_id(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `group` is a plain C struct of integers and pointers; all-zero is valid.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    nss_lookup(
+        &mut grp,
+        |grp, buf, len, result| {
+            // SAFETY: `name` is NUL-terminated, every pointer is valid for the call and `len`
+            // is the true length of `buf`; getgrnam_r writes only into `grp`, `buf`, `result`.
+            unsafe { libc::getgrnam_r(name.as_ptr(), grp, buf, len, result) }
+        },
+        |grp| grp.gr_gid,
+    )
+}
+
+/// Runs a reentrant NSS lookup like [`nss_name`] and returns `field_of` the entry found.
+fn nss_lookup<T, F: Copy>(
+    entry: &mut T,
+    mut call: impl FnMut(&mut T, *mut libc::c_char, usize, *mut *mut T) -> libc::c_int,
+    field_of: impl Fn(&T) -> F,
+) -> Option<F> {
+    let mut buf = vec![0u8; 1024];
+    loop {
+        let mut result: *mut T = std::ptr::null_mut();
+        let rc = call(entry, buf.as_mut_ptr().cast(), buf.len(), &mut result);
+        if rc == libc::ERANGE && buf.len() < MAX_NSS_BUF {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 || result.is_null() {
+            return None;
+        }
+        return Some(field_of(entry));
+    }
+}
+
 /// Runs a reentrant NSS lookup (`getpwuid_r`, `getgrgid_r`: `call(entry, buf, len, result)`),
 /// growing the buffer on ERANGE up to [`MAX_NSS_BUF`], and returns the name `name_of` points
 /// to in the entry found.
@@ -212,7 +265,7 @@ mod tests {
     #[test]
     fn principal_from_the_current_process() {
         let me = Caller::current();
-        let p = Principal::from_caller(&me, u32::MAX);
+        let p = Principal::from_caller(&me, &[]);
         assert_eq!((p.uid, p.gid), (me.uid, me.gid));
         assert_eq!(p.groups[0], me.gid);
         assert_eq!(p.is_admin, me.uid == 0);
@@ -230,26 +283,23 @@ mod tests {
             "{sup:?} ⊄ {:?}",
             p.groups
         );
-        assert!(Principal::from_caller(&me, me.uid).is_admin);
+        assert!(Principal::from_caller(&me, &[me.uid]).is_admin);
 
         // A pid now running as someone else lends no groups; pid 0 means just the gid.
         let stranger = Caller {
             uid: me.uid.wrapping_add(12345),
             ..me
         };
-        assert_eq!(
-            Principal::from_caller(&stranger, u32::MAX).groups,
-            vec![me.gid]
-        );
-        let skipped = Principal::from_caller_with(&me, u32::MAX, false);
+        assert_eq!(Principal::from_caller(&stranger, &[]).groups, vec![me.gid]);
+        let skipped = Principal::from_caller_with(&me, &[], false);
         assert_eq!(skipped.groups, vec![me.gid]);
         assert_eq!(skipped.user_name, p.user_name);
         let no_pid = Caller { pid: 0, ..me };
-        assert_eq!(
-            Principal::from_caller(&no_pid, u32::MAX).groups,
-            vec![me.gid]
-        );
+        assert_eq!(Principal::from_caller(&no_pid, &[]).groups, vec![me.gid]);
         assert_eq!(lookup_user_name(0).as_deref(), Some("root"));
+        assert_eq!((user_id("root"), group_id("root")), (Some(0), Some(0)));
+        assert_eq!(user_id("no-such-user-envelopefs"), None);
+        assert_eq!(group_id("no-such-group-envelopefs"), None);
         assert_eq!(group_name(0).as_deref(), Some("root"));
     }
 }

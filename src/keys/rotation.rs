@@ -264,7 +264,7 @@ mod tests {
     use crate::keys::KeyService;
 
     /// The caller of these tests: the current process, which is the administrator
-    /// (it owns the keystore, or the in-memory service was made by it).
+    /// (it created the keystore, so the keystore lists it as administrator).
     fn me() -> Caller {
         Caller::current()
     }

@@ -144,16 +144,10 @@ impl Unlock {
         Ok(Unlock::KeyFile(key))
     }
 
-    /// Reads a passphrase file; one trailing newline (`\n` or `\r\n`) is not part of the
-    /// passphrase.
+    /// Reads a passphrase file by [`passphrase_bytes`]'s rule for files (its first line).
     pub fn read_passfile(path: &Path) -> Result<Self, KeyError> {
-        let mut bytes = Zeroizing::new(std::fs::read(path).map_err(|e| KeyError::io(path, e))?);
-        if bytes.ends_with(b"\n") {
-            bytes.pop();
-            if bytes.ends_with(b"\r") {
-                bytes.pop();
-            }
-        }
+        let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| KeyError::io(path, e))?);
+        let bytes = passphrase_bytes(bytes, true);
         if bytes.is_empty() {
             return Err(KeyError::InvalidArgument(format!(
                 "passphrase file {} is empty",
@@ -188,6 +182,37 @@ impl std::fmt::Debug for Unlock {
             Unlock::KeyFile(_) => f.write_str("Unlock::KeyFile([REDACTED])"),
         }
     }
+}
+
+/// How a passphrase becomes the bytes Argon2id stretches, the one rule for every source
+/// (docs/FORMAT.md §6.1): from a file (`first_line`), the bytes before the first LF (0x0A),
+/// or the whole file if it has none; then, from any source (file, `ENVELOPEFS_PASSPHRASE`,
+/// terminal), one trailing CR (0x0D) is dropped. Nothing else changes: no other trimming, no
+/// decoding or Unicode normalization. An empty result is refused by the callers.
+pub fn passphrase_bytes(raw: Zeroizing<Vec<u8>>, first_line: bool) -> Zeroizing<Vec<u8>> {
+    let mut raw = raw;
+    if first_line && let Some(i) = raw.iter().position(|&b| b == b'\n') {
+        raw.truncate(i);
+    }
+    if raw.ends_with(b"\r") {
+        raw.pop();
+    }
+    raw
+}
+
+/// The contents of a pass file that [`passphrase_bytes`] (`first_line`) reads back as exactly
+/// `pass`: `pass` ‖ CR LF (the LF ends the first line, the CR is the one dropped, so a
+/// passphrase that itself ends in CR survives). `None` when `pass` contains a line feed,
+/// which no pass file can carry. `mount --background` hands the passphrase to its daemon this
+/// way.
+pub fn as_passfile(pass: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    if pass.contains(&b'\n') {
+        return None;
+    }
+    let mut out = Zeroizing::new(Vec::with_capacity(pass.len() + 2));
+    out.extend_from_slice(pass);
+    out.extend_from_slice(b"\r\n");
+    Some(out)
 }
 
 /// Length of a sealed 32-byte secret: nonce ‖ ciphertext ‖ tag.
@@ -393,6 +418,41 @@ mod tests {
             panic!()
         };
         assert_eq!(&pw[..], b"pw ");
+        // The first line only, as the command line reads --passfile.
+        std::fs::write(&p, b"first\nsecond\n").unwrap();
+        let Ok(Unlock::Passphrase(pw)) = Unlock::read_passfile(&p) else {
+            panic!()
+        };
+        assert_eq!(&pw[..], b"first");
+    }
+
+    /// Whatever passphrase a pass file can carry survives the trip through one.
+    #[test]
+    fn as_passfile_round_trips() {
+        for p in [&b"pw"[..], b"pw\r", b"pw\r\r", b"\r", b" a b ", b"\xff\x00"] {
+            let file = as_passfile(p).unwrap();
+            assert_eq!(&passphrase_bytes(file, true)[..], p, "{p:?}");
+        }
+        assert!(as_passfile(b"two\nlines").is_none());
+    }
+
+    /// The passphrase rule of docs/FORMAT.md §6.1, case by case.
+    #[test]
+    fn passphrase_bytes_rule() {
+        let f = |raw: &[u8], first_line| passphrase_bytes(Zeroizing::new(raw.to_vec()), first_line);
+        for (raw, file, other) in [
+            (&b"pw"[..], &b"pw"[..], &b"pw"[..]),
+            (b"pw\n", b"pw", b"pw\n"),
+            (b"pw\r\n", b"pw", b"pw\r\n"),
+            (b"pw\r", b"pw", b"pw"),
+            (b"a b \r\r\n", b"a b \r", b"a b \r\r\n"),
+            (b"one\ntwo", b"one", b"one\ntwo"),
+            (b"\nx", b"", b"\nx"),
+            (b" \xc3\xa9 ", b" \xc3\xa9 ", b" \xc3\xa9 "),
+        ] {
+            assert_eq!(&f(raw, true)[..], file, "{raw:?} from a file");
+            assert_eq!(&f(raw, false)[..], other, "{raw:?} from elsewhere");
+        }
     }
     #[test]
     fn seal_open_round_trip_and_tamper() {
