@@ -1,5 +1,7 @@
 //! Golden fixtures: volumes written by each format version (tests/golden/v1: version 1 as first
-//! released; tests/golden/sealed-holes: version 1 with the `sealed-holes` feature; both unlock
+//! released, keystore version 1; tests/golden/sealed-holes: version 1 with the `sealed-holes`
+//! feature, keystore version 2 (kdf under the MAC, administrators, audit checkpoint) and its
+//! audit trail; both unlock
 //! with the key file tests/golden/keyfile and hold the same files) must keep opening with every
 //! later build and read back exactly the contents in tests/golden/manifest.sha256; tampered
 //! copies must fail cleanly (EIO), never return other bytes.
@@ -208,4 +210,24 @@ fn set_len(p: &Path, len: u64) {
         .unwrap()
         .set_len(len)
         .unwrap();
+}
+
+/// The audit trail kept with the `sealed-holes` fixture (keystore version 2, with its
+/// checkpoint) still verifies with this build.
+#[test]
+fn the_fixture_audit_trail_verifies() {
+    let (_tmp, root) = fixture_named("sealed-holes");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_envelopefs"))
+        .args(["audit", "verify"])
+        .arg(&root)
+        .arg("--keyfile")
+        .arg(Path::new(GOLDEN).join("keyfile"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
