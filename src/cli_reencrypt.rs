@@ -10,8 +10,6 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use indicatif::{ProgressBar, ProgressStyle};
-
 use crate::cli::{CliError, ExitCode, SecretArgs, fail, read_unlock};
 use crate::fs::EncFs;
 use crate::fs::reencrypt::REENCRYPT_XATTR;
@@ -306,18 +304,7 @@ pub fn run(backing: &Path, opts: &ReencryptOptions, secret: &SecretArgs) -> Resu
             progress.done.len()
         );
     }
-    let bar = if opts.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(files.len() as u64)
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} reencrypt [{bar:40}] {pos}/{len} files {per_sec} eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
+    let bar = crate::cli_rewrap::files_bar("reencrypt", files.len() as u64, opts.json);
     for rel in &files {
         summary.files += 1;
         bar.inc(1);

@@ -5,6 +5,24 @@ use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// A progress bar over `len` files for a tree-wide command (`what` names it), hidden when the
+/// output is JSON for scripts (indicatif also hides it when stderr is not a terminal).
+pub(crate) fn files_bar(what: &str, len: u64, json: bool) -> ProgressBar {
+    let bar = if json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(len)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} [{{bar:40}}] {{pos}}/{{len}} files {{per_sec}} eta {{eta}}"
+        ))
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
 use crate::cli::{CliError, ExitCode, SecretArgs, fail, read_unlock};
 use crate::keys::Caller;
 use crate::keys::local::LocalKms;
@@ -76,18 +94,7 @@ pub fn run(
         crate::keys::KeyService::describe_key(kms.as_ref(), k)?;
     }
     let data = backing.join(vol::DATA_DIR);
-    let bar = if json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(0)
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} rewrap [{bar:40}] {pos}/{len} files {per_sec} eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
+    let bar = files_bar("rewrap", 0, json);
     let summary = rewrap_tree(
         &data,
         kms.as_ref(),

@@ -90,14 +90,7 @@ impl EncFs {
                 size: 0,
             });
         }
-        let region = file_header::read_region(file)?;
-        let u = file_header::unlock(
-            self.keys.as_ref(),
-            &self.volume_id,
-            self.block_size,
-            &region,
-            caller,
-        )?;
+        let u = self.unlock_header(file, caller)?;
         let cipher = self.block_cipher(u.dek.expose_secret(), u.header.file_id);
         if size == 0 && self.layout.sealed_holes() {
             // An empty file's only block: without this check a file cut down to its header
@@ -141,6 +134,30 @@ impl EncFs {
             slots: vec![file_header::cmk_slot(wrapped)],
         };
         Ok(NewFileKeys { dek, header })
+    }
+
+    /// Reads a non-empty backing file's header and unlocks it for `caller`: the key decision
+    /// of every path to a file's data (open, a handle's re-decision, xattr values,
+    /// re-encryption). A file shorter than its header region is damage (EIO).
+    pub(super) fn unlock_header(
+        &self,
+        file: &File,
+        caller: &Caller,
+    ) -> FsResult<file_header::Unlocked> {
+        let region = file_header::read_region(file).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                FsError::from(FormatError::HeaderAuthFailed)
+            } else {
+                e.into()
+            }
+        })?;
+        Ok(file_header::unlock(
+            self.keys.as_ref(),
+            &self.volume_id,
+            self.block_size,
+            &region,
+            caller,
+        )?)
     }
 
     /// The content cipher of a file of this volume (no holes on a `sealed-holes` volume).

@@ -121,15 +121,7 @@ impl EncFs {
         {
             return Ok(());
         }
-        let region = crate::store::file_header::read_region(file)?;
-        crate::store::file_header::unlock(
-            self.keys.as_ref(),
-            &self.volume_id,
-            self.block_size,
-            &region,
-            caller,
-        )?;
-        Ok(())
+        self.unlock_header(file, caller).map(drop)
     }
 
     /// Every read and write through a handle stands on a key decision for its opener: when a

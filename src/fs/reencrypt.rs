@@ -63,14 +63,7 @@ impl EncFs {
         }
         // The caller's own key decision on the current key, even when the file is already
         // open for someone else.
-        let region = file_header::read_region(file)?;
-        let old = file_header::unlock(
-            self.keys.as_ref(),
-            &self.volume_id,
-            self.block_size,
-            &region,
-            caller,
-        )?;
+        let old = self.unlock_header(file, caller)?;
         let file_id = old.header.file_id;
         let dest = match to_key {
             Some(k) => k.to_owned(),

@@ -208,20 +208,7 @@ impl EncFs {
         let st = sys::fstat(fd.as_raw_fd())?;
         if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size > 0 {
             let file = self.open_backing(ino, libc::O_RDONLY | libc::O_NOATIME)?;
-            let region = crate::store::file_header::read_region(&file).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                    FsError::from(FormatError::HeaderAuthFailed)
-                } else {
-                    e.into()
-                }
-            })?;
-            crate::store::file_header::unlock(
-                self.keys.as_ref(),
-                &self.volume_id,
-                self.block_size,
-                &region,
-                caller,
-            )?;
+            self.unlock_header(&file, caller)?;
             return Ok(());
         }
         self.xattr.authorize(self.keys.as_ref(), caller)
