@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 # Benchmarks are built (so they cannot rot) but not run: scripts/bench.sh and `cargo bench` do.
 cargo build --benches
-cargo test --lib --bins --tests --no-fail-fast -- --test-threads="${TEST_THREADS:-2}"
+cargo test --workspace --lib --bins --tests --no-fail-fast -- --test-threads="${TEST_THREADS:-2}"

@@ -9,13 +9,14 @@
 //! `fs` (the filesystem core, testable without FUSE) → `fuse` (thin fuser adapter) → `cli`.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-pub mod atomic;
+pub use envelopefs_sys::atomic;
 pub mod cli;
 pub mod cli_daemon;
 pub mod cli_keys;
 pub mod cli_reencrypt;
 pub mod cli_rewrap;
-pub mod format;
+/// The on-disk format (crate `envelopefs-format`).
+pub use envelopefs_format as format;
 pub mod fs;
 pub mod fuse;
 pub mod keys;

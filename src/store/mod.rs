@@ -6,5 +6,6 @@
 pub mod file_header;
 pub mod reencrypt;
 pub mod rewrap;
-pub mod sys;
+/// The system-call layer (crate `envelopefs-sys`).
+pub use envelopefs_sys as sys;
 pub mod volume;

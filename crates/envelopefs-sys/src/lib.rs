@@ -2,6 +2,8 @@
 //! is a single name (no '/'), resolved relative to a directory fd, so a concurrent rename in
 //! the backing tree can never redirect an operation outside it.
 
+pub mod atomic;
+
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io;
