@@ -980,30 +980,7 @@ impl Trail {
 /// Name of the lock file in an audit directory.
 pub const LOCK_FILE: &str = ".lock";
 
-/// An exclusive `flock`, released on drop.
-struct FileLock<'a>(&'a File);
-
-impl<'a> FileLock<'a> {
-    fn exclusive(f: &'a File) -> io::Result<Self> {
-        loop {
-            // SAFETY: flock on a valid open fd has no memory-safety preconditions.
-            if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(f), libc::LOCK_EX) } == 0 {
-                return Ok(FileLock(f));
-            }
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINTR) {
-                return Err(e);
-            }
-        }
-    }
-}
-
-impl Drop for FileLock<'_> {
-    fn drop(&mut self) {
-        // SAFETY: releases a lock this process holds on a valid fd.
-        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(self.0), libc::LOCK_UN) };
-    }
-}
+use envelopefs_sys::FileLock;
 
 fn open_for_append(path: &Path) -> io::Result<File> {
     OpenOptions::new()

@@ -79,14 +79,8 @@ pub struct Caller {
 impl Caller {
     /// The current process, for CLI commands.
     pub fn current() -> Self {
-        // SAFETY: getuid/getgid/getpid have no preconditions and cannot fail.
-        unsafe {
-            Caller {
-                uid: libc::geteuid(),
-                gid: libc::getegid(),
-                pid: libc::getpid() as u32,
-            }
-        }
+        let (uid, gid, pid) = envelopefs_sys::current_ids();
+        Caller { uid, gid, pid }
     }
 }
 

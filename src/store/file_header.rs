@@ -4,7 +4,6 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use crate::format::FormatError;
@@ -244,30 +243,4 @@ pub fn converge(file: &File, c: &Converge) -> Result<bool, HeaderError> {
     Ok(true)
 }
 
-/// An exclusive `flock` on a backing file, released on drop.
-pub struct FileLock<'a> {
-    file: &'a File,
-}
-
-impl<'a> FileLock<'a> {
-    /// Blocks until the lock is held.
-    pub fn exclusive(file: &'a File) -> io::Result<Self> {
-        loop {
-            // SAFETY: flock on a valid open fd has no memory-safety preconditions.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                return Ok(FileLock { file });
-            }
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINTR) {
-                return Err(e);
-            }
-        }
-    }
-}
-
-impl Drop for FileLock<'_> {
-    fn drop(&mut self) {
-        // SAFETY: unlocking a lock this process holds on a valid fd.
-        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
-    }
-}
+pub use envelopefs_sys::FileLock;

@@ -3,6 +3,7 @@
 //! the backing tree can never redirect an operation outside it.
 
 pub mod atomic;
+pub mod users;
 
 use std::ffi::{CString, OsStr};
 use std::fs::File;
@@ -521,4 +522,46 @@ pub fn fd_limit() -> u64 {
 pub fn syncfs(f: &File) -> io::Result<()> {
     // SAFETY: plain syscall on a valid fd.
     check(unsafe { libc::syncfs(f.as_raw_fd()) }).map(drop)
+}
+
+/// An exclusive `flock` on an open file, released on drop: the one lock type of the backing
+/// store, the keystore and the audit trail.
+#[derive(Debug)]
+pub struct FileLock<'a> {
+    file: &'a File,
+}
+
+impl<'a> FileLock<'a> {
+    /// Blocks until the lock is held (retrying on EINTR).
+    pub fn exclusive(file: &'a File) -> io::Result<Self> {
+        loop {
+            // SAFETY: flock on a valid open fd has no memory-safety preconditions.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(FileLock { file });
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(e);
+            }
+        }
+    }
+}
+
+impl Drop for FileLock<'_> {
+    fn drop(&mut self) {
+        // SAFETY: releases a lock this process holds on a valid fd.
+        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+/// This process's effective uid, effective gid and pid.
+pub fn current_ids() -> (u32, u32, u32) {
+    // SAFETY: geteuid/getegid/getpid have no preconditions and cannot fail.
+    unsafe { (libc::geteuid(), libc::getegid(), libc::getpid() as u32) }
+}
+
+/// This process's parent pid.
+pub fn parent_pid() -> u32 {
+    // SAFETY: getppid has no preconditions and cannot fail.
+    u32::try_from(unsafe { libc::getppid() }).unwrap_or(0)
 }

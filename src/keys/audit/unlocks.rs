@@ -59,8 +59,7 @@ pub fn note_failed_unlock(dir: &Path, caller: &Caller, e: &KeyError) -> io::Resu
     if !dir.is_dir() {
         return Ok(());
     }
-    // SAFETY: getppid has no preconditions and cannot fail.
-    let parent_pid = u32::try_from(unsafe { libc::getppid() }).unwrap_or(0);
+    let parent_pid = envelopefs_sys::parent_pid();
     let note = Note {
         time: format_event_time(SystemTime::now()),
         uid: caller.uid,
