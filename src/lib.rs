@@ -19,5 +19,6 @@ pub mod cli_rewrap;
 pub use envelopefs_format as format;
 pub mod fs;
 pub mod fuse;
-pub mod keys;
+/// The key service (crate `envelopefs-kms`).
+pub use envelopefs_kms as keys;
 pub mod store;

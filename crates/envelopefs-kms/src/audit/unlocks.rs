@@ -18,7 +18,7 @@
 //! A crash between writing the records and emptying the file records those notes twice.
 
 use super::*;
-use crate::keys::{Caller, KeyError};
+use crate::{Caller, KeyError};
 
 /// Name of the notes file in the audit directory.
 pub const FAILED_UNLOCKS_FILE: &str = "failed-unlocks.jsonl";

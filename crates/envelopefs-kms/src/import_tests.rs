@@ -6,9 +6,9 @@ use std::process::Command;
 use rsa::pkcs8::DecodePublicKey;
 
 use super::*;
-use crate::format::context::EncryptionContext;
-use crate::keys::KeyService;
-use crate::keys::lifecycle::CreateKeyRequest;
+use envelopefs_format::context::EncryptionContext;
+use crate::KeyService;
+use crate::lifecycle::CreateKeyRequest;
 
 /// The caller of these tests: the current process, which is the administrator
 /// (it created the keystore, so the keystore lists it as administrator).
@@ -265,7 +265,7 @@ fn bad_tokens_and_material_are_refused() {
 fn expiry_deletes_material_and_the_private_key_is_never_on_disk_in_clear() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("ks.json");
-    let unlock = crate::keys::secret::Unlock::random_keyfile();
+    let unlock = crate::secret::Unlock::random_keyfile();
     let kms = LocalKms::create(&p, &unlock).unwrap();
     let k = external_key(&kms);
     let params = kms

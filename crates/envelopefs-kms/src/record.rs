@@ -33,8 +33,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::keys::policy::{Grant, KeyPolicy};
-use crate::keys::{KeyId, KeyState};
+use crate::policy::{Grant, KeyPolicy};
+use crate::{KeyId, KeyState};
 
 /// Where a CMK's material came from (KMS `Origin`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -28,7 +28,7 @@ pub use error::KeyError;
 pub use record::Origin;
 pub use secret::{DATA_KEY_LEN, DataKey};
 
-use crate::format::context::EncryptionContext;
+use envelopefs_format::context::EncryptionContext;
 
 /// Length of a CMK id (a UUID, as raw bytes).
 pub const KEY_ID_LEN: usize = 16;
@@ -209,7 +209,7 @@ pub(crate) mod doc_vectors {
     /// The `key = value` lines of the block `vector NAME` … `end` in docs/FORMAT.md (the values
     /// of a repeated key are concatenated). Panics if there is no such vector.
     pub(crate) fn get(name: &str) -> BTreeMap<String, String> {
-        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/FORMAT.md"))
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/FORMAT.md"))
             .expect("docs/FORMAT.md");
         let mut lines = doc.lines().map(str::trim);
         lines

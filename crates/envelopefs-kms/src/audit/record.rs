@@ -7,10 +7,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::format::context::EncryptionContext;
-use crate::keys::principal::Principal;
-use crate::keys::timefmt;
-use crate::keys::{Caller, KeyError};
+use envelopefs_format::context::EncryptionContext;
+use crate::principal::Principal;
+use crate::timefmt;
+use crate::{Caller, KeyError};
 
 /// Who made the call.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 //!
 //! A policy speaks of local users and groups and of the volume administrator; the caller is
 //! resolved into a [`Principal`] (uid, groups, names, administrator or not) by
-//! [`crate::keys::principal`].
+//! [`crate::principal`].
 //!
 //! # Key policy document
 //!
@@ -83,9 +83,9 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 
-use crate::format::context::EncryptionContext;
-use crate::keys::KeyError;
-use crate::keys::principal::Principal;
+use envelopefs_format::context::EncryptionContext;
+use crate::KeyError;
+use crate::principal::Principal;
 
 mod grant;
 pub use grant::{Grant, GrantConstraints, new_grant_id};
@@ -203,7 +203,7 @@ const UNCONSTRAINED_GRANT_OPERATIONS: &[&str] = &["DescribeKey", "RetireGrant", 
 // ---------------------------------------------------------------------------------------------
 
 /// True when a statement of `policy` or one of `grants` names a group, so evaluation needs
-/// the caller's supplementary groups (see [`Principal::from_caller_with`](crate::keys::principal::Principal::from_caller_with)).
+/// the caller's supplementary groups (see [`Principal::from_caller_with`](crate::principal::Principal::from_caller_with)).
 pub fn needs_groups(policy: &KeyPolicy, grants: &[Grant]) -> bool {
     let names_group =
         |p: &PrincipalSpec| matches!(p, PrincipalSpec::Local(l) if !l.groups.is_empty());
@@ -431,13 +431,13 @@ impl PrincipalSpec {
             .users
             .0
             .iter()
-            .filter(|u| numeric_id(u).is_none() && crate::keys::principal::user_id(u).is_none())
+            .filter(|u| numeric_id(u).is_none() && crate::principal::user_id(u).is_none())
             .map(|u| format!("user {u}"));
         let groups = l
             .groups
             .0
             .iter()
-            .filter(|g| numeric_id(g).is_none() && crate::keys::principal::group_id(g).is_none())
+            .filter(|g| numeric_id(g).is_none() && crate::principal::group_id(g).is_none())
             .map(|g| format!("group {g}"));
         users.chain(groups).collect()
     }

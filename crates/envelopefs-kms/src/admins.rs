@@ -5,10 +5,10 @@
 //! Administrators may create keys and, under the default key policy, manage every key
 //! (docs/KEYS.md §Access control).
 
-use crate::format::context::EncryptionContext;
-use crate::keys::local::{Event, LocalKms, Op};
-use crate::keys::principal::user_name;
-use crate::keys::{Caller, KeyError};
+use envelopefs_format::context::EncryptionContext;
+use crate::local::{Event, LocalKms, Op};
+use crate::principal::user_name;
+use crate::{Caller, KeyError};
 
 /// Most administrators a keystore lists.
 pub const MAX_ADMINS: usize = 64;

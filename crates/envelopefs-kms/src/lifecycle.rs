@@ -18,9 +18,9 @@
 
 use std::collections::BTreeMap;
 
-use crate::keys::keystore::{self, Keystore};
-use crate::keys::local::{DAY, Event, LocalKms, Op, metadata};
-use crate::keys::{Caller, KeyError, KeyId, KeyMetadata, KeyState, Origin};
+use crate::keystore::{self, Keystore};
+use crate::local::{DAY, Event, LocalKms, Op, metadata};
+use crate::{Caller, KeyError, KeyId, KeyMetadata, KeyState, Origin};
 
 /// Shortest deletion window (days), as KMS.
 pub const MIN_PENDING_DAYS: u32 = 7;
@@ -444,8 +444,8 @@ impl LocalKms {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::context::EncryptionContext;
-    use crate::keys::KeyService;
+    use envelopefs_format::context::EncryptionContext;
+    use crate::KeyService;
 
     /// The caller of these tests: the current process, which is the administrator
     /// (it created the keystore, so the keystore lists it as administrator).
@@ -535,7 +535,7 @@ mod tests {
     fn ended_window_destroys_the_material_for_good() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("ks.json");
-        let key = crate::keys::secret::Unlock::random_keyfile();
+        let key = crate::secret::Unlock::random_keyfile();
         let kms = LocalKms::create(&p, &key).unwrap();
         let (_, w) = kms
             .generate_data_key("alias/default", &ctx(), &me())
@@ -555,7 +555,7 @@ mod tests {
         );
         assert!(kms.describe_key("alias/default").is_err());
         assert!(kms.list_aliases(None, &me()).unwrap().is_empty());
-        let reopened = crate::keys::keystore::Keystore::open(&p, &key).unwrap();
+        let reopened = crate::keystore::Keystore::open(&p, &key).unwrap();
         assert!(reopened.keys().is_empty());
         assert_eq!(reopened.deleted_keys()[0].key_id, m.key_id);
         // Lazily on open: a window that ended while nothing ran is applied when opened.

@@ -3,11 +3,11 @@
 
 use std::path::Path;
 
-use crate::format::context::EncryptionContext;
-use crate::keys::audit::{self, AuditEvent};
-use crate::keys::keystore::Keystore;
-use crate::keys::local::LocalKms;
-use crate::keys::{Caller, KeyError};
+use envelopefs_format::context::EncryptionContext;
+use crate::audit::{self, AuditEvent};
+use crate::keystore::Keystore;
+use crate::local::LocalKms;
+use crate::{Caller, KeyError};
 
 /// What a caller asks to do: the unit of authorization and of audit records. The names are
 /// KMS's API actions (`kms:` + the name is the policy action).
@@ -281,7 +281,7 @@ impl Drop for LocalKms {
 
 /// After a failed unlock of the keystore at `keystore` (a wrong passphrase or key file, which
 /// cannot compute the audit key): leaves a note in its audit directory for the next
-/// successful unlock to move into the trail (`crate::keys::audit::unlocks`). Other errors are
+/// successful unlock to move into the trail (`crate::audit::unlocks`). Other errors are
 /// not unlock attempts and leave none. Never fails: a note that cannot be written is logged.
 pub fn note_failed_unlock(keystore: &Path, e: &KeyError) {
     if !matches!(e, KeyError::WrongPassphrase { .. }) {
@@ -306,11 +306,11 @@ pub fn audit_dir(keystore: &Path) -> std::path::PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::context::hex;
-    use crate::keys::KeyService;
-    use crate::keys::audit;
-    use crate::keys::keystore::Keystore;
-    use crate::keys::secret::Unlock;
+    use envelopefs_format::context::hex;
+    use crate::KeyService;
+    use crate::audit;
+    use crate::keystore::Keystore;
+    use crate::secret::Unlock;
 
     const ALICE: Caller = Caller {
         uid: 4242,
@@ -504,8 +504,8 @@ mod tests {
         let grant = kms
             .create_grant(
                 "alias/default",
-                crate::keys::policy::Grant::new(
-                    crate::keys::policy::PrincipalSpec::user("4343"),
+                crate::policy::Grant::new(
+                    crate::policy::PrincipalSpec::user("4343"),
                     &["Decrypt"],
                     None,
                     None,

@@ -19,7 +19,7 @@
 //!   8  16  key id (raw UUID bytes)
 //!  24  16  params id
 //!  40   8  valid-to, seconds since the epoch (u64 BE)
-//!  48  32  MAC = blake3::keyed_hash(token_key, bytes 0..48)   (token_key: crate::keys::kdf)
+//!  48  32  MAC = blake3::keyed_hash(token_key, bytes 0..48)   (token_key: crate::kdf)
 //! ```
 //!
 //! Checked in this order: length and magic, MAC (→ InvalidImportToken), key id (→
@@ -35,12 +35,12 @@ use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding
 use rsa::{Oaep, RsaPrivateKey, RsaPublicKey};
 use zeroize::Zeroizing;
 
-use crate::format::context::hex;
-use crate::keys::keystore::{self, Keystore, VersionRecord};
-use crate::keys::local::{DAY, Event, LocalKms, Op};
-use crate::keys::record::{ImportParams, WrappingAlgorithm, WrappingSpec};
-use crate::keys::secret::{KeyMaterial, random_bytes};
-use crate::keys::{Caller, KeyError, KeyId, KeyState, Origin};
+use envelopefs_format::context::hex;
+use crate::keystore::{self, Keystore, VersionRecord};
+use crate::local::{DAY, Event, LocalKms, Op};
+use crate::record::{ImportParams, WrappingAlgorithm, WrappingSpec};
+use crate::secret::{KeyMaterial, random_bytes};
+use crate::{Caller, KeyError, KeyId, KeyState, Origin};
 
 /// How long import parameters stay valid, as KMS (24 hours).
 pub const PARAMS_VALID_SECS: u64 = DAY;
@@ -435,7 +435,7 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 /// Parses a `--valid-to` argument: RFC 3339 (`2027-01-31T12:00:00Z`, offsets allowed) or
 /// seconds since the epoch.
 pub fn parse_time(s: &str) -> Result<u64, KeyError> {
-    crate::keys::timefmt::parse(s).ok_or_else(|| {
+    crate::timefmt::parse(s).ok_or_else(|| {
         KeyError::InvalidArgument(format!(
             "time {s:?}: give RFC 3339 (2027-01-31T12:00:00Z) or seconds since the Unix epoch"
         ))

@@ -4,13 +4,13 @@
 //! root). Principals are built per request from the calling process
 //! ([`Principal::from_caller`]); supplementary groups come from `/proc/<pid>/status`, names
 //! from `getpwuid_r`/`getgrgid_r` (cached for a minute). Key policies
-//! ([`crate::keys::policy`]) decide what a principal may do.
+//! ([`crate::policy`]) decide what a principal may do.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::keys::Caller;
+use crate::Caller;
 
 /// The caller, resolved for policy evaluation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,7 +37,7 @@ impl Principal {
     /// tell, the groups are just `c.gid`. Names are cached for a minute.
     ///
     /// Reading `/proc/<pid>/status` costs about 20 µs (the kernel formats the whole file);
-    /// when [`needs_groups`](crate::keys::policy::needs_groups) says no statement or grant names a group, use
+    /// when [`needs_groups`](crate::policy::needs_groups) says no statement or grant names a group, use
     /// [`Principal::from_caller_with`] with `supplementary = false` to skip it (about 1 µs).
     pub fn from_caller(c: &Caller, admins: &[u32]) -> Self {
         Self::from_caller_with(c, admins, true)

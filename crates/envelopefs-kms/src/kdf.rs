@@ -19,9 +19,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::format::context::hex;
-use crate::keys::KeyError;
-use crate::keys::secret::{KeyMaterial, Unlock, unhex};
+use envelopefs_format::context::hex;
+use crate::KeyError;
+use crate::secret::{KeyMaterial, Unlock, unhex};
 
 pub(super) const SALT_LEN: usize = 16;
 /// Largest Argon2 memory cost `open` accepts (4 GiB), so a damaged file cannot exhaust memory.
@@ -267,7 +267,7 @@ mod tests {
             keys.mac(2, &kdf_bytes, "{}").to_hex().as_str(),
             "b49b9f1c42830a201843a4d14244a1d38f1b169fd9c94c132c83b7da27a31d30"
         );
-        let doc = crate::keys::doc_vectors::get("keystore-argon2id-1");
+        let doc = crate::doc_vectors::get("keystore-argon2id-1");
         assert_eq!(doc["passphrase"], hex(b"correct horse"));
         assert_eq!(
             [&doc["salt"], &doc["m_kib"], &doc["t"], &doc["p"]],
@@ -282,7 +282,7 @@ mod tests {
             ],
             [&got[0], &got[1], &got[2], &got[3]]
         );
-        let doc = crate::keys::doc_vectors::get("keystore-mac-v2-1");
+        let doc = crate::doc_vectors::get("keystore-mac-v2-1");
         assert_eq!(doc["kdf_bytes"], hex(&kdf_bytes));
         assert_eq!(
             doc["mac"],

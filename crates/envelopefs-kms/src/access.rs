@@ -1,12 +1,12 @@
 //! Key policies and grants of [`LocalKms`] as stored in each key record (KMS GetKeyPolicy,
 //! PutKeyPolicy, CreateGrant, ListGrants, RetireGrant, RevokeGrant). The documents and their
-//! evaluation are [`crate::keys::policy`]'s; every operation is checked by
+//! evaluation are [`crate::policy`]'s; every operation is checked by
 //! `LocalKms::authorize` (docs/KEYS.md §Access control).
 
-use crate::keys::local::{DEFAULT_POLICY, Event, LocalKms, Op};
-use crate::keys::policy::{self, Grant, KeyPolicy, MAX_GRANTS_PER_KEY};
-use crate::keys::principal::Principal;
-use crate::keys::{Caller, KeyError};
+use crate::local::{DEFAULT_POLICY, Event, LocalKms, Op};
+use crate::policy::{self, Grant, KeyPolicy, MAX_GRANTS_PER_KEY};
+use crate::principal::Principal;
+use crate::{Caller, KeyError};
 
 /// Turns the policy module's `InvalidArgument("MalformedPolicyDocument: …")` into KMS's
 /// MalformedPolicyDocumentException.
@@ -163,9 +163,9 @@ impl LocalKms {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::context::EncryptionContext;
-    use crate::keys::KeyService;
-    use crate::keys::policy::{GrantConstraints, PrincipalSpec};
+    use envelopefs_format::context::EncryptionContext;
+    use crate::KeyService;
+    use crate::policy::{GrantConstraints, PrincipalSpec};
 
     /// The administrator (this process).
     fn admin() -> Caller {
@@ -208,7 +208,7 @@ mod tests {
         );
         assert_eq!(
             kms.describe_key("alias/default").unwrap().state,
-            crate::keys::KeyState::Enabled
+            crate::KeyState::Enabled
         );
     }
 

@@ -101,7 +101,7 @@ pub(super) fn write_checkpoint(
         mac: cp.mac(audit_key),
     };
     let text = serde_json::to_vec(&sealed).map_err(io::Error::other)?;
-    crate::atomic::atomic_write(&dir.join(CHECKPOINT_FILE), &text, 0o600)
+    envelopefs_sys::atomic::atomic_write(&dir.join(CHECKPOINT_FILE), &text, 0o600)
 }
 
 /// Whether the trail in `dir` holds `cp`: its record `cp.seq` has hash `cp.hash` (read from the

@@ -1,7 +1,7 @@
 //! Tests of checkpoints: a cut tail, a replaced trail, a deleted checkpoint or directory.
 
 use super::*;
-use crate::keys::Caller;
+use crate::Caller;
 
 const KEY: [u8; 32] = [9; 32];
 

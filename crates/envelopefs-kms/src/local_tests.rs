@@ -226,7 +226,7 @@ fn shared_across_threads() {
 /// version 3, context for_file("vol-1", 0x55×16), nonce 0x33×12, DEK 0x44×32.
 #[test]
 fn wrapped_key_test_vector() {
-    use crate::format::context::hex;
+    use envelopefs_format::context::hex;
     let k = kek(&KeyMaterial::from_bytes([0x11; 32]));
     assert_eq!(
         hex(k.expose_secret()),
@@ -357,7 +357,7 @@ fn parallel_creates_with_alias_all_land() {
                 let barrier = &barrier;
                 s.spawn(move || {
                     barrier.wait();
-                    let req = crate::keys::lifecycle::CreateKeyRequest {
+                    let req = crate::lifecycle::CreateKeyRequest {
                         description: format!("k{i}"),
                         alias: Some(format!("alias/k{i}")),
                         ..Default::default()
@@ -380,7 +380,7 @@ fn parallel_creates_with_alias_all_land() {
         assert_eq!(m.aliases, [format!("alias/k{i}")], "{m:?}");
     }
     // An alias that exists already: refused, and no key is created either.
-    let req = crate::keys::lifecycle::CreateKeyRequest {
+    let req = crate::lifecycle::CreateKeyRequest {
         alias: Some("alias/k3".into()),
         ..Default::default()
     };

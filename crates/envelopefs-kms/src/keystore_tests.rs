@@ -260,7 +260,7 @@ fn material_aad_vector() {
 fn material_sealing_vector() {
     let aad = material_aad(&KeyId([0x22; 16]), 1);
     let sealed =
-        crate::keys::secret::seal32_with_nonce(&[0x11; 32], &aad, &[0x44; 32], [0x33; 12]).unwrap();
+        crate::secret::seal32_with_nonce(&[0x11; 32], &aad, &[0x44; 32], [0x33; 12]).unwrap();
     assert_eq!(
         hex(&sealed),
         "333333333333333333333333\
@@ -268,9 +268,9 @@ fn material_sealing_vector() {
          e7fef9e5b887d1cdc2954dd7b729689d"
     );
     let mut back = [0u8; 32];
-    crate::keys::secret::open32(&[0x11; 32], &aad, &sealed, &mut back).unwrap();
+    crate::secret::open32(&[0x11; 32], &aad, &sealed, &mut back).unwrap();
     assert_eq!(back, [0x44; 32]);
-    let doc = crate::keys::doc_vectors::get("keystore-material-1");
+    let doc = crate::doc_vectors::get("keystore-material-1");
     let inputs = [
         &doc["wrap_key"],
         &doc["key_id"],

@@ -12,7 +12,7 @@ use aes_gcm_siv::aead::{AeadInOut, KeyInit};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::keys::KeyError;
+use crate::KeyError;
 
 /// Length of a data key (a 256-bit key).
 pub const DATA_KEY_LEN: usize = 32;
@@ -171,7 +171,7 @@ impl Unlock {
                 path.display()
             )));
         }
-        crate::atomic::atomic_write(path, &k[..], 0o600).map_err(|e| KeyError::io(path, e))
+        envelopefs_sys::atomic::atomic_write(path, &k[..], 0o600).map_err(|e| KeyError::io(path, e))
     }
 }
 

@@ -32,21 +32,21 @@
 //! rotation) happens lazily when the keystore is opened or re-read, and in
 //! [`LocalKms::maintain`], which the daemon calls periodically.
 //!
-//! The lifecycle operations are in [`crate::keys::lifecycle`], rotation in
-//! [`crate::keys::rotation`], import in [`crate::keys::import`].
+//! The lifecycle operations are in [`crate::lifecycle`], rotation in
+//! [`crate::rotation`], import in [`crate::import`].
 
 use std::path::Path;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::format::context::EncryptionContext;
-use crate::keys::audit::AuditLog;
-pub(super) use crate::keys::events::Event;
-pub use crate::keys::events::{Op, audit_dir};
-use crate::keys::keystore::{self, Keystore};
-use crate::keys::policy::{self, KeyPolicy};
-use crate::keys::principal::Principal;
-use crate::keys::secret::{self, KeyMaterial, Unlock};
-use crate::keys::{
+use envelopefs_format::context::EncryptionContext;
+use crate::audit::AuditLog;
+pub(super) use crate::events::Event;
+pub use crate::events::{Op, audit_dir};
+use crate::keystore::{self, Keystore};
+use crate::policy::{self, KeyPolicy};
+use crate::principal::Principal;
+use crate::secret::{self, KeyMaterial, Unlock};
+use crate::{
     Caller, DataKey, KeyError, KeyId, KeyMetadata, KeyService, KeyState, Origin, WrappedKey,
 };
 
@@ -88,7 +88,7 @@ impl LocalKms {
     /// Records go to the audit trail beside the keystore ([`audit_dir`]).
     pub fn open(path: &Path, unlock: &Unlock) -> Result<Self, KeyError> {
         let ks = Keystore::open(path, unlock)
-            .inspect_err(|e| crate::keys::events::note_failed_unlock(path, e))?;
+            .inspect_err(|e| crate::events::note_failed_unlock(path, e))?;
         let kms = Self::from_keystore(ks).with_default_audit_log();
         kms.purge_expired_quietly(keystore::now_secs());
         Ok(kms)
@@ -255,7 +255,7 @@ impl LocalKms {
                         "key {id}: its deletion window ended; its material is destroyed and its aliases deleted"
                     )));
                 } else if rec.valid_to.is_some_and(|t| t <= now) {
-                    crate::keys::import::drop_imported_material(ks, &id)?;
+                    crate::import::drop_imported_material(ks, &id)?;
                     events.push((Op::DeleteExpiredKeyMaterial, id, format!(
                         "key {id}: its imported material expired and was deleted; it is PendingImport until the same material is imported again"
                     )));
@@ -415,7 +415,7 @@ impl LocalKms {
     /// that are not about one key (CreateKey) need the volume administrator. A denial is
     /// [`KeyError::AccessDenied`] naming the key and the reason (the filesystem maps it to
     /// EACCES) and is logged at warn level. CreateGrant and RetireGrant are decided where the
-    /// grant is known ([`crate::keys::access`]); service events need no caller.
+    /// grant is known ([`crate::access`]); service events need no caller.
     pub(super) fn authorize(
         &self,
         ks: &Keystore,

@@ -17,7 +17,7 @@
 //! }
 //! ```
 //!
-//! `kdf_bytes` is [`Kdf::canonical`](crate::keys::kdf). Version 1 (still read, rewritten as 2
+//! `kdf_bytes` is [`Kdf::canonical`](crate::kdf). Version 1 (still read, rewritten as 2
 //! at the next change) has no `kdf_bytes` in its MAC and no `kdf` copy in its body.
 //!
 //! Readers check `format`, then `version` (1 or 2; a larger one is refused as written by a
@@ -26,7 +26,7 @@
 //!
 //! # Keys
 //!
-//! The root key and the keys derived from it are described in `crate::keys::kdf`: `wrap_key`
+//! The root key and the keys derived from it are described in `crate::kdf`: `wrap_key`
 //! seals CMK material, `mac_key` authenticates the body, `check` tells a wrong secret from a
 //! modified file.
 //!
@@ -39,9 +39,9 @@
 //!
 //! ```text
 //! {"created": <u64 secs>, "check": "<hex 16 B>",
-//!  "admins": [<uid>, ...],                             (crate::keys::admins)
+//!  "admins": [<uid>, ...],                             (crate::admins)
 //!  "kdf": <copy of the top-level kdf>,                 (version 2)
-//!  "keys": [ <key record>, ... ],                      (layout in crate::keys::record)
+//!  "keys": [ <key record>, ... ],                      (layout in crate::record)
 //!  "aliases": {"alias/default": "<key id>", ...},
 //!  "deleted": [ {"key_id": "<uuid>", "deletion_date": <secs>, "description": "<text>"} ] }
 //! ```
@@ -71,11 +71,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::format::context::hex;
-use crate::keys::kdf::{Kdf, Keys, SALT_LEN, derive_root};
-pub use crate::keys::record::{DeletedKey, KeyRecord, Origin, RotationType, VersionRecord};
-use crate::keys::secret::{KeyMaterial, SEALED_LEN, Unlock, open32, random_bytes, unhex};
-use crate::keys::{KeyError, KeyId};
+use envelopefs_format::context::hex;
+use crate::kdf::{Kdf, Keys, SALT_LEN, derive_root};
+pub use crate::record::{DeletedKey, KeyRecord, Origin, RotationType, VersionRecord};
+use crate::secret::{KeyMaterial, SEALED_LEN, Unlock, open32, random_bytes, unhex};
+use crate::{KeyError, KeyId};
 
 /// The `format` field.
 pub const FORMAT_NAME: &str = "envelopefs-keystore";
@@ -230,7 +230,7 @@ impl Keystore {
         let body = Body {
             created: now_secs(),
             check: keys.check.clone(),
-            admins: Some(vec![crate::keys::Caller::current().uid]),
+            admins: Some(vec![crate::Caller::current().uid]),
             ..Body::default()
         };
         let mut ks = Keystore {
@@ -481,14 +481,14 @@ impl Keystore {
     }
 
     /// The audit trail's head as of this keystore's last write (the body's `audit_checkpoint`,
-    /// kept among the body's other fields; see `crate::keys::audit::checkpoint`), if any.
-    pub fn audit_checkpoint(&self) -> Option<crate::keys::audit::Checkpoint> {
+    /// kept among the body's other fields; see `crate::audit::checkpoint`), if any.
+    pub fn audit_checkpoint(&self) -> Option<crate::audit::Checkpoint> {
         let v = self.body.extra.get(AUDIT_CHECKPOINT_FIELD)?;
         serde_json::from_value(v.clone()).ok()
     }
 
     /// Records the audit trail's head in the body, in memory (saved with the next write).
-    pub(super) fn set_audit_checkpoint(&mut self, cp: &crate::keys::audit::Checkpoint) {
+    pub(super) fn set_audit_checkpoint(&mut self, cp: &crate::audit::Checkpoint) {
         if let Ok(v) = serde_json::to_value(cp) {
             self.body.extra.insert(AUDIT_CHECKPOINT_FIELD.to_owned(), v);
         }
@@ -655,15 +655,15 @@ impl Keystore {
         };
         let text = json(serde_json::to_string_pretty(&top))? + "\n";
         let digest = blake3::hash(text.as_bytes());
-        let kept = crate::atomic::atomic_write_preserving(&path, text.as_bytes(), 0o600)
+        let kept = envelopefs_sys::atomic::atomic_write_preserving(&path, text.as_bytes(), 0o600)
             .map_err(|e| KeyError::io(&path, e))?;
-        if let crate::atomic::Kept::ModeOnly { uid } = kept {
+        if let envelopefs_sys::atomic::Kept::ModeOnly { uid } = kept {
             log::warn!(
                 "keystore {} was owned by uid {uid}; only root may give a file away, so it is \
                  now owned by uid {} (its mode is kept; who administers the keys is recorded \
                  inside it and did not change); to restore the owner run `chown {uid} {}` as root",
                 path.display(),
-                crate::keys::Caller::current().uid,
+                crate::Caller::current().uid,
                 path.display()
             );
         }
@@ -774,7 +774,7 @@ pub(super) fn material_aad(id: &KeyId, version: u32) -> Vec<u8> {
     [MATERIAL_AAD, &id.0, &version.to_be_bytes()].concat()
 }
 
-pub(crate) fn now_secs() -> u64 {
+pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

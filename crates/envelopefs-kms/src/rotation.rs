@@ -11,9 +11,9 @@
 //! Imported (EXTERNAL) keys rotate on demand only, and only to material imported beforehand
 //! with `key import --new-material` (KMS's PENDING_ROTATION material).
 
-use crate::keys::keystore::{self, Keystore, RotationType};
-use crate::keys::local::{DAY, Event, LocalKms, Op, is_external, require_usable};
-use crate::keys::{Caller, KeyError, KeyId, KeyState, Origin};
+use crate::keystore::{self, Keystore, RotationType};
+use crate::local::{DAY, Event, LocalKms, Op, is_external, require_usable};
+use crate::{Caller, KeyError, KeyId, KeyState, Origin};
 
 /// Most on-demand rotations per key, as KMS.
 pub const MAX_ON_DEMAND_ROTATIONS: u32 = 25;
@@ -94,7 +94,7 @@ impl LocalKms {
             rec.on_demand_rotations += 1;
             match rec.origin {
                 Origin::AwsKms => ks.push_version(&id, RotationType::OnDemand, keystore::now_secs()),
-                Origin::External => crate::keys::import::promote_pending_material(ks, &id),
+                Origin::External => crate::import::promote_pending_material(ks, &id),
             }
         })?;
         log::info!("rotated key {key} on demand to version {v}");
@@ -260,8 +260,8 @@ fn status(ks: &Keystore, id: &KeyId) -> RotationStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::context::EncryptionContext;
-    use crate::keys::KeyService;
+    use envelopefs_format::context::EncryptionContext;
+    use crate::KeyService;
 
     /// The caller of these tests: the current process, which is the administrator
     /// (it created the keystore, so the keystore lists it as administrator).

@@ -87,7 +87,7 @@
 //!
 //! One `write(2)` per record (the line is built in memory and written with `O_APPEND`), no
 //! fsync; [`AuditLog::sync`] at unmount. User names come from a cache (see
-//! [`crate::keys::principal::user_name`]); process names from `/proc/<pid>/comm`, cached for a
+//! [`crate::principal::user_name`]); process names from `/proc/<pid>/comm`, cached for a
 //! second.
 
 use std::collections::HashMap;
@@ -101,8 +101,8 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::format::context::hex;
-use crate::keys::principal;
+use envelopefs_format::context::hex;
+use crate::principal;
 
 /// `eventSource` of every record.
 pub const EVENT_SOURCE: &str = "envelopefs-kms";
@@ -526,7 +526,7 @@ impl AuditLog {
         let file = open_for_append(&dir.join(file_name(file_no)))?;
         let len = file.metadata()?.len();
         if dir_dirty {
-            crate::atomic::sync_dir(dir)?;
+            envelopefs_sys::atomic::sync_dir(dir)?;
             dir_dirty = false;
         }
         let diverged = match checkpoint::read_checkpoint(dir, &key) {
@@ -914,13 +914,13 @@ impl Trail {
         let (seq, prev) = start.unwrap_or((w.next_seq, w.prev));
         let anchor = Anchor::new(&self.key, keep_from, seq, &prev);
         let text = serde_json::to_vec(&anchor).map_err(io::Error::other)?;
-        crate::atomic::atomic_write(&self.dir.join(ANCHOR_FILE), &text, 0o600)?;
+        envelopefs_sys::atomic::atomic_write(&self.dir.join(ANCHOR_FILE), &text, 0o600)?;
         for (n, path) in &files {
             if *n < keep_from {
                 fs::remove_file(path)?;
             }
         }
-        crate::atomic::sync_dir(&self.dir)
+        envelopefs_sys::atomic::sync_dir(&self.dir)
     }
 
     /// Flushes the current file (and the directory after a rotation) to stable storage, then,
@@ -939,7 +939,7 @@ impl Trail {
         }
         w.file.sync_data()?;
         if w.dir_dirty {
-            crate::atomic::sync_dir(&self.dir)?;
+            envelopefs_sys::atomic::sync_dir(&self.dir)?;
             w.dir_dirty = false;
         }
         if w.diverged.is_some() {
