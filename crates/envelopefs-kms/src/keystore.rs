@@ -213,6 +213,7 @@ impl Keystore {
 
     /// An in-memory keystore with a random root key and one Enabled CMK aliased
     /// `alias/default`. Never written; no Argon2, so it is fast.
+    #[cfg(any(test, feature = "testing"))]
     pub fn in_memory() -> Self {
         let kdf = Kdf::KeyFile {
             salt: hex(&[0; SALT_LEN]),

@@ -417,7 +417,8 @@ impl LocalKms {
     /// Moves `key` to `state` (compatibility entry point for tests and older callers):
     /// Enabled → enable, Disabled → disable (or cancel a scheduled deletion),
     /// PendingDeletion → schedule deletion with the default window.
-    pub fn set_state(
+    #[cfg(test)]
+    pub(crate) fn set_state(
         &self,
         key: &str,
         state: KeyState,

@@ -158,7 +158,9 @@ impl LocalKms {
     }
 
     /// An in-memory service with a random root key and one Enabled CMK aliased
-    /// `alias/default`; nothing touches the disk and no KDF runs. For tests.
+    /// `alias/default`; nothing touches the disk and no KDF runs. For tests (this crate's, and
+    /// others' through the `testing` feature).
+    #[cfg(any(test, feature = "testing"))]
     pub fn in_memory_for_tests() -> Self {
         Self::from_keystore(Keystore::in_memory())
     }
