@@ -3,7 +3,10 @@
 //! test can hang on a blocked FUSE call, and external tools run under `timeout`.
 //!
 //! Every test gets its own backing directory, mountpoint and daemon, so tests run in parallel.
+//! The libc wrappers the mount tests share are in [`sys`].
 #![allow(dead_code)]
+
+pub mod sys;
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -784,4 +787,9 @@ pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
 /// True when `needle` occurs in `hay`.
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Name, type, mode, size, mtime (ns) and link count of every entry under `dir`, sorted.
+pub fn tree_listing(dir: &Path) -> String {
+    sh("find . -printf '%p %y %m %s %T@ %n %l\\n' | sort", dir)
 }
