@@ -57,17 +57,25 @@ pub fn block_offset(i: u64) -> u64 {
     HEADER_REGION + i * (BLOCK + OVERHEAD)
 }
 
-/// True when FUSE mounts can work here; prints why not otherwise.
+/// With this set to `1` (as .ci/run does) a mount test that cannot mount for want of FUSE
+/// fails instead of passing as skipped.
+pub const REQUIRE_FUSE: &str = "ENVELOPEFS_REQUIRE_FUSE";
+
+/// True when FUSE mounts can work here; prints why not otherwise, or panics saying why when
+/// [`REQUIRE_FUSE`] is `1`.
 pub fn fuse_available() -> bool {
-    if !Path::new("/dev/fuse").exists() {
-        eprintln!("skipping: /dev/fuse is missing (no FUSE in this environment)");
-        return false;
+    let why = if !Path::new("/dev/fuse").exists() {
+        "/dev/fuse is missing (no FUSE in this environment)".to_string()
+    } else if let Err(e) = File::options().read(true).write(true).open("/dev/fuse") {
+        format!("cannot open /dev/fuse ({e})")
+    } else {
+        return true;
+    };
+    if std::env::var(REQUIRE_FUSE).as_deref() == Ok("1") {
+        panic!("{REQUIRE_FUSE}=1 but FUSE is not available: {why}");
     }
-    if let Err(e) = File::options().read(true).write(true).open("/dev/fuse") {
-        eprintln!("skipping: cannot open /dev/fuse ({e})");
-        return false;
-    }
-    true
+    eprintln!("skipping: {why}");
+    false
 }
 
 /// Random bytes from the OS.
@@ -311,7 +319,8 @@ pub struct Mounted {
 
 impl Mounted {
     /// Creates, initialises and mounts a fresh volume, or returns None (with a message) when
-    /// FUSE is not available here.
+    /// FUSE is not available here (a panic instead with `ENVELOPEFS_REQUIRE_FUSE=1`: see
+    /// [`fuse_available`]).
     pub fn new() -> Option<Mounted> {
         Self::with_options(Options::default())
     }
