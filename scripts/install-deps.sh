@@ -12,7 +12,7 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v xxd >/dev/null 2>&1 || need+=(xxd)
 # The key-import test wraps material with the real `openssl pkeyutl`, as docs/KEYS.md shows.
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
-# fio_verify (tests/mount.rs) checks random writes with fio's own verifier.
+# fio_verify (tests/mount_tools.rs) checks random writes with fio's own verifier.
 command -v fio >/dev/null 2>&1 || need+=(fio)
 if ((${#need[@]} == 0)); then
   exit 0
