@@ -152,6 +152,142 @@ pub(crate) mod testing {
         (fs, tmp, caller, kms)
     }
 
+    /// A key service for injecting key-service errors into the core: it forwards to a real
+    /// in-memory service until [`FailingKeys::fail_with`] arms it, then fails every call.
+    pub(crate) struct FailingKeys {
+        inner: LocalKms,
+        fail: std::sync::Mutex<Option<fn() -> crate::keys::KeyError>>,
+    }
+
+    impl FailingKeys {
+        /// Every later call fails with `make()` (None: calls go through again).
+        pub(crate) fn fail_with(&self, make: Option<fn() -> crate::keys::KeyError>) {
+            *self.fail.lock().unwrap() = make;
+        }
+
+        fn check(&self) -> Result<(), crate::keys::KeyError> {
+            match *self.fail.lock().unwrap() {
+                Some(make) => Err(make()),
+                None => Ok(()),
+            }
+        }
+    }
+
+    impl crate::keys::KeyService for FailingKeys {
+        fn generate_data_key(
+            &self,
+            key: &str,
+            context: &crate::format::context::EncryptionContext,
+            caller: &Caller,
+        ) -> Result<(crate::keys::DataKey, crate::keys::WrappedKey), crate::keys::KeyError>
+        {
+            self.check()?;
+            self.inner.generate_data_key(key, context, caller)
+        }
+
+        fn decrypt(
+            &self,
+            wrapped: &crate::keys::WrappedKey,
+            context: &crate::format::context::EncryptionContext,
+            caller: &Caller,
+        ) -> Result<crate::keys::DataKey, crate::keys::KeyError> {
+            self.check()?;
+            self.inner.decrypt(wrapped, context, caller)
+        }
+
+        fn re_encrypt(
+            &self,
+            wrapped: &crate::keys::WrappedKey,
+            context: &crate::format::context::EncryptionContext,
+            destination: &str,
+            caller: &Caller,
+        ) -> Result<crate::keys::WrappedKey, crate::keys::KeyError> {
+            self.check()?;
+            self.inner.re_encrypt(wrapped, context, destination, caller)
+        }
+
+        fn describe_key(
+            &self,
+            key: &str,
+        ) -> Result<crate::keys::KeyMetadata, crate::keys::KeyError> {
+            self.check()?;
+            self.inner.describe_key(key)
+        }
+
+        fn generation(&self) -> u64 {
+            self.inner.generation()
+        }
+    }
+
+    /// A core over a fresh volume whose key service can be made to fail.
+    pub(crate) fn with_failing_keys() -> (EncFs, tempfile::TempDir, Caller, Arc<FailingKeys>) {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let root = tmp.path().join("vol");
+        volume::prepare(&root).expect("prepare");
+        let keys = Arc::new(FailingKeys {
+            inner: LocalKms::in_memory_for_tests(),
+            fail: std::sync::Mutex::new(None),
+        });
+        volume::create(
+            &root,
+            keys.as_ref(),
+            "alias/default",
+            4096,
+            "keystore.json".into(),
+            0,
+        )
+        .expect("create");
+        let caller = Caller::current();
+        let fs =
+            EncFs::new(volume::open(&root).expect("open"), keys.clone(), &caller).expect("core");
+        (fs, tmp, caller, keys)
+    }
+
+    /// Key-service errors injected into the core reach the caller as the errno table says:
+    /// refusals as EACCES, failures of the service as EIO; nothing is created on a refusal.
+    #[test]
+    fn injected_key_service_errors_map_to_errno() {
+        use crate::keys::KeyError;
+        let (fs, _tmp, caller, keys) = with_failing_keys();
+        let (a, fh) = fs
+            .create(1, std::ffi::OsStr::new("f"), 0o600, libc::O_RDWR, &caller)
+            .unwrap();
+        fs.write(fh, 0, b"x", &caller).unwrap();
+        fs.release(fh).unwrap();
+        let cases: [(fn() -> KeyError, i32); 4] = [
+            (
+                || KeyError::AccessDenied {
+                    key_id: "k".into(),
+                    reason: "injected".into(),
+                },
+                libc::EACCES,
+            ),
+            (|| KeyError::Disabled { key_id: "k".into() }, libc::EACCES),
+            (|| KeyError::Internal("injected".into()), libc::EIO),
+            (|| KeyError::InvalidCiphertext, libc::EIO),
+        ];
+        for (make, want) in cases {
+            keys.fail_with(Some(make));
+            let got = fs
+                .open(a.ino, libc::O_RDONLY, &caller)
+                .map_err(|e| e.errno());
+            assert_eq!(got, Err(want), "open under {}", make());
+            let got = fs
+                .create(1, std::ffi::OsStr::new("g"), 0o600, libc::O_RDWR, &caller)
+                .map(|_| ())
+                .map_err(|e| e.errno());
+            assert_eq!(got, Err(want), "create under {}", make());
+            assert!(
+                fs.lookup(1, std::ffi::OsStr::new("g")).is_err(),
+                "a refused create leaves nothing"
+            );
+        }
+        keys.fail_with(None);
+        let fh = fs.open(a.ino, libc::O_RDONLY, &caller).unwrap();
+        assert_eq!(fs.read(fh, 0, 10).unwrap(), b"x");
+        fs.release(fh).unwrap();
+    }
+
     /// [`fresh`] with a regular file "f" created in the root: also its inode and the
     /// read-write handle `create` returned (still open).
     pub(crate) fn with_file() -> (EncFs, tempfile::TempDir, Caller, u64, u64) {

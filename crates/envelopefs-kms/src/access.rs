@@ -163,9 +163,9 @@ impl LocalKms {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use envelopefs_format::context::EncryptionContext;
     use crate::KeyService;
     use crate::policy::{GrantConstraints, PrincipalSpec};
+    use envelopefs_format::context::EncryptionContext;
 
     /// The administrator (this process).
     fn admin() -> Caller {

@@ -5,10 +5,10 @@
 //! Administrators may create keys and, under the default key policy, manage every key
 //! (docs/KEYS.md §Access control).
 
-use envelopefs_format::context::EncryptionContext;
 use crate::local::{Event, LocalKms, Op};
 use crate::principal::user_name;
 use crate::{Caller, KeyError};
+use envelopefs_format::context::EncryptionContext;
 
 /// Most administrators a keystore lists.
 pub const MAX_ADMINS: usize = 64;

@@ -101,8 +101,8 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use envelopefs_format::context::hex;
 use crate::principal;
+use envelopefs_format::context::hex;
 
 /// `eventSource` of every record.
 pub const EVENT_SOURCE: &str = "envelopefs-kms";

@@ -1,9 +1,9 @@
 //! Tests of the audit trail: records, the hash chain, rotation, several writers, verify.
 
 use super::*;
-use envelopefs_format::context::EncryptionContext;
 use crate::principal::Principal;
 use crate::{Caller, KeyError};
+use envelopefs_format::context::EncryptionContext;
 use std::time::UNIX_EPOCH;
 
 const KEY: [u8; 32] = [7; 32];

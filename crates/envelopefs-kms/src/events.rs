@@ -3,11 +3,11 @@
 
 use std::path::Path;
 
-use envelopefs_format::context::EncryptionContext;
 use crate::audit::{self, AuditEvent};
 use crate::keystore::Keystore;
 use crate::local::LocalKms;
 use crate::{Caller, KeyError};
+use envelopefs_format::context::EncryptionContext;
 
 /// What a caller asks to do: the unit of authorization and of audit records. The names are
 /// KMS's API actions (`kms:` + the name is the policy action).
@@ -306,11 +306,11 @@ pub fn audit_dir(keystore: &Path) -> std::path::PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use envelopefs_format::context::hex;
     use crate::KeyService;
     use crate::audit;
     use crate::keystore::Keystore;
     use crate::secret::Unlock;
+    use envelopefs_format::context::hex;
 
     const ALICE: Caller = Caller {
         uid: 4242,

@@ -35,12 +35,12 @@ use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding
 use rsa::{Oaep, RsaPrivateKey, RsaPublicKey};
 use zeroize::Zeroizing;
 
-use envelopefs_format::context::hex;
 use crate::keystore::{self, Keystore, VersionRecord};
 use crate::local::{DAY, Event, LocalKms, Op};
 use crate::record::{ImportParams, WrappingAlgorithm, WrappingSpec};
 use crate::secret::{KeyMaterial, random_bytes};
 use crate::{Caller, KeyError, KeyId, KeyState, Origin};
+use envelopefs_format::context::hex;
 
 /// How long import parameters stay valid, as KMS (24 hours).
 pub const PARAMS_VALID_SECS: u64 = DAY;

@@ -6,9 +6,9 @@ use std::process::Command;
 use rsa::pkcs8::DecodePublicKey;
 
 use super::*;
-use envelopefs_format::context::EncryptionContext;
 use crate::KeyService;
 use crate::lifecycle::CreateKeyRequest;
+use envelopefs_format::context::EncryptionContext;
 
 /// The caller of these tests: the current process, which is the administrator
 /// (it created the keystore, so the keystore lists it as administrator).

@@ -19,9 +19,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use envelopefs_format::context::hex;
 use crate::KeyError;
 use crate::secret::{KeyMaterial, Unlock, unhex};
+use envelopefs_format::context::hex;
 
 pub(super) const SALT_LEN: usize = 16;
 /// Largest Argon2 memory cost `open` accepts (4 GiB), so a damaged file cannot exhaust memory.

@@ -71,11 +71,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use envelopefs_format::context::hex;
 use crate::kdf::{Kdf, Keys, SALT_LEN, derive_root};
 pub use crate::record::{DeletedKey, KeyRecord, Origin, RotationType, VersionRecord};
 use crate::secret::{KeyMaterial, SEALED_LEN, Unlock, open32, random_bytes, unhex};
 use crate::{KeyError, KeyId};
+use envelopefs_format::context::hex;
 
 /// The `format` field.
 pub const FORMAT_NAME: &str = "envelopefs-keystore";

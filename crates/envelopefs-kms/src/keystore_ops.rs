@@ -4,12 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use envelopefs_format::context::hex;
 use crate::keystore::{
     DeletedKey, KeyRecord, Keystore, Origin, RotationType, VersionRecord, material_aad,
 };
 use crate::secret::{self, KeyMaterial, seal32};
 use crate::{KeyError, KeyId};
+use envelopefs_format::context::hex;
 
 impl Keystore {
     /// Seals `m` as the material of version `version` of `id` (hex for the key record).

@@ -209,8 +209,9 @@ pub(crate) mod doc_vectors {
     /// The `key = value` lines of the block `vector NAME` … `end` in docs/FORMAT.md (the values
     /// of a repeated key are concatenated). Panics if there is no such vector.
     pub(crate) fn get(name: &str) -> BTreeMap<String, String> {
-        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/FORMAT.md"))
-            .expect("docs/FORMAT.md");
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/FORMAT.md"))
+                .expect("docs/FORMAT.md");
         let mut lines = doc.lines().map(str::trim);
         lines
             .find(|l| l.strip_prefix("vector ").map(str::trim) == Some(name))

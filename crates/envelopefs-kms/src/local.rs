@@ -38,7 +38,6 @@
 use std::path::Path;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use envelopefs_format::context::EncryptionContext;
 use crate::audit::AuditLog;
 pub(super) use crate::events::Event;
 pub use crate::events::{Op, audit_dir};
@@ -49,6 +48,7 @@ use crate::secret::{self, KeyMaterial, Unlock};
 use crate::{
     Caller, DataKey, KeyError, KeyId, KeyMetadata, KeyService, KeyState, Origin, WrappedKey,
 };
+use envelopefs_format::context::EncryptionContext;
 
 /// Domain-separation prefix of a wrapped data key's associated data.
 const DEK_AAD: &[u8] = b"envelopefs wrapped dek v1";

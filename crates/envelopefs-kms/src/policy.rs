@@ -83,9 +83,9 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 
-use envelopefs_format::context::EncryptionContext;
 use crate::KeyError;
 use crate::principal::Principal;
+use envelopefs_format::context::EncryptionContext;
 
 mod grant;
 pub use grant::{Grant, GrantConstraints, new_grant_id};

@@ -146,8 +146,8 @@ pub fn group_name(gid: u32) -> Option<String> {
     cached_name(&GROUP_NAMES, gid, lookup_group_name)
 }
 
-use envelopefs_sys::users::{lookup_group_name, lookup_user_name};
 pub use envelopefs_sys::users::{group_id, user_id};
+use envelopefs_sys::users::{lookup_group_name, lookup_user_name};
 
 #[cfg(test)]
 mod tests {

@@ -260,8 +260,8 @@ fn status(ks: &Keystore, id: &KeyId) -> RotationStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use envelopefs_format::context::EncryptionContext;
     use crate::KeyService;
+    use envelopefs_format::context::EncryptionContext;
 
     /// The caller of these tests: the current process, which is the administrator
     /// (it created the keystore, so the keystore lists it as administrator).

@@ -115,4 +115,3 @@ fn nss_name<T>(
         return Some(name.to_string_lossy().into_owned());
     }
 }
-

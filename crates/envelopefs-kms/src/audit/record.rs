@@ -7,10 +7,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use envelopefs_format::context::EncryptionContext;
 use crate::principal::Principal;
 use crate::timefmt;
 use crate::{Caller, KeyError};
+use envelopefs_format::context::EncryptionContext;
 
 /// Who made the call.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]

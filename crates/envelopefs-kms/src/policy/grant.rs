@@ -10,9 +10,9 @@ use super::{
     GRANT_OPERATIONS, MAX_CONSTRAINT_PAIRS, MAX_CONSTRAINT_VALUE_CHARS, MAX_GRANT_NAME_CHARS,
     PrincipalSpec, UNCONSTRAINED_GRANT_OPERATIONS,
 };
-use envelopefs_format::context::{EncryptionContext, hex};
 use crate::KeyError;
 use crate::principal::Principal;
+use envelopefs_format::context::{EncryptionContext, hex};
 
 /// Encryption-context constraints of a grant (at most one of the two, as in KMS).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
