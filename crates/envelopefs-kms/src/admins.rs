@@ -11,7 +11,7 @@ use crate::{Caller, KeyError};
 use envelopefs_format::context::EncryptionContext;
 
 /// Most administrators a keystore lists.
-pub const MAX_ADMINS: usize = 64;
+pub(crate) const MAX_ADMINS: usize = 64;
 
 impl LocalKms {
     /// The administrators' uids, as recorded in the keystore (anyone who can unlock it may

@@ -105,15 +105,15 @@ use crate::principal;
 use envelopefs_format::context::hex;
 
 /// `eventSource` of every record.
-pub const EVENT_SOURCE: &str = "envelopefs-kms";
+pub(crate) const EVENT_SOURCE: &str = "envelopefs-kms";
 /// Default size at which a new audit file is started.
-pub const DEFAULT_MAX_BYTES: u64 = 16 << 20;
-/// blake3 `derive_key` context of the audit key (see [`derive_audit_key`]).
-pub const AUDIT_KEY_CONTEXT: &str = "envelopefs audit key v1";
+pub(crate) const DEFAULT_MAX_BYTES: u64 = 16 << 20;
+/// blake3 `derive_key` context of the audit key (derived from the keystore root key in `kdf`).
+pub(crate) const AUDIT_KEY_CONTEXT: &str = "envelopefs audit key v1";
 /// blake3 `derive_key` context of the anchor MAC key, derived from the audit key.
 const ANCHOR_KEY_CONTEXT: &str = "envelopefs audit anchor v1";
 /// Name of the anchor file in the audit directory.
-pub const ANCHOR_FILE: &str = "audit-anchor.json";
+pub(crate) const ANCHOR_FILE: &str = "audit-anchor.json";
 /// What precedes the hex hash at the end of a line.
 const HASH_PREFIX: &[u8] = b",\"hash\":\"";
 /// Length of the hash member at the end of a line: `,"hash":"` + 64 hex + `"}`.
@@ -132,17 +132,12 @@ const RESERVED_PARAMETERS: &[&str] = &[
     "path",
 ];
 
-/// The audit key for a keystore root key: `blake3::derive_key(AUDIT_KEY_CONTEXT, root)`.
-pub fn derive_audit_key(root_key: &[u8; 32]) -> [u8; 32] {
-    blake3::derive_key(AUDIT_KEY_CONTEXT, root_key)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Files
 // ---------------------------------------------------------------------------------------------
 
 /// `audit-000042.jsonl`.
-pub fn file_name(n: u32) -> String {
+pub(crate) fn file_name(n: u32) -> String {
     format!("audit-{n:06}.jsonl")
 }
 
@@ -429,7 +424,11 @@ impl AuditLog {
     ///
     /// The key is copied into zeroize-on-drop memory and the argument wiped; a caller that
     /// keeps its own copy must wipe that itself.
-    pub fn open_with(dir: &Path, mut audit_key: [u8; 32], opts: AuditOptions) -> io::Result<Self> {
+    pub(crate) fn open_with(
+        dir: &Path,
+        mut audit_key: [u8; 32],
+        opts: AuditOptions,
+    ) -> io::Result<Self> {
         let key = Zeroizing::new(audit_key);
         zeroize::Zeroize::zeroize(&mut audit_key);
         let opts = AuditOptions {
@@ -592,7 +591,7 @@ impl AuditLog {
     }
 
     /// The directory of the trail.
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.trail.dir
     }
 
@@ -611,7 +610,7 @@ impl AuditLog {
 
     /// Waits until every record queued so far is written (returns at once when there is no
     /// writer thread).
-    pub fn flush(&self) {
+    pub(crate) fn flush(&self) {
         if let Some(queue) = self.queue() {
             background::flush(&queue);
         }
@@ -632,7 +631,7 @@ impl AuditLog {
     /// error when it fails (a partial line is then cut off, and the chain does not advance).
     /// With a writer thread: queued (waiting while the queue is full), and a failed write is
     /// logged by that thread.
-    pub fn append(&self, ev: AuditEvent) -> io::Result<()> {
+    pub(crate) fn append(&self, ev: AuditEvent) -> io::Result<()> {
         if let Some(bad) = ev
             .parameters
             .keys()
@@ -690,21 +689,21 @@ impl AuditLog {
 
     /// Writes out what is queued, flushes the trail to stable storage and takes a checkpoint
     /// ([`checkpoint`]); call at unmount and after administrative commands.
-    pub fn sync(&self) -> io::Result<()> {
+    pub(crate) fn sync(&self) -> io::Result<()> {
         self.checkpoint().map(|_| ())
     }
 
     /// [`AuditLog::sync`], returning the checkpoint now on disk: the head of the chain, all of
     /// it durable. `None` when this process takes no checkpoints because the trail does not
     /// hold the last one (see [`AuditLog::mark_diverged`]).
-    pub fn checkpoint(&self) -> io::Result<Option<Checkpoint>> {
+    pub(crate) fn checkpoint(&self) -> io::Result<Option<Checkpoint>> {
         self.flush();
         self.trail.sync()
     }
 
     /// Stops taking checkpoints (logging `why`): the trail was found not to hold a checkpoint
     /// recorded elsewhere (the keystore's), so moving the checkpoint on would hide that.
-    pub fn mark_diverged(&self, why: String) {
+    pub(crate) fn mark_diverged(&self, why: String) {
         let mut w = self
             .trail
             .writer
@@ -717,7 +716,7 @@ impl AuditLog {
     }
 
     /// `seq` the next record will get (after those queued are written).
-    pub fn next_seq(&self) -> u64 {
+    pub(crate) fn next_seq(&self) -> u64 {
         self.trail
             .writer
             .lock()
@@ -978,7 +977,7 @@ impl Trail {
 }
 
 /// Name of the lock file in an audit directory.
-pub const LOCK_FILE: &str = ".lock";
+pub(crate) const LOCK_FILE: &str = ".lock";
 
 use envelopefs_sys::FileLock;
 

@@ -160,7 +160,7 @@ pub enum KeyError {
 
 impl KeyError {
     /// The AWS KMS exception name for this error (`__type` in a KMS JSON error response).
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             KeyError::NotFound(_) | KeyError::Deleted { .. } => "NotFoundException",
             KeyError::InvalidAliasName(_) => "InvalidAliasNameException",

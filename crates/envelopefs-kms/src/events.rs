@@ -62,7 +62,7 @@ pub enum Op {
 
 impl Op {
     /// The KMS event name (CloudTrail `eventName`).
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         use Op::*;
         match self {
             GenerateDataKey => "GenerateDataKey",
@@ -107,12 +107,12 @@ impl Op {
     }
 
     /// The policy action (`kms:` + name).
-    pub fn action(self) -> String {
+    pub(crate) fn action(self) -> String {
         format!("kms:{}", self.name())
     }
 
     /// Whether the event is done by the service itself rather than asked for by a caller.
-    pub fn is_service_event(self) -> bool {
+    pub(crate) fn is_service_event(self) -> bool {
         matches!(
             self,
             Op::RotateKey | Op::DeleteKey | Op::DeleteExpiredKeyMaterial

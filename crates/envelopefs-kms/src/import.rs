@@ -43,11 +43,11 @@ use crate::{Caller, KeyError, KeyId, KeyState, Origin};
 use envelopefs_format::context::hex;
 
 /// How long import parameters stay valid, as KMS (24 hours).
-pub const PARAMS_VALID_SECS: u64 = DAY;
+pub(crate) const PARAMS_VALID_SECS: u64 = DAY;
 /// Longest valid-to of imported material, as KMS (365 days).
-pub const MAX_VALID_TO_SECS: u64 = 365 * DAY;
+pub(crate) const MAX_VALID_TO_SECS: u64 = 365 * DAY;
 /// Length of an import token.
-pub const TOKEN_LEN: usize = 80;
+pub(crate) const TOKEN_LEN: usize = 80;
 const TOKEN_MAGIC: &[u8; 8] = b"EFSIMPT1";
 const PRIVATE_KEY_AAD: &[u8] = b"envelopefs import wrapping key v1";
 

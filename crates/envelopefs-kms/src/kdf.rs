@@ -107,7 +107,7 @@ impl Keys {
             wrap: d("envelopefs keystore wrap v1"),
             mac: d("envelopefs keystore mac v1"),
             check: hex(&check.expose_secret()[..16]),
-            audit: d("envelopefs audit key v1"),
+            audit: d(crate::audit::AUDIT_KEY_CONTEXT),
             token: d("envelopefs import token v1"),
             digest: d("envelopefs imported material digest v1"),
         }

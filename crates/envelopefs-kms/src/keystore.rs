@@ -78,20 +78,20 @@ use crate::{KeyError, KeyId};
 use envelopefs_format::context::hex;
 
 /// The `format` field.
-pub const FORMAT_NAME: &str = "envelopefs-keystore";
+pub(crate) const FORMAT_NAME: &str = "envelopefs-keystore";
 /// The keystore version this build writes; it reads this one and version 1 (whose MAC does
 /// not cover `kdf`), which it rewrites as this one at the next change.
-pub const FORMAT_VERSION: u32 = 2;
+pub(crate) const FORMAT_VERSION: u32 = 2;
 /// Argon2id memory cost of new keystores, KiB (64 MiB).
-pub const DEFAULT_M_KIB: u32 = 65536;
+pub(crate) const DEFAULT_M_KIB: u32 = 65536;
 /// Argon2id passes of new keystores.
-pub const DEFAULT_T: u32 = 3;
+pub(crate) const DEFAULT_T: u32 = 3;
 /// Argon2id lanes of new keystores.
-pub const DEFAULT_P: u32 = 1;
+pub(crate) const DEFAULT_P: u32 = 1;
 /// The alias of the key [`Keystore::create`] makes.
-pub const DEFAULT_ALIAS: &str = "alias/default";
+pub(crate) const DEFAULT_ALIAS: &str = "alias/default";
 /// The description of the key [`Keystore::create`] makes.
-pub const DEFAULT_DESCRIPTION: &str = "default key created by envelopefs init";
+pub(crate) const DEFAULT_DESCRIPTION: &str = "default key created by envelopefs init";
 
 const MATERIAL_AAD: &[u8] = b"envelopefs cmk material v1";
 /// The body member holding the audit trail's checkpoint (docs/FORMAT.md §9).
@@ -186,7 +186,7 @@ impl Keystore {
 
     /// [`Keystore::create`] with chosen Argon2id costs, for tests (real keystores use the
     /// defaults). The costs are stored in the file and used by every open.
-    pub fn create_with_params(
+    pub(crate) fn create_with_params(
         path: &Path,
         unlock: &Unlock,
         m_kib: u32,
@@ -214,7 +214,7 @@ impl Keystore {
     /// An in-memory keystore with a random root key and one Enabled CMK aliased
     /// `alias/default`. Never written; no Argon2, so it is fast.
     #[cfg(any(test, feature = "testing"))]
-    pub fn in_memory() -> Self {
+    pub(crate) fn in_memory() -> Self {
         let kdf = Kdf::KeyFile {
             salt: hex(&[0; SALT_LEN]),
         };
@@ -431,7 +431,7 @@ impl Keystore {
     /// open (no second KDF run). Returns whether the contents changed. On any error the
     /// in-memory state is left as it was, and the file version is remembered as rejected
     /// (see [`Keystore::changed_on_disk`]); this still re-reads it and fails again.
-    pub fn reload_if_changed(&mut self) -> Result<bool, KeyError> {
+    pub(crate) fn reload_if_changed(&mut self) -> Result<bool, KeyError> {
         let Some(path) = self.path.clone() else {
             return Ok(false);
         };
@@ -472,7 +472,7 @@ impl Keystore {
     }
 
     /// The keystore file (`None` when in memory).
-    pub fn path(&self) -> Option<&Path> {
+    pub(crate) fn path(&self) -> Option<&Path> {
         self.path.as_deref()
     }
 
@@ -496,27 +496,28 @@ impl Keystore {
     }
 
     /// All key records, in creation order.
-    pub fn keys(&self) -> &[KeyRecord] {
+    pub(crate) fn keys(&self) -> &[KeyRecord] {
         &self.body.keys
     }
 
     /// One key record.
-    pub fn key(&self, id: &KeyId) -> Option<&KeyRecord> {
+    pub(crate) fn key(&self, id: &KeyId) -> Option<&KeyRecord> {
         self.body.keys.iter().find(|k| k.key_id == *id)
     }
 
     /// Tombstones of deleted keys.
-    pub fn deleted_keys(&self) -> &[DeletedKey] {
+    #[cfg(test)]
+    pub(crate) fn deleted_keys(&self) -> &[DeletedKey] {
         &self.body.deleted
     }
 
     /// All aliases: name → key id (hyphenated).
-    pub fn aliases(&self) -> &BTreeMap<String, String> {
+    pub(crate) fn aliases(&self) -> &BTreeMap<String, String> {
         &self.body.aliases
     }
 
     /// The aliases that point at `id`, sorted.
-    pub fn aliases_of(&self, id: &KeyId) -> Vec<String> {
+    pub(crate) fn aliases_of(&self, id: &KeyId) -> Vec<String> {
         let id = id.to_string();
         self.body
             .aliases
@@ -528,7 +529,7 @@ impl Keystore {
 
     /// Resolves a key id (hyphenated UUID) or an alias (`alias/...`) to an existing key. A
     /// deleted key is [`KeyError::Deleted`], which says when.
-    pub fn resolve(&self, key: &str) -> Result<KeyId, KeyError> {
+    pub(crate) fn resolve(&self, key: &str) -> Result<KeyId, KeyError> {
         let not_found = || KeyError::NotFound(key.to_owned());
         let id: KeyId = match key.starts_with("alias/") {
             true => self.body.aliases.get(key).ok_or_else(not_found)?.parse()?,
@@ -539,7 +540,7 @@ impl Keystore {
     }
 
     /// Fails with NotFound (or Deleted, for a tombstone) unless `id` exists.
-    pub fn require_exists(&self, id: &KeyId) -> Result<(), KeyError> {
+    pub(crate) fn require_exists(&self, id: &KeyId) -> Result<(), KeyError> {
         if self.key(id).is_some() {
             return Ok(());
         }
@@ -564,12 +565,14 @@ impl Keystore {
     }
 
     /// Adds a material version to `id` (rotation), and saves. Returns the new version.
-    pub fn add_version(&mut self, id: &KeyId, how: RotationType) -> Result<u32, KeyError> {
+    #[cfg(test)]
+    pub(crate) fn add_version(&mut self, id: &KeyId, how: RotationType) -> Result<u32, KeyError> {
         self.transact(|ks| ks.push_version(id, how, now_secs()))
     }
 
     /// Changes the non-secret fields of one key record through `f`, and saves.
-    pub fn update_key<F>(&mut self, id: &KeyId, f: F) -> Result<(), KeyError>
+    #[cfg(test)]
+    pub(crate) fn update_key<F>(&mut self, id: &KeyId, f: F) -> Result<(), KeyError>
     where
         F: FnOnce(&mut KeyRecord) -> Result<(), KeyError>,
     {
@@ -577,7 +580,12 @@ impl Keystore {
     }
 
     /// Points `alias` at `target` (or removes it when `None`), and saves.
-    pub fn set_alias(&mut self, alias: &str, target: Option<&KeyId>) -> Result<(), KeyError> {
+    #[cfg(test)]
+    pub(crate) fn set_alias(
+        &mut self,
+        alias: &str,
+        target: Option<&KeyId>,
+    ) -> Result<(), KeyError> {
         self.transact(|ks| {
             match target {
                 Some(id) => ks.body.aliases.insert(alias.to_owned(), id.to_string()),
@@ -592,7 +600,7 @@ impl Keystore {
     /// the file is no longer the one this process last read or wrote. Writers serialize on an
     /// advisory lock on `<keystore>.lock`, so the check and the replace are one step for
     /// every envelopefs process.
-    pub fn save(&mut self) -> Result<(), KeyError> {
+    pub(crate) fn save(&mut self) -> Result<(), KeyError> {
         let _lock = self.lock_writers()?;
         self.write_locked()
     }
@@ -708,7 +716,7 @@ impl Keystore {
 }
 
 /// The advisory lock file that serializes keystore writers.
-pub fn lock_path(path: &Path) -> PathBuf {
+pub(crate) fn lock_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_owned();
     name.push(".lock");
     path.with_file_name(name)

@@ -23,15 +23,15 @@ use crate::local::{DAY, Event, LocalKms, Op, metadata};
 use crate::{Caller, KeyError, KeyId, KeyMetadata, KeyState, Origin};
 
 /// Shortest deletion window (days), as KMS.
-pub const MIN_PENDING_DAYS: u32 = 7;
+pub(crate) const MIN_PENDING_DAYS: u32 = 7;
 /// Longest deletion window (days), as KMS.
-pub const MAX_PENDING_DAYS: u32 = 30;
+pub(crate) const MAX_PENDING_DAYS: u32 = 30;
 /// Default deletion window (days), as KMS.
 pub const DEFAULT_PENDING_DAYS: u32 = 30;
 /// Longest description, as KMS.
-pub const MAX_DESCRIPTION: usize = 8192;
+pub(crate) const MAX_DESCRIPTION: usize = 8192;
 /// Most tags per key, as KMS.
-pub const MAX_TAGS: usize = 50;
+pub(crate) const MAX_TAGS: usize = 50;
 
 /// What `key create` asks for.
 #[derive(Clone, Debug, Default)]
@@ -57,7 +57,7 @@ pub struct AliasEntry {
 }
 
 /// Checks an alias name against KMS's rules.
-pub fn check_alias_name(alias: &str) -> Result<(), KeyError> {
+pub(crate) fn check_alias_name(alias: &str) -> Result<(), KeyError> {
     let name = alias.strip_prefix("alias/").unwrap_or("");
     let valid_chars = name
         .bytes()
@@ -95,7 +95,7 @@ fn check_tags(tags: &BTreeMap<String, String>) -> Result<(), KeyError> {
 }
 
 /// Checks a deletion window, with KMS's ValidationException wording.
-pub fn check_pending_days(days: u32) -> Result<(), KeyError> {
+pub(crate) fn check_pending_days(days: u32) -> Result<(), KeyError> {
     let (bound, limit) = match days {
         d if d < MIN_PENDING_DAYS => ("greater than or equal to", MIN_PENDING_DAYS),
         d if d > MAX_PENDING_DAYS => ("less than or equal to", MAX_PENDING_DAYS),

@@ -148,7 +148,7 @@ impl LocalKms {
 
     /// Serves an already opened keystore. The administrators are those recorded in it
     /// ([`Keystore::admins`]), never the file's owner.
-    pub fn from_keystore(keystore: Keystore) -> Self {
+    pub(crate) fn from_keystore(keystore: Keystore) -> Self {
         LocalKms {
             store: RwLock::new(keystore),
             audit: None,
@@ -171,7 +171,7 @@ impl LocalKms {
     }
 
     /// The keystore file, if any.
-    pub fn keystore_path(&self) -> Option<std::path::PathBuf> {
+    pub(crate) fn keystore_path(&self) -> Option<std::path::PathBuf> {
         self.read().path().map(Path::to_owned)
     }
 
@@ -181,7 +181,7 @@ impl LocalKms {
     /// Returns whether anything was re-read. On error (the file is unreadable or fails to
     /// verify) the last good state stays in force, and the error is returned once for that
     /// version of the file: later calls see no change until the file changes again.
-    pub fn refresh_if_changed(&self) -> Result<bool, KeyError> {
+    pub(crate) fn refresh_if_changed(&self) -> Result<bool, KeyError> {
         if !self.read().changed_on_disk() {
             return Ok(false);
         }
@@ -235,7 +235,7 @@ impl LocalKms {
     /// its aliases are removed; a tombstone remembers when), and deletes imported material
     /// whose valid-to time passed (the key returns to PendingImport). Returns one line per
     /// change, each also logged at warn level and audited.
-    pub fn purge_expired(&self, now: u64) -> Result<Vec<String>, KeyError> {
+    pub(crate) fn purge_expired(&self, now: u64) -> Result<Vec<String>, KeyError> {
         let due = |ks: &Keystore| {
             ks.keys().iter().any(|r| {
                 r.state == KeyState::PendingDeletion && r.deletion_date.is_some_and(|d| d <= now)

@@ -91,26 +91,26 @@ mod grant;
 pub use grant::{Grant, GrantConstraints, new_grant_id};
 
 /// Largest key policy document accepted, in bytes (the KMS quota).
-pub const MAX_POLICY_BYTES: usize = 32 * 1024;
+pub(crate) const MAX_POLICY_BYTES: usize = 32 * 1024;
 /// The policy language version written into new policies.
-pub const POLICY_VERSION: &str = "2012-10-17";
+pub(crate) const POLICY_VERSION: &str = "2012-10-17";
 /// Policy language versions accepted on input (both mean the same here).
 const ACCEPTED_VERSIONS: &[&str] = &["2012-10-17", "2008-10-17"];
 /// Most grants one key may carry (the KMS quota); enforced by the key service.
-pub const MAX_GRANTS_PER_KEY: usize = 50_000;
+pub(crate) const MAX_GRANTS_PER_KEY: usize = 50_000;
 /// Most encryption-context pairs in one grant constraint (the KMS limit).
-pub const MAX_CONSTRAINT_PAIRS: usize = 8;
+pub(crate) const MAX_CONSTRAINT_PAIRS: usize = 8;
 /// Longest encryption-context value in a grant constraint, in characters (the KMS limit).
-pub const MAX_CONSTRAINT_VALUE_CHARS: usize = 384;
+pub(crate) const MAX_CONSTRAINT_VALUE_CHARS: usize = 384;
 /// Longest grant name, in characters (the KMS limit).
-pub const MAX_GRANT_NAME_CHARS: usize = 256;
+pub(crate) const MAX_GRANT_NAME_CHARS: usize = 256;
 
 /// Defines one `&str` constant per key action, and [`action::ALL`] listing them.
 macro_rules! key_actions {
     ($($(#[$doc:meta])* $name:ident = $value:literal,)*) => {
         $($(#[$doc])* pub const $name: &str = $value;)*
         /// Every key-scoped action, in the order of this module.
-        pub const ALL: &[&str] = &[$($value),*];
+        pub(crate) const ALL: &[&str] = &[$($value),*];
     };
 }
 
@@ -184,7 +184,7 @@ pub mod action {
 }
 
 /// The operations a grant can allow (KMS grant operation names, without `kms:`).
-pub const GRANT_OPERATIONS: &[&str] = &[
+pub(crate) const GRANT_OPERATIONS: &[&str] = &[
     "Decrypt",
     "Encrypt",
     "GenerateDataKey",
@@ -204,7 +204,7 @@ const UNCONSTRAINED_GRANT_OPERATIONS: &[&str] = &["DescribeKey", "RetireGrant", 
 
 /// True when a statement of `policy` or one of `grants` names a group, so evaluation needs
 /// the caller's supplementary groups (see [`Principal::from_caller_with`](crate::principal::Principal::from_caller_with)).
-pub fn needs_groups(policy: &KeyPolicy, grants: &[Grant]) -> bool {
+pub(crate) fn needs_groups(policy: &KeyPolicy, grants: &[Grant]) -> bool {
     let names_group =
         |p: &PrincipalSpec| matches!(p, PrincipalSpec::Local(l) if !l.groups.is_empty());
     policy.statement.iter().any(|s| names_group(&s.principal))
@@ -223,13 +223,8 @@ pub fn needs_groups(policy: &KeyPolicy, grants: &[Grant]) -> bool {
 pub struct OneOrMany<T>(pub Vec<T>);
 
 impl<T> OneOrMany<T> {
-    /// The elements.
-    pub fn as_slice(&self) -> &[T] {
-        &self.0
-    }
-
     /// True when there are no elements.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 }
@@ -321,7 +316,7 @@ pub enum PrincipalSpec {
 
 impl PrincipalSpec {
     /// One user, by name or numeric uid.
-    pub fn user(name_or_uid: &str) -> Self {
+    pub(crate) fn user(name_or_uid: &str) -> Self {
         PrincipalSpec::Local(LocalPrincipals {
             users: name_or_uid.into(),
             ..Default::default()
@@ -329,7 +324,7 @@ impl PrincipalSpec {
     }
 
     /// One group, by name or numeric gid.
-    pub fn group(name_or_gid: &str) -> Self {
+    pub(crate) fn group(name_or_gid: &str) -> Self {
         PrincipalSpec::Local(LocalPrincipals {
             groups: name_or_gid.into(),
             ..Default::default()
@@ -337,7 +332,7 @@ impl PrincipalSpec {
     }
 
     /// The volume administrator.
-    pub fn admin() -> Self {
+    pub(crate) fn admin() -> Self {
         PrincipalSpec::Local(LocalPrincipals {
             admin: true,
             ..Default::default()
@@ -365,7 +360,7 @@ impl PrincipalSpec {
 
     /// True for exactly one user, one group, or the administrator alone (what a grant's
     /// grantee and retiring principal must be).
-    pub fn is_single(&self) -> bool {
+    pub(crate) fn is_single(&self) -> bool {
         match self {
             PrincipalSpec::Any => false,
             PrincipalSpec::Local(l) => {
@@ -375,7 +370,7 @@ impl PrincipalSpec {
     }
 
     /// True when `who` is one of the principals named.
-    pub fn matches(&self, who: &Principal) -> bool {
+    pub(crate) fn matches(&self, who: &Principal) -> bool {
         let l = match self {
             PrincipalSpec::Any => return true,
             PrincipalSpec::Local(l) => l,
@@ -745,7 +740,7 @@ impl Statement {
     }
 
     /// True when principal, action and condition all match.
-    pub fn matches(&self, who: &Principal, action: &str, ctx: &EncryptionContext) -> bool {
+    pub(crate) fn matches(&self, who: &Principal, action: &str, ctx: &EncryptionContext) -> bool {
         self.principal.matches(who)
             && self.action.0.iter().any(|p| action_matches(p, action))
             && self.condition.as_ref().is_none_or(|c| c.holds(ctx))
@@ -776,7 +771,7 @@ impl KeyPolicy {
 
     /// Checks what serde cannot: version, unique Sids, principals, known actions, Resource.
     /// `Err` is the sentence after `MalformedPolicyDocument: `.
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         if !ACCEPTED_VERSIONS.contains(&self.version.as_str()) {
             return Err(format!(
                 "unsupported Version {:?}; use \"{POLICY_VERSION}\"",
@@ -861,7 +856,7 @@ pub fn parse_policy(json: &str) -> Result<KeyPolicy, KeyError> {
 /// make a shared mount unusable. The key policy is a second gate, on the key: to restrict a
 /// key to some users, replace `"*"` in the second statement by, for example,
 /// `{"Group": "staff"}`, or add a `Deny` statement (`envelopefs key policy put`).
-pub fn default_policy() -> KeyPolicy {
+pub(crate) fn default_policy() -> KeyPolicy {
     KeyPolicy {
         version: POLICY_VERSION.to_owned(),
         statement: vec![
@@ -914,12 +909,12 @@ pub enum Decision {
 
 impl Decision {
     /// True for [`Decision::Allow`].
-    pub fn is_allowed(&self) -> bool {
+    pub(crate) fn is_allowed(&self) -> bool {
         matches!(self, Decision::Allow { .. })
     }
 
     /// `Ok(by)`, or `KeyError::AccessDenied` for `key_id` with the reason.
-    pub fn into_result(self, key_id: &str) -> Result<String, KeyError> {
+    pub(crate) fn into_result(self, key_id: &str) -> Result<String, KeyError> {
         match self {
             Decision::Allow { by } => Ok(by),
             Decision::Deny { reason } => Err(KeyError::AccessDenied {
@@ -933,7 +928,7 @@ impl Decision {
 /// Decides whether `who` may perform `action` (a `kms:` name from [`action`]) on the key
 /// governed by `policy` and `grants`, for a request with encryption context `ctx` (empty for
 /// operations that take none). See the module docs for the order of evaluation.
-pub fn evaluate(
+pub(crate) fn evaluate(
     policy: &KeyPolicy,
     grants: &[Grant],
     who: &Principal,
@@ -998,7 +993,7 @@ fn policy_outcome(
 /// `kms:CreateGrant` wins; the key policy allowing `kms:CreateGrant` allows any grant; a
 /// grant allows it only when the new grant's operations are a subset of that grant's and
 /// its constraints are at least as strict.
-pub fn evaluate_create_grant(
+pub(crate) fn evaluate_create_grant(
     policy: &KeyPolicy,
     grants: &[Grant],
     who: &Principal,
@@ -1036,7 +1031,7 @@ pub fn evaluate_create_grant(
 
 /// KMS's policy lockout safety check for PutKeyPolicy: `Err` when `policy` would not let
 /// `who` (the principal setting it) change the policy again.
-pub fn check_lockout(policy: &KeyPolicy, who: &Principal) -> Result<(), KeyError> {
+pub(crate) fn check_lockout(policy: &KeyPolicy, who: &Principal) -> Result<(), KeyError> {
     match evaluate(
         policy,
         &[],
@@ -1055,7 +1050,7 @@ pub fn check_lockout(policy: &KeyPolicy, who: &Principal) -> Result<(), KeyError
 
 /// True when action pattern `pattern` (`*`, `kms:Decrypt`, `kms:ReEncrypt*`, …) matches
 /// `action`, ignoring ASCII case.
-pub fn action_matches(pattern: &str, action: &str) -> bool {
+pub(crate) fn action_matches(pattern: &str, action: &str) -> bool {
     pattern == "*" || glob_match(pattern, action, true)
 }
 

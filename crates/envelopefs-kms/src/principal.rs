@@ -39,14 +39,14 @@ impl Principal {
     /// Reading `/proc/<pid>/status` costs about 20 µs (the kernel formats the whole file);
     /// when [`needs_groups`](crate::policy::needs_groups) says no statement or grant names a group, use
     /// [`Principal::from_caller_with`] with `supplementary = false` to skip it (about 1 µs).
-    pub fn from_caller(c: &Caller, admins: &[u32]) -> Self {
+    pub(crate) fn from_caller(c: &Caller, admins: &[u32]) -> Self {
         Self::from_caller_with(c, admins, true)
     }
 
     /// [`Principal::from_caller`], reading the supplementary groups only when
     /// `supplementary` is true (otherwise `groups` is just the primary gid). Deliberately not
     /// cached: a process may drop groups with setgroups(2) at any moment.
-    pub fn from_caller_with(c: &Caller, admins: &[u32], supplementary: bool) -> Self {
+    pub(crate) fn from_caller_with(c: &Caller, admins: &[u32], supplementary: bool) -> Self {
         let mut groups = vec![c.gid];
         if c.pid != 0 && supplementary {
             for g in proc_groups(c.pid, c.uid).unwrap_or_default() {
@@ -67,7 +67,7 @@ impl Principal {
     }
 
     /// `uid 1000 (alice)`, or `uid 1000` when the name is unknown: for log lines and reasons.
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         match &self.user_name {
             Some(n) => format!("uid {} ({n})", self.uid),
             None => format!("uid {}", self.uid),
@@ -142,7 +142,7 @@ pub fn user_name(uid: u32) -> Option<String> {
 }
 
 /// The name of group `gid` (cached for a minute), or `None` when the system does not know it.
-pub fn group_name(gid: u32) -> Option<String> {
+pub(crate) fn group_name(gid: u32) -> Option<String> {
     cached_name(&GROUP_NAMES, gid, lookup_group_name)
 }
 

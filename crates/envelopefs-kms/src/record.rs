@@ -96,7 +96,7 @@ pub enum WrappingSpec {
 
 impl WrappingSpec {
     /// The modulus size.
-    pub fn bits(self) -> usize {
+    pub(crate) fn bits(self) -> usize {
         match self {
             WrappingSpec::Rsa2048 => 2048,
             WrappingSpec::Rsa3072 => 3072,
@@ -247,7 +247,7 @@ pub struct VersionRecord {
 
 impl VersionRecord {
     /// Whether this version's material is present (imported material can be deleted).
-    pub fn has_material(&self) -> bool {
+    pub(crate) fn has_material(&self) -> bool {
         self.material.is_some()
     }
 }
@@ -282,17 +282,17 @@ impl KeyRecord {
     }
 
     /// The key id.
-    pub fn key_id(&self) -> KeyId {
+    pub(crate) fn key_id(&self) -> KeyId {
         self.key_id
     }
 
     /// The material versions, oldest first.
-    pub fn versions(&self) -> &[VersionRecord] {
+    pub(crate) fn versions(&self) -> &[VersionRecord] {
         &self.versions
     }
 
     /// The newest version (0 when the key has no material yet).
-    pub fn current_version(&self) -> u32 {
+    pub(crate) fn current_version(&self) -> u32 {
         self.versions.last().map_or(0, |v| v.version)
     }
 
@@ -327,11 +327,11 @@ mod key_id_text {
     use super::KeyId;
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
-    pub fn serialize<S: Serializer>(id: &KeyId, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(id: &KeyId, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(id)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<KeyId, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<KeyId, D::Error> {
         let s = String::deserialize(d)?;
         s.parse()
             .map_err(|_| D::Error::custom(format!("bad key id {s:?}")))

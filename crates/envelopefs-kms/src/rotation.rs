@@ -16,11 +16,11 @@ use crate::local::{DAY, Event, LocalKms, Op, is_external, require_usable};
 use crate::{Caller, KeyError, KeyId, KeyState, Origin};
 
 /// Most on-demand rotations per key, as KMS.
-pub const MAX_ON_DEMAND_ROTATIONS: u32 = 25;
+pub(crate) const MAX_ON_DEMAND_ROTATIONS: u32 = 25;
 /// Shortest automatic rotation period (days), as KMS.
-pub const MIN_PERIOD_DAYS: u32 = 90;
+pub(crate) const MIN_PERIOD_DAYS: u32 = 90;
 /// Longest automatic rotation period (days), as KMS.
-pub const MAX_PERIOD_DAYS: u32 = 2560;
+pub(crate) const MAX_PERIOD_DAYS: u32 = 2560;
 /// Default automatic rotation period (days), as KMS.
 pub const DEFAULT_PERIOD_DAYS: u32 = 365;
 
@@ -59,7 +59,7 @@ pub struct RotationEntry {
 }
 
 /// Checks a rotation period, with KMS's ValidationException wording.
-pub fn check_period_days(days: u32) -> Result<(), KeyError> {
+pub(crate) fn check_period_days(days: u32) -> Result<(), KeyError> {
     let (bound, limit) = match days {
         d if d < MIN_PERIOD_DAYS => ("greater than or equal to", MIN_PERIOD_DAYS),
         d if d > MAX_PERIOD_DAYS => ("less than or equal to", MAX_PERIOD_DAYS),
@@ -207,7 +207,7 @@ impl LocalKms {
     /// Rotates every Enabled key whose automatic rotation is due by `now`; the next rotation
     /// is then due one period after `now`. Returns the keys rotated and their new versions.
     /// Each rotation is audited as a `RotateKey` service event and logged.
-    pub fn rotate_due_keys(&self, now: u64) -> Result<Vec<(KeyId, u32)>, KeyError> {
+    pub(crate) fn rotate_due_keys(&self, now: u64) -> Result<Vec<(KeyId, u32)>, KeyError> {
         self.refresh_quietly();
         let due = |ks: &Keystore| -> Vec<KeyId> {
             ks.keys()

@@ -6,8 +6,6 @@
 //! 32-byte keys live in a `Box` so that moving the value moves a pointer, not the key, and no
 //! stale copy is left behind on the stack.
 
-use std::path::Path;
-
 use aes_gcm_siv::aead::{AeadInOut, KeyInit};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
 use zeroize::{Zeroize, Zeroizing};
@@ -26,7 +24,8 @@ macro_rules! secret32 {
         impl $name {
             /// Moves `bytes` into a box and zeroizes the argument; a caller that keeps its own
             /// copy must zeroize that itself.
-            pub fn from_bytes(mut bytes: [u8; 32]) -> Self {
+            #[allow(dead_code)] // generated for every secret type; not every one needs it
+            pub(crate) fn from_bytes(mut bytes: [u8; 32]) -> Self {
                 let key = Self(Box::new(bytes));
                 bytes.zeroize();
                 key
@@ -36,7 +35,7 @@ macro_rules! secret32 {
             ///
             /// # Panics
             /// If the operating system cannot provide randomness (no safe way to continue).
-            pub fn random() -> Self {
+            pub(crate) fn random() -> Self {
                 let mut key = Self::zeroed();
                 getrandom::fill(&mut key.0[..]).expect("the system random generator failed");
                 key
@@ -114,64 +113,12 @@ pub enum Unlock {
 }
 
 impl Unlock {
-    /// Unlock with a passphrase.
-    pub fn passphrase(p: Passphrase) -> Self {
-        // Move the bytes out without leaving a copy behind: `take` swaps in an empty Vec.
-        let mut p = p;
-        Unlock::Passphrase(Zeroizing::new(std::mem::take(&mut *p.0)))
-    }
-
-    /// Unlock with a fresh random key file's contents (write them with
-    /// [`Unlock::write_keyfile`] before creating a keystore with it).
-    pub fn random_keyfile() -> Self {
+    /// Unlock with a fresh random key file's contents (tests).
+    #[cfg(test)]
+    pub(crate) fn random_keyfile() -> Self {
         let mut k = Zeroizing::new([0u8; 32]);
         getrandom::fill(&mut k[..]).expect("the system random generator failed");
         Unlock::KeyFile(k)
-    }
-
-    /// Reads a key file: exactly 32 bytes of raw random data.
-    pub fn read_keyfile(path: &Path) -> Result<Self, KeyError> {
-        let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| KeyError::io(path, e))?);
-        if bytes.len() != 32 {
-            return Err(KeyError::InvalidArgument(format!(
-                "key file {} holds {} bytes; a key file is exactly 32 random bytes",
-                path.display(),
-                bytes.len()
-            )));
-        }
-        let mut key = Zeroizing::new([0u8; 32]);
-        key.copy_from_slice(&bytes);
-        Ok(Unlock::KeyFile(key))
-    }
-
-    /// Reads a passphrase file by [`passphrase_bytes`]'s rule for files (its first line).
-    pub fn read_passfile(path: &Path) -> Result<Self, KeyError> {
-        let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| KeyError::io(path, e))?);
-        let bytes = passphrase_bytes(bytes, true);
-        if bytes.is_empty() {
-            return Err(KeyError::InvalidArgument(format!(
-                "passphrase file {} is empty",
-                path.display()
-            )));
-        }
-        Ok(Unlock::Passphrase(bytes))
-    }
-
-    /// Writes this key file's 32 bytes to a new file `path` with mode 0600; refuses to
-    /// overwrite an existing file. Only for [`Unlock::KeyFile`].
-    pub fn write_keyfile(&self, path: &Path) -> Result<(), KeyError> {
-        let Unlock::KeyFile(k) = self else {
-            return Err(KeyError::InvalidArgument(
-                "a passphrase cannot be written as a key file".into(),
-            ));
-        };
-        if path.symlink_metadata().is_ok() {
-            return Err(KeyError::AlreadyExists(format!(
-                "key file {}",
-                path.display()
-            )));
-        }
-        envelopefs_sys::atomic::atomic_write(path, &k[..], 0o600).map_err(|e| KeyError::io(path, e))
     }
 }
 
@@ -374,7 +321,7 @@ mod tests {
             format!("{:?}", KeyMaterial::random()),
             "KeyMaterial([REDACTED])"
         );
-        let p = Unlock::passphrase(Passphrase::new(b"hunter2".to_vec()));
+        let p = Unlock::Passphrase(Zeroizing::new(b"hunter2".to_vec()));
         assert!(!format!("{p:?}").contains("hunter2"));
         assert!(!format!("{:?}", Passphrase::new(b"hunter2".to_vec())).contains("hunter2"));
     }
@@ -386,44 +333,6 @@ mod tests {
             DataKey::random().expose_secret()
         );
         assert_eq!(DataKey::from_bytes([7; 32]).expose_secret(), &[7; 32]);
-    }
-
-    #[test]
-    fn keyfile_round_trip_and_length_check() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("key");
-        let u = Unlock::random_keyfile();
-        u.write_keyfile(&p).unwrap();
-        assert!(matches!(
-            u.write_keyfile(&p),
-            Err(KeyError::AlreadyExists(_))
-        ));
-        let (Unlock::KeyFile(a), Ok(Unlock::KeyFile(b))) = (&u, Unlock::read_keyfile(&p)) else {
-            panic!()
-        };
-        assert_eq!(a[..], b[..]);
-        std::fs::write(&p, b"short").unwrap();
-        assert!(matches!(
-            Unlock::read_keyfile(&p),
-            Err(KeyError::InvalidArgument(_))
-        ));
-    }
-
-    #[test]
-    fn passfile_drops_one_trailing_newline() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("pass");
-        std::fs::write(&p, b"pw \r\n").unwrap();
-        let Ok(Unlock::Passphrase(pw)) = Unlock::read_passfile(&p) else {
-            panic!()
-        };
-        assert_eq!(&pw[..], b"pw ");
-        // The first line only, as the command line reads --passfile.
-        std::fs::write(&p, b"first\nsecond\n").unwrap();
-        let Ok(Unlock::Passphrase(pw)) = Unlock::read_passfile(&p) else {
-            panic!()
-        };
-        assert_eq!(&pw[..], b"first");
     }
 
     /// Whatever passphrase a pass file can carry survives the trip through one.

@@ -17,7 +17,7 @@ pub fn format(secs: u64) -> String {
 
 /// Parses RFC 3339 (`YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`, `T` or space) or plain seconds
 /// since the epoch. `None` if malformed or before 1970.
-pub fn parse(s: &str) -> Option<u64> {
+pub(crate) fn parse(s: &str) -> Option<u64> {
     let s = s.trim();
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         return s.parse().ok();

@@ -32,7 +32,7 @@ use std::thread::JoinHandle;
 use super::{AuditRecord, Trail};
 
 /// Records that may wait in the queue (about 0.5 KiB each).
-pub const QUEUE_LEN: usize = 1024;
+pub(crate) const QUEUE_LEN: usize = 1024;
 /// Most records written with one `write(2)`.
 const BATCH_MAX: usize = 256;
 /// How long the thread waits after the first record of a burst before writing.

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(test)]
 use crate::principal::Principal;
 use crate::timefmt;
 use crate::{Caller, KeyError};
@@ -152,7 +153,7 @@ pub struct AuditEvent {
 
 impl AuditEvent {
     /// An event for `caller` calling `event_name` (a `kms:` prefix is dropped).
-    pub fn new(event_name: &str, caller: &Caller) -> Self {
+    pub(crate) fn new(event_name: &str, caller: &Caller) -> Self {
         let name = event_name.strip_prefix("kms:").unwrap_or(event_name);
         AuditEvent {
             event_name: name.to_owned(),
@@ -164,27 +165,28 @@ impl AuditEvent {
     }
 
     /// Takes the user name from an already resolved principal.
-    pub fn principal(mut self, p: &Principal) -> Self {
+    #[cfg(test)]
+    pub(crate) fn principal(mut self, p: &Principal) -> Self {
         self.user_name = p.user_name.clone();
         self
     }
 
     /// Sets the CMK and its version.
-    pub fn key(mut self, key_id: impl Into<String>, version: Option<u32>) -> Self {
+    pub(crate) fn key(mut self, key_id: impl Into<String>, version: Option<u32>) -> Self {
         self.key_id = Some(key_id.into());
         self.key_version = version;
         self
     }
 
     /// Sets the destination CMK and version (ReEncrypt, rewrap).
-    pub fn destination(mut self, key_id: impl Into<String>, version: Option<u32>) -> Self {
+    pub(crate) fn destination(mut self, key_id: impl Into<String>, version: Option<u32>) -> Self {
         self.destination_key_id = Some(key_id.into());
         self.destination_key_version = version;
         self
     }
 
     /// Copies the encryption context.
-    pub fn context(mut self, ctx: &EncryptionContext) -> Self {
+    pub(crate) fn context(mut self, ctx: &EncryptionContext) -> Self {
         self.encryption_context = ctx
             .iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -193,34 +195,28 @@ impl AuditEvent {
     }
 
     /// Sets the file's path.
-    pub fn path(mut self, path: impl Into<String>) -> Self {
+    #[cfg(test)]
+    pub(crate) fn path(mut self, path: impl Into<String>) -> Self {
         self.path = Some(path.into());
         self
     }
 
     /// Adds one other request parameter (`pendingWindowInDays` = `"7"`, …).
-    pub fn param(mut self, name: &str, value: impl Into<String>) -> Self {
+    pub(crate) fn param(mut self, name: &str, value: impl Into<String>) -> Self {
         self.parameters.insert(name.to_owned(), value.into());
         self
     }
 
     /// Records what allowed the call.
-    pub fn authorized_by(mut self, by: impl Into<String>) -> Self {
+    pub(crate) fn authorized_by(mut self, by: impl Into<String>) -> Self {
         self.authorized_by = Some(by.into());
         self
     }
 
     /// Records a failure: the KMS exception name and the message.
-    pub fn error(mut self, e: &KeyError) -> Self {
+    pub(crate) fn error(mut self, e: &KeyError) -> Self {
         self.error_code = Some(e.code().to_owned());
         self.error_message = Some(e.to_string());
-        self
-    }
-
-    /// Records a denial (`AccessDeniedException` with the reason).
-    pub fn denied(mut self, reason: impl Into<String>) -> Self {
-        self.error_code = Some("AccessDeniedException".to_owned());
-        self.error_message = Some(reason.into());
         self
     }
 }

@@ -25,9 +25,9 @@ pub const FAILED_UNLOCKS_FILE: &str = "failed-unlocks.jsonl";
 /// `eventName` of the records made from notes.
 pub const FAILED_UNLOCK_EVENT: &str = "UnlockKeystore";
 /// Notes are not appended past this size (and no more is read).
-pub const MAX_NOTE_BYTES: u64 = 1 << 20;
+pub(crate) const MAX_NOTE_BYTES: u64 = 1 << 20;
 /// Notes moved into the chain one record each; the rest are counted.
-pub const MAX_RECORDS: usize = 1000;
+pub(crate) const MAX_RECORDS: usize = 1000;
 
 /// One failed unlock, as the failing process saw it.
 #[derive(Serialize, Deserialize)]

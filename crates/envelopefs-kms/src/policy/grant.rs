@@ -42,7 +42,7 @@ fn map_contains(sup: &BTreeMap<String, String>, sub: &BTreeMap<String, String>) 
 
 impl GrantConstraints {
     /// True when `ctx` satisfies the constraints.
-    pub fn satisfied_by(&self, ctx: &EncryptionContext) -> bool {
+    pub(crate) fn satisfied_by(&self, ctx: &EncryptionContext) -> bool {
         if let Some(sub) = &self.encryption_context_subset
             && !sub.iter().all(|(k, v)| ctx_has_pair(ctx, k, v))
         {
@@ -63,7 +63,7 @@ impl GrantConstraints {
 
     /// True when every context that satisfies `self` also satisfies `parent`, i.e. `self` is
     /// at least as strict (what KMS requires of a grant made through a grant's CreateGrant).
-    pub fn at_least_as_strict_as(&self, parent: Option<&GrantConstraints>) -> bool {
+    pub(crate) fn at_least_as_strict_as(&self, parent: Option<&GrantConstraints>) -> bool {
         let Some(parent) = parent else { return true };
         let (mine_sub, mine_eq) = (
             self.encryption_context_subset.as_ref(),
@@ -197,7 +197,7 @@ impl Grant {
     }
 
     /// Checks a grant (as built by [`Grant::new`] or read back from storage).
-    pub fn validate(&self) -> Result<(), KeyError> {
+    pub(crate) fn validate(&self) -> Result<(), KeyError> {
         let bad = |m: String| Err(KeyError::InvalidArgument(m));
         if self.grant_id.len() != 64
             || !self
@@ -263,7 +263,7 @@ impl Grant {
     }
 
     /// True when this grant lets `who` perform `action` with context `ctx`.
-    pub fn allows(&self, who: &Principal, action: &str, ctx: &EncryptionContext) -> bool {
+    pub(crate) fn allows(&self, who: &Principal, action: &str, ctx: &EncryptionContext) -> bool {
         let Some(op) = self.operation_for(action) else {
             return false;
         };
@@ -279,7 +279,7 @@ impl Grant {
     /// principal, or the grantee and the grant lists `RetireGrant`. (A principal the key
     /// policy allows `kms:RetireGrant` may retire any grant of the key as well; the key
     /// service checks that with [`evaluate`](super::evaluate).)
-    pub fn may_retire(&self, who: &Principal) -> bool {
+    pub(crate) fn may_retire(&self, who: &Principal) -> bool {
         self.retiring_principal
             .as_ref()
             .is_some_and(|r| r.matches(who))
@@ -287,7 +287,7 @@ impl Grant {
     }
 
     /// `grant 3f2a…c9 ("name")`: for reasons and audit records.
-    pub fn label(&self) -> String {
+    pub(crate) fn label(&self) -> String {
         let short = self.grant_id.get(..12).unwrap_or(&self.grant_id);
         match &self.name {
             Some(n) => format!("grant {short}… ({n:?})"),
