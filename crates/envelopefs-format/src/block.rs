@@ -27,7 +27,7 @@ pub const TAG_LEN: usize = 16;
 /// Bytes a sealed block adds to its plaintext.
 pub const BLOCK_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 /// Key-derivation context for the content key.
-pub const BLOCK_KEY_CONTEXT: &str = "envelopefs block key v1";
+pub(crate) const BLOCK_KEY_CONTEXT: &str = "envelopefs block key v1";
 
 /// The per-file content cipher: derived from the file's DEK, bound to its file id.
 pub struct BlockCipher {
@@ -93,11 +93,6 @@ impl BlockCipher {
             return Err(FormatError::BlockAuthFailed(0));
         }
         self.decrypt_in_place(0, true, sealed, &mut [])
-    }
-
-    /// The file id this cipher is bound to.
-    pub fn file_id(&self) -> &[u8; 16] {
-        &self.file_id
     }
 
     /// Seals `plaintext` as block `index` into `out`, which must be exactly

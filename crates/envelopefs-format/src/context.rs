@@ -15,11 +15,11 @@
 use std::collections::BTreeMap;
 
 /// Context key that names the file a data key belongs to (32 lowercase hex digits).
-pub const CTX_FILE_ID: &str = "envelopefs:file-id";
+pub(crate) const CTX_FILE_ID: &str = "envelopefs:file-id";
 /// Context key that names the volume a data key belongs to (hyphenated UUID).
-pub const CTX_VOLUME_ID: &str = "envelopefs:volume-id";
+pub(crate) const CTX_VOLUME_ID: &str = "envelopefs:volume-id";
 /// Context key naming what a volume-level key is for.
-pub const CTX_PURPOSE: &str = "envelopefs:purpose";
+pub(crate) const CTX_PURPOSE: &str = "envelopefs:purpose";
 
 /// A canonical, ordered encryption context.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -55,23 +55,14 @@ impl EncryptionContext {
     }
 
     /// Looks one value up.
-    pub fn get(&self, key: &str) -> Option<&str> {
+    #[cfg(test)]
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.pairs.get(key).map(String::as_str)
     }
 
     /// Iterates the pairs in canonical (sorted) order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))
-    }
-
-    /// Number of pairs.
-    pub fn len(&self) -> usize {
-        self.pairs.len()
-    }
-
-    /// True when there are no pairs.
-    pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty()
     }
 
     /// The canonical byte encoding described in the module docs.

@@ -28,17 +28,17 @@ pub const HEADER_COPY_LEN: usize = 512;
 /// Bytes of the header region (copies A and B) before block 0.
 pub const HEADER_REGION: usize = 2 * HEADER_COPY_LEN;
 /// Magic at the start of every header copy.
-pub const HEADER_MAGIC: [u8; 8] = *b"EnvFShdr";
+pub(crate) const HEADER_MAGIC: [u8; 8] = *b"EnvFShdr";
 /// The header format version this build writes and reads.
-pub const HEADER_VERSION: u16 = 1;
+pub(crate) const HEADER_VERSION: u16 = 1;
 /// Cipher suite 1: AES-256-GCM-SIV blocks, BLAKE3 derivation and MAC.
-pub const SUITE_AES256GCMSIV_BLAKE3: u16 = 1;
+pub(crate) const SUITE_AES256GCMSIV_BLAKE3: u16 = 1;
 /// Most key slots a header may hold.
-pub const MAX_SLOTS: usize = 4;
+pub(crate) const MAX_SLOTS: usize = 4;
 /// Slot kind: data key wrapped by a CMK of the key service.
-pub const SLOT_KIND_CMK: u8 = 1;
+pub(crate) const SLOT_KIND_CMK: u8 = 1;
 /// Key-derivation context of the header MAC key.
-pub const HEADER_MAC_CONTEXT: &str = "envelopefs header mac v1";
+pub(crate) const HEADER_MAC_CONTEXT: &str = "envelopefs header mac v1";
 
 const FIXED_LEN: usize = 48;
 const MAC_OFFSET: usize = HEADER_COPY_LEN - 32;

@@ -16,18 +16,18 @@ use super::FormatError;
 use super::header::check_block_size;
 
 /// `format` field value.
-pub const VOLUME_FORMAT: &str = "envelopefs-volume";
+pub(crate) const VOLUME_FORMAT: &str = "envelopefs-volume";
 /// The config version this build writes.
-pub const VOLUME_VERSION: u32 = 1;
+pub(crate) const VOLUME_VERSION: u32 = 1;
 /// Features every version-1 volume lists; a config missing one is refused.
-pub const REQUIRED_FEATURES: &[&str] =
+pub(crate) const REQUIRED_FEATURES: &[&str] =
     &["header-ab-v1", "blocks-aes256gcmsiv-v1", "last-block-flag"];
 /// No holes: every block is sealed, an all-zero block fails authentication and an empty file
 /// with a header ends in an empty sealed block (docs/FORMAT.md §4.4). Written on init since
 /// wave 2; volumes without it keep their v1 behaviour.
-pub const SEALED_HOLES: &str = "sealed-holes";
+pub(crate) const SEALED_HOLES: &str = "sealed-holes";
 /// Features this build understands (and writes on init).
-pub const KNOWN_FEATURES: &[&str] = &[
+pub(crate) const KNOWN_FEATURES: &[&str] = &[
     "header-ab-v1",
     "blocks-aes256gcmsiv-v1",
     "last-block-flag",

@@ -25,7 +25,7 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
 }
 
 /// `/proc/self/fd/N` for an fd, the way to reach an O_PATH fd's inode by path.
-pub fn proc_path(fd: RawFd) -> CString {
+pub(crate) fn proc_path(fd: RawFd) -> CString {
     CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL in a number")
 }
 
