@@ -6,15 +6,16 @@
 //! Layers, with dependencies pointing one way only:
 //! `format` (pure bytes ↔ types) → `keys` (key service trait + embedded KMS) →
 //! `store` (the only code that touches the backing directory with libc) →
-//! `fs` (the filesystem core, testable without FUSE) → `fuse` (thin fuser adapter) → `cli`.
+//! `fs` (the filesystem core, testable without FUSE) → `fuse` (thin fuser adapter) →
+//! `daemon` (the mount runtime, `mount --background`) → `cli`.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod atomic;
 pub mod cli;
-pub mod cli_daemon;
 pub mod cli_keys;
 pub mod cli_reencrypt;
 pub mod cli_rewrap;
+pub mod daemon;
 pub mod format;
 pub mod fs;
 pub mod fuse;
