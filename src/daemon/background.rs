@@ -21,7 +21,7 @@
 use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -201,19 +201,6 @@ pub fn receive() -> Result<(DaemonSettings, Unlock), BackgroundError> {
     decode(&buf[..n]).map_err(fail)
 }
 
-/// True when `mountpoint` appears in /proc/self/mountinfo.
-pub fn is_mounted(mountpoint: &Path) -> bool {
-    let Ok(canon) = std::fs::canonicalize(mountpoint) else {
-        return false;
-    };
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = canon.to_string_lossy().replace(' ', "\\040");
-    info.lines()
-        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
-}
-
 /// Starts a daemon for `settings` with this executable's [`DAEMON_SUBCOMMAND`], in a new
 /// session, without the environment variables in `scrub_env` (secrets), hands it the
 /// settings and `unlock`, and waits until the mount is up (it appears in
@@ -258,7 +245,7 @@ pub fn spawn(
     drop(handoff);
     let start = Instant::now();
     loop {
-        if is_mounted(&settings.mountpoint) {
+        if super::mounts::is_mounted(&settings.mountpoint) {
             return Ok(Started {
                 pid: child.id(),
                 log,

@@ -10,6 +10,7 @@
 //! [`DaemonError`] to an exit code; nothing here parses arguments or picks exit codes.
 
 pub mod background;
+pub mod mounts;
 mod settings;
 
 use std::io::Write;
