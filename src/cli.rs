@@ -598,3 +598,21 @@ fn info(backing: &Path) -> Result<(), CliError> {
     println!("created:     {} (Unix seconds)", cfg.created);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// The background daemon's subcommand parses but is not offered to people.
+    #[test]
+    fn the_daemon_subcommand_is_hidden() {
+        let cli = Cli::try_parse_from(["envelopefs", DAEMON_SUBCOMMAND]).unwrap();
+        assert!(matches!(cli.command, Command::Daemon));
+        let help = Cli::command().render_help().to_string();
+        assert!(
+            help.contains("mount") && !help.contains(DAEMON_SUBCOMMAND),
+            "{help}"
+        );
+    }
+}

@@ -780,6 +780,21 @@ fn background_mount_uses_the_same_passphrase_bytes() {
         String::from_utf8_lossy(&out.stderr),
         fs::read_to_string(&log).unwrap_or_default()
     );
+    // Neither the daemon's command line nor its environment holds the passphrase.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let pid = stdout
+        .split("daemon pid ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap_or_else(|| panic!("no daemon pid in {stdout:?}"));
+    for what in ["cmdline", "environ"] {
+        let bytes = fs::read(format!("/proc/{pid}/{what}")).unwrap();
+        assert!(
+            !bytes.windows(9).any(|w| w == b"two\nlines"),
+            "the passphrase is in the daemon's {what}"
+        );
+        assert!(!String::from_utf8_lossy(&bytes).contains("ENVELOPEFS_PASSPHRASE"));
+    }
     fs::write(mnt.join("f"), b"through the background daemon").unwrap();
     assert_eq!(
         fs::read(mnt.join("f")).unwrap(),
