@@ -1,17 +1,16 @@
 //! Command-line interface: clap parses, this module builds config structs and calls the
 //! library. Exit codes are stable (see [`ExitCode`] and README.md §Exit codes).
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 use zeroize::Zeroizing;
 
+use crate::daemon::background::{self, BackgroundError, DAEMON_SUBCOMMAND};
+use crate::daemon::{Daemon, DaemonError, DaemonSettings};
 use crate::format::volume::DEFAULT_BLOCK_SIZE;
-use crate::fs::EncFs;
-use crate::fuse::{Adapter, MountOptions};
 use crate::keys::local::LocalKms;
 use crate::keys::secret::{Unlock, passphrase_bytes};
 use crate::keys::{Caller, KeyError};
@@ -220,6 +219,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The daemon `mount --background` starts: reads its settings and the secret on stdin
+    /// (src/daemon/background.rs). Not for people.
+    #[command(name = DAEMON_SUBCOMMAND, hide = true)]
+    Daemon,
 }
 
 /// An error with the exit code it maps to.
@@ -257,6 +260,61 @@ impl From<KeyError> for CliError {
             message: e.to_string(),
         }
     }
+}
+
+impl From<DaemonError> for CliError {
+    fn from(e: DaemonError) -> Self {
+        let code = match e {
+            DaemonError::Volume(v) => return v.into(),
+            DaemonError::Key(k) => return k.into(),
+            DaemonError::NotADirectory(_) | DaemonError::Mount { .. } => ExitCode::MountFailed,
+            DaemonError::Recovery { .. }
+            | DaemonError::OpenVolume(_)
+            | DaemonError::SignalHandler(_)
+            | DaemonError::Session(_)
+            | DaemonError::LogFile { .. }
+            | DaemonError::RedirectStderr(_) => ExitCode::Failure,
+        };
+        fail(code, e.to_string())
+    }
+}
+
+impl From<BackgroundError> for CliError {
+    fn from(e: BackgroundError) -> Self {
+        let code = match &e {
+            // The daemon's own exit code says why it did not mount.
+            BackgroundError::Exited { status, .. } => match status.code() {
+                Some(3) => ExitCode::WrongPassphrase,
+                Some(4) => ExitCode::BadVolume,
+                Some(6) => ExitCode::Busy,
+                _ => ExitCode::MountFailed,
+            },
+            BackgroundError::Spawn(_)
+            | BackgroundError::Handoff(_)
+            | BackgroundError::Timeout { .. } => ExitCode::MountFailed,
+            BackgroundError::OwnExecutable(_) | BackgroundError::Receive(_) => ExitCode::Failure,
+        };
+        fail(code, e.to_string())
+    }
+}
+
+/// Starts logging to stderr: errors only with `quiet`, else warnings, `-v` info, `-vv` debug;
+/// RUST_LOG overrides. fuser warns when the kernel mount is already gone at session end (an
+/// unmount from outside, which is the normal way to stop): not worth a warning, so its
+/// session module logs errors only unless -vv.
+pub fn init_logging(verbose: u8, quiet: bool) {
+    let level = if quiet {
+        "error"
+    } else {
+        match verbose {
+            0 => "warn,fuser::session=error",
+            1 => "info,fuser::session=error",
+            _ => "debug",
+        }
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp_millis()
+        .init();
 }
 
 pub(crate) fn fail(code: ExitCode, message: impl Into<String>) -> CliError {
@@ -362,45 +420,47 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             log_file,
             secret,
         } => {
-            // SAFETY: geteuid cannot fail.
-            if (suid || dev) && unsafe { libc::geteuid() } != 0 {
+            if (suid || dev) && crate::store::sys::geteuid() != 0 {
                 return Err(fail(
                     ExitCode::Usage,
                     "--suid and --dev need root: fusermount3 mounts every non-root FUSE \
                      filesystem nosuid,nodev; run the mount as root or drop the option",
                 ));
             }
-            let opts = MountOptions {
-                suid,
-                dev,
+            let settings = DaemonSettings {
+                backing,
+                mountpoint,
                 allow_other,
-                threads,
                 read_only,
+                threads,
                 kernel_cache: !no_kernel_cache,
                 writeback_cache: !no_writeback_cache,
                 xattrs: !no_xattr,
-                // Canonical, so tools (reencrypt) find the mount of a volume.
-                fsname: std::fs::canonicalize(&backing)
-                    .unwrap_or_else(|_| backing.clone())
-                    .display()
-                    .to_string(),
-                ..MountOptions::default()
+                suid,
+                dev,
+                log_file,
+                verbose: cli.verbose,
+                quiet: cli.quiet,
             };
             if background {
-                crate::cli_daemon::spawn_background(
-                    &backing,
-                    &mountpoint,
-                    &secret,
-                    &opts,
-                    log_file,
-                    cli.verbose,
-                )
+                let unlock = read_unlock(&secret, false)?;
+                let started = background::spawn(&settings, unlock, &[PASSPHRASE_ENV])?;
+                println!(
+                    "Mounted {} at {} (daemon pid {}, log {}).",
+                    settings.backing.display(),
+                    settings.mountpoint.display(),
+                    started.pid,
+                    started.log.display()
+                );
+                Ok(())
             } else {
-                if let Some(log) = &log_file {
-                    crate::cli_daemon::redirect_stderr(log)?;
-                }
-                mount(&backing, &mountpoint, &secret, &opts)
+                mount(settings, || read_unlock(&secret, false))
             }
+        }
+        Command::Daemon => {
+            let (settings, unlock) = background::receive()?;
+            init_logging(settings.verbose, settings.quiet);
+            mount(settings, || Ok(unlock))
         }
         Command::Rewrap {
             backing,
@@ -505,153 +565,22 @@ fn init(
     Ok(())
 }
 
-fn open_kms(volume: &vol::Volume, secret: &SecretArgs) -> Result<LocalKms, CliError> {
-    let unlock = read_unlock(secret, false)?;
-    Ok(LocalKms::open(&volume.keystore_path(), &unlock)?)
-}
-
-/// Mounts in the foreground until unmounted or signalled.
-pub fn mount(
-    backing: &Path,
-    mountpoint: &Path,
-    secret: &SecretArgs,
-    opts: &MountOptions,
+/// Mounts in the foreground until unmounted or signalled. The volume is opened and locked
+/// before `unlock` is asked for the secret, so a bad or busy volume is reported first.
+fn mount(
+    settings: DaemonSettings,
+    unlock: impl FnOnce() -> Result<Unlock, CliError>,
 ) -> Result<(), CliError> {
-    let volume = vol::open(backing)?;
-    let _lock = vol::lock(backing)?;
-    // A re-encryption a crash interrupted is finished before anything reads the file.
-    match crate::store::reencrypt::recover(backing, &backing.join(vol::DATA_DIR)) {
-        Ok(0) => {}
-        Ok(n) => log::info!("finished {n} re-encryptions a crash had interrupted"),
-        Err(e) => {
-            return Err(fail(
-                ExitCode::Failure,
-                format!(
-                    "cannot finish an interrupted re-encryption in {}: {e}",
-                    backing.join(crate::store::reencrypt::JOURNAL_DIR).display()
-                ),
-            ));
-        }
-    }
-    match crate::store::sys::raise_fd_limit() {
-        Ok(n) if n < 4096 => log::warn!(
-            "open-file limit is only {n}: few files can be open at once through the mount \
-             (raise the hard limit: ulimit -Hn, or LimitNOFILE= in a systemd unit)"
-        ),
-        Ok(n) => log::debug!("open-file limit {n}"),
-        Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
-    }
-
-    if !mountpoint.is_dir() {
-        return Err(fail(
-            ExitCode::MountFailed,
-            format!(
-                "mountpoint {} is not a directory; create it with mkdir -p",
-                mountpoint.display()
-            ),
-        ));
-    }
-    let kms = Arc::new(open_kms(&volume, secret)?);
-    for done in kms.maintain(now()) {
-        log::info!("key maintenance: {done}");
-    }
-    // Audit records leave the open/create path for a writer thread (docs/KEYS.md §Audit
-    // trail); `sync_audit` at unmount writes out the queue.
-    if let Some(audit) = kms.audit_log()
-        && let Err(e) = audit.write_in_background()
-    {
-        log::warn!("cannot start the audit writer thread ({e}); records are written inline");
-    }
-    let fs = EncFs::new(volume, kms.clone(), &Caller::current())
-        .map_err(|e| fail(ExitCode::Failure, format!("cannot open the volume: {e}")))?;
-    spawn_maintenance(kms.clone());
-    // SAFETY: umask only changes this process's file-creation mask: modes arrive from the
-    // kernel with the caller's umask already applied and must reach the backing store as is.
-    unsafe { libc::umask(0) };
-    let fs = Arc::new(fs);
-    let watched = Arc::downgrade(&fs);
-    let adapter = Adapter::new(fs, opts);
-    let notifier_slot = adapter.notifier_slot();
-    let mut session = fuser::Session::new(adapter, mountpoint, &crate::fuse::fuser_config(opts))
-        .map_err(|e| {
-            fail(
-                ExitCode::MountFailed,
-                format!(
-                    "cannot mount at {}: {e} (is fuse3 installed and /dev/fuse usable?)",
-                    mountpoint.display()
-                ),
-            )
-        })?;
-    let _ = notifier_slot.set(session.notifier());
-    if let Some(fs) = watched.upgrade() {
-        crate::fuse::spawn_revocation_watch(&fs, notifier_slot.clone());
-    }
-    let mut unmounter = session.unmount_callable();
-    let mnt = mountpoint.to_owned();
-    ctrlc::set_handler(move || {
-        log::info!("signal received; unmounting {}", mnt.display());
-        // fuser's own unmount first (so the session does not try again on exit); a busy
-        // mount falls back to a lazy unmount, which completes when the last user goes.
-        if let Err(e) = unmounter.unmount() {
-            log::debug!(
-                "plain unmount of {} failed ({e}); unmounting lazily",
-                mnt.display()
-            );
-            if let Err(e) = crate::fuse::unmount(&mnt) {
-                log::error!("unmount of {} failed: {e}", mnt.display());
-            }
-        }
-    })
-    .map_err(|e| {
-        fail(
-            ExitCode::Failure,
-            format!("cannot install the signal handler: {e}"),
-        )
+    let daemon = Daemon::open(settings)?;
+    daemon.mount(unlock()?, |s| {
+        eprintln!(
+            "Mounted {} at {}. Press Ctrl-C or run `envelopefs unmount {}` to stop.",
+            s.backing.display(),
+            s.mountpoint.display(),
+            s.mountpoint.display()
+        );
     })?;
-    log::info!("mounted {} at {}", backing.display(), mountpoint.display());
-    eprintln!(
-        "Mounted {} at {}. Press Ctrl-C or run `envelopefs unmount {}` to stop.",
-        backing.display(),
-        mountpoint.display(),
-        mountpoint.display()
-    );
-    let _ = std::io::stderr().flush();
-    let result = session.run();
-    if let Err(e) = kms.sync_audit() {
-        log::error!("cannot flush the audit trail: {e}");
-    }
-    result.map_err(|e| {
-        fail(
-            ExitCode::Failure,
-            format!("the FUSE session ended with an error: {e}"),
-        )
-    })?;
-    log::info!("unmounted {}", mountpoint.display());
     Ok(())
-}
-
-/// How often a mounted daemon runs key maintenance (automatic rotation when due, ended
-/// deletion windows, expired imported material) and flushes the audit trail to disk.
-pub const MAINTENANCE_PERIOD: Duration = Duration::from_secs(60);
-
-/// Runs key maintenance every [`MAINTENANCE_PERIOD`] for the life of the daemon.
-fn spawn_maintenance(kms: Arc<LocalKms>) {
-    let spawned = std::thread::Builder::new()
-        .name("key-maintenance".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(MAINTENANCE_PERIOD);
-                for done in kms.maintain(now()) {
-                    log::info!("key maintenance: {done}");
-                }
-                if let Err(e) = kms.sync_audit() {
-                    log::warn!("cannot flush the audit trail: {e}");
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        log::warn!("cannot start the key-maintenance thread ({e}); rotation runs only at mount");
-    }
 }
 
 fn info(backing: &Path) -> Result<(), CliError> {
@@ -670,5 +599,20 @@ fn info(backing: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
-/// How long `mount --background` waits for the daemon to come up.
-pub const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(60);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// The background daemon's subcommand parses but is not offered to people.
+    #[test]
+    fn the_daemon_subcommand_is_hidden() {
+        let cli = Cli::try_parse_from(["envelopefs", DAEMON_SUBCOMMAND]).unwrap();
+        assert!(matches!(cli.command, Command::Daemon));
+        let help = Cli::command().render_help().to_string();
+        assert!(
+            help.contains("mount") && !help.contains(DAEMON_SUBCOMMAND),
+            "{help}"
+        );
+    }
+}

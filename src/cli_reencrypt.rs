@@ -98,38 +98,6 @@ impl Worker {
     }
 }
 
-/// Finds the mount point of `backing` in /proc/self/mountinfo (a FUSE mount whose
-/// source is BACKING's canonical path).
-fn find_mount(backing: &Path) -> Option<PathBuf> {
-    let want = std::fs::canonicalize(backing).ok()?;
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        let mut r = right.split(' ');
-        let (fstype, source) = (r.next()?, r.next()?);
-        let mountpoint = left.split(' ').nth(4)?;
-        let fuse = fstype == "fuse" || fstype.starts_with("fuse.");
-        (fuse && Path::new(&unescape(source)) == want).then(|| PathBuf::from(unescape(mountpoint)))
-    })
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The regular files to visit, relative to BACKING/data, one name per inode (hard links once).
 fn files_under(data: &Path, sub: Option<&Path>) -> Result<Vec<PathBuf>, CliError> {
     let start = match sub {
@@ -272,7 +240,11 @@ pub fn run(backing: &Path, opts: &ReencryptOptions, secret: &SecretArgs) -> Resu
             }
         }
         Err(VolumeError::Busy(_)) => {
-            let mnt = match opts.mountpoint.clone().or_else(|| find_mount(backing)) {
+            let mnt = match opts
+                .mountpoint
+                .clone()
+                .or_else(|| crate::daemon::mounts::mount_of(backing))
+            {
                 Some(m) => m,
                 None => {
                     return Err(fail(

@@ -843,14 +843,8 @@ pub fn fuser_config(opts: &MountOptions) -> fuser::Config {
 
 /// Unmounts `mountpoint` lazily (root: umount2 with MNT_DETACH; others: fusermount3 -u -z).
 pub fn unmount(mountpoint: &Path) -> std::io::Result<()> {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        let c = crate::store::sys::cname(mountpoint.as_os_str())?;
-        // SAFETY: `c` is a valid C string for the duration of the call.
-        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-            return Ok(());
-        }
-        return Err(std::io::Error::last_os_error());
+    if crate::store::sys::geteuid() == 0 {
+        return crate::store::sys::umount_lazy(mountpoint);
     }
     let status = std::process::Command::new("fusermount3")
         .arg("-u")

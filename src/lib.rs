@@ -6,17 +6,18 @@
 //! Layers, with dependencies pointing one way only:
 //! `format` (pure bytes ↔ types) → `keys` (key service trait + embedded KMS) →
 //! `store` (the only code that touches the backing directory with libc) →
-//! `fs` (the filesystem core, testable without FUSE) → `fuse` (thin fuser adapter) → `cli`.
+//! `fs` (the filesystem core, testable without FUSE) → `fuse` (thin fuser adapter) →
+//! `daemon` (the mount runtime, `mount --background`) → `cli`.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub use envelopefs_sys::atomic;
 pub mod cli;
-pub mod cli_daemon;
 pub mod cli_keys;
 pub mod cli_reencrypt;
 pub mod cli_rewrap;
 /// The on-disk format (crate `envelopefs-format`).
 pub use envelopefs_format as format;
+pub mod daemon;
 pub mod fs;
 pub mod fuse;
 /// The key service (crate `envelopefs-kms`).

@@ -7,25 +7,16 @@ fn main() -> std::process::ExitCode {
     // would panic. Every command that prints gets the usual Unix behaviour instead: killed
     // quietly by SIGPIPE (status 141 in a shell). The mount daemon keeps ignoring it: a log
     // reader that goes away must not take the filesystem down.
-    if !matches!(cli.command, cli::Command::Mount { .. }) {
-        // SAFETY: restoring a signal's default disposition before any thread is started.
-        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    if !matches!(
+        cli.command,
+        cli::Command::Mount { .. } | cli::Command::Daemon
+    ) {
+        envelopefs::store::sys::default_sigpipe();
     }
-    // fuser warns when the kernel mount is already gone at session end (an unmount from
-    // outside, which is the normal way to stop): not worth a warning, so its session module
-    // logs errors only unless -vv.
-    let level = if cli.quiet {
-        "error"
-    } else {
-        match cli.verbose {
-            0 => "warn,fuser::session=error",
-            1 => "info,fuser::session=error",
-            _ => "debug",
-        }
-    };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_timestamp_millis()
-        .init();
+    // A background daemon learns its verbosity from the settings on its stdin.
+    if !matches!(cli.command, cli::Command::Daemon) {
+        cli::init_logging(cli.verbose, cli.quiet);
+    }
     match cli::run(cli) {
         Ok(()) => std::process::ExitCode::from(ExitCode::Ok as u8),
         Err(e) => {

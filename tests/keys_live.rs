@@ -732,8 +732,9 @@ impl Drop for Unmount<'_> {
 }
 
 /// docs/FORMAT.md §6.1: `mount --background` hands its daemon the very passphrase bytes the
-/// foreground would use, even one ending in CR ($ENVELOPEFS_PASSPHRASE = "pw\r\r" is the
-/// passphrase "pw\r"); one with a line feed is refused, saying why.
+/// foreground would use, whatever they are: $ENVELOPEFS_PASSPHRASE = "two\nlines\r\r" is the
+/// passphrase "two\nlines\r" (a line feed, and a CR at the end). A wrong one fails with the
+/// daemon's own exit code (3) and its log.
 #[test]
 fn background_mount_uses_the_same_passphrase_bytes() {
     if !common::fuse_available() {
@@ -750,7 +751,8 @@ fn background_mount_uses_the_same_passphrase_bytes() {
                 .env_remove("RUST_LOG"),
         )
     };
-    let out = run(&["init".as_ref(), backing.as_os_str()], "pw\r\r");
+    let pass = "two\nlines\r\r";
+    let out = run(&["init".as_ref(), backing.as_os_str()], pass);
     assert!(
         out.status.success(),
         "{}",
@@ -770,7 +772,7 @@ fn background_mount_uses_the_same_passphrase_bytes() {
             pass,
         )
     };
-    let out = mount("pw\r\r");
+    let out = mount(pass);
     let _guard = Unmount(&mnt);
     assert!(
         out.status.success(),
@@ -778,6 +780,21 @@ fn background_mount_uses_the_same_passphrase_bytes() {
         String::from_utf8_lossy(&out.stderr),
         fs::read_to_string(&log).unwrap_or_default()
     );
+    // Neither the daemon's command line nor its environment holds the passphrase.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let pid = stdout
+        .split("daemon pid ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap_or_else(|| panic!("no daemon pid in {stdout:?}"));
+    for what in ["cmdline", "environ"] {
+        let bytes = fs::read(format!("/proc/{pid}/{what}")).unwrap();
+        assert!(
+            !bytes.windows(9).any(|w| w == b"two\nlines"),
+            "the passphrase is in the daemon's {what}"
+        );
+        assert!(!String::from_utf8_lossy(&bytes).contains("ENVELOPEFS_PASSPHRASE"));
+    }
     fs::write(mnt.join("f"), b"through the background daemon").unwrap();
     assert_eq!(
         fs::read(mnt.join("f")).unwrap(),
@@ -790,10 +807,8 @@ fn background_mount_uses_the_same_passphrase_bytes() {
         String::from_utf8_lossy(&out.stderr)
     );
     let out = mount("two\nlines");
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("line feed"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("wrong passphrase"), "{stderr}");
+    assert!(!common::is_mounted(&mnt));
 }

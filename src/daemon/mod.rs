@@ -1,0 +1,256 @@
+//! The mount daemon: everything that runs while a volume is mounted. [`Daemon::open`] takes
+//! the volume (its lock, an interrupted re-encryption finished, the open-file limit raised);
+//! [`Daemon::mount`] unlocks the keystore with the secret, starts key maintenance and the
+//! audit writer, mounts through fuser, watches for revocations, unmounts on Ctrl-C or SIGTERM
+//! and returns when the mount is gone. `mount --background` ([`background`]) starts this
+//! program again as a detached daemon and hands it a [`DaemonSettings`] and the secret on a
+//! pipe.
+//!
+//! The CLI builds the settings, reads the secret, calls this module and maps a
+//! [`DaemonError`] to an exit code; nothing here parses arguments or picks exit codes.
+
+pub mod background;
+pub mod mounts;
+mod settings;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use settings::DaemonSettings;
+
+use crate::fs::EncFs;
+use crate::fs::error::FsError;
+use crate::fuse::Adapter;
+use crate::keys::local::LocalKms;
+use crate::keys::secret::Unlock;
+use crate::keys::{Caller, KeyError};
+use crate::store::reencrypt::{JOURNAL_DIR, recover};
+use crate::store::sys;
+use crate::store::volume::{self as vol, VolumeError};
+
+/// How often a mounted daemon runs key maintenance (automatic rotation when due, ended
+/// deletion windows, expired imported material) and flushes the audit trail to disk.
+pub const MAINTENANCE_PERIOD: Duration = Duration::from_secs(60);
+
+/// Why a mount did not start or ended badly. The CLI turns each into an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// BACKING is not a usable volume, or is already mounted.
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    /// The keystore did not open (a wrong passphrase above all).
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A re-encryption a crash interrupted could not be finished.
+    #[error("cannot finish an interrupted re-encryption in {}: {source}", journal.display())]
+    Recovery {
+        /// The journal directory.
+        journal: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The mountpoint is missing or not a directory.
+    #[error("mountpoint {} is not a directory; create it with mkdir -p", .0.display())]
+    NotADirectory(PathBuf),
+    /// The filesystem core refused the volume.
+    #[error("cannot open the volume: {0}")]
+    OpenVolume(FsError),
+    /// The kernel mount failed.
+    #[error(
+        "cannot mount at {}: {source} (is fuse3 installed and /dev/fuse usable?)",
+        mountpoint.display()
+    )]
+    Mount {
+        /// Where.
+        mountpoint: PathBuf,
+        /// What fuser said.
+        source: std::io::Error,
+    },
+    /// Ctrl-C / SIGTERM could not be caught.
+    #[error("cannot install the signal handler: {0}")]
+    SignalHandler(ctrlc::Error),
+    /// The FUSE session failed while mounted.
+    #[error("the FUSE session ended with an error: {0}")]
+    Session(std::io::Error),
+    /// The log file could not be opened.
+    #[error("cannot open log file {}: {source}", path.display())]
+    LogFile {
+        /// The log file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Stderr could not be pointed at the log file.
+    #[error("cannot redirect stderr: {0}")]
+    RedirectStderr(std::io::Error),
+}
+
+/// Points this process's stderr (and with it the log) at `path`, appending.
+pub fn redirect_stderr(path: &Path) -> Result<(), DaemonError> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|source| DaemonError::LogFile {
+            path: path.to_owned(),
+            source,
+        })?;
+    sys::redirect_stderr(&f).map_err(DaemonError::RedirectStderr)
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A volume taken for mounting: opened, locked against a second daemon, recovered; not yet
+/// unlocked or mounted.
+pub struct Daemon {
+    settings: DaemonSettings,
+    volume: vol::Volume,
+    /// Held until the daemon ends: one daemon per volume.
+    _lock: vol::VolumeLock,
+}
+
+impl Daemon {
+    /// Sends the log to `settings.log_file` if set, opens and locks the volume, finishes an
+    /// interrupted re-encryption, raises the open-file limit and checks the mountpoint. Needs
+    /// no secret, so a bad volume or a busy one is reported before anyone types a passphrase.
+    pub fn open(settings: DaemonSettings) -> Result<Self, DaemonError> {
+        if let Some(log) = &settings.log_file {
+            redirect_stderr(log)?;
+        }
+        let backing = &settings.backing;
+        let volume = vol::open(backing)?;
+        let lock = vol::lock(backing)?;
+        // A re-encryption a crash interrupted is finished before anything reads the file.
+        match recover(backing, &backing.join(vol::DATA_DIR)) {
+            Ok(0) => {}
+            Ok(n) => log::info!("finished {n} re-encryptions a crash had interrupted"),
+            Err(source) => {
+                return Err(DaemonError::Recovery {
+                    journal: backing.join(JOURNAL_DIR),
+                    source,
+                });
+            }
+        }
+        match sys::raise_fd_limit() {
+            Ok(n) if n < 4096 => log::warn!(
+                "open-file limit is only {n}: few files can be open at once through the mount \
+                 (raise the hard limit: ulimit -Hn, or LimitNOFILE= in a systemd unit)"
+            ),
+            Ok(n) => log::debug!("open-file limit {n}"),
+            Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
+        }
+        if !settings.mountpoint.is_dir() {
+            return Err(DaemonError::NotADirectory(settings.mountpoint.clone()));
+        }
+        Ok(Daemon {
+            settings,
+            volume,
+            _lock: lock,
+        })
+    }
+
+    /// Unlocks the keystore with `unlock` (dropped, so zeroized, once the keystore is open),
+    /// mounts, calls `on_mounted` once the mount is up, and serves until unmounted or
+    /// signalled (Ctrl-C, SIGTERM: unmount, lazily if busy).
+    pub fn mount(
+        self,
+        unlock: Unlock,
+        on_mounted: impl FnOnce(&DaemonSettings),
+    ) -> Result<(), DaemonError> {
+        let Daemon {
+            settings,
+            volume,
+            _lock,
+        } = self;
+        let (backing, mountpoint) = (&settings.backing, &settings.mountpoint);
+        let opts = settings.mount_options();
+        let kms = LocalKms::open(&volume.keystore_path(), &unlock)?;
+        drop(unlock);
+        let kms = Arc::new(kms);
+        for done in kms.maintain(now()) {
+            log::info!("key maintenance: {done}");
+        }
+        // Audit records leave the open/create path for a writer thread (docs/KEYS.md §Audit
+        // trail); `sync_audit` at unmount writes out the queue.
+        if let Some(audit) = kms.audit_log()
+            && let Err(e) = audit.write_in_background()
+        {
+            log::warn!("cannot start the audit writer thread ({e}); records are written inline");
+        }
+        let fs =
+            EncFs::new(volume, kms.clone(), &Caller::current()).map_err(DaemonError::OpenVolume)?;
+        spawn_maintenance(kms.clone());
+        // Modes arrive from the kernel with the caller's umask already applied and must reach
+        // the backing store as is.
+        sys::set_umask(0);
+        let fs = Arc::new(fs);
+        let watched = Arc::downgrade(&fs);
+        let adapter = Adapter::new(fs, &opts);
+        let notifier_slot = adapter.notifier_slot();
+        let mut session =
+            fuser::Session::new(adapter, mountpoint, &crate::fuse::fuser_config(&opts)).map_err(
+                |source| DaemonError::Mount {
+                    mountpoint: mountpoint.clone(),
+                    source,
+                },
+            )?;
+        let _ = notifier_slot.set(session.notifier());
+        if let Some(fs) = watched.upgrade() {
+            crate::fuse::spawn_revocation_watch(&fs, notifier_slot.clone());
+        }
+        let mut unmounter = session.unmount_callable();
+        let mnt = mountpoint.to_owned();
+        ctrlc::set_handler(move || {
+            log::info!("signal received; unmounting {}", mnt.display());
+            // fuser's own unmount first (so the session does not try again on exit); a busy
+            // mount falls back to a lazy unmount, which completes when the last user goes.
+            if let Err(e) = unmounter.unmount() {
+                log::debug!(
+                    "plain unmount of {} failed ({e}); unmounting lazily",
+                    mnt.display()
+                );
+                if let Err(e) = crate::fuse::unmount(&mnt) {
+                    log::error!("unmount of {} failed: {e}", mnt.display());
+                }
+            }
+        })
+        .map_err(DaemonError::SignalHandler)?;
+        log::info!("mounted {} at {}", backing.display(), mountpoint.display());
+        on_mounted(&settings);
+        let _ = std::io::stderr().flush();
+        let result = session.run();
+        if let Err(e) = kms.sync_audit() {
+            log::error!("cannot flush the audit trail: {e}");
+        }
+        result.map_err(DaemonError::Session)?;
+        log::info!("unmounted {}", mountpoint.display());
+        Ok(())
+    }
+}
+
+/// Runs key maintenance every [`MAINTENANCE_PERIOD`] for the life of the daemon.
+fn spawn_maintenance(kms: Arc<LocalKms>) {
+    let spawned = std::thread::Builder::new()
+        .name("key-maintenance".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(MAINTENANCE_PERIOD);
+                for done in kms.maintain(now()) {
+                    log::info!("key maintenance: {done}");
+                }
+                if let Err(e) = kms.sync_audit() {
+                    log::warn!("cannot flush the audit trail: {e}");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot start the key-maintenance thread ({e}); rotation runs only at mount");
+    }
+}
