@@ -9,3 +9,4 @@ pub mod reencrypt;
 pub mod rewrap;
 pub mod sys;
 pub mod volume;
+pub(crate) mod walk;

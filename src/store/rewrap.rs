@@ -49,25 +49,6 @@ pub struct RewrapSummary {
     pub failed: Vec<(PathBuf, String)>,
 }
 
-/// Lists every regular file under `dir` (no symlinks followed).
-pub fn regular_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d)? {
-            let e = e?;
-            let t = e.file_type()?;
-            if t.is_dir() {
-                stack.push(e.path());
-            } else if t.is_file() {
-                out.push(e.path());
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 /// What [`rewrap_file`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileOutcome {
@@ -202,7 +183,7 @@ pub fn rewrap_tree(
         .open(data_dir.join("..").join(REWRAP_LOCK))?;
     let _run_lock = FileLock::exclusive(&lock_file)?;
     super::sys::syncfs(&lock_file)?;
-    let files = regular_files(data_dir)?;
+    let files = super::walk::regular_files(data_dir)?;
     let total = files.len() as u64;
     let mut summary = RewrapSummary::default();
     let mut newest = HashMap::new();
