@@ -1,5 +1,6 @@
 //! File contents: the shared per-inode state of an open file, header creation and loading,
-//! and block-level read / read-modify-write (docs/FORMAT.md §Blocks, docs/DESIGN.md §Writes).
+//! and block-level read / read-modify-write (docs/FORMAT.md §Blocks, docs/DESIGN.md §How a
+//! write flows).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
