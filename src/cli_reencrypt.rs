@@ -124,20 +124,24 @@ fn files_under(data: &Path, sub: Option<&Path>) -> Result<Vec<PathBuf>, CliError
         )
     })?;
     let all = if meta.is_file() {
-        vec![start]
+        vec![(meta.dev(), meta.ino(), start)]
     } else {
-        crate::store::rewrap::regular_files(&start).map_err(|e| {
-            fail(
-                ExitCode::Failure,
-                format!("cannot walk {}: {e}", start.display()),
-            )
-        })?
+        crate::store::walk::regular_files_with_inodes(&start)
+            .map_err(|e| {
+                fail(
+                    ExitCode::Failure,
+                    format!("cannot walk {}: {e}", start.display()),
+                )
+            })?
+            .into_iter()
+            .map(|e| (e.dev, e.ino, e.path))
+            .collect()
     };
     let mut seen = HashSet::new();
     Ok(all
         .into_iter()
-        .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| seen.insert((m.dev(), m.ino()))))
-        .filter_map(|p| p.strip_prefix(data).ok().map(Path::to_owned))
+        .filter(|(dev, ino, _)| seen.insert((*dev, *ino)))
+        .filter_map(|(_, _, p)| p.strip_prefix(data).ok().map(Path::to_owned))
         .collect())
 }
 

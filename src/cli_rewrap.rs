@@ -26,59 +26,8 @@ pub(crate) fn files_bar(what: &str, len: u64, json: bool) -> ProgressBar {
 use crate::cli::{CliError, ExitCode, SecretArgs, fail, read_unlock};
 use crate::keys::Caller;
 use crate::keys::local::LocalKms;
-use crate::store::rewrap::{RewrapOptions, rewrap_tree};
+use crate::store::rewrap::{RewrapOptions, VolumeKeyError, rewrap_tree, rewrap_volume_key};
 use crate::store::volume as vol;
-
-/// Re-wraps the volume key in envelopefs.json like a file's data key (same key choice and
-/// version rule); the config is replaced atomically. Returns the new (key, version) if it moved.
-fn rewrap_volume_key(
-    backing: &Path,
-    cfg: &crate::format::volume::VolumeConfig,
-    kms: &LocalKms,
-    opts: &RewrapOptions,
-) -> Result<Option<(String, u32)>, CliError> {
-    use crate::keys::{KeyService, WrappedKey};
-    let rec = &cfg.volume_key;
-    let dest = opts.to_key.clone().unwrap_or_else(|| rec.key_id.clone());
-    let meta = kms.describe_key(&dest)?;
-    let threshold = opts
-        .min_version
-        .unwrap_or(meta.current_version)
-        .min(meta.current_version);
-    if meta.key_id == rec.key_id && rec.version >= threshold {
-        return Ok(None);
-    }
-    if opts.dry_run {
-        return Ok(Some((meta.key_id, meta.current_version)));
-    }
-    let bad = || {
-        fail(
-            ExitCode::BadVolume,
-            "envelopefs.json: volume_key is malformed",
-        )
-    };
-    let wrapped = WrappedKey {
-        key_id: rec.key_id.parse().map_err(|_| bad())?,
-        version: rec.version,
-        blob: crate::fs::xattr::unhex(&rec.blob).ok_or_else(bad)?,
-    };
-    let ctx = crate::format::context::EncryptionContext::for_volume_key(&cfg.volume_id);
-    let new = kms.re_encrypt(&wrapped, &ctx, &dest, &Caller::current())?;
-    let mut cfg = cfg.clone();
-    cfg.volume_key = crate::format::volume::WrappedKeyRecord {
-        key_id: new.key_id.to_string(),
-        version: new.version,
-        blob: crate::format::context::hex(&new.blob),
-    };
-    let path = backing.join(vol::CONFIG_NAME);
-    crate::atomic::atomic_write(&path, &cfg.to_bytes(), 0o644).map_err(|e| {
-        fail(
-            ExitCode::Failure,
-            format!("cannot write {}: {e}", path.display()),
-        )
-    })?;
-    Ok(Some((cfg.volume_key.key_id, new.version)))
-}
 
 /// Runs a re-wrap of a whole volume (mounted or not).
 pub fn run(
@@ -114,7 +63,11 @@ pub fn run(
         )
     })?;
     bar.finish_and_clear();
-    let volume_key = rewrap_volume_key(backing, &cfg, kms.as_ref(), opts)?;
+    let volume_key = rewrap_volume_key(backing, &cfg, kms.as_ref(), opts, &Caller::current())
+        .map_err(|e| match e {
+            VolumeKeyError::Volume(v) => CliError::from(v),
+            VolumeKeyError::Key(k) => CliError::from(k),
+        })?;
     if json {
         println!(
             "{}",

@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::format::header::{HEADER_REGION, KeySlot, candidates};
 use crate::keys::KeyId;
 use crate::store::volume as vol;
+use crate::store::walk::Walk;
 
 /// Files per (key, version), and what could not be counted.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -50,27 +51,20 @@ pub fn scan(backing: &Path, budget: Option<Duration>) -> Result<ScanReport, vol:
         complete: true,
         ..ScanReport::default()
     };
-    let deadline = budget.map(|b| Instant::now() + b);
-    let mut stack = vec![backing.join(vol::DATA_DIR)];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            report.unreadable.push(dir);
-            continue;
-        };
-        for entry in entries.flatten() {
-            if deadline.is_some_and(|d| Instant::now() > d) {
-                report.complete = false;
-                return Ok(report);
-            }
-            let Ok(ft) = entry.file_type() else { continue };
-            if ft.is_dir() {
-                stack.push(entry.path());
-            } else if ft.is_file() {
+    let mut walk = Walk::new(&backing.join(vol::DATA_DIR));
+    if let Some(b) = budget {
+        walk = walk.until(Instant::now() + b);
+    }
+    for found in walk.by_ref() {
+        match found {
+            Ok(file) => {
                 report.files += 1;
-                count_file(&entry.path(), &mut report);
+                count_file(&file.path, &mut report);
             }
+            Err(e) => report.unreadable.push(e.path),
         }
     }
+    report.complete = !walk.stopped();
     Ok(report)
 }
 

@@ -1,5 +1,6 @@
 //! File contents: the shared per-inode state of an open file, header creation and loading,
-//! and block-level read / read-modify-write (docs/FORMAT.md §Blocks, docs/DESIGN.md §Writes).
+//! and block-level read / read-modify-write (docs/FORMAT.md §Blocks, docs/DESIGN.md §How a
+//! write flows).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -8,12 +9,13 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use super::EncFs;
 use super::error::{FsError, FsResult};
+use super::plan::{self, WritePlan};
 use crate::format::FormatError;
 use crate::format::block::{BLOCK_OVERHEAD, BlockCipher, NONCE_LEN};
 use crate::format::header::{FileHeader, HEADER_REGION};
 use crate::keys::Caller;
-use crate::store::file_header;
 use crate::store::sys::{self, SetTime};
+use crate::store::{blocks, file_header};
 
 /// The state of one open inode, shared by all its handles.
 #[derive(Debug)]
@@ -197,12 +199,10 @@ impl EncFs {
     }
 
     /// On a `sealed-holes` volume, grows the file with sealed zero blocks up to `upto` bytes,
-    /// [`FILL_BYTES`] at a time: memory stays bounded and every step leaves a valid file.
+    /// [`plan::FILL_BYTES`] at a time: memory stays bounded and every step leaves a valid file.
     fn fill_to(&self, st: &mut FileState, file: &File, upto: u64) -> FsResult<()> {
-        let bs = self.layout.block_size();
-        let step = (FILL_BYTES / bs).max(1);
         while st.size < upto {
-            let next = ((st.size / bs + step) * bs).min(upto);
+            let next = plan::fill_step(self.layout, st.size, upto);
             self.apply(st, file, None, next)?;
         }
         Ok(())
@@ -299,15 +299,8 @@ impl EncFs {
             sys::utimens(file.as_raw_fd(), SetTime::Omit, SetTime::Now)?;
             return Ok(());
         }
-        if new_size == 0 {
-            match &st.cipher {
-                Some(cipher) => {
-                    let tail = self.empty_tail(cipher);
-                    file.write_all_at(&tail, HEADER_REGION as u64)?;
-                    file.set_len(self.layout.backing_size(0))?;
-                }
-                None => file.set_len(0)?,
-            }
+        if new_size == 0 && st.cipher.is_none() {
+            file.set_len(0)?;
             st.size = 0;
             return Ok(());
         }
@@ -321,7 +314,8 @@ impl EncFs {
     }
 
     /// Re-seals every block whose contents, length or last-block flag change when the file
-    /// goes from `st.size` to `new_size` with `write` applied, then fixes the backing length.
+    /// goes from `st.size` to `new_size` with `write` applied, then fixes the backing length:
+    /// the plan ([`WritePlan`]) says which blocks and where, this seals them, the store writes.
     fn apply(
         &self,
         st: &mut FileState,
@@ -329,111 +323,66 @@ impl EncFs {
         write: Option<(u64, &[u8])>,
         new_size: u64,
     ) -> FsResult<()> {
-        let l = self.layout;
-        let bs = l.block_size();
         let cipher = st.cipher.clone().expect("BUG: apply without a cipher");
-        let old_size = st.size;
-        let (old_count, new_count) = (l.block_count(old_size), l.block_count(new_size));
-        let changed = |i: u64| -> bool {
-            i >= old_count
-                || l.block_len(i, old_size) != l.block_len(i, new_size)
-                || (i + 1 == old_count) != (i + 1 == new_count)
-        };
-        let mut blocks: Vec<u64> = Vec::new();
-        if let Some((off, d)) = write {
-            blocks.extend(off / bs..=(off + d.len() as u64 - 1) / bs);
-        }
-        for i in [old_count.checked_sub(1), new_count.checked_sub(1)]
-            .into_iter()
-            .flatten()
-        {
-            if i < new_count && changed(i) {
-                blocks.push(i);
-            }
-        }
-        if l.sealed_holes() {
-            // No holes: every new block is written (callers grow in bounded steps, fill_to).
-            blocks.extend(old_count..new_count);
-        }
-        blocks.sort_unstable();
-        blocks.dedup();
-
-        let mut nonces = vec![0u8; blocks.len() * NONCE_LEN];
-        getrandom::fill(&mut nonces).expect("the OS random number generator failed");
-        let mut plain = vec![0u8; bs as usize];
-        // Seal everything first, as runs of contiguous blocks (backing offset, bytes).
-        let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
-        let mut prev: Option<u64> = None;
-        for (n, &i) in blocks.iter().enumerate() {
-            if prev.is_none_or(|p| p + 1 != i) {
-                runs.push((l.block_offset(i), Vec::new()));
-            }
-            prev = Some(i);
-            let run = &mut runs.last_mut().expect("a run was just opened").1;
-            let new_len = l.block_len(i, new_size) as usize;
-            let bstart = i * bs;
-            let p = &mut plain[..new_len];
-            let covered = write.map(|(off, d)| {
-                (
-                    off.max(bstart),
-                    (off + d.len() as u64).min(bstart + new_len as u64),
-                )
-            });
-            let fully = covered.is_some_and(|(s, e)| s == bstart && e == bstart + new_len as u64);
-            if !fully {
-                p.fill(0);
-                let old_len = l.block_len(i, old_size) as usize;
-                if old_len > 0 {
-                    let mut old = vec![0u8; old_len];
-                    self.read_block(&cipher, file, i, old_len, i + 1 == old_count, &mut old)?;
-                    let keep = old_len.min(new_len);
-                    p[..keep].copy_from_slice(&old[..keep]);
-                }
-            }
-            if let (Some((off, d)), Some((s, e))) = (write, covered)
-                && s < e
-            {
-                p[(s - bstart) as usize..(e - bstart) as usize]
-                    .copy_from_slice(&d[(s - off) as usize..(e - off) as usize]);
-            }
-            let at = run.len();
-            run.resize(at + new_len + BLOCK_OVERHEAD, 0);
-            let nonce: [u8; NONCE_LEN] = nonces[n * NONCE_LEN..(n + 1) * NONCE_LEN]
-                .try_into()
-                .expect("nonce slice");
-            cipher.seal(i, i + 1 == new_count, nonce, p, &mut run[at..]);
-        }
-        // Growing: reserve the space the new bytes need before touching any existing block,
-        // so a full disk fails the request cleanly (ENOSPC) instead of tearing the old last
-        // block. Only the ranges written are reserved (a sparse gap stays sparse).
-        // The file has its header (a cipher), so its backing length follows from its size.
-        let old_backing = l.backing_size(old_size);
-        for (off, bytes) in &runs {
-            let end = off + bytes.len() as u64;
-            if end > old_backing {
-                let start = (*off).max(old_backing);
-                match sys::fallocate(file, libc::FALLOC_FL_KEEP_SIZE, start, end - start) {
-                    Ok(()) => {}
-                    Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-        for (off, bytes) in &runs {
-            if let Err(e) = file.write_all_at(bytes, *off) {
-                // Best effort: give back the length the file had; the blocks written so far
-                // are whole (the space was reserved), the error is reported.
-                if file.metadata().is_ok_and(|m| m.len() > old_backing) {
-                    let _ = file.set_len(old_backing);
-                }
-                return Err(e.into());
-            }
-        }
-        if new_size < old_size {
-            file.set_len(l.backing_size(new_size))?;
-        }
+        let planned = write.map(|(off, d)| (off, d.len() as u64));
+        let plan = WritePlan::new(self.layout, st.size, new_size, planned);
+        let data = write.map_or(&[][..], |(_, d)| d);
+        let runs = self.seal_plan(&plan, &cipher, file, data)?;
+        blocks::write_runs(
+            file,
+            &plan.reserve,
+            &runs,
+            plan.old_backing,
+            plan.truncate_to,
+        )?;
         st.size = new_size;
         Ok(())
+    }
+
+    /// Seals the blocks of `plan` (reading the old blocks it asks for first) into its runs:
+    /// (backing offset, sealed bytes), everything sealed before anything is written.
+    fn seal_plan(
+        &self,
+        plan: &WritePlan,
+        cipher: &BlockCipher,
+        file: &File,
+        data: &[u8],
+    ) -> FsResult<Vec<(u64, Vec<u8>)>> {
+        let mut nonces = vec![0u8; plan.blocks.len() * NONCE_LEN];
+        getrandom::fill(&mut nonces).expect("the OS random number generator failed");
+        let mut plain = vec![0u8; self.layout.block_size() as usize];
+        let mut runs = Vec::with_capacity(plan.runs.len() + 1);
+        if plan.empty_block {
+            runs.push((self.layout.block_offset(0), self.empty_tail(cipher)));
+        }
+        for run in &plan.runs {
+            let mut sealed = vec![0u8; run.len as usize];
+            let mut at = 0;
+            for n in run.blocks.clone() {
+                let b = &plan.blocks[n];
+                let p = &mut plain[..b.len];
+                if !b.fully_written() {
+                    p.fill(0);
+                    if let Some(o) = b.old {
+                        let mut old = vec![0u8; o.len];
+                        self.read_block(cipher, file, b.index, o.len, o.last, &mut old)?;
+                        let keep = o.len.min(b.len);
+                        p[..keep].copy_from_slice(&old[..keep]);
+                    }
+                }
+                if let Some(d) = &b.data {
+                    p[d.at..d.at + d.from.len()].copy_from_slice(&data[d.from.clone()]);
+                }
+                let nonce: [u8; NONCE_LEN] = nonces[n * NONCE_LEN..(n + 1) * NONCE_LEN]
+                    .try_into()
+                    .expect("nonce slice");
+                let out = &mut sealed[at..at + b.sealed_len()];
+                cipher.seal(b.index, b.last, nonce, p, out);
+                at += b.sealed_len();
+            }
+            runs.push((run.offset, sealed));
+        }
+        Ok(runs)
     }
 
     /// Reads and opens one block of the current file.
@@ -456,9 +405,6 @@ impl EncFs {
         Ok(())
     }
 }
-
-/// How much a `sealed-holes` file grows per step when a write or truncate leaves a gap.
-const FILL_BYTES: u64 = 1 << 20;
 
 thread_local! {
     /// Scratch space for the ciphertext of a read (see [`EncFs::read_content`]).
@@ -612,7 +558,7 @@ mod tests {
     fn sealed_holes_truncate_up_fills_with_sealed_zeros() {
         let (fs, tmp, caller, ino, fh) = testing::with_file();
         fs.write(fh, 0, b"x", &caller).unwrap();
-        let size = 3 * super::FILL_BYTES + 12345;
+        let size = 3 * crate::fs::plan::FILL_BYTES + 12345;
         fs.truncate(ino, Some(fh), size, &caller).unwrap();
         fs.release(fh).unwrap();
         let data = read_all(&fs, ino, &caller).unwrap();

@@ -12,6 +12,7 @@ pub mod dir;
 pub mod error;
 pub mod file;
 pub mod inode;
+pub(crate) mod plan;
 pub mod reencrypt;
 pub mod xattr;
 

@@ -28,7 +28,7 @@ use super::inode::ROOT_INO;
 use crate::format::FormatError;
 use crate::format::block::{BLOCK_OVERHEAD, NONCE_LEN, TAG_LEN};
 use crate::format::volume::VolumeConfig;
-use crate::keys::{Caller, KeyId, KeyService, WrappedKey};
+use crate::keys::{Caller, KeyService, WrappedKey};
 use crate::store::sys;
 
 /// Key-derivation context of the xattr key.
@@ -47,27 +47,10 @@ fn ad(name: &OsStr) -> Vec<u8> {
     [XATTR_AD_PREFIX, name.as_bytes()].concat()
 }
 
-/// Decodes lowercase or uppercase hex.
-pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 impl XattrCipher {
     /// Unwraps the volume key named in the config and derives the xattr key.
     pub fn unwrap(keys: &dyn KeyService, cfg: &VolumeConfig, caller: &Caller) -> FsResult<Self> {
-        let rec = &cfg.volume_key;
-        let bad = || FormatError::BadConfig("volume_key is malformed".into());
-        let wrapped = WrappedKey {
-            key_id: rec.key_id.parse::<KeyId>().map_err(|_| bad())?,
-            version: rec.version,
-            blob: unhex(&rec.blob).ok_or_else(bad)?,
-        };
+        let wrapped = crate::store::volume::wrapped_volume_key(cfg)?;
         let ctx = crate::format::context::EncryptionContext::for_volume_key(&cfg.volume_id);
         let vk = keys.decrypt(&wrapped, &ctx, caller)?;
         let mut c = Self::from_volume_key(vk.expose_secret());

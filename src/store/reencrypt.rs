@@ -217,12 +217,9 @@ pub fn recover(backing: &Path, data_dir: &Path) -> io::Result<usize> {
 
 /// (device, inode, path) of every regular file under `dir`.
 fn inodes(dir: &Path) -> io::Result<Vec<(u64, u64, PathBuf)>> {
-    Ok(super::rewrap::regular_files(dir)?
+    Ok(super::walk::regular_files_with_inodes(dir)?
         .into_iter()
-        .filter_map(|p| {
-            let m = fs::symlink_metadata(&p).ok()?;
-            Some((m.dev(), m.ino(), p))
-        })
+        .map(|e| (e.dev, e.ino, e.path))
         .collect())
 }
 

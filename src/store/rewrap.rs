@@ -13,8 +13,10 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use super::file_header::{self, Converge, FileLock, HeaderError};
+use super::volume::{self, VolumeError};
 use crate::format::context::EncryptionContext;
-use crate::keys::{Caller, KeyId, KeyService};
+use crate::format::volume::VolumeConfig;
+use crate::keys::{Caller, KeyError, KeyId, KeyService};
 
 /// Lock file (in the backing directory) held for the length of a re-wrap run.
 pub const REWRAP_LOCK: &str = ".rewrap.lock";
@@ -49,23 +51,52 @@ pub struct RewrapSummary {
     pub failed: Vec<(PathBuf, String)>,
 }
 
-/// Lists every regular file under `dir` (no symlinks followed).
-pub fn regular_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d)? {
-            let e = e?;
-            let t = e.file_type()?;
-            if t.is_dir() {
-                stack.push(e.path());
-            } else if t.is_file() {
-                out.push(e.path());
-            }
-        }
+/// The key-material version below which a slot under a key whose newest version is `latest`
+/// is re-wrapped.
+fn threshold(opts: &RewrapOptions, latest: u32) -> u32 {
+    opts.min_version.unwrap_or(latest).min(latest)
+}
+
+/// Errors of [`rewrap_volume_key`].
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeKeyError {
+    /// The config's volume key record is malformed, or the config cannot be written.
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    /// The key service refused or failed.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+/// Re-wraps the volume key in `envelopefs.json` like a file's data key (same key choice and
+/// version rule); the config is replaced atomically. Returns the new (key id, version) if it
+/// moved (or, with dry_run, would move).
+pub fn rewrap_volume_key(
+    backing: &Path,
+    cfg: &VolumeConfig,
+    keys: &dyn KeyService,
+    opts: &RewrapOptions,
+    caller: &Caller,
+) -> Result<Option<(String, u32)>, VolumeKeyError> {
+    let rec = &cfg.volume_key;
+    let dest = opts.to_key.clone().unwrap_or_else(|| rec.key_id.clone());
+    let meta = keys.describe_key(&dest)?;
+    if meta.key_id == rec.key_id && rec.version >= threshold(opts, meta.current_version) {
+        return Ok(None);
     }
-    out.sort();
-    Ok(out)
+    if opts.dry_run {
+        return Ok(Some((meta.key_id, meta.current_version)));
+    }
+    let wrapped = volume::wrapped_volume_key(cfg).map_err(|source| VolumeError::Config {
+        path: backing.join(volume::CONFIG_NAME),
+        source,
+    })?;
+    let ctx = EncryptionContext::for_volume_key(&cfg.volume_id);
+    let new = keys.re_encrypt(&wrapped, &ctx, &dest, caller)?;
+    let mut cfg = cfg.clone();
+    cfg.volume_key = volume::volume_key_record(&new);
+    volume::write_config(backing, &cfg)?;
+    Ok(Some((cfg.volume_key.key_id, new.version)))
 }
 
 /// What [`rewrap_file`] found.
@@ -120,8 +151,7 @@ pub fn rewrap_file(
                 v
             }
         };
-        let threshold = opts.min_version.unwrap_or(latest).min(latest);
-        if dest_id == wrapped.key_id && wrapped.version >= threshold {
+        if dest_id == wrapped.key_id && wrapped.version >= threshold(opts, latest) {
             continue;
         }
         changed = true;
@@ -202,7 +232,7 @@ pub fn rewrap_tree(
         .open(data_dir.join("..").join(REWRAP_LOCK))?;
     let _run_lock = FileLock::exclusive(&lock_file)?;
     super::sys::syncfs(&lock_file)?;
-    let files = regular_files(data_dir)?;
+    let files = super::walk::regular_files(data_dir)?;
     let total = files.len() as u64;
     let mut summary = RewrapSummary::default();
     let mut newest = HashMap::new();
@@ -528,5 +558,60 @@ mod tests {
                 .to_string(),
             other.key_id
         );
+    }
+
+    #[test]
+    fn the_volume_key_follows_the_same_rule_and_the_config_is_replaced() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("v");
+        let kms = LocalKms::in_memory_for_tests();
+        let caller = Caller::current();
+        volume::prepare(&root).unwrap();
+        let cfg = volume::create(&root, &kms, "alias/default", 4096, "k.json".into(), 0).unwrap();
+        let opts = RewrapOptions::default();
+        let run = |opts: &RewrapOptions| {
+            let cfg = volume::read_config(&root).unwrap();
+            rewrap_volume_key(&root, &cfg, &kms, opts, &caller).unwrap()
+        };
+        assert_eq!(run(&opts), None, "already current");
+        kms.rotate("alias/default", &caller).unwrap();
+        let dry = RewrapOptions {
+            dry_run: true,
+            ..Default::default()
+        };
+        let id = cfg.volume_key.key_id.clone();
+        assert_eq!(run(&dry), Some((id.clone(), 2)));
+        assert_eq!(
+            volume::read_config(&root).unwrap(),
+            cfg,
+            "dry run writes nothing"
+        );
+        assert_eq!(run(&opts), Some((id.clone(), 2)));
+        let after = volume::read_config(&root).unwrap();
+        assert_eq!(after.volume_key.version, 2);
+        assert_eq!(run(&opts), None, "idempotent");
+        // The new record unwraps to the same volume key.
+        let ctx = EncryptionContext::for_volume_key(&cfg.volume_id);
+        let old = kms
+            .decrypt(&volume::wrapped_volume_key(&cfg).unwrap(), &ctx, &caller)
+            .unwrap();
+        let new = kms
+            .decrypt(&volume::wrapped_volume_key(&after).unwrap(), &ctx, &caller)
+            .unwrap();
+        assert_eq!(old.expose_secret(), new.expose_secret());
+        // --to-key moves it; a malformed record is a volume error, not a key error.
+        let other = kms.create_key("other", &caller).unwrap();
+        let to = RewrapOptions {
+            to_key: Some(other.key_id.clone()),
+            ..Default::default()
+        };
+        assert_eq!(run(&to), Some((other.key_id.clone(), 1)));
+        kms.rotate(&other.key_id, &caller).unwrap();
+        let mut bad = volume::read_config(&root).unwrap();
+        bad.volume_key.blob = "xyz".into();
+        assert!(matches!(
+            rewrap_volume_key(&root, &bad, &kms, &opts, &caller),
+            Err(VolumeKeyError::Volume(VolumeError::Config { .. }))
+        ));
     }
 }

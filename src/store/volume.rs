@@ -13,7 +13,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use crate::format::FormatError;
-use crate::format::volume::VolumeConfig;
+use crate::format::volume::{VolumeConfig, WrappedKeyRecord};
+use crate::keys::{KeyId, WrappedKey};
 
 /// Name of the volume config file.
 pub const CONFIG_NAME: &str = "envelopefs.json";
@@ -115,8 +116,44 @@ pub fn init_layout(root: &Path, config: &VolumeConfig) -> Result<(), VolumeError
     let data = root.join(DATA_DIR);
     fs::create_dir(&data).map_err(io_err(&data))?;
     crate::atomic::sync_dir(root).map_err(io_err(root))?;
+    write_config(root, config)
+}
+
+/// Replaces a volume's config atomically (temp file, fsync, rename).
+pub fn write_config(root: &Path, config: &VolumeConfig) -> Result<(), VolumeError> {
     let cfg = root.join(CONFIG_NAME);
     crate::atomic::atomic_write(&cfg, &config.to_bytes(), 0o644).map_err(io_err(&cfg))
+}
+
+/// The wrapped volume key a config records, as the key service takes it.
+pub fn wrapped_volume_key(config: &VolumeConfig) -> Result<WrappedKey, FormatError> {
+    let rec = &config.volume_key;
+    let bad = || FormatError::BadConfig("volume_key is malformed".into());
+    Ok(WrappedKey {
+        key_id: rec.key_id.parse::<KeyId>().map_err(|_| bad())?,
+        version: rec.version,
+        blob: unhex(&rec.blob).ok_or_else(bad)?,
+    })
+}
+
+/// The config record of a wrapped volume key.
+pub fn volume_key_record(wrapped: &WrappedKey) -> WrappedKeyRecord {
+    WrappedKeyRecord {
+        key_id: wrapped.key_id.to_string(),
+        version: wrapped.version,
+        blob: crate::format::context::hex(&wrapped.blob),
+    }
+}
+
+/// Decodes lowercase or uppercase hex.
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Creates a complete volume in `root` (after [`prepare`]): asks `keys` for the volume key
@@ -137,11 +174,7 @@ pub fn create(
     let ctx = crate::format::context::EncryptionContext::for_volume_key(&volume_id);
     let (_vk, wrapped) =
         keys.generate_data_key(default_key, &ctx, &crate::keys::Caller::current())?;
-    let record = crate::format::volume::WrappedKeyRecord {
-        key_id: wrapped.key_id.to_string(),
-        version: wrapped.version,
-        blob: crate::format::context::hex(&wrapped.blob),
-    };
+    let record = volume_key_record(&wrapped);
     let cfg = VolumeConfig::new(
         volume_id,
         created,
