@@ -578,6 +578,12 @@ mod tests {
     }
 
     proptest! {
+        // Shrunk failures are pinned as named tests (below), not in a proptest-regressions
+        // file at the top of the repository.
+        #![proptest_config(ProptestConfig {
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
         #[test]
         fn plans_match_the_model((bs, sh, old, size, write) in case()) {
             check_against_model(bs, sh, &old, size, write)?;
@@ -593,5 +599,20 @@ mod tests {
         // A write ending exactly on a block boundary of an empty file.
         check_against_model(16, false, &[], 32, Some((16, vec![2; 16]))).unwrap();
         check_against_model(16, true, &[], 0, None).unwrap();
+    }
+
+    /// The shrunk failures the model proptest found while the plan was written (a new file of
+    /// one byte; a write into a file grown past several blocks), pinned.
+    #[test]
+    fn regression_one_byte_new_file() {
+        check_against_model(16, false, &[], 1, None).unwrap();
+    }
+
+    #[test]
+    fn regression_write_inside_a_grown_file() {
+        let mut old = vec![1u8; 84];
+        old.extend_from_slice(&[2, 181, 186, 75, 33, 20, 128, 253, 1, 203, 90, 249, 30]);
+        let data: Vec<u8> = (0..140u32).map(|i| (i * 37 % 251) as u8).collect();
+        check_against_model(16, false, &old, 269, Some((127, data))).unwrap();
     }
 }
