@@ -239,7 +239,10 @@ impl From<VolumeError> for CliError {
         let code = match e {
             VolumeError::Busy(_) => ExitCode::Busy,
             VolumeError::Io { .. } => ExitCode::Failure,
-            _ => ExitCode::BadVolume,
+            VolumeError::NotAVolume(_)
+            | VolumeError::AlreadyExists(_)
+            | VolumeError::NotEmpty(_)
+            | VolumeError::Config { .. } => ExitCode::BadVolume,
         };
         CliError {
             code,

@@ -38,8 +38,7 @@ pub(crate) const SETID_BITS: u32 = libc::S_ISUID | libc::S_ISGID;
 /// for; 0 for symlinks). Linux ≥ 6.0 has already removed a set-group-id bit the caller may not
 /// set; for older kernels the same rule is applied here.
 pub(crate) fn give_to_caller(dir: RawFd, fd: RawFd, caller: &Caller, mode: u32) -> FsResult<()> {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if sys::geteuid() == 0 {
         let parent = sys::fstat(dir)?;
         let gid = if parent.st_mode & libc::S_ISGID != 0 {
             parent.st_gid

@@ -491,9 +491,7 @@ impl Drop for Prefetch {
 }
 
 fn can_write(f: &File) -> bool {
-    // SAFETY: F_GETFL on a valid fd has no memory effects.
-    let fl = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
-    fl >= 0 && fl & libc::O_ACCMODE == libc::O_RDWR
+    sys::status_flags(f).is_ok_and(|fl| fl & libc::O_ACCMODE == libc::O_RDWR)
 }
 
 #[cfg(test)]

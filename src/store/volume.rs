@@ -245,15 +245,9 @@ pub fn lock(root: &Path) -> Result<VolumeLock, VolumeError> {
         .write(true)
         .open(&p)
         .map_err(io_err(&p))?;
-    // SAFETY: flock on a valid open fd has no memory-safety preconditions.
-    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r != 0 {
-        let e = io::Error::last_os_error();
-        return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            VolumeError::Busy(root.to_owned())
-        } else {
-            VolumeError::Io { path: p, source: e }
-        });
+    match crate::store::sys::try_lock_exclusive(&file) {
+        Ok(true) => Ok(VolumeLock { _file: file }),
+        Ok(false) => Err(VolumeError::Busy(root.to_owned())),
+        Err(e) => Err(VolumeError::Io { path: p, source: e }),
     }
-    Ok(VolumeLock { _file: file })
 }

@@ -554,6 +554,32 @@ impl Drop for FileLock<'_> {
     }
 }
 
+/// Takes an exclusive `flock` on `file` without waiting, held until the file is closed:
+/// Ok(false) when another open file description holds it.
+pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+    // SAFETY: flock on a valid open fd has no memory-safety preconditions.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// The file status flags of an open file (`fcntl(F_GETFL)`: access mode, O_APPEND, ...).
+pub fn status_flags(f: &File) -> io::Result<i32> {
+    // SAFETY: F_GETFL on a valid fd has no memory effects.
+    let fl = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+    if fl < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(fl)
+    }
+}
+
 /// This process's effective uid, effective gid and pid.
 pub fn current_ids() -> (u32, u32, u32) {
     // SAFETY: geteuid/getegid/getpid have no preconditions and cannot fail.
