@@ -17,7 +17,7 @@ use crate::keys::{Caller, KeyError};
 use crate::store::volume::{self as vol, VolumeError};
 
 /// Environment variable that may hold the passphrase (for scripts; prefer --passfile).
-pub const PASSPHRASE_ENV: &str = "ENVELOPEFS_PASSPHRASE";
+pub(crate) const PASSPHRASE_ENV: &str = "ENVELOPEFS_PASSPHRASE";
 
 /// Stable process exit codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -335,7 +335,7 @@ fn now() -> u64 {
 }
 
 /// Reads the unlock secret: key file, pass file, environment, or the terminal.
-pub fn read_unlock(args: &SecretArgs, confirm: bool) -> Result<Unlock, CliError> {
+pub(crate) fn read_unlock(args: &SecretArgs, confirm: bool) -> Result<Unlock, CliError> {
     if let Some(p) = &args.keyfile {
         let bytes = Zeroizing::new(std::fs::read(p).map_err(|e| {
             fail(

@@ -79,7 +79,7 @@ pub struct Adapter {
 
 /// Largest file whose plaintext an open puts in the kernel's page cache before answering
 /// (docs/DESIGN.md §Prefetch on open).
-pub const PREFETCH_MAX: u64 = 64 << 10;
+pub(crate) const PREFETCH_MAX: u64 = 64 << 10;
 
 fn caller(req: &Request) -> Caller {
     Caller {
@@ -195,7 +195,7 @@ impl Adapter {
 
     /// Where [`crate::cli`] puts the session's notifier once the session exists. Until then
     /// (and in tests without one) opens do not prefetch.
-    pub fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
+    pub(crate) fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
         self.notifier.clone()
     }
 
@@ -779,7 +779,7 @@ fn xattr_reply(reply: ReplyXattr, value: &[u8], size: u32) {
 /// ([`EncFs::check_handle`]). Without it a process could go on reading cached plaintext of a
 /// file it opened before the revocation.
 /// The thread ends once the filesystem is dropped.
-pub fn spawn_revocation_watch(fs: &Arc<EncFs>, notifier: Arc<OnceLock<Notifier>>) {
+pub(crate) fn spawn_revocation_watch(fs: &Arc<EncFs>, notifier: Arc<OnceLock<Notifier>>) {
     let period = Duration::from_millis(crate::keys::GENERATION_CHECK_MS);
     let weak = Arc::downgrade(fs);
     let mut last = fs.key_generation();
@@ -811,7 +811,7 @@ pub fn spawn_revocation_watch(fs: &Arc<EncFs>, notifier: Arc<OnceLock<Notifier>>
 }
 
 /// fuser session config for `opts`.
-pub fn fuser_config(opts: &MountOptions) -> fuser::Config {
+pub(crate) fn fuser_config(opts: &MountOptions) -> fuser::Config {
     let mut cfg = fuser::Config::default();
     cfg.mount_options = vec![
         MountOption::FSName(opts.fsname.clone()),
@@ -842,7 +842,7 @@ pub fn fuser_config(opts: &MountOptions) -> fuser::Config {
 }
 
 /// Unmounts `mountpoint` lazily (root: umount2 with MNT_DETACH; others: fusermount3 -u -z).
-pub fn unmount(mountpoint: &Path) -> std::io::Result<()> {
+pub(crate) fn unmount(mountpoint: &Path) -> std::io::Result<()> {
     if crate::store::sys::geteuid() == 0 {
         return crate::store::sys::umount_lazy(mountpoint);
     }

@@ -37,14 +37,17 @@ pub struct ScanReport {
 
 impl ScanReport {
     /// Files with a slot under `key` (any version), and whether the volume key is under it.
-    pub fn dependents(&self, key: &str) -> (u64, bool) {
+    pub(crate) fn dependents(&self, key: &str) -> (u64, bool) {
         let files = self.by_key.get(key).map_or(0, |v| v.values().sum());
         (files, self.volume_key.0 == key)
     }
 }
 
 /// Scans BACKING/data, stopping after `budget` if given (then `complete` is false).
-pub fn scan(backing: &Path, budget: Option<Duration>) -> Result<ScanReport, vol::VolumeError> {
+pub(crate) fn scan(
+    backing: &Path,
+    budget: Option<Duration>,
+) -> Result<ScanReport, vol::VolumeError> {
     let cfg = vol::read_config(backing)?;
     let mut report = ScanReport {
         volume_key: (cfg.volume_key.key_id.clone(), cfg.volume_key.version),
@@ -109,7 +112,7 @@ fn count_file(path: &Path, report: &mut ScanReport) {
 
 /// Key states and aliases as the keystore file says, read without the passphrase (so not
 /// authenticated: for display only).
-pub fn keystore_labels(backing: &Path) -> BTreeMap<String, String> {
+pub(crate) fn keystore_labels(backing: &Path) -> BTreeMap<String, String> {
     let read = || -> Option<BTreeMap<String, String>> {
         let cfg = vol::read_config(backing).ok()?;
         let text = std::fs::read_to_string(vol::keystore_path(backing, &cfg)).ok()?;

@@ -33,10 +33,10 @@ use crate::keys::secret::Unlock;
 use crate::store::sys;
 
 /// The hidden subcommand a background daemon runs as; it reads the hand-over on stdin.
-pub const DAEMON_SUBCOMMAND: &str = "__daemon";
+pub(crate) const DAEMON_SUBCOMMAND: &str = "__daemon";
 
 /// How long `mount --background` waits for the daemon to come up.
-pub const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The hand-over format this build writes and reads.
 const HANDOFF_VERSION: u32 = 1;
@@ -172,7 +172,7 @@ fn decode(buf: &[u8]) -> Result<(DaemonSettings, Unlock), String> {
 }
 
 /// In the daemon: reads the hand-over from stdin (unbuffered, to end of file).
-pub fn receive() -> Result<(DaemonSettings, Unlock), BackgroundError> {
+pub(crate) fn receive() -> Result<(DaemonSettings, Unlock), BackgroundError> {
     let fail = |e: String| BackgroundError::Receive(e);
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
@@ -206,7 +206,7 @@ pub fn receive() -> Result<(DaemonSettings, Unlock), BackgroundError> {
 /// settings and `unlock`, and waits until the mount is up (it appears in
 /// /proc/self/mountinfo), the daemon exits, or [`BACKGROUND_TIMEOUT`] passes. The daemon logs
 /// to `settings.log_file`, by default `$TMPDIR/envelopefs-UID-PID.log`.
-pub fn spawn(
+pub(crate) fn spawn(
     settings: &DaemonSettings,
     unlock: Unlock,
     scrub_env: &[&str],

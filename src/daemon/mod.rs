@@ -32,7 +32,7 @@ use crate::store::volume::{self as vol, VolumeError};
 
 /// How often a mounted daemon runs key maintenance (automatic rotation when due, ended
 /// deletion windows, expired imported material) and flushes the audit trail to disk.
-pub const MAINTENANCE_PERIOD: Duration = Duration::from_secs(60);
+pub(crate) const MAINTENANCE_PERIOD: Duration = Duration::from_secs(60);
 
 /// Why a mount did not start or ended badly. The CLI turns each into an exit code.
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +88,7 @@ pub enum DaemonError {
 }
 
 /// Points this process's stderr (and with it the log) at `path`, appending.
-pub fn redirect_stderr(path: &Path) -> Result<(), DaemonError> {
+pub(crate) fn redirect_stderr(path: &Path) -> Result<(), DaemonError> {
     let f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -159,7 +159,7 @@ impl Daemon {
     /// Unlocks the keystore with `unlock` (dropped, so zeroized, once the keystore is open),
     /// mounts, calls `on_mounted` once the mount is up, and serves until unmounted or
     /// signalled (Ctrl-C, SIGTERM: unmount, lazily if busy).
-    pub fn mount(
+    pub(crate) fn mount(
         self,
         unlock: Unlock,
         on_mounted: impl FnOnce(&DaemonSettings),

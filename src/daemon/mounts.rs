@@ -41,7 +41,7 @@ fn mounts() -> Vec<Mount> {
 }
 
 /// True when something is mounted on `mountpoint`.
-pub fn is_mounted(mountpoint: &Path) -> bool {
+pub(crate) fn is_mounted(mountpoint: &Path) -> bool {
     let Ok(want) = std::fs::canonicalize(mountpoint) else {
         return false;
     };
@@ -50,7 +50,7 @@ pub fn is_mounted(mountpoint: &Path) -> bool {
 
 /// Where the volume `backing` is mounted: a FUSE mount whose source is BACKING's canonical
 /// path.
-pub fn mount_of(backing: &Path) -> Option<PathBuf> {
+pub(crate) fn mount_of(backing: &Path) -> Option<PathBuf> {
     let want = std::fs::canonicalize(backing).ok()?;
     mounts()
         .into_iter()

@@ -66,7 +66,7 @@ impl DaemonSettings {
 
     /// The adapter's options. The source name shown in /proc/mounts is BACKING's canonical
     /// path, so tools (reencrypt) find the mount of a volume.
-    pub fn mount_options(&self) -> MountOptions {
+    pub(crate) fn mount_options(&self) -> MountOptions {
         MountOptions {
             allow_other: self.allow_other,
             threads: self.threads,
@@ -117,22 +117,27 @@ mod wire_path {
         }
     }
 
-    pub fn serialize<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
         Wire::of(p).serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
         Wire::deserialize(d).map(Wire::into_path)
     }
 
     pub mod option {
         use super::*;
 
-        pub fn serialize<S: Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+        pub(crate) fn serialize<S: Serializer>(
+            p: &Option<PathBuf>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
             p.as_deref().map(Wire::of).serialize(s)
         }
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<PathBuf>, D::Error> {
             Option::<Wire>::deserialize(d).map(|w| w.map(Wire::into_path))
         }
     }

@@ -72,7 +72,7 @@ pub enum Kind {
 
 impl Kind {
     /// From `st_mode`.
-    pub fn from_mode(mode: u32) -> Kind {
+    pub(crate) fn from_mode(mode: u32) -> Kind {
         match mode & libc::S_IFMT {
             libc::S_IFDIR => Kind::Dir,
             libc::S_IFLNK => Kind::Symlink,
@@ -85,7 +85,7 @@ impl Kind {
     }
 
     /// From a `d_type`.
-    pub fn from_dtype(t: u8) -> Kind {
+    pub(crate) fn from_dtype(t: u8) -> Kind {
         match t {
             libc::DT_DIR => Kind::Dir,
             libc::DT_LNK => Kind::Symlink,
@@ -235,19 +235,19 @@ impl EncFs {
     /// FUSE_HANDLE_KILLPRIV_V2 the kernel leaves this to the filesystem and says when
     /// (FUSE_WRITE_KILL_SUIDGID on a write); in exchange it stops asking for
     /// `security.capability` before every write.
-    pub fn drop_setid(&self, ino: u64) -> FsResult<()> {
+    pub(crate) fn drop_setid(&self, ino: u64) -> FsResult<()> {
         let fd = self.inodes.get(ino)?;
         drop_setid_fd(fd.as_raw_fd(), None)
     }
 
     /// access: the kernel checks mode bits (default_permissions); this only checks existence.
-    pub fn access(&self, ino: u64) -> FsResult<()> {
+    pub(crate) fn access(&self, ino: u64) -> FsResult<()> {
         let fd = self.inodes.get(ino)?;
         sys::fstat(fd.as_raw_fd()).map(drop).map_err(Into::into)
     }
 
     /// statfs of the backing filesystem.
-    pub fn statfs(&self) -> FsResult<libc::statvfs> {
+    pub(crate) fn statfs(&self) -> FsResult<libc::statvfs> {
         let fd = self.inodes.get(super::inode::ROOT_INO)?;
         Ok(sys::statvfs(fd.as_raw_fd())?)
     }

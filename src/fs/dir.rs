@@ -94,7 +94,7 @@ impl EncFs {
     }
 
     /// forget: drops `n` kernel references.
-    pub fn forget(&self, ino: u64, n: u64) {
+    pub(crate) fn forget(&self, ino: u64, n: u64) {
         self.inodes.forget(ino, n);
     }
 
@@ -117,7 +117,7 @@ impl EncFs {
     }
 
     /// mknod: fifos, sockets and (for root) device nodes. Regular files come through create.
-    pub fn mknod(
+    pub(crate) fn mknod(
         &self,
         parent: u64,
         name: &OsStr,
@@ -142,7 +142,7 @@ impl EncFs {
 
     /// symlink. The target is stored as given (see docs/SECURITY.md: link targets are not
     /// encrypted).
-    pub fn symlink(
+    pub(crate) fn symlink(
         &self,
         parent: u64,
         name: &OsStr,
@@ -274,7 +274,12 @@ impl EncFs {
     /// but "." and ".." counts one kernel lookup, as FUSE requires; the caller must
     /// [`forget`](Self::forget) the entries it could not pass on. Entries that vanished since
     /// opendir are left out.
-    pub fn readdirplus(&self, ino: u64, fh: u64, offset: u64) -> FsResult<Vec<(u64, Entry, Attr)>> {
+    pub(crate) fn readdirplus(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+    ) -> FsResult<Vec<(u64, Entry, Attr)>> {
         let entries = self.readdir(ino, fh, offset)?;
         let mut out = Vec::with_capacity(entries.len());
         for (next, e) in entries {
@@ -308,7 +313,7 @@ impl EncFs {
     }
 
     /// fsyncdir.
-    pub fn fsyncdir(&self, ino: u64) -> FsResult<()> {
+    pub(crate) fn fsyncdir(&self, ino: u64) -> FsResult<()> {
         let fd = self.inodes.get(ino)?;
         let d = sys::open_dir(fd.as_raw_fd())?;
         Ok(std::fs::File::from(d).sync_all()?)

@@ -56,7 +56,7 @@ impl FsError {
 
     /// Whether the error is worth a warning in the log (integrity and key failures), as
     /// opposed to ordinary results such as ENOENT.
-    pub fn is_alarming(&self) -> bool {
+    pub(crate) fn is_alarming(&self) -> bool {
         matches!(self, FsError::Format(_) | FsError::Key(_))
             || matches!(self, FsError::Io(e) if e.raw_os_error() == Some(libc::EIO))
     }

@@ -278,7 +278,7 @@ impl EncFs {
     /// handle on the inode exists or is being opened, or when the kernel was already given
     /// this inode's contents. Until the returned [`Prefetch`] is dropped, every other open of
     /// the inode waits (docs/DESIGN.md §Prefetch on open).
-    pub fn prefetch(&self, fh: u64, max: u64) -> Option<Prefetch> {
+    pub(crate) fn prefetch(&self, fh: u64, max: u64) -> Option<Prefetch> {
         let h = self.handle(fh).ok()?;
         let size = h.open.state.read().expect("file state poisoned").size;
         if size == 0 || size > max || !self.inodes.wants_fill(h.ino) {
@@ -311,7 +311,7 @@ impl EncFs {
     /// Records that the kernel's page cache was given `ino`'s contents (see
     /// [`EncFs::prefetch`]); later opens do not prefetch it again while the kernel knows
     /// the inode.
-    pub fn prefetched(&self, ino: u64) {
+    pub(crate) fn prefetched(&self, ino: u64) {
         self.inodes.mark_filled(ino);
     }
 
@@ -381,7 +381,7 @@ impl EncFs {
     /// fallocate: mode 0 grows the file to cover the range (blocks are written, so the space
     /// is really allocated); FALLOC_FL_KEEP_SIZE preallocates the backing range; other modes
     /// are not supported (EOPNOTSUPP).
-    pub fn fallocate(
+    pub(crate) fn fallocate(
         &self,
         fh: u64,
         offset: u64,
@@ -415,7 +415,7 @@ impl EncFs {
     }
 
     /// fsync.
-    pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
+    pub(crate) fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
         let h = self.handle(fh)?;
         if datasync {
             h.file.sync_data()?
@@ -448,12 +448,12 @@ impl EncFs {
     }
 
     /// The key service's generation ([`crate::keys::KeyService::generation`]).
-    pub fn key_generation(&self) -> u64 {
+    pub(crate) fn key_generation(&self) -> u64 {
         self.keys.generation()
     }
 
     /// The inodes that have open handles.
-    pub fn open_inodes(&self) -> Vec<u64> {
+    pub(crate) fn open_inodes(&self) -> Vec<u64> {
         self.open_files
             .lock()
             .expect("open files poisoned")

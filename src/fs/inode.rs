@@ -22,7 +22,7 @@ use super::error::{FsError, FsResult};
 use crate::store::sys;
 
 /// FUSE's root inode number.
-pub const ROOT_INO: u64 = 1;
+pub(crate) const ROOT_INO: u64 = 1;
 
 struct Node {
     nlookup: u64,
@@ -80,7 +80,7 @@ impl InodeTable {
     }
 
     /// The FUSE inode number of a backing inode number.
-    pub fn fuse_ino(&self, backing: u64) -> u64 {
+    pub(crate) fn fuse_ino(&self, backing: u64) -> u64 {
         if backing == self.root_backing_ino {
             ROOT_INO
         } else if backing == ROOT_INO {
@@ -108,7 +108,7 @@ impl InodeTable {
     }
 
     /// The O_PATH fd of an inode, reopening it by parent and name if it was evicted.
-    pub fn get(&self, ino: u64) -> FsResult<Arc<OwnedFd>> {
+    pub(crate) fn get(&self, ino: u64) -> FsResult<Arc<OwnedFd>> {
         if ino == ROOT_INO {
             return Ok(self.root.clone());
         }
@@ -203,7 +203,7 @@ impl InodeTable {
 
     /// Keeps `ino`'s descriptor for as long as the kernel remembers the inode: call before
     /// the name that leads to it is removed or replaced.
-    pub fn pin(&self, ino: u64) {
+    pub(crate) fn pin(&self, ino: u64) {
         if ino == ROOT_INO || !self.lock().nodes.contains_key(&ino) {
             return;
         }
@@ -220,7 +220,7 @@ impl InodeTable {
 
     /// Whether `ino` is known to have no extended attributes, and the xattr generation to
     /// pass to [`InodeTable::mark_xattr_free`] after listing them.
-    pub fn xattr_state(&self, ino: u64) -> (bool, u64) {
+    pub(crate) fn xattr_state(&self, ino: u64) -> (bool, u64) {
         let t = self.lock();
         t.nodes.get(&ino).map_or((false, 0), |n| {
             (n.fd.is_some() && n.xattr_free, n.xattr_gen)
@@ -230,7 +230,7 @@ impl InodeTable {
     /// Records that the inode behind `fd` had no extended attributes when listed, unless an
     /// xattr changed since [`InodeTable::xattr_state`] returned `generation` or the
     /// descriptor was replaced.
-    pub fn mark_xattr_free(&self, ino: u64, generation: u64, fd: &Arc<OwnedFd>) {
+    pub(crate) fn mark_xattr_free(&self, ino: u64, generation: u64, fd: &Arc<OwnedFd>) {
         let mut t = self.lock();
         if let Some(n) = t.nodes.get_mut(&ino)
             && n.xattr_gen == generation
@@ -241,7 +241,7 @@ impl InodeTable {
     }
 
     /// Call after setting or removing an xattr of `ino`.
-    pub fn xattrs_changed(&self, ino: u64) {
+    pub(crate) fn xattrs_changed(&self, ino: u64) {
         let mut t = self.lock();
         if let Some(n) = t.nodes.get_mut(&ino) {
             n.xattr_free = false;
@@ -250,19 +250,19 @@ impl InodeTable {
     }
 
     /// Whether a prefetch of `ino` is still worth doing (see [`InodeTable::mark_filled`]).
-    pub fn wants_fill(&self, ino: u64) -> bool {
+    pub(crate) fn wants_fill(&self, ino: u64) -> bool {
         self.lock().nodes.get(&ino).is_some_and(|n| !n.filled)
     }
 
     /// Records that the kernel was given `ino`'s contents; forgotten with the inode.
-    pub fn mark_filled(&self, ino: u64) {
+    pub(crate) fn mark_filled(&self, ino: u64) {
         if let Some(n) = self.lock().nodes.get_mut(&ino) {
             n.filled = true;
         }
     }
 
     /// Records that `ino` is now called `name` in `parent` (after a rename through the mount).
-    pub fn renamed(&self, ino: u64, parent: u64, name: &OsStr) {
+    pub(crate) fn renamed(&self, ino: u64, parent: u64, name: &OsStr) {
         let mut t = self.lock();
         if let Some(n) = t.nodes.get_mut(&ino) {
             n.parent = parent;
@@ -271,7 +271,7 @@ impl InodeTable {
     }
 
     /// Drops `n` kernel lookups of `ino`; the node goes when none remain.
-    pub fn forget(&self, ino: u64, n: u64) {
+    pub(crate) fn forget(&self, ino: u64, n: u64) {
         if ino == ROOT_INO {
             return;
         }
@@ -291,18 +291,9 @@ impl InodeTable {
         drop(gone);
     }
 
-    /// Number of inodes currently remembered (the root excluded).
-    pub fn len(&self) -> usize {
-        self.lock().nodes.len()
-    }
-
-    /// True when no inode but the root is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Number of cached descriptors (pinned ones included).
-    pub fn open_fds(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn open_fds(&self) -> usize {
         self.lock()
             .nodes
             .values()

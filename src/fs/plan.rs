@@ -119,7 +119,7 @@ impl WritePlan {
     /// Plans the change of a file with a header from `old_size` to `new_size` plaintext bytes
     /// with `write` = (offset, length) applied. A write must lie within the new size and not be
     /// empty (`write_content` returns early on an empty write).
-    pub(crate) fn new(
+    pub fn new(
         layout: Layout,
         old_size: u64,
         new_size: u64,

@@ -10,7 +10,6 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use zeroize::Zeroizing;
@@ -28,14 +27,19 @@ use crate::store::sys::{self, SetTime};
 /// The attribute name a mounted daemon takes as a request to re-encrypt a file (`setxattr`
 /// through the mount, value: the destination key or empty for the file's own key). It is never
 /// stored. `envelopefs reencrypt` uses it on a mounted volume.
-pub const REENCRYPT_XATTR: &str = "user.envelopefs.reencrypt";
+pub(crate) const REENCRYPT_XATTR: &str = "user.envelopefs.reencrypt";
 
 impl EncFs {
     /// Gives regular file `ino` a fresh data key, wrapped under `to_key` (default: the CMK of
     /// its first slot), and re-encrypts its contents with `caller`'s rights (Decrypt of the
     /// old key, GenerateDataKey on the new one). Returns false for an empty file that has no
     /// key yet.
-    pub fn reencrypt(&self, ino: u64, to_key: Option<&str>, caller: &Caller) -> FsResult<bool> {
+    pub(crate) fn reencrypt(
+        &self,
+        ino: u64,
+        to_key: Option<&str>,
+        caller: &Caller,
+    ) -> FsResult<bool> {
         let fd = self.inodes.get(ino)?;
         let st = sys::fstat(fd.as_raw_fd())?;
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
@@ -119,10 +123,11 @@ impl EncFs {
 
     /// The header copy (A) of a file as stored: for tests and tools that check what a
     /// re-encryption changed.
-    pub fn stored_header(&self, ino: u64) -> FsResult<FileHeader> {
+    #[cfg(test)]
+    pub(crate) fn stored_header(&self, ino: u64) -> FsResult<FileHeader> {
         let file = self.open_backing(ino, libc::O_RDONLY | libc::O_NOATIME)?;
         let mut copy = [0u8; crate::format::header::HEADER_COPY_LEN];
-        file.read_exact_at(&mut copy, 0)?;
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut copy, 0)?;
         Ok(FileHeader::decode(&copy)?)
     }
 }

@@ -32,7 +32,7 @@ use crate::keys::{Caller, KeyService, WrappedKey};
 use crate::store::sys;
 
 /// Key-derivation context of the xattr key.
-pub const XATTR_KEY_CONTEXT: &str = "envelopefs xattr key v1";
+pub(crate) const XATTR_KEY_CONTEXT: &str = "envelopefs xattr key v1";
 const XATTR_AD_PREFIX: &[u8] = b"envelopefs xattr v1";
 
 /// Encrypts and decrypts `user.*` xattr values.
@@ -49,7 +49,11 @@ fn ad(name: &OsStr) -> Vec<u8> {
 
 impl XattrCipher {
     /// Unwraps the volume key named in the config and derives the xattr key.
-    pub fn unwrap(keys: &dyn KeyService, cfg: &VolumeConfig, caller: &Caller) -> FsResult<Self> {
+    pub(crate) fn unwrap(
+        keys: &dyn KeyService,
+        cfg: &VolumeConfig,
+        caller: &Caller,
+    ) -> FsResult<Self> {
         let wrapped = crate::store::volume::wrapped_volume_key(cfg)?;
         let ctx = crate::format::context::EncryptionContext::for_volume_key(&cfg.volume_id);
         let vk = keys.decrypt(&wrapped, &ctx, caller)?;
@@ -60,7 +64,7 @@ impl XattrCipher {
 
     /// The key decision for `caller` on the volume key (state, policy, grants), as at mount:
     /// Ok when the key service would unwrap it for them now. The key is dropped at once.
-    pub fn authorize(&self, keys: &dyn KeyService, caller: &Caller) -> FsResult<()> {
+    pub(crate) fn authorize(&self, keys: &dyn KeyService, caller: &Caller) -> FsResult<()> {
         if let Some((wrapped, ctx)) = &self.volume_key {
             keys.decrypt(wrapped, ctx, caller)?;
         }
@@ -79,7 +83,7 @@ impl XattrCipher {
     }
 
     /// Encrypts one value under a fresh random nonce.
-    pub fn seal(&self, name: &OsStr, value: &[u8]) -> Vec<u8> {
+    pub(crate) fn seal(&self, name: &OsStr, value: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).expect("the OS random number generator failed");
         self.seal_with_nonce(name, value, nonce)
@@ -142,7 +146,7 @@ fn is_user(name: &OsStr) -> bool {
 ///
 /// `ls -l`, `cp` and `tar` remember a filesystem that answers EOPNOTSUPP for these names and
 /// stop asking, which halves the requests of `ls -l`.
-pub const REFUSED: [&str; 3] = [
+pub(crate) const REFUSED: [&str; 3] = [
     "system.posix_acl_access",
     "system.posix_acl_default",
     "security.selinux",
@@ -198,7 +202,7 @@ impl EncFs {
     }
 
     /// setxattr. A `user.*` value is sealed after the inode's key decision for `caller`.
-    pub fn setxattr(
+    pub(crate) fn setxattr(
         &self,
         ino: u64,
         name: &OsStr,
@@ -260,7 +264,7 @@ impl EncFs {
 
     /// getxattr: the whole value (the adapter handles the size protocol). A `user.*` value is
     /// opened only after the inode's key decision for `caller`.
-    pub fn getxattr(&self, ino: u64, name: &OsStr, caller: &Caller) -> FsResult<Vec<u8>> {
+    pub(crate) fn getxattr(&self, ino: u64, name: &OsStr, caller: &Caller) -> FsResult<Vec<u8>> {
         refuse(name)?;
         let fd = self.inodes.get(ino)?;
         if ino != ROOT_INO && self.xattr_free(ino, &fd)? {
@@ -291,7 +295,7 @@ impl EncFs {
     }
 
     /// listxattr: NUL-separated names.
-    pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+    pub(crate) fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
         let fd = self.inodes.get(ino)?;
         if ino != ROOT_INO && self.inodes.xattr_state(ino).0 {
             return Ok(Vec::new());
@@ -300,7 +304,7 @@ impl EncFs {
     }
 
     /// removexattr.
-    pub fn removexattr(&self, ino: u64, name: &OsStr) -> FsResult<()> {
+    pub(crate) fn removexattr(&self, ino: u64, name: &OsStr) -> FsResult<()> {
         refuse(name)?;
         let fd = self.inodes.get(ino)?;
         sys::removexattr(fd.as_raw_fd(), name).map_err(|e| {

@@ -47,7 +47,7 @@ pub fn cmk_slot(w: WrappedKey) -> KeySlot {
 }
 
 /// The CMK slots of a header as wrapped keys.
-pub fn wrapped_slots(h: &FileHeader) -> impl Iterator<Item = (usize, WrappedKey)> + '_ {
+pub(crate) fn wrapped_slots(h: &FileHeader) -> impl Iterator<Item = (usize, WrappedKey)> + '_ {
     h.slots.iter().enumerate().filter_map(|(i, s)| match s {
         KeySlot::Cmk {
             key_id,
@@ -74,7 +74,7 @@ pub fn wrapped_slots(h: &FileHeader) -> impl Iterator<Item = (usize, WrappedKey)
 /// *refused* every slot of the newer copy (disabled or deleted key, access denied). A key
 /// decision taken on the file's current key therefore cannot be bypassed through a stale copy
 /// still wrapped under an older key; the refusal is returned.
-pub fn unlock(
+pub(crate) fn unlock(
     keys: &dyn KeyService,
     volume_id: &str,
     block_size: u32,
@@ -148,7 +148,7 @@ fn is_refusal(e: &HeaderError) -> bool {
 }
 
 /// Reads the 1024-byte header region of a non-empty backing file.
-pub fn read_region(file: &File) -> io::Result<[u8; HEADER_REGION]> {
+pub(crate) fn read_region(file: &File) -> io::Result<[u8; HEADER_REGION]> {
     let mut region = [0u8; HEADER_REGION];
     file.read_exact_at(&mut region, 0)?;
     Ok(region)
@@ -156,7 +156,7 @@ pub fn read_region(file: &File) -> io::Result<[u8; HEADER_REGION]> {
 
 /// Writes a new file's header: both copies, identical, sequence 1, followed in the same write
 /// by `tail` (the empty sealed block of a `sealed-holes` volume, or nothing).
-pub fn write_new(
+pub(crate) fn write_new(
     file: &File,
     h: &FileHeader,
     dek: &DataKey,
@@ -179,7 +179,7 @@ pub fn write_new(
 /// the new copy is durable (a sync), [`converge`] copies it over the old one, so that no slot
 /// of a key the file no longer depends on survives in either copy. A crash at any instant
 /// leaves at least one valid copy, and the newest copy always decides (see [`unlock`]).
-pub fn rewrite(
+pub(crate) fn rewrite(
     file: &File,
     mut h: FileHeader,
     dek: &DataKey,
@@ -213,7 +213,7 @@ pub struct Converge {
 impl Converge {
     /// What [`unlock`]'s accepted copy asks for: None when both copies already hold the same
     /// bytes.
-    pub fn after_unlock(region: &[u8; HEADER_REGION], accepted: usize) -> Option<Converge> {
+    pub(crate) fn after_unlock(region: &[u8; HEADER_REGION], accepted: usize) -> Option<Converge> {
         let (a, b) = region.split_at(HEADER_COPY_LEN);
         if a == b {
             return None;
@@ -229,7 +229,7 @@ impl Converge {
 /// Runs the second half of a header change on `file` (whose [`FileLock`] the caller holds):
 /// if copy `c.copy` still holds the bytes `c.digest` names, writes them over the other copy
 /// and returns true; otherwise (the file changed since) writes nothing and returns false.
-pub fn converge(file: &File, c: &Converge) -> Result<bool, HeaderError> {
+pub(crate) fn converge(file: &File, c: &Converge) -> Result<bool, HeaderError> {
     let region = read_region(file)?;
     let keep = &region[c.copy * HEADER_COPY_LEN..(c.copy + 1) * HEADER_COPY_LEN];
     if blake3::hash(keep).as_bytes() != &c.digest {

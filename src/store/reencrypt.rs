@@ -23,13 +23,13 @@ use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Journal directory, in BACKING.
-pub const JOURNAL_DIR: &str = ".reencrypt";
+pub(crate) const JOURNAL_DIR: &str = ".reencrypt";
 const MAGIC: &[u8; 8] = b"EnvFSrj1";
 const PREFIX_LEN: u64 = 32;
 const COPY_CHUNK: usize = 1 << 20;
 /// Environment variable naming a failpoint (`reencrypt-after-commit`: abort the process right
 /// after a journal is committed), so tests can crash in a window too short to hit by timing.
-pub const FAILPOINT: &str = "ENVELOPEFS_FAILPOINT";
+pub(crate) const FAILPOINT: &str = "ENVELOPEFS_FAILPOINT";
 
 /// A journal being written: [`Journal::writer`] takes the new bytes, [`Journal::apply`] commits
 /// them and copies them over the target.
@@ -42,7 +42,7 @@ pub struct Journal {
 
 impl Journal {
     /// Starts a journal for `target` in `backing/.reencrypt`.
-    pub fn begin(backing: &Path, target: &File) -> io::Result<Journal> {
+    pub(crate) fn begin(backing: &Path, target: &File) -> io::Result<Journal> {
         let dir = backing.join(JOURNAL_DIR);
         match fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => {}
@@ -81,7 +81,7 @@ impl Journal {
     /// Commits the journal (fsync, rename to `.redo`, fsync the directory), copies it over
     /// `target` and removes it. An error before the commit leaves the target untouched and
     /// removes the journal; an error after it leaves the journal for [`recover`].
-    pub fn apply(self, target: &File) -> io::Result<()> {
+    pub(crate) fn apply(self, target: &File) -> io::Result<()> {
         let Journal { dir, tmp, out, len } = self;
         let committed = (|| -> io::Result<PathBuf> {
             let f = out.into_inner().map_err(|e| e.into_error())?;
@@ -157,7 +157,7 @@ fn read_prefix(j: &mut File) -> io::Result<(u64, u64, u64)> {
 /// `backing/.reencrypt` is copied over its target (found under `data_dir` by device and inode
 /// number) and removed; uncommitted ones are removed. Returns how many files were completed.
 /// Call with the volume not mounted (under its lock).
-pub fn recover(backing: &Path, data_dir: &Path) -> io::Result<usize> {
+pub(crate) fn recover(backing: &Path, data_dir: &Path) -> io::Result<usize> {
     let dir = backing.join(JOURNAL_DIR);
     let entries = match fs::read_dir(&dir) {
         Ok(e) => e,

@@ -19,7 +19,7 @@ use crate::format::volume::VolumeConfig;
 use crate::keys::{Caller, KeyError, KeyId, KeyService};
 
 /// Lock file (in the backing directory) held for the length of a re-wrap run.
-pub const REWRAP_LOCK: &str = ".rewrap.lock";
+pub(crate) const REWRAP_LOCK: &str = ".rewrap.lock";
 
 /// What to re-wrap.
 #[derive(Clone, Debug, Default)]
@@ -71,7 +71,7 @@ pub enum VolumeKeyError {
 /// Re-wraps the volume key in `envelopefs.json` like a file's data key (same key choice and
 /// version rule); the config is replaced atomically. Returns the new (key id, version) if it
 /// moved (or, with dry_run, would move).
-pub fn rewrap_volume_key(
+pub(crate) fn rewrap_volume_key(
     backing: &Path,
     cfg: &VolumeConfig,
     keys: &dyn KeyService,
@@ -113,7 +113,7 @@ pub enum FileOutcome {
 /// Re-wraps one file (first half of the header change). Returns what it found and, when the
 /// two header copies differ afterwards, the [`Converge`] that the run's second pass applies
 /// once the new copy is durable.
-pub fn rewrap_file(
+pub(crate) fn rewrap_file(
     path: &Path,
     keys: &dyn KeyService,
     volume_id: &str,
@@ -212,7 +212,7 @@ fn converge_file(path: &Path, c: &Converge) -> Result<bool, HeaderError> {
 /// crash in between leaves files whose newest copy is current and whose other copy is stale:
 /// readers use the newest one (a key refusal on it is final), and the next run finds and
 /// converges them.
-pub fn rewrap_tree(
+pub(crate) fn rewrap_tree(
     data_dir: &Path,
     keys: &dyn KeyService,
     volume_id: &str,

@@ -17,13 +17,13 @@ use crate::format::volume::{VolumeConfig, WrappedKeyRecord};
 use crate::keys::{KeyId, WrappedKey};
 
 /// Name of the volume config file.
-pub const CONFIG_NAME: &str = "envelopefs.json";
+pub(crate) const CONFIG_NAME: &str = "envelopefs.json";
 /// Default keystore file name.
-pub const KEYSTORE_NAME: &str = "keystore.json";
+pub(crate) const KEYSTORE_NAME: &str = "keystore.json";
 /// Directory holding the encrypted tree.
-pub const DATA_DIR: &str = "data";
+pub(crate) const DATA_DIR: &str = "data";
 /// Lock file name.
-pub const LOCK_NAME: &str = ".lock";
+pub(crate) const LOCK_NAME: &str = ".lock";
 
 /// Errors opening or creating a backing directory.
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +109,7 @@ pub fn prepare(root: &Path) -> Result<(), VolumeError> {
 
 /// Lays out a new volume in `root` (after [`prepare`] and the keystore's creation) and writes
 /// its config last, so a crash leaves no half-made volume that looks complete.
-pub fn init_layout(root: &Path, config: &VolumeConfig) -> Result<(), VolumeError> {
+pub(crate) fn init_layout(root: &Path, config: &VolumeConfig) -> Result<(), VolumeError> {
     if root.join(CONFIG_NAME).exists() {
         return Err(VolumeError::AlreadyExists(root.to_owned()));
     }
@@ -120,13 +120,13 @@ pub fn init_layout(root: &Path, config: &VolumeConfig) -> Result<(), VolumeError
 }
 
 /// Replaces a volume's config atomically (temp file, fsync, rename).
-pub fn write_config(root: &Path, config: &VolumeConfig) -> Result<(), VolumeError> {
+pub(crate) fn write_config(root: &Path, config: &VolumeConfig) -> Result<(), VolumeError> {
     let cfg = root.join(CONFIG_NAME);
     crate::atomic::atomic_write(&cfg, &config.to_bytes(), 0o644).map_err(io_err(&cfg))
 }
 
 /// The wrapped volume key a config records, as the key service takes it.
-pub fn wrapped_volume_key(config: &VolumeConfig) -> Result<WrappedKey, FormatError> {
+pub(crate) fn wrapped_volume_key(config: &VolumeConfig) -> Result<WrappedKey, FormatError> {
     let rec = &config.volume_key;
     let bad = || FormatError::BadConfig("volume_key is malformed".into());
     Ok(WrappedKey {
@@ -137,7 +137,7 @@ pub fn wrapped_volume_key(config: &VolumeConfig) -> Result<WrappedKey, FormatErr
 }
 
 /// The config record of a wrapped volume key.
-pub fn volume_key_record(wrapped: &WrappedKey) -> WrappedKeyRecord {
+pub(crate) fn volume_key_record(wrapped: &WrappedKey) -> WrappedKeyRecord {
     WrappedKeyRecord {
         key_id: wrapped.key_id.to_string(),
         version: wrapped.version,
@@ -199,7 +199,7 @@ pub enum VolumeCreateError {
 }
 
 /// Reads and validates a volume's config.
-pub fn read_config(root: &Path) -> Result<VolumeConfig, VolumeError> {
+pub(crate) fn read_config(root: &Path) -> Result<VolumeConfig, VolumeError> {
     let cfg = root.join(CONFIG_NAME);
     let bytes = match fs::read(&cfg) {
         Ok(b) => b,
@@ -237,7 +237,7 @@ pub struct VolumeLock {
 }
 
 /// Takes the volume's mount lock without waiting.
-pub fn lock(root: &Path) -> Result<VolumeLock, VolumeError> {
+pub(crate) fn lock(root: &Path) -> Result<VolumeLock, VolumeError> {
     let p = root.join(LOCK_NAME);
     let file = OpenOptions::new()
         .create(true)

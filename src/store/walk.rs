@@ -48,7 +48,7 @@ pub(crate) struct Walk {
 
 impl Walk {
     /// A walk of the tree under `root` (a root that cannot be read is the first error item).
-    pub(crate) fn new(root: &Path) -> Walk {
+    pub fn new(root: &Path) -> Walk {
         Walk {
             pending: vec![root.to_owned()],
             current: None,
