@@ -490,14 +490,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             secret,
         } => crate::cli_reencrypt::run(
             &backing,
-            &crate::cli_reencrypt::ReencryptOptions {
+            &crate::ops::reencrypt::ReencryptOptions {
                 to_key,
                 path,
                 mountpoint,
                 restart,
-                json,
             },
             &secret,
+            json,
         ),
         Command::Unmount { mountpoint } => crate::fuse::unmount(&mountpoint).map_err(|e| {
             fail(

@@ -20,6 +20,7 @@ pub use envelopefs_format as format;
 pub mod daemon;
 pub mod fs;
 pub mod fuse;
+pub mod ops;
 /// The key service (crate `envelopefs-kms`).
 pub use envelopefs_kms as keys;
 pub mod store;
