@@ -12,9 +12,6 @@
 
 pub use envelopefs_sys::atomic;
 pub mod cli;
-pub mod cli_keys;
-pub mod cli_reencrypt;
-pub mod cli_rewrap;
 /// The on-disk format (crate `envelopefs-format`).
 pub use envelopefs_format as format;
 pub mod daemon;

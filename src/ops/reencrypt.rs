@@ -261,7 +261,6 @@ impl Progress {
     }
 }
 
-
 /// Runs a re-encryption in `mode` (`unlock` is the secret for an offline run). `on_start` is
 /// told how many files an interrupted earlier run already did and how many files there are;
 /// `on_file` is called after each file.
@@ -317,9 +316,9 @@ pub(crate) fn run(
                 continue;
             }
         }
-        progress.record(rel).map_err(|e| {
-            OpsError::Io(format!("cannot write {}: {e}", progress.path.display()))
-        })?;
+        progress
+            .record(rel)
+            .map_err(|e| OpsError::Io(format!("cannot write {}: {e}", progress.path.display())))?;
     }
     if summary.failed.is_empty() {
         let _ = std::fs::remove_file(&progress.path);

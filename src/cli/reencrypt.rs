@@ -37,7 +37,7 @@ pub(crate) fn run(
     } else {
         None
     };
-    let bar = crate::cli_rewrap::files_bar("reencrypt", 0, json);
+    let bar = crate::cli::rewrap::files_bar("reencrypt", 0, json);
     let summary = run_ops(
         backing,
         mode,

@@ -1,6 +1,10 @@
 //! Command-line interface: clap parses, this module builds config structs and calls the
 //! library. Exit codes are stable (see [`ExitCode`] and README.md §Exit codes).
 
+pub(crate) mod keys;
+pub(crate) mod reencrypt;
+pub(crate) mod rewrap;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -208,9 +212,9 @@ pub enum Command {
     },
     /// Manage the volume's customer master keys: lifecycle, aliases, rotation, import,
     /// policies and grants (docs/KEYS.md).
-    Key(crate::cli_keys::KeyArgs),
+    Key(crate::cli::keys::KeyArgs),
     /// Show or verify the key service's audit log.
-    Audit(crate::cli_keys::AuditArgs),
+    Audit(crate::cli::keys::AuditArgs),
     /// Count files per key and key version from their headers (no passphrase needed).
     Scan {
         /// An initialised volume.
@@ -478,7 +482,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 min_version,
                 dry_run,
             };
-            crate::cli_rewrap::run(&backing, &opts, &secret, json)
+            crate::cli::rewrap::run(&backing, &opts, &secret, json)
         }
         Command::Reencrypt {
             backing,
@@ -488,7 +492,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             restart,
             json,
             secret,
-        } => crate::cli_reencrypt::run(
+        } => crate::cli::reencrypt::run(
             &backing,
             &crate::ops::reencrypt::ReencryptOptions {
                 to_key,
@@ -506,9 +510,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             )
         }),
         Command::Info { backing } => info(&backing),
-        Command::Key(args) => crate::cli_keys::run_key(args),
-        Command::Audit(args) => crate::cli_keys::run_audit(args),
-        Command::Scan { backing, json } => crate::cli_keys::run_scan(&backing, json),
+        Command::Key(args) => crate::cli::keys::run_key(args),
+        Command::Audit(args) => crate::cli::keys::run_audit(args),
+        Command::Scan { backing, json } => crate::cli::keys::run_scan(&backing, json),
     }
 }
 
@@ -523,7 +527,7 @@ fn init(
         .map_err(|e| fail(ExitCode::Usage, e.to_string()))?;
     let admin_uids = admin_uids
         .iter()
-        .map(|u| crate::cli_keys::parse_uid(u))
+        .map(|u| crate::cli::keys::parse_uid(u))
         .collect::<Result<Vec<u32>, _>>()?;
     vol::prepare(backing)?;
     let ks_rel = keystore
