@@ -134,13 +134,21 @@ pub(crate) mod testing {
 
     /// [`fresh`] and the key service the core uses (to change key states under it).
     pub(crate) fn fresh_with_kms() -> (EncFs, tempfile::TempDir, Caller, Arc<LocalKms>) {
+        let kms = Arc::new(LocalKms::in_memory_for_tests());
+        let (fs, tmp, caller) = core_over(kms.clone());
+        (fs, tmp, caller, kms)
+    }
+
+    /// A fresh volume in a temp dir made with `keys`, and the core over it.
+    fn core_over<K: crate::keys::KeyService + 'static>(
+        keys: Arc<K>,
+    ) -> (EncFs, tempfile::TempDir, Caller) {
         let tmp = tempfile::tempdir().expect("temp dir");
         let root = tmp.path().join("vol");
         volume::prepare(&root).expect("prepare");
-        let kms = Arc::new(LocalKms::in_memory_for_tests());
         volume::create(
             &root,
-            kms.as_ref(),
+            keys.as_ref(),
             "alias/default",
             4096,
             "keystore.json".into(),
@@ -148,9 +156,8 @@ pub(crate) mod testing {
         )
         .expect("create");
         let caller = Caller::current();
-        let fs =
-            EncFs::new(volume::open(&root).expect("open"), kms.clone(), &caller).expect("core");
-        (fs, tmp, caller, kms)
+        let fs = EncFs::new(volume::open(&root).expect("open"), keys, &caller).expect("core");
+        (fs, tmp, caller)
     }
 
     /// A key service for injecting key-service errors into the core: it forwards to a real
@@ -222,25 +229,11 @@ pub(crate) mod testing {
 
     /// A core over a fresh volume whose key service can be made to fail.
     pub(crate) fn with_failing_keys() -> (EncFs, tempfile::TempDir, Caller, Arc<FailingKeys>) {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let root = tmp.path().join("vol");
-        volume::prepare(&root).expect("prepare");
         let keys = Arc::new(FailingKeys {
             inner: LocalKms::in_memory_for_tests(),
             fail: std::sync::Mutex::new(None),
         });
-        volume::create(
-            &root,
-            keys.as_ref(),
-            "alias/default",
-            4096,
-            "keystore.json".into(),
-            0,
-        )
-        .expect("create");
-        let caller = Caller::current();
-        let fs =
-            EncFs::new(volume::open(&root).expect("open"), keys.clone(), &caller).expect("core");
+        let (fs, tmp, caller) = core_over(keys.clone());
         (fs, tmp, caller, keys)
     }
 
