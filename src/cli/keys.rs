@@ -3,6 +3,7 @@
 //! open the volume's keystore and call [`LocalKms`](crate::keys::local::LocalKms); every command has `--json` output.
 
 mod audit_cmd;
+mod groups;
 mod run;
 pub mod scan;
 
