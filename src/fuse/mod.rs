@@ -4,67 +4,22 @@
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, MountOption, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, Errno, FileHandle, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 
-use crate::fs::{Attr, EncFs, FsError, Kind, SetAttr};
-use crate::keys::Caller;
-use crate::store::sys::SetTime;
+use crate::fs::{Attr, EncFs, FsError, SetAttr};
 
-/// How to mount.
-#[derive(Clone, Debug)]
-pub struct MountOptions {
-    /// Let other users (and root) use the mount (`allow_other`).
-    pub allow_other: bool,
-    /// Request-handling threads.
-    pub threads: usize,
-    /// Source name shown in /proc/mounts.
-    pub fsname: String,
-    /// Mount read-only.
-    pub read_only: bool,
-    /// Attribute and entry cache lifetime given to the kernel.
-    pub ttl: Duration,
-    /// Keep the kernel's page cache of a file across opens.
-    pub kernel_cache: bool,
-    /// FUSE_WRITEBACK_CACHE: the kernel buffers writes in its page cache and sends them in
-    /// batches (it then owns size and mtime while pages are dirty).
-    pub writeback_cache: bool,
-    /// Extended attributes. Off (`--no-xattr`), every xattr call fails with ENOSYS once and
-    /// the kernel stops asking (EOPNOTSUPP to applications), including the
-    /// getxattr(security.capability) it sends while creating files.
-    pub xattrs: bool,
-    /// Honour setuid/setgid bits and file capabilities (`suid`). Off by default: modes, owners
-    /// and `security.capability` in BACKING are not authenticated, so whoever can write BACKING
-    /// could otherwise plant a setuid binary. Only root can turn it on.
-    pub suid: bool,
-    /// Honour device nodes (`dev`). Off by default for the same reason. Only root.
-    pub dev: bool,
-}
-
-impl Default for MountOptions {
-    fn default() -> Self {
-        MountOptions {
-            allow_other: false,
-            threads: 2,
-            fsname: "envelopefs".into(),
-            read_only: false,
-            // Every change goes through this daemon (and so through the kernel's caches), so the
-            // kernel may keep attributes and names longer than libfuse's 1 s default.
-            ttl: Duration::from_secs(10),
-            kernel_cache: true,
-            writeback_cache: true,
-            xattrs: true,
-            suid: false,
-            dev: false,
-        }
-    }
-}
+mod convert;
+mod mount;
+use convert::{caller, file_attr, file_type, negative_entry, set_time, xattr_reply};
+pub use mount::MountOptions;
+pub(crate) use mount::{fuser_config, spawn_revocation_watch, unmount};
 
 /// The fuser `Filesystem` over the core.
 pub struct Adapter {
@@ -80,86 +35,6 @@ pub struct Adapter {
 /// Largest file whose plaintext an open puts in the kernel's page cache before answering
 /// (docs/DESIGN.md §Prefetch on open).
 pub(crate) const PREFETCH_MAX: u64 = 64 << 10;
-
-fn caller(req: &Request) -> Caller {
-    Caller {
-        uid: req.uid(),
-        gid: req.gid(),
-        pid: req.pid(),
-    }
-}
-
-fn file_type(k: Kind) -> FileType {
-    match k {
-        Kind::File => FileType::RegularFile,
-        Kind::Dir => FileType::Directory,
-        Kind::Symlink => FileType::Symlink,
-        Kind::Fifo => FileType::NamedPipe,
-        Kind::Socket => FileType::Socket,
-        Kind::CharDev => FileType::CharDevice,
-        Kind::BlockDev => FileType::BlockDevice,
-    }
-}
-
-fn file_attr(a: &Attr) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(a.ino),
-        size: a.size,
-        blocks: a.blocks,
-        atime: a.atime,
-        mtime: a.mtime,
-        ctime: a.ctime,
-        crtime: a.ctime,
-        kind: file_type(a.kind),
-        perm: a.perm,
-        nlink: a.nlink,
-        uid: a.uid,
-        gid: a.gid,
-        rdev: a.rdev,
-        blksize: a.blksize,
-        flags: 0,
-    }
-}
-
-/// The attributes of a negative lookup reply: inode 0 means "no such name" to the kernel,
-/// which caches that for the entry timeout; the other fields are not looked at.
-fn negative_entry() -> FileAttr {
-    FileAttr {
-        ino: INodeNo(0),
-        size: 0,
-        blocks: 0,
-        atime: UNIX_EPOCH,
-        mtime: UNIX_EPOCH,
-        ctime: UNIX_EPOCH,
-        crtime: UNIX_EPOCH,
-        kind: FileType::RegularFile,
-        perm: 0,
-        nlink: 0,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: 0,
-        flags: 0,
-    }
-}
-
-/// The kernel's (seconds, nanoseconds) behind a time fuser decoded from a setattr request.
-///
-/// fuser 0.18 decodes a pre-epoch `(sec, nsec)` as `UNIX_EPOCH - (-sec s + nsec ns)` instead of
-/// `UNIX_EPOCH - (-sec s) + nsec ns` (its `time::system_time_from_time`, marked TODO), so the
-/// seconds and nanoseconds of the distance to the epoch are the kernel's own, negated seconds.
-fn set_time(t: TimeOrNow) -> SetTime {
-    match t {
-        TimeOrNow::Now => SetTime::Now,
-        TimeOrNow::SpecificTime(t) => match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => SetTime::At(d.as_secs() as i64, d.subsec_nanos()),
-            Err(e) => {
-                let d = e.duration();
-                SetTime::At((d.as_secs() as i64).wrapping_neg(), d.subsec_nanos())
-            }
-        },
-    }
-}
 
 /// Logs a failed request at the level it deserves and returns its errno.
 fn fail(op: &str, ino: u64, e: &FsError) -> Errno {
@@ -758,131 +633,5 @@ impl fuser::Filesystem for Adapter {
             self.fs.fallocate(fh.0, offset, length, mode, &caller(req)),
             |_v| reply.ok()
         )
-    }
-}
-
-/// The size protocol of getxattr/listxattr: size 0 asks for the length.
-fn xattr_reply(reply: ReplyXattr, value: &[u8], size: u32) {
-    if size == 0 {
-        reply.size(value.len() as u32);
-    } else if value.len() > size as usize {
-        reply.error(Errno::ERANGE);
-    } else {
-        reply.data(value);
-    }
-}
-
-/// Starts the thread that carries key decisions to the kernel's page cache: when the key
-/// service's generation moves (a key disabled, a grant revoked, a policy changed, by this or
-/// another process), the cached pages of every open file are dropped, so the next read of an
-/// open file reaches the daemon and its handle's key decision is taken again
-/// ([`EncFs::check_handle`]). Without it a process could go on reading cached plaintext of a
-/// file it opened before the revocation.
-/// The thread ends once the filesystem is dropped.
-pub(crate) fn spawn_revocation_watch(fs: &Arc<EncFs>, notifier: Arc<OnceLock<Notifier>>) {
-    let period = Duration::from_millis(crate::keys::GENERATION_CHECK_MS);
-    let weak = Arc::downgrade(fs);
-    let mut last = fs.key_generation();
-    let spawned = std::thread::Builder::new()
-        .name("revocation-watch".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(period);
-                let Some(fs) = weak.upgrade() else { return };
-                let now = fs.key_generation();
-                if now == last {
-                    continue;
-                }
-                last = now;
-                let Some(n) = notifier.get() else { continue };
-                for ino in fs.open_inodes() {
-                    if let Err(e) = n.inval_inode(INodeNo(ino), 0, 0) {
-                        log::debug!("cache of inode {ino} not dropped: {e}");
-                    }
-                }
-            }
-        });
-    if let Err(e) = spawned {
-        log::warn!(
-            "cannot start the revocation watch ({e}); key decisions reach open files only \
-             when their cached pages are evicted"
-        );
-    }
-}
-
-/// fuser session config for `opts`.
-pub(crate) fn fuser_config(opts: &MountOptions) -> fuser::Config {
-    let mut cfg = fuser::Config::default();
-    cfg.mount_options = vec![
-        MountOption::FSName(opts.fsname.clone()),
-        MountOption::Subtype("envelopefs".into()),
-        MountOption::DefaultPermissions,
-    ];
-    if opts.read_only {
-        cfg.mount_options.push(MountOption::RO);
-    }
-    // nosuid and nodev unless asked for: BACKING's modes, owners, device numbers and
-    // security.capability are not authenticated (docs/SECURITY.md). fusermount3 imposes both
-    // on non-root mounts anyway; the CLI refuses --suid/--dev for non-root callers.
-    cfg.mount_options.push(if opts.dev {
-        MountOption::Dev
-    } else {
-        MountOption::NoDev
-    });
-    cfg.mount_options.push(if opts.suid {
-        MountOption::Suid
-    } else {
-        MountOption::NoSuid
-    });
-    if opts.allow_other {
-        cfg.acl = fuser::SessionACL::All;
-    }
-    cfg.n_threads = Some(opts.threads.max(1));
-    cfg
-}
-
-/// Unmounts `mountpoint` lazily (root: umount2 with MNT_DETACH; others: fusermount3 -u -z).
-pub(crate) fn unmount(mountpoint: &Path) -> std::io::Result<()> {
-    if crate::store::sys::geteuid() == 0 {
-        return crate::store::sys::umount_lazy(mountpoint);
-    }
-    let status = std::process::Command::new("fusermount3")
-        .arg("-u")
-        .arg("-z")
-        .arg(mountpoint)
-        .status()?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(std::io::Error::other(format!(
-            "fusermount3 -u {} failed",
-            mountpoint.display()
-        )))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pre_epoch_setattr_times_come_back_as_the_kernel_sent_them() {
-        // What fuser 0.18 hands over for the kernel's (sec, nsec) = (-101, 500_000_000),
-        // i.e. -100.5 s.
-        let from_fuser = UNIX_EPOCH - Duration::new(101, 500_000_000);
-        assert!(matches!(
-            set_time(TimeOrNow::SpecificTime(from_fuser)),
-            SetTime::At(-101, 500_000_000)
-        ));
-        let whole = UNIX_EPOCH - Duration::new(7, 0);
-        assert!(matches!(
-            set_time(TimeOrNow::SpecificTime(whole)),
-            SetTime::At(-7, 0)
-        ));
-        let after = UNIX_EPOCH + Duration::new(7, 3);
-        assert!(matches!(
-            set_time(TimeOrNow::SpecificTime(after)),
-            SetTime::At(7, 3)
-        ));
     }
 }
