@@ -13,6 +13,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use crate::format::FormatError;
+use crate::format::context::unhex;
 use crate::format::volume::{VolumeConfig, WrappedKeyRecord};
 use crate::keys::{KeyId, WrappedKey};
 
@@ -143,17 +144,6 @@ pub(crate) fn volume_key_record(wrapped: &WrappedKey) -> WrappedKeyRecord {
         version: wrapped.version,
         blob: crate::format::context::hex(&wrapped.blob),
     }
-}
-
-/// Decodes lowercase or uppercase hex.
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// Creates a complete volume in `root` (after [`prepare`]): asks `keys` for the volume key

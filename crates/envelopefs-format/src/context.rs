@@ -87,6 +87,35 @@ impl EncryptionContext {
     }
 }
 
+/// Decodes hex of any even length, either case; None on an odd length or any other character
+/// (no sign, no prefix, no spaces). The one hex decoder of the workspace.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    s.as_bytes()
+        .chunks_exact(2)
+        .map(|p| Some(hex_digit(p[0])? << 4 | hex_digit(p[1])?))
+        .collect()
+}
+
+/// Decodes exactly `N` bytes of hex (see [`unhex`]).
+pub fn unhex_array<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N {
+        return None;
+    }
+    unhex(s)?.try_into().ok()
+}
+
+fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
 /// Lowercase hex of a byte string.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -127,5 +156,17 @@ mod tests {
         let c = EncryptionContext::for_file("vol", &[0xab; 16]);
         assert_eq!(c.get(CTX_FILE_ID), Some("abababababababababababababababab"));
         assert_eq!(c.get(CTX_VOLUME_ID), Some("vol"));
+    }
+
+    #[test]
+    fn hex_round_trips_and_refuses_what_is_not_hex() {
+        let b = [0x00, 0x7f, 0xab, 0xff];
+        assert_eq!(unhex(&hex(&b)).unwrap(), b);
+        assert_eq!(unhex("ABff").unwrap(), [0xab, 0xff]);
+        assert_eq!(unhex_array::<2>("abff"), Some([0xab, 0xff]));
+        for bad in ["a", "+f", "0x", "g0", " 0", "ab c"] {
+            assert_eq!(unhex(bad), None, "{bad:?}");
+        }
+        assert_eq!(unhex_array::<2>("ab"), None);
     }
 }

@@ -283,31 +283,7 @@ pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], KeyError> {
     Ok(b)
 }
 
-/// Decodes hex of any even length (either case).
-pub(crate) fn unhex_vec(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    s.as_bytes()
-        .chunks_exact(2)
-        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
-        .collect()
-}
-
-/// Decodes exactly `N` bytes of hex (either case).
-pub(crate) fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    let s = s.as_bytes();
-    if s.len() != 2 * N {
-        return None;
-    }
-    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let mut out = [0u8; N];
-    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
-        *o = digit(pair[0])? << 4 | digit(pair[1])?;
-    }
-    Some(out)
-}
+pub(crate) use envelopefs_format::context::{unhex as unhex_vec, unhex_array as unhex};
 
 #[cfg(test)]
 mod tests {
