@@ -3,8 +3,8 @@
 //! # Principals
 //!
 //! A policy speaks of local users and groups and of the volume administrator; the caller is
-//! resolved into a [`Principal`] (uid, groups, names, administrator or not) by
-//! [`crate::principal`].
+//! resolved into a [`Principal`](crate::principal::Principal) (uid, groups, names,
+//! administrator or not) by [`crate::principal`].
 //!
 //! # Key policy document
 //!
