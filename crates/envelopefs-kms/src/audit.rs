@@ -91,8 +91,8 @@
 //! second.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -133,203 +133,6 @@ const RESERVED_PARAMETERS: &[&str] = &[
 ];
 
 // ---------------------------------------------------------------------------------------------
-// Files
-// ---------------------------------------------------------------------------------------------
-
-/// `audit-000042.jsonl`.
-pub(crate) fn file_name(n: u32) -> String {
-    format!("audit-{n:06}.jsonl")
-}
-
-fn parse_file_name(name: &str) -> Option<u32> {
-    let digits = name.strip_prefix("audit-")?.strip_suffix(".jsonl")?;
-    (digits.len() >= 6 && digits.bytes().all(|b| b.is_ascii_digit()))
-        .then(|| digits.parse().ok())
-        .flatten()
-        .filter(|&n| n >= 1)
-}
-
-/// The audit files in `dir`, oldest first.
-fn list_files(dir: &Path) -> io::Result<Vec<(u32, PathBuf)>> {
-    let mut files = Vec::new();
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        if let Some(n) = entry.file_name().to_str().and_then(parse_file_name) {
-            files.push((n, entry.path()));
-        }
-    }
-    files.sort();
-    Ok(files)
-}
-
-fn invalid_data(msg: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg)
-}
-
-/// Decodes 64 lowercase hex digits.
-fn unhex32(s: &str) -> Option<[u8; 32]> {
-    let b = s.as_bytes();
-    if b.len() != 64 {
-        return None;
-    }
-    let nib = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = nib(b[2 * i])? << 4 | nib(b[2 * i + 1])?;
-    }
-    Some(out)
-}
-
-/// Splits a line (without its `\n`) into the hashed text B and the hash it claims.
-fn split_line(line: &[u8]) -> Option<(Vec<u8>, [u8; 32])> {
-    if line.len() < HASH_SUFFIX_LEN + 2 || !line.ends_with(b"\"}") {
-        return None;
-    }
-    let cut = line.len() - HASH_SUFFIX_LEN;
-    if &line[cut..cut + HASH_PREFIX.len()] != HASH_PREFIX {
-        return None;
-    }
-    let hash = unhex32(std::str::from_utf8(&line[cut + HASH_PREFIX.len()..line.len() - 2]).ok()?)?;
-    let mut body = Vec::with_capacity(cut + 1);
-    body.extend_from_slice(&line[..cut]);
-    body.push(b'}');
-    Some((body, hash))
-}
-
-fn chain_hash(key: &[u8; 32], prev: &[u8; 32], body: &[u8]) -> [u8; 32] {
-    let mut h = blake3::Hasher::new_keyed(key);
-    h.update(prev);
-    h.update(body);
-    *h.finalize().as_bytes()
-}
-
-/// The anchor file's contents.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-struct Anchor {
-    file: u32,
-    seq: u64,
-    prev: String,
-    mac: String,
-}
-
-impl Anchor {
-    fn mac(key: &[u8; 32], file: u32, seq: u64, prev: &str) -> String {
-        let k = Zeroizing::new(blake3::derive_key(ANCHOR_KEY_CONTEXT, key));
-        let msg = format!("file={file};seq={seq};prev={prev}");
-        hex(blake3::keyed_hash(&k, msg.as_bytes()).as_bytes())
-    }
-
-    fn new(key: &[u8; 32], file: u32, seq: u64, prev: &[u8; 32]) -> Self {
-        let prev = hex(prev);
-        Anchor {
-            file,
-            seq,
-            mac: Self::mac(key, file, seq, &prev),
-            prev,
-        }
-    }
-
-    fn mac_ok(&self, key: &[u8; 32]) -> bool {
-        let want = Self::mac(key, self.file, self.seq, &self.prev);
-        // Not secret-dependent timing worth guarding: the MAC is stored in the clear beside it.
-        want == self.mac
-    }
-
-    fn read(dir: &Path) -> io::Result<Option<Anchor>> {
-        let path = dir.join(ANCHOR_FILE);
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                invalid_data(format!("{} is not an audit anchor: {e}", path.display()))
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-}
-
-/// Reads complete lines (without `\n`) of one file, with 1-based numbers. Returns whether the
-/// file ended in an incomplete line (which is not passed to `f`).
-fn for_each_line(
-    path: &Path,
-    mut f: impl FnMut(u64, &[u8]) -> io::Result<bool>,
-) -> io::Result<bool> {
-    let mut r = BufReader::with_capacity(64 * 1024, File::open(path)?);
-    let mut buf = Vec::with_capacity(1024);
-    let mut n = 0u64;
-    loop {
-        buf.clear();
-        if r.read_until(b'\n', &mut buf)? == 0 {
-            return Ok(false);
-        }
-        if buf.last() != Some(&b'\n') {
-            return Ok(true);
-        }
-        n += 1;
-        buf.pop();
-        if !f(n, &buf)? {
-            return Ok(false);
-        }
-    }
-}
-
-/// The last complete line of `file` and the length up to and including its `\n` (0 and
-/// `None` when the file has no complete line). Reads backwards from the end in chunks.
-fn last_line(file: &mut File) -> io::Result<(Option<Vec<u8>>, u64)> {
-    const CHUNK: u64 = 16 * 1024;
-    let len = file.metadata()?.len();
-    let mut tail: Vec<u8> = Vec::new(); // the file's bytes [pos, len)
-    let mut pos = len;
-    let mut end: Option<u64> = None; // file offset of the last '\n'
-    loop {
-        if end.is_none()
-            && let Some(i) = tail.iter().rposition(|&b| b == b'\n')
-        {
-            end = Some(pos + i as u64);
-        }
-        match end {
-            Some(e) => {
-                let rel = (e - pos) as usize;
-                if let Some(i) = tail[..rel].iter().rposition(|&b| b == b'\n') {
-                    return Ok((Some(tail[i + 1..rel].to_vec()), e + 1));
-                }
-                if pos == 0 {
-                    return Ok((Some(tail[..rel].to_vec()), e + 1));
-                }
-            }
-            None if pos == 0 => return Ok((None, 0)),
-            None => {}
-        }
-        let step = CHUNK.min(pos);
-        pos -= step;
-        let mut chunk = vec![0u8; step as usize];
-        file.seek(SeekFrom::Start(pos))?;
-        file.read_exact(&mut chunk)?;
-        chunk.extend_from_slice(&tail);
-        tail = chunk;
-    }
-}
-
-/// The first complete line of `path`, if any.
-fn first_line(path: &Path) -> io::Result<Option<Vec<u8>>> {
-    let mut out = None;
-    for_each_line(path, |_, line| {
-        out = Some(line.to_vec());
-        Ok(false)
-    })?;
-    Ok(out)
-}
-
-/// Parses a line into a record, or says why not.
-fn parse_record(line: &[u8]) -> Result<AuditRecord, String> {
-    serde_json::from_slice(line).map_err(|e| format!("not an audit record: {e}"))
-}
-
-// ---------------------------------------------------------------------------------------------
 // Writer
 // ---------------------------------------------------------------------------------------------
 
@@ -351,29 +154,6 @@ impl Default for AuditOptions {
     }
 }
 
-/// State that moves forward with every record.
-struct Chain {
-    /// The newest file, opened for appending.
-    file: File,
-    /// Its number.
-    file_no: u32,
-    /// Its length: everything up to here is complete records.
-    len: u64,
-    /// `seq` of the next record.
-    next_seq: u64,
-    /// Hash of the last record (zeros before the first).
-    prev: [u8; 32],
-    /// The line being built (reused, so appends do not allocate it afresh).
-    buf: Vec<u8>,
-    /// A new file was created since the last [`AuditLog::sync`]: the directory needs an fsync.
-    dir_dirty: bool,
-    /// A failed write may have left a partial line past `len` that could not be cut off yet.
-    needs_repair: bool,
-    /// Why this process takes no more checkpoints: the trail does not hold the last one (its
-    /// tail was cut, or it was replaced), so a new checkpoint would hide that.
-    diverged: Option<String>,
-}
-
 /// An open audit trail. `Send + Sync`; share it behind an `Arc`.
 ///
 /// Records are written by the calling thread ([`AuditLog::append`] returns once its line is
@@ -387,20 +167,6 @@ pub struct AuditLog {
     background: Mutex<Option<background::Writer>>,
     /// Guards the pid → (process name, when read) cache; entries live [`PROC_NAME_TTL`].
     proc_names: Mutex<HashMap<u32, (Option<String>, Instant)>>,
-}
-
-/// The files and the chain: what writing a record needs (shared with the writer thread).
-struct Trail {
-    /// `DIR/.lock`, flock()ed around every append and rotation, so that several processes on
-    /// one keystore (a mounted daemon and CLI commands) extend one chain.
-    lock_file: File,
-    dir: PathBuf,
-    key: Zeroizing<[u8; 32]>,
-    opts: AuditOptions,
-    /// Guards the writer state: the current file, its number and length, the next seq and the
-    /// previous record's hash. They advance together under this lock, so records reach the
-    /// file in chain order and no two records share a seq.
-    writer: Mutex<Chain>,
 }
 
 impl AuditLog {
@@ -751,250 +517,25 @@ impl AuditLog {
     }
 }
 
-impl Trail {
-    /// Writes `recs` in order, extending the chain: under the writer mutex and the flock, one
-    /// `write(2)` per file they go to (a batch that crosses the size limit is split around a
-    /// rotation). Sets each record's `seq` and `prev`. On a failed write the partial batch is
-    /// cut off, the chain does not advance, and the records of that write are not written.
-    fn write(&self, recs: &mut [AuditRecord]) -> io::Result<()> {
-        let mut guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let w = &mut *guard;
-        let _flock = FileLock::exclusive(&self.lock_file)?;
-        self.catch_up(w)?;
-        self.write_held(w, recs)
-    }
-
-    /// Before writing under the flock: cuts off what a failed write left, and continues after
-    /// records other processes wrote.
-    fn catch_up(&self, w: &mut Chain) -> io::Result<()> {
-        if w.needs_repair {
-            w.file.set_len(w.len)?;
-            w.needs_repair = false;
-        }
-        self.follow_other_writers(w)
-    }
-
-    /// [`Trail::write`] for a caller that holds the writer mutex and the flock and has caught
-    /// up.
-    fn write_held(&self, w: &mut Chain, recs: &mut [AuditRecord]) -> io::Result<()> {
-        let mut i = 0;
-        while i < recs.len() {
-            w.buf.clear();
-            let (mut seq, mut prev) = (w.next_seq, w.prev);
-            while let Some(rec) = recs.get_mut(i) {
-                let start = w.buf.len();
-                rec.seq = seq;
-                rec.prev = hex(&prev);
-                serde_json::to_writer(&mut w.buf, &*rec).map_err(io::Error::other)?;
-                let hash = chain_hash(&self.key, &prev, &w.buf[start..]);
-                w.buf.pop(); // the closing '}'
-                w.buf.extend_from_slice(HASH_PREFIX);
-                w.buf.extend_from_slice(hex(&hash).as_bytes());
-                w.buf.extend_from_slice(b"\"}\n");
-                if w.len + w.buf.len() as u64 > self.opts.max_bytes && (w.len > 0 || start > 0) {
-                    w.buf.truncate(start);
-                    if start > 0 {
-                        break; // write what fits; this record starts the next file
-                    }
-                    self.rotate(w)?;
-                    continue; // the same record again, first in the new file
-                }
-                seq += 1;
-                prev = hash;
-                i += 1;
-            }
-            if let Err(e) = w.file.write_all(&w.buf) {
-                if w.file.set_len(w.len).is_err() {
-                    w.needs_repair = true;
-                }
-                return Err(e);
-            }
-            w.len += w.buf.len() as u64;
-            w.next_seq = seq;
-            w.prev = prev;
-        }
-        Ok(())
-    }
-
-    /// Another process (holding the same flock) may have appended or started a new file since
-    /// this one last wrote: if so, continue after its last record instead of forking the chain.
-    /// A partial line found here, under the lock, can only be left by a writer that crashed:
-    /// it is cut off.
-    fn follow_other_writers(&self, w: &mut Chain) -> io::Result<()> {
-        let moved_on = self
-            .dir
-            .join(file_name(w.file_no.saturating_add(1)))
-            .exists();
-        if !moved_on && w.file.metadata()?.len() == w.len {
-            return Ok(());
-        }
-        let files = list_files(&self.dir)?;
-        if let Some((n, path)) = files.last()
-            && *n != w.file_no
-        {
-            w.file = open_for_append(path)?;
-            w.file_no = *n;
-        }
-        for (i, (_, path)) in files.iter().enumerate().rev() {
-            let newest = i + 1 == files.len();
-            let mut f = OpenOptions::new().read(true).write(newest).open(path)?;
-            let (line, good_len) = last_line(&mut f)?;
-            if newest {
-                if good_len < f.metadata()?.len() {
-                    log::warn!(
-                        "audit log {}: cutting off an incomplete line left by a crashed writer",
-                        path.display()
-                    );
-                    f.set_len(good_len)?;
-                }
-                w.len = good_len;
-            }
-            if let Some(line) = line {
-                let rec = parse_record(&line).map_err(invalid_data)?;
-                w.next_seq = rec.seq + 1;
-                w.prev = unhex32(&rec.hash).ok_or_else(|| {
-                    invalid_data(format!("{}: last record has no valid hash", path.display()))
-                })?;
-                return Ok(());
-            }
-        }
-        Ok(())
-    }
-
-    /// Starts the next file, then deletes the oldest beyond `max_files` (logging, not
-    /// failing, when that does not work).
-    fn rotate(&self, w: &mut Chain) -> io::Result<()> {
-        let next = w
-            .file_no
-            .checked_add(1)
-            .ok_or_else(|| io::Error::other("audit file numbers exhausted"))?;
-        let file = OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(self.dir.join(file_name(next)))?;
-        // A checkpoint in a later file vouches for this one's records: make them durable.
-        w.file.sync_data()?;
-        w.file = file;
-        w.file_no = next;
-        w.len = 0;
-        w.dir_dirty = true;
-        if let Err(e) = self.prune(w) {
-            log::warn!(
-                "audit log {}: could not delete old files: {e}",
-                self.dir.display()
-            );
-        }
-        Ok(())
-    }
-
-    /// Keeps the newest `max_files` files: writes the anchor for the oldest kept, then
-    /// deletes older files, oldest first.
-    fn prune(&self, w: &Chain) -> io::Result<()> {
-        let Some(max) = self.opts.max_files else {
-            return Ok(());
-        };
-        let files = list_files(&self.dir)?;
-        if files.len() <= max as usize {
-            return Ok(());
-        }
-        let keep = &files[files.len() - max as usize..];
-        let keep_from = keep[0].0;
-        // The first record at or after `keep_from`; if none is written yet, the next one.
-        let mut start = None;
-        for (_, path) in keep {
-            if let Some(line) = first_line(path)? {
-                let rec = parse_record(&line).map_err(invalid_data)?;
-                let prev = unhex32(&rec.prev).ok_or_else(|| invalid_data("bad prev".into()))?;
-                start = Some((rec.seq, prev));
-                break;
-            }
-        }
-        let (seq, prev) = start.unwrap_or((w.next_seq, w.prev));
-        let anchor = Anchor::new(&self.key, keep_from, seq, &prev);
-        let text = serde_json::to_vec(&anchor).map_err(io::Error::other)?;
-        envelopefs_sys::atomic::atomic_write(&self.dir.join(ANCHOR_FILE), &text, 0o600)?;
-        for (n, path) in &files {
-            if *n < keep_from {
-                fs::remove_file(path)?;
-            }
-        }
-        envelopefs_sys::atomic::sync_dir(&self.dir)
-    }
-
-    /// Flushes the current file (and the directory after a rotation) to stable storage, then,
-    /// under the flock and after catching up with other writers, writes the checkpoint when the
-    /// head moved. Returns the checkpoint on disk (`None` when this process takes none).
-    fn sync(&self) -> io::Result<Option<Checkpoint>> {
-        let mut guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let w = &mut *guard;
-        let _flock = FileLock::exclusive(&self.lock_file)?;
-        self.catch_up(w)?;
-        if let Err(e) = self.import_failed_unlocks(w) {
-            log::error!(
-                "cannot move the failed-unlock notes of {} into the trail: {e}",
-                self.dir.display()
-            );
-        }
-        w.file.sync_data()?;
-        if w.dir_dirty {
-            envelopefs_sys::atomic::sync_dir(&self.dir)?;
-            w.dir_dirty = false;
-        }
-        if w.diverged.is_some() {
-            return Ok(None);
-        }
-        let head = Checkpoint {
-            file: w.file_no,
-            seq: w.next_seq - 1,
-            hash: hex(&w.prev),
-        };
-        match checkpoint::read_checkpoint(&self.dir, &self.key) {
-            Ok(Some(cp)) if cp == head => return Ok(Some(head)),
-            Ok(Some(cp)) if cp.seq > head.seq || (cp.seq == head.seq && cp.hash != head.hash) => {
-                let why = format!(
-                    "audit trail {}: the checkpoint says seq {} but the trail ends at seq {}: \
-                     records were deleted or the trail replaced; run `envelopefs audit verify`",
-                    self.dir.display(),
-                    cp.seq,
-                    head.seq
-                );
-                log::error!("{why}");
-                w.diverged = Some(why);
-                return Ok(None);
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                log::error!("{e}; not replacing it (run `envelopefs audit verify`)");
-                w.diverged = Some(e.to_string());
-                return Ok(None);
-            }
-            Err(e) => return Err(e),
-        }
-        checkpoint::write_checkpoint(&self.dir, &self.key, &head)?;
-        Ok(Some(head))
-    }
-}
-
 /// Name of the lock file in an audit directory.
 pub(crate) const LOCK_FILE: &str = ".lock";
 
 use envelopefs_sys::FileLock;
 
-fn open_for_append(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(path)
-}
-
 pub mod background;
 pub mod checkpoint;
+mod files;
 mod read;
 mod record;
+mod trail;
 pub mod unlocks;
+// Also what the child modules (`use super::*`) take from here.
 pub use checkpoint::{CHECKPOINT_FILE, Checkpoint, holds, read_checkpoint};
+pub(crate) use files::file_name;
+use files::{
+    Anchor, chain_hash, first_line, for_each_line, invalid_data, last_line, list_files,
+    open_for_append, parse_record, split_line, unhex32,
+};
 pub use read::{
     VerifyError, VerifyReport, for_each_record, read_all, verify, verify_with_keystore,
 };
@@ -1002,6 +543,7 @@ pub use record::{
     AdditionalEventData, AuditEvent, AuditRecord, RequestParameters, UserIdentity,
     format_event_time, is_read_only_event, parse_event_time,
 };
+use trail::{Chain, Trail};
 pub use unlocks::{FAILED_UNLOCK_EVENT, FAILED_UNLOCKS_FILE, note_failed_unlock};
 
 #[cfg(test)]

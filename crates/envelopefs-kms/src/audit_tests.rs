@@ -4,6 +4,7 @@ use super::*;
 use crate::principal::Principal;
 use crate::{Caller, KeyError};
 use envelopefs_format::context::EncryptionContext;
+use std::fs::File;
 use std::time::UNIX_EPOCH;
 
 const KEY: [u8; 32] = [7; 32];

@@ -1,6 +1,10 @@
 //! Tests of key policies, grants and their evaluation.
 
+use super::evaluation::glob_match;
 use super::*;
+use crate::KeyError;
+use crate::principal::Principal;
+use envelopefs_format::context::EncryptionContext;
 use std::collections::BTreeMap;
 
 fn user(uid: u32, name: &str, groups: &[(u32, &str)]) -> Principal {
