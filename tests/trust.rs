@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-use common::{Mounted, Options, as_user_1000};
+use common::{Mounted, Options, as_user_1000, ok};
 
 /// The mount options of `mnt` from /proc/self/mountinfo (field 6, comma-separated).
 fn mount_flags(mnt: &std::path::Path) -> Vec<String> {
@@ -80,16 +80,6 @@ fn mounts_default_to_nosuid_nodev() {
             "{args:?}: open a device node: {opened:?}"
         );
     }
-}
-
-fn ok(m: &Mounted, args: &[&str], rest: &[&str]) -> String {
-    let (success, text) = m.cli(args, rest);
-    assert!(
-        success,
-        "envelopefs {args:?} {rest:?} failed:\n{text}\n{}",
-        m.diagnostics()
-    );
-    text
 }
 
 /// Finding 1: after `rewrap --to-key alias/x`, disabling (or scheduling the deletion of)

@@ -10,9 +10,9 @@
 pub mod mounted;
 pub mod sys;
 
-// Not every test binary uses both.
+// Not every test binary uses them all.
 #[allow(unused_imports)]
-pub use mounted::{Mounted, Options};
+pub use mounted::{Mounted, Options, ok};
 
 use std::ffi::OsStr;
 use std::fs::{self, File};

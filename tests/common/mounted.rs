@@ -507,6 +507,18 @@ impl Mounted {
     }
 }
 
+/// [`Mounted::cli`] that must succeed: returns its output, or fails the test with it and the
+/// daemon's diagnostics.
+pub fn ok(m: &Mounted, args: &[&str], rest: &[&str]) -> String {
+    let (success, text) = m.cli(args, rest);
+    assert!(
+        success,
+        "envelopefs {args:?} {rest:?} failed:\n{text}\n{}",
+        m.diagnostics()
+    );
+    text
+}
+
 impl Drop for Mounted {
     fn drop(&mut self) {
         if std::thread::panicking() && self.child.is_some() {

@@ -1,6 +1,9 @@
 //! Tests of the embedded key service: wrap/unwrap, states, rotation, live refresh.
 
+use super::service::{dek_aad, kek};
 use super::*;
+use crate::secret::{self, KeyMaterial};
+use crate::{KeyService, WrappedKey};
 
 /// The caller of these tests: the current process, which is the administrator
 /// (it created the keystore, so the keystore lists it as administrator).
