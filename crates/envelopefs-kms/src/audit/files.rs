@@ -42,22 +42,9 @@ pub(super) fn invalid_data(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
-/// Decodes 64 lowercase hex digits.
+/// Decodes the 64 hex digits of a chain hash (the workspace's one hex decoder).
 pub(super) fn unhex32(s: &str) -> Option<[u8; 32]> {
-    let b = s.as_bytes();
-    if b.len() != 64 {
-        return None;
-    }
-    let nib = |c: u8| match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    };
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = nib(b[2 * i])? << 4 | nib(b[2 * i + 1])?;
-    }
-    Some(out)
+    envelopefs_format::context::unhex_array(s)
 }
 
 /// Splits a line (without its `\n`) into the hashed text B and the hash it claims.
