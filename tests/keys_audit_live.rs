@@ -95,17 +95,7 @@ fn one_denied_open_writes_one_audit_record() {
     };
     fs::write(m.path("a"), b"secret contents").unwrap();
     fs::set_permissions(m.path("a"), fs::Permissions::from_mode(0o644)).unwrap();
-    let policy = m.scratch().join("policy.json");
-    fs::write(
-        &policy,
-        r#"{"Version":"2012-10-17","Statement":[{"Sid":"admin only","Effect":"Allow","Principal":{"Admin":true},"Action":"kms:*"}]}"#,
-    )
-    .unwrap();
-    ok(
-        &m,
-        &["key", "policy", "put"],
-        &["alias/default", "--file", policy.to_str().unwrap()],
-    );
+    common::put_key_policy(&m, "alias/default", common::ADMIN_ONLY_POLICY);
     let out = common::as_user_1000(m.mnt(), "cat a");
     assert!(!out.status.success(), "denied by the policy: {out:?}");
     ok(&m, &["key", "disable"], &["alias/default"]);

@@ -155,17 +155,7 @@ fn policy_denies_a_user_until_a_grant_lets_them_in_and_revoke_shuts_them_out() {
         "the default policy lets local users use the key"
     );
 
-    let policy = m.scratch().join("policy.json");
-    fs::write(
-        &policy,
-        r#"{"Version":"2012-10-17","Statement":[{"Sid":"admin only","Effect":"Allow","Principal":{"Admin":true},"Action":"kms:*"}]}"#,
-    )
-    .unwrap();
-    ok(
-        &m,
-        &["key", "policy", "put"],
-        &["alias/default", "--file", policy.to_str().unwrap()],
-    );
+    common::put_key_policy(&m, "alias/default", common::ADMIN_ONLY_POLICY);
     let out = as_user("cat shared");
     assert!(
         !out.status.success(),
@@ -220,15 +210,10 @@ fn policy_denies_a_user_until_a_grant_lets_them_in_and_revoke_shuts_them_out() {
 
     // A statement naming a group matches through the caller's supplementary groups (read
     // from /proc only for keys whose policy or grants name a group).
-    fs::write(
-        &policy,
-        r#"{"Version":"2012-10-17","Statement":[{"Sid":"admin","Effect":"Allow","Principal":{"Admin":true},"Action":"kms:*"},{"Sid":"group 4242","Effect":"Allow","Principal":{"Group":"4242"},"Action":"kms:Decrypt"}]}"#,
-    )
-    .unwrap();
-    ok(
+    common::put_key_policy(
         &m,
-        &["key", "policy", "put"],
-        &["alias/default", "--file", policy.to_str().unwrap()],
+        "alias/default",
+        r#"{"Version":"2012-10-17","Statement":[{"Sid":"admin","Effect":"Allow","Principal":{"Admin":true},"Action":"kms:*"},{"Sid":"group 4242","Effect":"Allow","Principal":{"Group":"4242"},"Action":"kms:Decrypt"}]}"#,
     );
     let in_group = common::output(
         tool("setpriv")

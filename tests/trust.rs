@@ -188,17 +188,7 @@ fn encrypted_xattr_values_follow_the_key_decision() {
             "{target}: allowed by default: {out:?}"
         );
     }
-    let policy = m.scratch().join("policy.json");
-    fs::write(
-        &policy,
-        r#"{"Version":"2012-10-17","Statement":[{"Sid":"admin only","Effect":"Allow","Principal":{"Admin":true},"Action":"kms:*"}]}"#,
-    )
-    .unwrap();
-    ok(
-        &m,
-        &["key", "policy", "put"],
-        &["alias/default", "--file", policy.to_str().unwrap()],
-    );
+    common::put_key_policy(&m, "alias/default", common::ADMIN_ONLY_POLICY);
     for target in ["f", "d"] {
         for script in [
             format!("getfattr --only-values -n user.note {target}"),

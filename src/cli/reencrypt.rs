@@ -69,9 +69,7 @@ pub(crate) fn run(
             summary.resumed,
             summary.failed.len()
         );
-        for (p, e) in &summary.failed {
-            println!("  failed: {}: {e}", p.display());
-        }
+        crate::cli::rewrap::print_failed(&summary.failed);
     }
     if summary.failed.is_empty() {
         Ok(())

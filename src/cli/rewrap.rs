@@ -87,9 +87,7 @@ pub fn run(
             summary.empty,
             summary.failed.len()
         );
-        for (p, e) in &summary.failed {
-            println!("  failed: {}: {e}", p.display());
-        }
+        print_failed(&summary.failed);
         if let Some((key, version)) = &volume_key {
             let verb = if opts.dry_run { "would move" } else { "moved" };
             println!("volume key: {verb} to {key} version {version}");
@@ -105,5 +103,12 @@ pub fn run(
                 summary.failed.len()
             ),
         ))
+    }
+}
+
+/// Lists the files a tree-wide command could not do, one line each.
+pub(crate) fn print_failed(failed: &[(std::path::PathBuf, String)]) {
+    for (p, e) in failed {
+        println!("  failed: {}: {e}", p.display());
     }
 }

@@ -12,7 +12,7 @@ pub mod sys;
 
 // Not every test binary uses them all.
 #[allow(unused_imports)]
-pub use mounted::{Mounted, Options, ok};
+pub use mounted::{ADMIN_ONLY_POLICY, Mounted, Options, ok, put_key_policy};
 
 use std::ffi::OsStr;
 use std::fs::{self, File};

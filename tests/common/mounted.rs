@@ -519,6 +519,21 @@ pub fn ok(m: &Mounted, args: &[&str], rest: &[&str]) -> String {
     text
 }
 
+/// The policy that allows the volume administrator everything and nobody else anything.
+pub const ADMIN_ONLY_POLICY: &str = r#"{"Version":"2012-10-17","Statement":[{"Sid":"admin only","Effect":"Allow","Principal":{"Admin":true},"Action":"kms:*"}]}"#;
+
+/// Puts `policy` (a JSON key policy) on `key` with `envelopefs key policy put`, which must
+/// succeed.
+pub fn put_key_policy(m: &Mounted, key: &str, policy: &str) {
+    let file = m.scratch().join("policy.json");
+    fs::write(&file, policy).expect("write the policy file");
+    ok(
+        m,
+        &["key", "policy", "put"],
+        &[key, "--file", file.to_str().expect("UTF-8 temp path")],
+    );
+}
+
 impl Drop for Mounted {
     fn drop(&mut self) {
         if std::thread::panicking() && self.child.is_some() {

@@ -314,13 +314,7 @@ impl AuditLog {
                 Some(e.to_string())
             }
         };
-        let lock_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(dir.join(LOCK_FILE))?;
+        let lock_file = open_lock_file(dir)?;
         let trail = Trail {
             lock_file,
             dir: dir.to_owned(),
@@ -519,6 +513,18 @@ impl AuditLog {
 
 /// Name of the lock file in an audit directory.
 pub(crate) const LOCK_FILE: &str = ".lock";
+
+/// Opens (creating it, mode 0600) the lock file of the audit directory `dir`, which every
+/// writer of the trail and of its failed-unlock notes `flock`s.
+pub(crate) fn open_lock_file(dir: &Path) -> io::Result<std::fs::File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(dir.join(LOCK_FILE))
+}
 
 use envelopefs_sys::FileLock;
 

@@ -72,13 +72,7 @@ pub fn note_failed_unlock(dir: &Path, caller: &Caller, e: &KeyError) -> io::Resu
     };
     let mut line = serde_json::to_vec(&note).map_err(io::Error::other)?;
     line.push(b'\n');
-    let lock = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(dir.join(LOCK_FILE))?;
+    let lock = open_lock_file(dir)?;
     let _flock = FileLock::exclusive(&lock)?;
     let mut f = OpenOptions::new()
         .append(true)
