@@ -5,7 +5,6 @@
 mod audit_cmd;
 mod groups;
 mod run;
-pub mod scan;
 
 use std::path::PathBuf;
 

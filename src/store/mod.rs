@@ -7,6 +7,7 @@ pub(crate) mod blocks;
 pub mod file_header;
 pub mod reencrypt;
 pub mod rewrap;
+pub mod scan;
 /// The system-call layer (crate `envelopefs-sys`).
 pub use envelopefs_sys as sys;
 pub mod volume;

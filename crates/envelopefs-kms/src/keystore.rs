@@ -392,6 +392,41 @@ pub fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Key states and aliases of the keystore file at `path`, read without the passphrase: **not
+/// authenticated**, for display next to information that needs no key (`envelopefs scan`).
+/// Empty when the file cannot be read or parsed.
+pub fn labels_unverified(path: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    use std::collections::BTreeMap;
+    let read = || -> Option<BTreeMap<String, String>> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let top: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let body: serde_json::Value = serde_json::from_str(top.get("body")?.as_str()?).ok()?;
+        let mut labels = BTreeMap::new();
+        for k in body.get("keys")?.as_array()? {
+            let id = k.get("key_id")?.as_str()?.to_owned();
+            let state = k.get("state").and_then(|s| s.as_str()).unwrap_or("?");
+            labels.insert(id, state.to_owned());
+        }
+        for (alias, target) in body.get("aliases")?.as_object()? {
+            if let Some(label) = target.as_str().and_then(|t| labels.get_mut(t)) {
+                label.push_str(&format!(", {alias}"));
+            }
+        }
+        for d in body
+            .get("deleted")
+            .and_then(|d| d.as_array())
+            .into_iter()
+            .flatten()
+        {
+            if let Some(id) = d.get("key_id").and_then(|i| i.as_str()) {
+                labels.insert(id.to_owned(), "DELETED".into());
+            }
+        }
+        Some(labels)
+    };
+    read().unwrap_or_default()
+}
+
 #[cfg(test)]
 #[path = "keystore_tests.rs"]
 mod tests;

@@ -288,3 +288,18 @@ fn material_sealing_vector() {
     assert_eq!(inputs, want.each_ref());
     assert_eq!(doc["material"], hex(&sealed));
 }
+
+/// The unauthenticated labels `scan` shows: every key's state and aliases, read without the
+/// key; nothing for a file that is not a keystore.
+#[test]
+fn labels_are_read_without_the_key() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("ks");
+    let ks = Keystore::create(&p, &Unlock::random_keyfile()).unwrap();
+    let id = ks.resolve(DEFAULT_ALIAS).unwrap().to_string();
+    let labels = labels_unverified(&p);
+    assert_eq!(labels.len(), 1);
+    assert_eq!(labels[&id], format!("Enabled, {DEFAULT_ALIAS}"));
+    std::fs::write(&p, b"not json").unwrap();
+    assert!(labels_unverified(&p).is_empty());
+}

@@ -8,7 +8,6 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::groups::{one_key, refuse_unknown, run_admin, run_alias, run_grant, run_rotation};
-use super::scan::{self, ScanReport};
 use super::{AuditArgs, KeyArgs, KeyCommand, PolicyCommand, Target, parse_pair};
 use crate::cli::{CliError, ExitCode, fail, read_unlock};
 use crate::keys::keystore::now_secs;
@@ -16,6 +15,7 @@ use crate::keys::lifecycle::CreateKeyRequest;
 use crate::keys::local::LocalKms;
 use crate::keys::policy::PrincipalSpec;
 use crate::keys::{Caller, KeyMetadata, timefmt};
+use crate::store::scan::{self, ScanReport};
 use crate::store::volume as vol;
 
 /// How long `key describe` and `key schedule-deletion` may spend counting dependent files.
@@ -422,7 +422,9 @@ pub fn run_scan(backing: &Path, json: bool) -> Result<(), CliError> {
         );
         return Ok(());
     }
-    let labels = scan::keystore_labels(backing);
+    let labels = vol::read_config(backing)
+        .map(|cfg| crate::keys::keystore::labels_unverified(&vol::keystore_path(backing, &cfg)))
+        .unwrap_or_default();
     println!(
         "{} files under {}/data: {} empty (no key yet), {} unreadable",
         r.files,

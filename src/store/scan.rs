@@ -1,4 +1,4 @@
-//! `envelopefs scan`: which CMK versions the files of a volume depend on, read from the file
+//! What `envelopefs scan` reports: which CMK versions the files of a volume depend on, read from the file
 //! headers alone (the key id and version of each key slot are in the clear), so no passphrase
 //! is needed and no data is read: one 1 KiB read per file.
 
@@ -108,40 +108,6 @@ fn count_file(path: &Path, report: &mut ScanReport) {
         },
         Err(_) => report.unreadable.push(path.to_owned()),
     }
-}
-
-/// Key states and aliases as the keystore file says, read without the passphrase (so not
-/// authenticated: for display only).
-pub(crate) fn keystore_labels(backing: &Path) -> BTreeMap<String, String> {
-    let read = || -> Option<BTreeMap<String, String>> {
-        let cfg = vol::read_config(backing).ok()?;
-        let text = std::fs::read_to_string(vol::keystore_path(backing, &cfg)).ok()?;
-        let top: serde_json::Value = serde_json::from_str(&text).ok()?;
-        let body: serde_json::Value = serde_json::from_str(top.get("body")?.as_str()?).ok()?;
-        let mut labels = BTreeMap::new();
-        for k in body.get("keys")?.as_array()? {
-            let id = k.get("key_id")?.as_str()?.to_owned();
-            let state = k.get("state").and_then(|s| s.as_str()).unwrap_or("?");
-            labels.insert(id, state.to_owned());
-        }
-        for (alias, target) in body.get("aliases")?.as_object()? {
-            if let Some(label) = target.as_str().and_then(|t| labels.get_mut(t)) {
-                label.push_str(&format!(", {alias}"));
-            }
-        }
-        for d in body
-            .get("deleted")
-            .and_then(|d| d.as_array())
-            .into_iter()
-            .flatten()
-        {
-            if let Some(id) = d.get("key_id").and_then(|i| i.as_str()) {
-                labels.insert(id.to_owned(), "DELETED".into());
-            }
-        }
-        Some(labels)
-    };
-    read().unwrap_or_default()
 }
 
 #[cfg(test)]
