@@ -289,6 +289,7 @@ fn sample_header(kms: &LocalKms, caller: &Caller) -> (FileHeader, [u8; 32], Encr
         .generate_data_key("alias/default", &ctx, caller)
         .unwrap();
     let header = FileHeader {
+        sealed_holes: false,
         block_size: 4096,
         file_id,
         seq: 1,

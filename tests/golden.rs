@@ -155,6 +155,25 @@ fn tampered_sealed_holes_copies_fail_with_eio() {
     }
 }
 
+/// The files of the `sealed-holes` fixture say so in their MAC'd headers: a copy whose config
+/// lost the feature (so that zeroed blocks would read as holes) refuses them with EIO, zeroed or
+/// not.
+#[test]
+fn removing_sealed_holes_from_the_fixture_config_is_eio() {
+    let (_tmp, root) = fixture_named("sealed-holes");
+    let cfg = root.join("envelopefs.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let edited = text.replace(",\n    \"sealed-holes\"", "");
+    assert_ne!(text, edited, "the fixture lists sealed-holes");
+    std::fs::write(&cfg, edited).unwrap();
+    zero(&root.join("data/multi.bin"), 1024 + 4124, 4124);
+    let fs = open(&root);
+    assert!(!fs.layout().sealed_holes());
+    for name in ["multi.bin", "small.txt", "sparse.bin"] {
+        assert_eq!(read(&fs, name), Err(libc::EIO), "{name}");
+    }
+}
+
 fn zero(p: &Path, at: usize, len: usize) {
     let mut b = std::fs::read(p).unwrap();
     b[at..at + len].fill(0);

@@ -81,6 +81,7 @@ fn header_vector() {
     let v = get(&all, "header-1");
     let dek: [u8; 32] = arr(v, "dek");
     let h = FileHeader {
+        sealed_holes: false,
         block_size: v["block_size"].parse().unwrap(),
         file_id: arr(v, "file_id"),
         seq: v["seq"].parse().unwrap(),
@@ -130,6 +131,7 @@ fn header_with_several_slots_vector() {
     let v = get(&all, "header-2");
     let dek: [u8; 32] = arr(v, "dek");
     let h = FileHeader {
+        sealed_holes: false,
         block_size: v["block_size"].parse().unwrap(),
         file_id: arr(v, "file_id"),
         seq: v["seq"].parse().unwrap(),

@@ -93,6 +93,16 @@ impl EncFs {
             });
         }
         let u = self.unlock_header(file, caller)?;
+        if u.header.sealed_holes && !self.layout.sealed_holes() {
+            // The flag is under the header MAC; the config is not: someone took the feature
+            // out of envelopefs.json to make zeroed blocks read as holes again.
+            log::error!(
+                "file {}: {}",
+                crate::format::context::hex(&u.header.file_id),
+                FormatError::SealedHolesRemoved
+            );
+            return Err(FormatError::SealedHolesRemoved.into());
+        }
         let cipher = self.block_cipher(u.dek.expose_secret(), u.header.file_id);
         if size == 0 && self.layout.sealed_holes() {
             // An empty file's only block: without this check a file cut down to its header
@@ -133,6 +143,7 @@ impl EncFs {
             block_size: self.block_size,
             file_id,
             seq: 1,
+            sealed_holes: self.layout.sealed_holes(),
             slots: vec![file_header::cmk_slot(wrapped)],
         };
         Ok(NewFileKeys { dek, header })
@@ -568,6 +579,42 @@ mod tests {
         assert_eq!(
             std::fs::metadata(backing(&tmp)).unwrap().len(),
             fs.layout().backing_size(size)
+        );
+    }
+
+    /// A file written under `sealed-holes` says so in its MAC'd header: taking the feature out
+    /// of the (unauthenticated) volume config to make zeroed blocks read as holes again gives
+    /// EIO instead.
+    #[test]
+    fn removing_sealed_holes_from_the_config_is_refused_per_file() {
+        let (fs, tmp, caller, kms) = testing::fresh_with_kms();
+        let (a, fh) = fs
+            .create(1, std::ffi::OsStr::new("f"), 0o600, libc::O_RDWR, &caller)
+            .unwrap();
+        fs.write(fh, 0, b"data", &caller).unwrap();
+        fs.release(fh).unwrap();
+        assert!(fs.stored_header(a.ino).unwrap().sealed_holes);
+        let root = tmp.path().join("vol");
+        let cfg_path = root.join(crate::store::volume::CONFIG_NAME);
+        let mut cfg =
+            crate::format::volume::VolumeConfig::parse(&std::fs::read(&cfg_path).unwrap()).unwrap();
+        cfg.features
+            .retain(|f| f != crate::format::volume::SEALED_HOLES);
+        std::fs::write(&cfg_path, cfg.to_bytes()).unwrap();
+        let downgraded = crate::fs::EncFs::new(
+            crate::store::volume::open(&root).unwrap(),
+            kms.clone(),
+            &caller,
+        )
+        .unwrap();
+        assert!(!downgraded.layout().sealed_holes());
+        let ino = downgraded.lookup(1, std::ffi::OsStr::new("f")).unwrap().ino;
+        assert_eq!(
+            downgraded
+                .open(ino, libc::O_RDONLY, &caller)
+                .map(|_| ())
+                .map_err(|e| e.errno()),
+            Err(libc::EIO)
         );
     }
 }

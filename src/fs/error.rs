@@ -75,6 +75,7 @@ fn format_errno(e: &FormatError) -> i32 {
         | FormatError::BlockSizeMismatch { .. }
         | FormatError::BadSlot(_)
         | FormatError::ReservedNotZero
+        | FormatError::SealedHolesRemoved
         | FormatError::ZeroFileId
         | FormatError::HeaderAuthFailed
         | FormatError::BlockAuthFailed(_)

@@ -83,6 +83,7 @@ impl EncFs {
             block_size: self.block_size,
             file_id,
             seq: old.max_seq + 1,
+            sealed_holes: old.header.sealed_holes || self.layout.sealed_holes(),
             slots: vec![file_header::cmk_slot(wrapped)],
         };
         let copy = header.encode(dek.expose_secret())?;

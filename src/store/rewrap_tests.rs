@@ -70,6 +70,7 @@ fn make_file(dir: &Path, name: &str, kms: &LocalKms) -> PathBuf {
         .generate_data_key("alias/default", &ctx, &Caller::current())
         .unwrap();
     let h = FileHeader {
+        sealed_holes: false,
         block_size: 4096,
         file_id,
         seq: 1,

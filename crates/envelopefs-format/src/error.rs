@@ -37,6 +37,12 @@ pub enum FormatError {
     /// Reserved bytes that must be zero are not.
     #[error("reserved header bytes are not zero")]
     ReservedNotZero,
+
+    #[error(
+        "the file was written with sealed-holes but the volume config does not list that feature \
+         (the config was edited: restore `sealed-holes` in envelopefs.json)"
+    )]
+    SealedHolesRemoved,
     /// The all-zero file id is reserved.
     #[error("all-zero file id")]
     ZeroFileId,

@@ -10,7 +10,8 @@
 //!  16   16  file id (random, never all zero)
 //!  32    8  sequence number: the copy with the higher valid one is current
 //!  40    1  slot count S (1..=MAX_SLOTS)
-//!  41    7  reserved, zero
+//!  41    1  flags: bit 0 = sealed holes (the file was written under `sealed-holes`); others zero
+//!  42    6  reserved, zero
 //!  48       S slots, each: kind (1) ‖ reserved 0 (1) ‖ body length L (u16) ‖ body (L)
 //!           kind 1 = CMK slot, body = key id (16) ‖ key version (u32) ‖ blob length (u16) ‖ blob
 //!   …       zero padding up to offset 480
@@ -116,9 +117,15 @@ pub struct FileHeader {
     pub file_id: [u8; 16],
     /// Sequence number; bumped on every header rewrite.
     pub seq: u64,
+    /// Flags bit 0: the file was written under `sealed-holes` (no holes; an empty file has an
+    /// empty block). Under the header MAC, so it holds whatever the volume config says.
+    pub sealed_holes: bool,
     /// Key slots (1..=MAX_SLOTS).
     pub slots: Vec<KeySlot>,
 }
+
+/// Header flags bit: the file is sealed-holes.
+pub const FLAG_SEALED_HOLES: u8 = 0x01;
 
 /// Checks that a block size is allowed.
 pub fn check_block_size(bs: u32) -> Result<(), FormatError> {
@@ -154,6 +161,11 @@ impl FileHeader {
         out[16..32].copy_from_slice(&self.file_id);
         out[32..40].copy_from_slice(&self.seq.to_be_bytes());
         out[40] = self.slots.len() as u8;
+        out[41] = if self.sealed_holes {
+            FLAG_SEALED_HOLES
+        } else {
+            0
+        };
         let mut pos = FIXED_LEN;
         for slot in &self.slots {
             let (kind, body) = slot.body();
@@ -202,7 +214,7 @@ impl FileHeader {
         if count == 0 || count > MAX_SLOTS {
             return Err(FormatError::BadSlot("slot count must be 1..=4"));
         }
-        if bytes[41..48].iter().any(|&b| b != 0) {
+        if bytes[41] & !FLAG_SEALED_HOLES != 0 || bytes[42..48].iter().any(|&b| b != 0) {
             return Err(FormatError::ReservedNotZero);
         }
         let mut slots = Vec::with_capacity(count);
@@ -230,6 +242,7 @@ impl FileHeader {
             block_size,
             file_id,
             seq,
+            sealed_holes: bytes[41] & FLAG_SEALED_HOLES != 0,
             slots,
         })
     }
@@ -290,6 +303,7 @@ mod tests {
 
     fn sample() -> FileHeader {
         FileHeader {
+            sealed_holes: false,
             block_size: 4096,
             file_id: [0x11; 16],
             seq: 1,

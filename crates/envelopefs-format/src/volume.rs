@@ -25,7 +25,7 @@ pub(crate) const REQUIRED_FEATURES: &[&str] =
 /// No holes: every block is sealed, an all-zero block fails authentication and an empty file
 /// with a header ends in an empty sealed block (docs/FORMAT.md §4.4). Written on init since
 /// wave 2; volumes without it keep their v1 behaviour.
-pub(crate) const SEALED_HOLES: &str = "sealed-holes";
+pub const SEALED_HOLES: &str = "sealed-holes";
 /// Features this build understands (and writes on init).
 pub(crate) const KNOWN_FEATURES: &[&str] = &[
     "header-ab-v1",
