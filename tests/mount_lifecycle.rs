@@ -251,3 +251,35 @@ fn sigterm_and_sigint_unmount_cleanly() {
         "the log says why it stopped"
     );
 }
+
+/// `envelopefs unmount` returns once the daemon has let go of the volume: right after it, an
+/// offline command gets the volume lock (before, a remount straight after an unmount could
+/// still find the old daemon holding it, exit 6).
+#[test]
+fn unmount_returns_once_the_volume_is_free() {
+    let Some(m) = Mounted::init_only(common::Options::default()) else {
+        return;
+    };
+    let mnt = m.mnt().to_owned();
+    for round in 0..5 {
+        let out = common::output(
+            common::tool(common::BIN)
+                .args(["mount", "--background"])
+                .arg(m.backing())
+                .arg(&mnt)
+                .arg("--keyfile")
+                .arg(m.keyfile()),
+        );
+        assert!(out.status.success(), "round {round}: {out:?}");
+        fs::write(mnt.join(format!("f{round}")), b"x").unwrap();
+        let out = common::output(common::tool(common::BIN).arg("unmount").arg(&mnt));
+        assert!(out.status.success(), "round {round}: {out:?}");
+        // An offline re-encryption needs the volume lock at once.
+        let (ok, text) = m.cli(&["reencrypt"], &["--json"]);
+        assert!(ok, "round {round}: {text}");
+        assert!(
+            text.contains("\"via\": \"offline\""),
+            "round {round}: {text}"
+        );
+    }
+}

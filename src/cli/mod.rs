@@ -317,12 +317,26 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             &secret,
             json,
         ),
-        Command::Unmount { mountpoint } => crate::fuse::unmount(&mountpoint).map_err(|e| {
-            fail(
-                ExitCode::Failure,
-                format!("cannot unmount {}: {e}", mountpoint.display()),
-            )
-        }),
+        Command::Unmount { mountpoint } => {
+            match crate::daemon::unmount_and_wait(&mountpoint, std::time::Duration::from_secs(10)) {
+                Ok(crate::daemon::Unmounted::Detached(backing)) => {
+                    eprintln!(
+                        "note: {} is detached, but its daemon still serves files a process keeps \
+                         open there; it exits (and frees {}) when they are closed \
+                         (`fuser -m {}` lists them)",
+                        mountpoint.display(),
+                        backing.display(),
+                        mountpoint.display()
+                    );
+                    Ok(())
+                }
+                Ok(_) => Ok(()),
+                Err(e) => Err(fail(
+                    ExitCode::Failure,
+                    format!("cannot unmount {}: {e}", mountpoint.display()),
+                )),
+            }
+        }
         Command::Info { backing } => info(&backing),
         Command::Key(args) => crate::cli::keys::run_key(args),
         Command::Audit(args) => crate::cli::keys::run_audit(args),

@@ -254,3 +254,42 @@ fn spawn_maintenance(kms: Arc<LocalKms>) {
         log::warn!("cannot start the key-maintenance thread ({e}); rotation runs only at mount");
     }
 }
+
+/// Unmounts `mountpoint` (lazily: see [`crate::fuse::unmount`]) and waits up to `wait` for its
+/// daemon to let go of the volume (its lock on BACKING/.lock), so that once this returns
+/// `Released` the volume can be mounted, backed up or re-encrypted at once. `Detached` means
+/// the daemon is still running (a process keeps a file open on the mount): it exits when the
+/// last such file is closed.
+pub(crate) fn unmount_and_wait(
+    mountpoint: &Path,
+    wait: std::time::Duration,
+) -> std::io::Result<Unmounted> {
+    let backing = mounts::volume_at(mountpoint);
+    crate::fuse::unmount(mountpoint)?;
+    let Some(backing) = backing else {
+        return Ok(Unmounted::Unknown);
+    };
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match vol::lock(&backing) {
+            Ok(_lock) => return Ok(Unmounted::Released),
+            Err(VolumeError::Busy(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(VolumeError::Busy(_)) => return Ok(Unmounted::Detached(backing)),
+            // Cannot tell (no write access to BACKING, say): the unmount itself is done.
+            Err(_) => return Ok(Unmounted::Unknown),
+        }
+    }
+}
+
+/// What [`unmount_and_wait`] saw after the unmount.
+#[derive(Debug)]
+pub(crate) enum Unmounted {
+    /// The daemon let go of the volume.
+    Released,
+    /// Still held after the wait (open files on the detached mount keep the daemon alive).
+    Detached(PathBuf),
+    /// Not a volume this process can watch: unmounted, nothing more known.
+    Unknown,
+}

@@ -58,6 +58,20 @@ pub(crate) fn mount_of(backing: &Path) -> Option<PathBuf> {
         .map(|m| m.mountpoint)
 }
 
+/// The volume mounted at `mountpoint`: the source of an envelopefs-like FUSE mount there, when
+/// it is a directory holding an `envelopefs.json` (a daemon's fsname is BACKING's canonical
+/// path).
+pub(crate) fn volume_at(mountpoint: &Path) -> Option<PathBuf> {
+    let want = std::fs::canonicalize(mountpoint).ok()?;
+    mounts()
+        .into_iter()
+        .filter(|m| m.fstype == "fuse" || m.fstype.starts_with("fuse."))
+        .filter(|m| m.mountpoint == want)
+        .map(|m| m.source)
+        .next_back()
+        .filter(|b| b.join(crate::store::volume::CONFIG_NAME).is_file())
+}
+
 /// Undoes mountinfo's octal escapes (`\040` for a space); any bytes, UTF-8 or not.
 fn unescape(s: &str) -> PathBuf {
     let b = s.as_bytes();
