@@ -48,7 +48,7 @@ pub fn user_id(name: &str) -> Option<u32> {
             // is the true length of `buf`; getpwnam_r writes only into `pwd`, `buf`, `result`.
             unsafe { libc::getpwnam_r(name.as_ptr(), pwd, buf, len, result) }
         },
-        |pwd| pwd.pw_uid,
+        |pwd| Some(pwd.pw_uid),
     )
 }
 
@@ -64,15 +64,17 @@ pub fn group_id(name: &str) -> Option<u32> {
             // is the true length of `buf`; getgrnam_r writes only into `grp`, `buf`, `result`.
             unsafe { libc::getgrnam_r(name.as_ptr(), grp, buf, len, result) }
         },
-        |grp| grp.gr_gid,
+        |grp| Some(grp.gr_gid),
     )
 }
 
-/// Runs a reentrant NSS lookup like [`nss_name`] and returns `field_of` the entry found.
-fn nss_lookup<T, F: Copy>(
+/// Runs a reentrant NSS lookup (`getpwuid_r`, `getgrnam_r`, ...: `call(entry, buf, len,
+/// result)`), growing the buffer on ERANGE up to [`MAX_NSS_BUF`], and returns what `field_of`
+/// takes from the entry found, while the buffer its strings point into is still alive.
+fn nss_lookup<T, F>(
     entry: &mut T,
     mut call: impl FnMut(&mut T, *mut libc::c_char, usize, *mut *mut T) -> libc::c_int,
-    field_of: impl Fn(&T) -> F,
+    field_of: impl Fn(&T) -> Option<F>,
 ) -> Option<F> {
     let mut buf = vec![0u8; 1024];
     loop {
@@ -85,33 +87,27 @@ fn nss_lookup<T, F: Copy>(
         if rc != 0 || result.is_null() {
             return None;
         }
-        return Some(field_of(entry));
+        return field_of(entry);
     }
 }
 
-/// Runs a reentrant NSS lookup (`getpwuid_r`, `getgrgid_r`: `call(entry, buf, len, result)`),
-/// growing the buffer on ERANGE up to [`MAX_NSS_BUF`], and returns the name `name_of` points
-/// to in the entry found.
+/// [`nss_lookup`] of the name `name_of` points to in the entry found.
 fn nss_name<T>(
     entry: &mut T,
-    mut call: impl FnMut(&mut T, *mut libc::c_char, usize, *mut *mut T) -> libc::c_int,
+    call: impl FnMut(&mut T, *mut libc::c_char, usize, *mut *mut T) -> libc::c_int,
     name_of: impl Fn(&T) -> *const libc::c_char,
 ) -> Option<String> {
-    let mut buf = vec![0u8; 1024];
-    loop {
-        let mut result: *mut T = std::ptr::null_mut();
-        let rc = call(entry, buf.as_mut_ptr().cast(), buf.len(), &mut result);
-        if rc == libc::ERANGE && buf.len() < MAX_NSS_BUF {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        let name = name_of(entry);
-        if rc != 0 || result.is_null() || name.is_null() {
+    nss_lookup(entry, call, |e| {
+        let name = name_of(e);
+        if name.is_null() {
             return None;
         }
-        // SAFETY: on success the name points to a NUL-terminated string inside `buf`, which
-        // is alive and unchanged here.
-        let name = unsafe { CStr::from_ptr(name) };
-        return Some(name.to_string_lossy().into_owned());
-    }
+        // SAFETY: on success the name points to a NUL-terminated string inside the lookup's
+        // buffer, which is alive and unchanged while `field_of` runs.
+        Some(
+            unsafe { CStr::from_ptr(name) }
+                .to_string_lossy()
+                .into_owned(),
+        )
+    })
 }
