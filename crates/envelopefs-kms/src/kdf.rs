@@ -194,6 +194,16 @@ mod tests {
     use zeroize::Zeroizing;
 
     /// Key-derivation test vector for docs/FORMAT.md: key file 0x01×32, salt 0x02×16.
+    /// Hex of the root key, the wrap and MAC keys, and the check value, as the vectors list them.
+    fn derived_hex(root: &KeyMaterial, keys: &Keys) -> [String; 4] {
+        [
+            hex(root.expose_secret()),
+            hex(keys.wrap.expose_secret()),
+            hex(keys.mac.expose_secret()),
+            keys.check.clone(),
+        ]
+    }
+
     #[test]
     fn keyfile_derivation_vector() {
         let kdf = Kdf::KeyFile {
@@ -207,12 +217,7 @@ mod tests {
         )
         .unwrap();
         let keys = Keys::from_root(&root);
-        let got = [
-            hex(root.expose_secret()),
-            hex(keys.wrap.expose_secret()),
-            hex(keys.mac.expose_secret()),
-            keys.check.clone(),
-        ];
+        let got = derived_hex(&root, &keys);
         assert_eq!(
             got,
             [
@@ -241,12 +246,7 @@ mod tests {
         let pw = Unlock::Passphrase(Zeroizing::new(b"correct horse".to_vec()));
         let root = derive_root(&kdf, &pw, Path::new("v"), false).unwrap();
         let keys = Keys::from_root(&root);
-        let got = [
-            hex(root.expose_secret()),
-            hex(keys.wrap.expose_secret()),
-            hex(keys.mac.expose_secret()),
-            keys.check.clone(),
-        ];
+        let got = derived_hex(&root, &keys);
         assert_eq!(
             got,
             [
