@@ -43,6 +43,7 @@ fn setup(audit: Audit) -> (tempfile::TempDir, EncFs, Vec<u64>) {
         4096,
         "keystore.json".into(),
         0,
+        true,
     )
     .unwrap();
     let c = Caller::current();

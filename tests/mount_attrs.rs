@@ -212,7 +212,27 @@ fn xattrs_round_trip_encrypted() {
         libc::ENODATA
     );
     assert_eq!(list_xattr(&p).unwrap(), Vec::<String>::new());
-    set_xattr(&p, "user.test", &plain, 0).unwrap();
+    let bf = m.backing_path("f");
+    // The backing name of a user.* attribute: the one a set through the mount adds (the name
+    // itself on a volume with plaintext names; encrypted otherwise).
+    let stored_name = |name: &str, value: &[u8]| {
+        let before = list_xattr(&bf).unwrap();
+        set_xattr(&p, name, value, 0).unwrap();
+        let added: Vec<String> = list_xattr(&bf)
+            .unwrap()
+            .into_iter()
+            .filter(|n| !before.contains(n))
+            .collect();
+        assert_eq!(added.len(), 1, "{name}: {added:?}");
+        assert_eq!(
+            added[0] == name,
+            m.plaintext_names(),
+            "{name} stored as {}",
+            added[0]
+        );
+        added[0].clone()
+    };
+    let stored_test = stored_name("user.test", &plain);
     set_xattr(&p, "user.binary", &binary, 0).unwrap();
     set_xattr(&p, "user.empty", b"", 0).unwrap();
     set_xattr(&m.path("d"), "user.ondir", b"dir value", 0).unwrap();
@@ -226,7 +246,7 @@ fn xattrs_round_trip_encrypted() {
     assert_eq!(names, ["user.binary", "user.empty", "user.test"]);
 
     // The backing value is ciphertext: different, without the plaintext, 28 bytes longer.
-    let raw = get_xattr(&m.backing_path("f"), "user.test").unwrap();
+    let raw = get_xattr(&bf, &stored_test).unwrap();
     assert_ne!(raw, plain);
     assert!(
         !common::contains(&raw, &plain[..16]),
@@ -256,12 +276,14 @@ fn xattrs_round_trip_encrypted() {
     );
 
     // A value moved to another name, or flipped, fails authentication: EIO.
-    let raw_bin = get_xattr(&m.backing_path("f"), "user.test").unwrap();
-    set_xattr(&m.backing_path("f"), "user.moved", &raw_bin, 0).unwrap();
+    let raw_bin = get_xattr(&bf, &stored_test).unwrap();
+    let stored_moved = stored_name("user.moved", b"x");
+    set_xattr(&bf, &stored_moved, &raw_bin, 0).unwrap();
     assert_eq!(errno(&get_xattr(&p, "user.moved").unwrap_err()), libc::EIO);
     let mut flipped = raw_bin.clone();
     flipped[20] ^= 1;
-    set_xattr(&m.backing_path("f"), "user.flipped", &flipped, 0).unwrap();
+    let stored_flipped = stored_name("user.flipped", b"x");
+    set_xattr(&bf, &stored_flipped, &flipped, 0).unwrap();
     assert_eq!(
         errno(&get_xattr(&p, "user.flipped").unwrap_err()),
         libc::EIO

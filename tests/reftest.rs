@@ -166,6 +166,7 @@ impl Harness {
             4096,
             "keystore.json".into(),
             0,
+            true,
         )
         .unwrap();
         let caller = Caller::current();

@@ -62,6 +62,11 @@ pub enum Command {
         /// running init always is one (change later with `envelopefs key admin`).
         #[arg(long, value_name = "UID")]
         admin_uid: Vec<String>,
+        /// Store file names, symlink targets and xattr names in the clear, as volumes made
+        /// before names were encrypted do (faster for huge directories; names then leak to
+        /// anyone who can read BACKING). Default: encrypted.
+        #[arg(long)]
+        plaintext_names: bool,
         #[command(flatten)]
         secret: SecretArgs,
     },
@@ -180,6 +185,26 @@ pub enum Command {
     Key(crate::cli::keys::KeyArgs),
     /// Show or verify the key service's audit log.
     Audit(crate::cli::keys::AuditArgs),
+    /// Translate paths between the plaintext view and BACKING on a volume with encrypted
+    /// names: which backing entry holds a file (to restore it from a backup, say), or, with
+    /// --decrypt, which file a backing entry is. Works mounted or not; needs the passphrase
+    /// or key file. On a volume with plaintext names a path is its own backing path.
+    #[command(
+        after_help = "Examples:\n  envelopefs path ~/vault.enc 'taxes/2026/return.pdf'\n  envelopefs path --decrypt ~/vault.enc ~/vault.enc/data/Yq3…/Zx…"
+    )]
+    Path {
+        /// An initialised volume.
+        backing: PathBuf,
+        /// Paths relative to the volume root; with --decrypt, backing paths (relative to
+        /// BACKING/data, or full paths under it).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Translate backing paths to plaintext paths.
+        #[arg(long)]
+        decrypt: bool,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
     /// Count files per key and key version from their headers (no passphrase needed).
     Scan {
         /// An initialised volume.

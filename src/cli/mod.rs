@@ -3,6 +3,7 @@
 
 mod args;
 pub(crate) mod keys;
+mod path;
 pub(crate) mod reencrypt;
 pub(crate) mod rewrap;
 
@@ -224,8 +225,16 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             block_size,
             keystore,
             admin_uid,
+            plaintext_names,
             secret,
-        } => init(&backing, block_size, keystore, &admin_uid, &secret),
+        } => init(
+            &backing,
+            block_size,
+            keystore,
+            &admin_uid,
+            !plaintext_names,
+            &secret,
+        ),
         Command::Mount {
             backing,
             mountpoint,
@@ -341,6 +350,12 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Key(args) => crate::cli::keys::run_key(args),
         Command::Audit(args) => crate::cli::keys::run_audit(args),
         Command::Scan { backing, json } => crate::cli::keys::run_scan(&backing, json),
+        Command::Path {
+            backing,
+            paths,
+            decrypt,
+            secret,
+        } => path::run(&backing, &paths, decrypt, &secret),
     }
 }
 
@@ -349,6 +364,7 @@ fn init(
     block_size: u32,
     keystore: Option<PathBuf>,
     admin_uids: &[String],
+    encrypted_names: bool,
     secret: &SecretArgs,
 ) -> Result<(), CliError> {
     crate::format::header::check_block_size(block_size)
@@ -380,18 +396,33 @@ fn init(
     for uid in admin_uids {
         kms.add_admin(uid, &me)?;
     }
-    let cfg = vol::create(backing, &kms, "alias/default", block_size, ks_rel, now()).map_err(
-        |e| match e {
-            vol::VolumeCreateError::Volume(v) => CliError::from(v),
-            vol::VolumeCreateError::Key(k) => CliError::from(k),
-        },
-    )?;
+    let cfg = vol::create(
+        backing,
+        &kms,
+        "alias/default",
+        block_size,
+        ks_rel,
+        now(),
+        encrypted_names,
+    )
+    .map_err(|e| match e {
+        vol::VolumeCreateError::Volume(v) => CliError::from(v),
+        vol::VolumeCreateError::Key(k) => CliError::from(k),
+    })?;
     println!(
         "Created envelopefs volume {} (volume id {}).",
         backing.display(),
         cfg.volume_id
     );
     println!("  keystore: {}", ks_path.display());
+    println!(
+        "  names:    {}",
+        if cfg.encrypted_names() {
+            "encrypted (file names, symlink targets, xattr names)"
+        } else {
+            "in the clear (--plaintext-names)"
+        }
+    );
     println!("  administrators: uid {:?}", kms.admins());
     println!(
         "Next: mkdir -p MNT && envelopefs mount {} MNT",
@@ -430,6 +461,14 @@ fn info(backing: &Path) -> Result<(), CliError> {
         vol::keystore_path(backing, &cfg).display()
     );
     println!("features:    {}", cfg.features.join(", "));
+    println!(
+        "names:       {}",
+        if cfg.encrypted_names() {
+            "encrypted"
+        } else {
+            "in the clear"
+        }
+    );
     println!("created:     {} (Unix seconds)", cfg.created);
     Ok(())
 }

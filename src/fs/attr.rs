@@ -167,6 +167,10 @@ impl EncFs {
                     log::warn!("inode {ino}: {e}; reporting size 0 (reads will fail with EIO)");
                     0
                 })
+        } else if kind == Kind::Symlink && self.names.encrypted_names() {
+            // The plaintext target's length, as readlink will return it.
+            self.readlink(ino)
+                .map_or(st.st_size as u64, |t| t.len() as u64)
         } else {
             st.st_size as u64
         };

@@ -487,8 +487,8 @@ mod tests {
         r
     }
 
-    fn backing(tmp: &tempfile::TempDir) -> std::path::PathBuf {
-        tmp.path().join("vol/data/f")
+    fn backing(fs: &crate::fs::EncFs, tmp: &tempfile::TempDir) -> std::path::PathBuf {
+        crate::fs::testing::backing_path(fs, tmp, "f")
     }
 
     fn zero_at(path: &std::path::Path, at: u64, len: usize) {
@@ -515,7 +515,7 @@ mod tests {
         expect.extend_from_slice(b"after a gap");
         assert_eq!(read_all(&fs, ino, &caller), Ok(expect));
         let l = fs.layout();
-        let bytes = std::fs::read(backing(&tmp)).unwrap();
+        let bytes = std::fs::read(backing(&fs, &tmp)).unwrap();
         for i in 0..5 {
             let at = l.block_offset(i) as usize;
             let sealed = &bytes[at..at + l.sealed_block_size() as usize];
@@ -525,7 +525,7 @@ mod tests {
             );
         }
         zero_at(
-            &backing(&tmp),
+            &backing(&fs, &tmp),
             l.block_offset(2),
             l.sealed_block_size() as usize,
         );
@@ -540,15 +540,15 @@ mod tests {
         fs.write(fh, 0, b"some content", &caller).unwrap();
         fs.release(fh).unwrap();
         for cut in [1024u64, 1024 + 28] {
-            let saved = std::fs::read(backing(&tmp)).unwrap();
+            let saved = std::fs::read(backing(&fs, &tmp)).unwrap();
             std::fs::OpenOptions::new()
                 .write(true)
-                .open(backing(&tmp))
+                .open(backing(&fs, &tmp))
                 .unwrap()
                 .set_len(cut)
                 .unwrap();
             assert_eq!(read_all(&fs, ino, &caller), Err(libc::EIO), "cut to {cut}");
-            std::fs::write(backing(&tmp), saved).unwrap();
+            std::fs::write(backing(&fs, &tmp), saved).unwrap();
         }
         assert_eq!(read_all(&fs, ino, &caller), Ok(b"some content".to_vec()));
         // Emptied through the mount: header + empty block, reads empty, and the empty block
@@ -558,9 +558,12 @@ mod tests {
             ..crate::fs::SetAttr::default()
         };
         fs.setattr(ino, &set, &caller).unwrap();
-        assert_eq!(std::fs::metadata(backing(&tmp)).unwrap().len(), 1024 + 28);
+        assert_eq!(
+            std::fs::metadata(backing(&fs, &tmp)).unwrap().len(),
+            1024 + 28
+        );
         assert_eq!(read_all(&fs, ino, &caller), Ok(Vec::new()));
-        zero_at(&backing(&tmp), 1024, 28);
+        zero_at(&backing(&fs, &tmp), 1024, 28);
         assert_eq!(read_all(&fs, ino, &caller), Err(libc::EIO));
     }
 
@@ -577,7 +580,7 @@ mod tests {
         assert_eq!(data[0], b'x');
         assert!(data[1..].iter().all(|&b| b == 0));
         assert_eq!(
-            std::fs::metadata(backing(&tmp)).unwrap().len(),
+            std::fs::metadata(backing(&fs, &tmp)).unwrap().len(),
             fs.layout().backing_size(size)
         );
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::EncFs;
 use super::attr::{Attr, Kind};
 use super::error::{FsError, FsResult};
+use super::names::Placed;
 use crate::keys::Caller;
 use crate::store::sys;
 
@@ -89,7 +90,13 @@ fn in_group(caller: &Caller, gid: u32) -> bool {
 impl EncFs {
     /// lookup: counts one kernel reference on success.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
-        let (ino, st) = self.inodes.lookup(parent, name)?;
+        let placed = self.place(parent, name)?;
+        self.lookup_backing(parent, &placed.entry)
+    }
+
+    /// lookup by backing name.
+    pub(crate) fn lookup_backing(&self, parent: u64, entry: &OsStr) -> FsResult<Attr> {
+        let (ino, st) = self.inodes.lookup(parent, entry)?;
         Ok(self.attr_from_stat(ino, &st))
     }
 
@@ -98,22 +105,73 @@ impl EncFs {
         self.inodes.forget(ino, n);
     }
 
-    /// Finishes a create-type operation: hands the new inode to the caller (restoring the
-    /// set-id bits of `mode`, see [`give_to_caller`]) and looks it up.
-    fn created(&self, parent: u64, name: &OsStr, mode: u32, caller: &Caller) -> FsResult<Attr> {
+    /// Finishes a create-type operation: hands the new inode (backing name `entry`) to the
+    /// caller (restoring the set-id bits of `mode`, see [`give_to_caller`]) and looks it up.
+    fn created(&self, parent: u64, entry: &OsStr, mode: u32, caller: &Caller) -> FsResult<Attr> {
         let pfd = self.inodes.get(parent)?;
-        let fd = sys::open_path(pfd.as_raw_fd(), name)?;
+        let fd = sys::open_path(pfd.as_raw_fd(), entry)?;
         if let Err(e) = give_to_caller(pfd.as_raw_fd(), fd.as_raw_fd(), caller, mode) {
             log::warn!("could not give a new inode to uid {}: {e}", caller.uid);
         }
-        self.lookup(parent, name)
+        self.lookup_backing(parent, entry)
     }
 
-    /// mkdir (`mode` already has the umask applied by the kernel).
+    /// Runs `make` (which creates the backing entry `placed.entry` in `pdir`) with the long
+    /// name's sidecar made before it and removed again if `make` fails.
+    fn make_entry(
+        &self,
+        pdir: RawFd,
+        placed: &Placed,
+        make: impl FnOnce() -> std::io::Result<()>,
+    ) -> FsResult<()> {
+        self.before_create(pdir, placed)?;
+        make().map_err(|e| {
+            self.after_remove(pdir, placed);
+            e.into()
+        })
+    }
+
+    /// mkdir (`mode` already has the umask applied by the kernel). With encrypted names the new
+    /// directory gets its id before anything can be put in it.
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: &Caller) -> FsResult<Attr> {
         let pfd = self.inodes.get(parent)?;
-        sys::mkdirat(pfd.as_raw_fd(), name, mode & 0o7777 & !SETID_BITS)?;
-        self.created(parent, name, mode, caller)
+        let placed = self.place(parent, name)?;
+        let perm = mode & 0o7777 & !SETID_BITS;
+        let encrypted = self.names.encrypted_names();
+        // An unprivileged daemon needs write access to put the id in.
+        let first = if encrypted && sys::geteuid() != 0 {
+            perm | 0o700
+        } else {
+            perm
+        };
+        self.make_entry(pfd.as_raw_fd(), &placed, || {
+            sys::mkdirat(pfd.as_raw_fd(), &placed.entry, first)
+        })?;
+        let mut dirid = None;
+        if encrypted {
+            let id = sys::open_path(pfd.as_raw_fd(), &placed.entry)
+                .map_err(FsError::from)
+                .and_then(|d| {
+                    let id = self.new_directory(d.as_raw_fd())?;
+                    if first != perm {
+                        sys::chmod_fd(d.as_raw_fd(), perm)?;
+                    }
+                    Ok(id)
+                });
+            match id {
+                Ok(id) => dirid = id,
+                Err(e) => {
+                    let _ = sys::unlinkat(pfd.as_raw_fd(), &placed.entry, libc::AT_REMOVEDIR);
+                    self.after_remove(pfd.as_raw_fd(), &placed);
+                    return Err(e);
+                }
+            }
+        }
+        let attr = self.created(parent, &placed.entry, mode, caller)?;
+        if let Some(id) = dirid {
+            self.inodes.set_dirid(attr.ino, id);
+        }
+        Ok(attr)
     }
 
     /// mknod: fifos, sockets and (for root) device nodes. Regular files come through create.
@@ -126,22 +184,25 @@ impl EncFs {
         caller: &Caller,
     ) -> FsResult<Attr> {
         let pfd = self.inodes.get(parent)?;
-        if mode & libc::S_IFMT == libc::S_IFREG {
-            let f = sys::openat(
-                pfd.as_raw_fd(),
-                name,
-                libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
-                mode & 0o7777 & !SETID_BITS,
-            )?;
-            drop(f);
-        } else {
-            sys::mknodat(pfd.as_raw_fd(), name, mode & !SETID_BITS, u64::from(rdev))?;
-        }
-        self.created(parent, name, mode, caller)
+        let placed = self.place(parent, name)?;
+        let dir = pfd.as_raw_fd();
+        self.make_entry(dir, &placed, || {
+            if mode & libc::S_IFMT == libc::S_IFREG {
+                sys::openat(
+                    dir,
+                    &placed.entry,
+                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+                    mode & 0o7777 & !SETID_BITS,
+                )
+                .map(drop)
+            } else {
+                sys::mknodat(dir, &placed.entry, mode & !SETID_BITS, u64::from(rdev))
+            }
+        })?;
+        self.created(parent, &placed.entry, mode, caller)
     }
 
-    /// symlink. The target is stored as given (see docs/SECURITY.md: link targets are not
-    /// encrypted).
+    /// symlink. With encrypted names the target is stored encrypted (docs/FORMAT.md §10).
     pub(crate) fn symlink(
         &self,
         parent: u64,
@@ -150,31 +211,52 @@ impl EncFs {
         caller: &Caller,
     ) -> FsResult<Attr> {
         let pfd = self.inodes.get(parent)?;
-        sys::symlinkat(target, pfd.as_raw_fd(), name)?;
-        self.created(parent, name, 0, caller)
+        let placed = self.place(parent, name)?;
+        let stored = self.store_target(target)?;
+        self.make_entry(pfd.as_raw_fd(), &placed, || {
+            sys::symlinkat(&stored, pfd.as_raw_fd(), &placed.entry)
+        })?;
+        self.created(parent, &placed.entry, 0, caller)
     }
 
     /// readlink.
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
         let fd = self.inodes.get(ino)?;
-        Ok(sys::readlink(fd.as_raw_fd())?)
+        self.load_target(ino, sys::readlink(fd.as_raw_fd())?)
     }
 
     /// unlink.
     pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         let pfd = self.inodes.get(parent)?;
-        self.pin_target(pfd.as_raw_fd(), name);
-        Ok(sys::unlinkat(pfd.as_raw_fd(), name, 0)?)
+        let placed = self.place(parent, name)?;
+        self.pin_target(pfd.as_raw_fd(), &placed.entry);
+        sys::unlinkat(pfd.as_raw_fd(), &placed.entry, 0)?;
+        self.after_remove(pfd.as_raw_fd(), &placed);
+        Ok(())
     }
 
-    /// rmdir.
+    /// rmdir. With encrypted names the directory's own metadata goes first (ENOTEMPTY if it
+    /// holds anything else), and its id is put back if the removal then fails.
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         let pfd = self.inodes.get(parent)?;
-        self.pin_target(pfd.as_raw_fd(), name);
-        Ok(sys::unlinkat(pfd.as_raw_fd(), name, libc::AT_REMOVEDIR)?)
+        let placed = self.place(parent, name)?;
+        self.pin_target(pfd.as_raw_fd(), &placed.entry);
+        let id = self.prepare_rmdir(pfd.as_raw_fd(), &placed)?;
+        if let Err(e) = sys::unlinkat(pfd.as_raw_fd(), &placed.entry, libc::AT_REMOVEDIR) {
+            if let Some(id) = id
+                && let Ok(d) = sys::open_path(pfd.as_raw_fd(), &placed.entry)
+            {
+                self.restore_dirid(d.as_raw_fd(), &id);
+            }
+            return Err(e.into());
+        }
+        self.after_remove(pfd.as_raw_fd(), &placed);
+        Ok(())
     }
 
-    /// rename, with RENAME_NOREPLACE / RENAME_EXCHANGE passed to the backing filesystem.
+    /// rename, with RENAME_NOREPLACE / RENAME_EXCHANGE passed to the backing filesystem. With
+    /// encrypted names a moved entry is renamed to its name encrypted for the new directory;
+    /// a directory keeps its id, so nothing below it changes.
     pub fn rename(
         &self,
         parent: u64,
@@ -185,31 +267,49 @@ impl EncFs {
     ) -> FsResult<()> {
         let pfd = self.inodes.get(parent)?;
         let npfd = self.inodes.get(newparent)?;
+        let from = self.place(parent, name)?;
+        let to = self.place(newparent, newname)?;
         let ino_of = |dir: RawFd, n: &OsStr| {
             sys::lstatat(dir, n)
                 .ok()
                 .map(|st| self.inodes.fuse_ino(st.st_ino))
         };
-        let moving = ino_of(pfd.as_raw_fd(), name);
-        let target = ino_of(npfd.as_raw_fd(), newname);
+        let moving = ino_of(pfd.as_raw_fd(), &from.entry);
+        let target = ino_of(npfd.as_raw_fd(), &to.entry);
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         if !exchange && let Some(t) = target {
             // The target's name is about to lead elsewhere: keep its inode reachable.
             self.inodes.pin(t);
         }
-        sys::renameat2(pfd.as_raw_fd(), name, npfd.as_raw_fd(), newname, flags)?;
+        let rename = || {
+            sys::renameat2(
+                pfd.as_raw_fd(),
+                &from.entry,
+                npfd.as_raw_fd(),
+                &to.entry,
+                flags,
+            )
+        };
+        if exchange {
+            // Both names stay where they are (only the inodes behind them swap), and so do
+            // their sidecars.
+            rename()?;
+        } else {
+            self.make_entry(npfd.as_raw_fd(), &to, rename)?;
+            self.after_remove(pfd.as_raw_fd(), &from);
+        }
         if let Some(m) = moving {
-            self.inodes.renamed(m, newparent, newname);
+            self.inodes.renamed(m, newparent, &to.entry);
         }
         if exchange && let Some(t) = target {
-            self.inodes.renamed(t, parent, name);
+            self.inodes.renamed(t, parent, &from.entry);
         }
         Ok(())
     }
 
-    /// Pins the inode `name` in `dir` leads to (see [`super::inode`]) before that name goes.
-    fn pin_target(&self, dir: RawFd, name: &OsStr) {
-        if let Ok(st) = sys::lstatat(dir, name) {
+    /// Pins the inode `entry` in `dir` leads to (see [`super::inode`]) before that name goes.
+    fn pin_target(&self, dir: RawFd, entry: &OsStr) {
+        if let Ok(st) = sys::lstatat(dir, entry) {
             self.inodes.pin(self.inodes.fuse_ino(st.st_ino));
         }
     }
@@ -219,14 +319,17 @@ impl EncFs {
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> FsResult<Attr> {
         let fd = self.inodes.get(ino)?;
         let npfd = self.inodes.get(newparent)?;
-        sys::link_fd(fd.as_raw_fd(), npfd.as_raw_fd(), newname)?;
-        self.lookup(newparent, newname)
+        let placed = self.place(newparent, newname)?;
+        self.make_entry(npfd.as_raw_fd(), &placed, || {
+            sys::link_fd(fd.as_raw_fd(), npfd.as_raw_fd(), &placed.entry)
+        })?;
+        self.lookup_backing(newparent, &placed.entry)
     }
 
-    /// opendir: snapshots the listing; readdir serves it by offset.
+    /// opendir: snapshots the listing (names decrypted); readdir serves it by offset.
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
         let fd = self.inodes.get(ino)?;
-        let entries = sys::list_dir(fd.as_raw_fd())?;
+        let entries = self.list_named(ino, fd.as_raw_fd())?;
         let fh = self.new_fh();
         self.dir_handles
             .lock()
@@ -237,6 +340,20 @@ impl EncFs {
 
     /// readdir: entries from index `offset` on ("." and ".." first).
     pub fn readdir(&self, ino: u64, fh: u64, offset: u64) -> FsResult<Vec<(u64, Entry)>> {
+        Ok(self
+            .listing(ino, fh, offset)?
+            .into_iter()
+            .map(|(next, e, _)| (next, e))
+            .collect())
+    }
+
+    /// [`readdir`](Self::readdir) with each entry's backing name (None for "." and "..").
+    fn listing(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+    ) -> FsResult<Vec<(u64, Entry, Option<std::ffi::OsString>)>> {
         let list = self
             .dir_handles
             .lock()
@@ -255,6 +372,7 @@ impl EncFs {
                         kind: Kind::Dir,
                         name: (*dname).into(),
                     },
+                    None,
                 ));
             }
         }
@@ -265,7 +383,7 @@ impl EncFs {
                 kind: Kind::from_dtype(e.kind),
                 name: e.name.clone(),
             };
-            out.push((i as u64 + 3, entry));
+            out.push((i as u64 + 3, entry, Some(e.backing().to_owned())));
         }
         Ok(out)
     }
@@ -280,15 +398,15 @@ impl EncFs {
         fh: u64,
         offset: u64,
     ) -> FsResult<Vec<(u64, Entry, Attr)>> {
-        let entries = self.readdir(ino, fh, offset)?;
+        let entries = self.listing(ino, fh, offset)?;
         let mut out = Vec::with_capacity(entries.len());
-        for (next, e) in entries {
-            if e.name == "." || e.name == ".." {
+        for (next, e, backing) in entries {
+            let Some(backing) = backing else {
                 let attr = self.getattr(ino)?;
                 out.push((next, e, attr));
                 continue;
-            }
-            match self.lookup(ino, &e.name) {
+            };
+            match self.lookup_backing(ino, &backing) {
                 Ok(attr) => out.push((
                     next,
                     Entry {

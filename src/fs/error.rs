@@ -81,7 +81,12 @@ fn format_errno(e: &FormatError) -> i32 {
         | FormatError::BlockAuthFailed(_)
         | FormatError::BadLength(_)
         | FormatError::UnknownFeature(_)
-        | FormatError::BadConfig(_) => libc::EIO,
+        | FormatError::BadConfig(_)
+        | FormatError::NameAuthFailed
+        | FormatError::BadDirId => libc::EIO,
+        // A name the caller gave that cannot be stored: the caller's error.
+        FormatError::BadName => libc::EINVAL,
+        FormatError::NameTooLong => libc::ENAMETOOLONG,
     }
 }
 

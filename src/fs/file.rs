@@ -220,15 +220,17 @@ impl EncFs {
         caller: &Caller,
     ) -> FsResult<(Attr, u64)> {
         let pfd = self.inodes.get(parent)?;
+        let placed = self.place(parent, name)?;
         // The key service decides first: a caller it refuses gets EACCES and nothing is made.
         let keys = self.new_file_keys(caller)?;
+        self.before_create(pfd.as_raw_fd(), &placed)?;
         // Read-write whatever the caller asked for: the header is written through this fd
         // (the kernel still enforces the caller's access mode on its own file descriptor).
         let bflags = backing_flags((flags & !libc::O_ACCMODE) | libc::O_RDWR) | libc::O_CREAT;
         let mut fresh = false;
         let file: File = match sys::openat(
             pfd.as_raw_fd(),
-            name,
+            &placed.entry,
             bflags | libc::O_EXCL,
             mode & 0o7777 & !SETID_BITS,
         ) {
@@ -243,14 +245,17 @@ impl EncFs {
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) && flags & libc::O_EXCL == 0 => {
                 File::from(sys::openat(
                     pfd.as_raw_fd(),
-                    name,
+                    &placed.entry,
                     backing_flags(flags) | libc::O_NOFOLLOW,
                     0,
                 )?)
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                self.after_remove(pfd.as_raw_fd(), &placed);
+                return Err(e.into());
+            }
         };
-        let mut attr = self.lookup(parent, name)?;
+        let mut attr = self.lookup_backing(parent, &placed.entry)?;
         let fh = self.register(attr.ino, file, caller, flags)?;
         if fresh {
             let h = self.handle(fh)?;

@@ -19,6 +19,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use super::error::{FsError, FsResult};
+use crate::format::names::DirId;
 use crate::store::sys;
 
 /// FUSE's root inode number.
@@ -43,12 +44,16 @@ struct Node {
     /// The kernel's page cache was given this inode's contents by a prefetch (a hint only:
     /// the kernel may have dropped them since, and then simply asks with READ).
     filled: bool,
+    /// A directory's id (encrypted names; see [`super::names`]), once read.
+    dirid: Option<DirId>,
 }
 
 struct Table {
     nodes: HashMap<u64, Node>,
     /// Inodes whose descriptor is cached and not pinned, least recently used first.
     lru: lru::LruCache<u64, ()>,
+    /// The root directory's id, once read.
+    root_dirid: Option<DirId>,
 }
 
 /// The inode table.
@@ -71,6 +76,7 @@ impl InodeTable {
             table: Mutex::new(Table {
                 nodes: HashMap::new(),
                 lru: lru::LruCache::new(cap),
+                root_dirid: None,
             }),
         }
     }
@@ -186,6 +192,7 @@ impl InodeTable {
                 xattr_free: false,
                 xattr_gen: 0,
                 filled: false,
+                dirid: None,
             });
             node.nlookup += 1;
             if !node.pinned {
@@ -258,6 +265,26 @@ impl InodeTable {
     pub(crate) fn mark_filled(&self, ino: u64) {
         if let Some(n) = self.lock().nodes.get_mut(&ino) {
             n.filled = true;
+        }
+    }
+
+    /// The cached id of directory `ino`.
+    pub(crate) fn dirid(&self, ino: u64) -> Option<DirId> {
+        let t = self.lock();
+        if ino == ROOT_INO {
+            t.root_dirid
+        } else {
+            t.nodes.get(&ino).and_then(|n| n.dirid)
+        }
+    }
+
+    /// Caches the id of directory `ino` (forgotten with the inode).
+    pub(crate) fn set_dirid(&self, ino: u64, id: DirId) {
+        let mut t = self.lock();
+        if ino == ROOT_INO {
+            t.root_dirid = Some(id);
+        } else if let Some(n) = t.nodes.get_mut(&ino) {
+            n.dirid = Some(id);
         }
     }
 

@@ -12,6 +12,9 @@ pub mod dir;
 pub mod error;
 pub mod file;
 pub mod inode;
+pub(crate) mod names;
+#[cfg(test)]
+mod names_tests;
 pub(crate) mod plan;
 pub mod reencrypt;
 pub mod xattr;
@@ -26,7 +29,6 @@ pub use error::{FsError, FsResult};
 use crate::format::context::EncryptionContext;
 use crate::format::layout::Layout;
 use crate::keys::{Caller, KeyService};
-use crate::store::sys::DirEntry;
 use crate::store::volume::Volume;
 use content::OpenFile;
 use file::Handle;
@@ -42,6 +44,8 @@ pub struct EncFs {
     default_key: String,
     keys: Arc<dyn KeyService>,
     xattr: xattr::XattrCipher,
+    /// How names are stored (plain, or encrypted: `encrypted-names`).
+    names: names::Names,
     inodes: InodeTable,
     /// Guards the map from inode to its shared open-file state (one per open inode, shared by
     /// all its handles); the state itself has its own lock.
@@ -49,7 +53,7 @@ pub struct EncFs {
     /// Guards the map of open file handles.
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     /// Guards the map of open directory handles (each a listing snapshot).
-    dir_handles: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    dir_handles: Mutex<HashMap<u64, Arc<Vec<names::Listed>>>>,
     next_fh: AtomicU64,
 }
 
@@ -82,7 +86,7 @@ impl EncFs {
         max_fds: usize,
     ) -> FsResult<Self> {
         let cfg = &volume.config;
-        let xattr = xattr::XattrCipher::unwrap(keys.as_ref(), cfg, caller)?;
+        let (xattr, names) = xattr::XattrCipher::unwrap(keys.as_ref(), cfg, caller)?;
         let root_st = crate::store::sys::fstat(std::os::fd::AsRawFd::as_raw_fd(&volume.data))?;
         Ok(EncFs {
             volume_id: cfg.volume_id.clone(),
@@ -92,6 +96,7 @@ impl EncFs {
             default_key: cfg.default_key.clone(),
             keys,
             xattr,
+            names,
             inodes: InodeTable::new(volume.data, root_st.st_ino, max_fds),
             open_files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
@@ -139,6 +144,12 @@ pub(crate) mod testing {
         (fs, tmp, caller, kms)
     }
 
+    /// A second core over the volume of `tmp` (made by [`fresh_with_kms`] with `kms`).
+    pub(crate) fn reopen(tmp: &tempfile::TempDir, kms: Arc<LocalKms>) -> EncFs {
+        let root = tmp.path().join("vol");
+        EncFs::new(volume::open(&root).expect("open"), kms, &Caller::current()).expect("core")
+    }
+
     /// A fresh volume in a temp dir made with `keys`, and the core over it.
     fn core_over<K: crate::keys::KeyService + 'static>(
         keys: Arc<K>,
@@ -153,6 +164,7 @@ pub(crate) mod testing {
             4096,
             "keystore.json".into(),
             0,
+            true,
         )
         .expect("create");
         let caller = Caller::current();
@@ -280,6 +292,18 @@ pub(crate) mod testing {
         let fh = fs.open(a.ino, libc::O_RDONLY, &caller).unwrap();
         assert_eq!(fs.read(fh, 0, 10).unwrap(), b"x");
         fs.release(fh).unwrap();
+    }
+
+    /// The backing path of the entry `name` of the root directory (encrypted or not).
+    pub(crate) fn backing_path(
+        fs: &EncFs,
+        tmp: &tempfile::TempDir,
+        name: &str,
+    ) -> std::path::PathBuf {
+        let placed = fs
+            .place(super::inode::ROOT_INO, std::ffi::OsStr::new(name))
+            .expect("place");
+        tmp.path().join("vol/data").join(placed.entry)
     }
 
     /// [`fresh`] with a regular file "f" created in the root: also its inode and the

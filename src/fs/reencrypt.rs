@@ -175,7 +175,7 @@ mod tests {
             .unwrap();
         let data: Vec<u8> = (0..3 * 4096 + 77).map(|i| (i * 7 % 251) as u8).collect();
         fs.write(fh, 0, &data, &caller).unwrap();
-        let path = tmp.path().join("vol/data/f");
+        let path = testing::backing_path(&fs, &tmp, "f");
         let old_dek = dek_of(&fs, &path, &caller);
         // With a handle open across it: the open state switches to the new key.
         assert!(fs.reencrypt(a.ino, None, &caller).unwrap());
@@ -212,7 +212,7 @@ mod tests {
             .unwrap();
         fs.write(fh, 0, b"g", &caller).unwrap();
         fs.release(fh).unwrap();
-        let gpath = tmp.path().join("vol/data/g");
+        let gpath = testing::backing_path(&fs, &tmp, "g");
         let before = std::fs::metadata(&gpath).unwrap().modified().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
         fs.reencrypt(b.ino, None, &caller).unwrap();
@@ -264,7 +264,7 @@ mod tests {
         let (fs, tmp, caller, ino, fh) = testing::with_file();
         fs.write(fh, 0, b"x", &caller).unwrap();
         fs.release(fh).unwrap();
-        let path = tmp.path().join("vol/data/f");
+        let path = testing::backing_path(&fs, &tmp, "f");
         let before = dek_of(&fs, &path, &caller);
         fs.setxattr(ino, OsStr::new(REENCRYPT_XATTR), b"", 0, &caller)
             .unwrap();

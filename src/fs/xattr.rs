@@ -48,18 +48,26 @@ fn ad(name: &OsStr) -> Vec<u8> {
 }
 
 impl XattrCipher {
-    /// Unwraps the volume key named in the config and derives the xattr key.
+    /// Unwraps the volume key named in the config and derives the xattr key, and the name key
+    /// when the volume encrypts names.
     pub(crate) fn unwrap(
         keys: &dyn KeyService,
         cfg: &VolumeConfig,
         caller: &Caller,
-    ) -> FsResult<Self> {
+    ) -> FsResult<(Self, super::names::Names)> {
         let wrapped = crate::store::volume::wrapped_volume_key(cfg)?;
         let ctx = crate::format::context::EncryptionContext::for_volume_key(&cfg.volume_id);
         let vk = keys.decrypt(&wrapped, &ctx, caller)?;
         let mut c = Self::from_volume_key(vk.expose_secret());
         c.volume_key = Some((wrapped, ctx));
-        Ok(c)
+        let names = if cfg.encrypted_names() {
+            super::names::Names::encrypted(crate::format::names::NameCipher::from_volume_key(
+                vk.expose_secret(),
+            ))
+        } else {
+            super::names::Names::plain()
+        };
+        Ok((c, names))
     }
 
     /// The key decision for `caller` on the volume key (state, policy, grants), as at mount:
@@ -220,12 +228,13 @@ impl EncFs {
         }
         refuse(name)?;
         let fd = self.inodes.get(ino)?;
+        let stored = self.stored_xattr_name(name)?;
         let r = if is_user(name) {
             self.xattr_key_decision(ino, &fd, caller)?;
             let sealed = self.xattr.seal(name, value);
-            sys::setxattr(fd.as_raw_fd(), name, &sealed, flags)
+            sys::setxattr(fd.as_raw_fd(), &stored, &sealed, flags)
         } else {
-            sys::setxattr(fd.as_raw_fd(), name, value, flags)
+            sys::setxattr(fd.as_raw_fd(), &stored, value, flags)
         };
         self.inodes.xattrs_changed(ino);
         Ok(r?)
@@ -271,10 +280,11 @@ impl EncFs {
             return Err(errno(libc::ENODATA));
         }
         let raw = fd.as_raw_fd();
+        let stored = self.stored_xattr_name(name)?;
         let value = loop {
-            let size = sys::getxattr(raw, name, &mut [])?;
+            let size = sys::getxattr(raw, &stored, &mut [])?;
             let mut buf = vec![0u8; size];
-            match sys::getxattr(raw, name, &mut buf) {
+            match sys::getxattr(raw, &stored, &mut buf) {
                 Ok(n) => {
                     buf.truncate(n);
                     break buf;
@@ -300,14 +310,16 @@ impl EncFs {
         if ino != ROOT_INO && self.inodes.xattr_state(ino).0 {
             return Ok(Vec::new());
         }
-        Ok(without_refused(sys::listxattr(fd.as_raw_fd())?))
+        let names = without_refused(sys::listxattr(fd.as_raw_fd())?);
+        Ok(self.listed_xattr_names(ino, names))
     }
 
     /// removexattr.
     pub(crate) fn removexattr(&self, ino: u64, name: &OsStr) -> FsResult<()> {
         refuse(name)?;
         let fd = self.inodes.get(ino)?;
-        sys::removexattr(fd.as_raw_fd(), name).map_err(|e| {
+        let stored = self.stored_xattr_name(name)?;
+        sys::removexattr(fd.as_raw_fd(), &stored).map_err(|e| {
             if e.raw_os_error() == Some(libc::ENODATA) {
                 errno(libc::ENODATA)
             } else {

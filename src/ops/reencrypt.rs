@@ -113,6 +113,8 @@ enum Worker {
     /// The volume is not mounted: the core, under the volume lock.
     Offline {
         fs: Box<EncFs>,
+        /// The volume's name cipher (None: names in the clear).
+        cipher: Option<Box<crate::format::names::NameCipher>>,
         _lock: vol::VolumeLock,
     },
     /// A daemon serves the volume at this mount point.
@@ -156,8 +158,14 @@ impl Worker {
     }
 }
 
-/// The regular files to visit, relative to BACKING/data, one name per inode (hard links once).
-fn files_under(data: &Path, sub: Option<&Path>) -> Result<Vec<PathBuf>, OpsError> {
+/// The regular files to visit, as plaintext paths relative to the volume root, one name per
+/// inode (hard links once). `root` is BACKING/data (names decrypted with `cipher` when the
+/// volume encrypts them) or the mount point.
+fn files_under(
+    root: &Path,
+    sub: Option<&Path>,
+    cipher: Option<&crate::format::names::NameCipher>,
+) -> Result<Vec<PathBuf>, OpsError> {
     let start = match sub {
         Some(p) => {
             if p.components()
@@ -168,9 +176,11 @@ fn files_under(data: &Path, sub: Option<&Path>) -> Result<Vec<PathBuf>, OpsError
                     p.display()
                 )));
             }
-            data.join(p)
+            let b = crate::store::names::encrypt_path(root, cipher, p)
+                .map_err(|e| OpsError::Usage(format!("--path {}: {e}", p.display())))?;
+            root.join(b)
         }
-        None => data.to_owned(),
+        None => root.to_owned(),
     };
     let meta = std::fs::symlink_metadata(&start).map_err(|e| {
         OpsError::Usage(format!(
@@ -188,11 +198,18 @@ fn files_under(data: &Path, sub: Option<&Path>) -> Result<Vec<PathBuf>, OpsError
             .collect()
     };
     let mut seen = HashSet::new();
-    Ok(all
-        .into_iter()
+    all.into_iter()
         .filter(|(dev, ino, _)| seen.insert((*dev, *ino)))
-        .filter_map(|(_, _, p)| p.strip_prefix(data).ok().map(Path::to_owned))
-        .collect())
+        .filter_map(|(_, _, p)| p.strip_prefix(root).ok().map(Path::to_owned))
+        .map(|rel| {
+            crate::store::names::decrypt_path(root, cipher, &rel).map_err(|e| {
+                OpsError::Io(format!(
+                    "{}: cannot decrypt its name: {e}",
+                    root.join(&rel).display()
+                ))
+            })
+        })
+        .collect()
 }
 
 /// The progress file of an interrupted run: its first line names the run's destination key,
@@ -281,16 +298,25 @@ pub(crate) fn run(
             let cfg = vol::read_config(backing)?;
             let kms = Arc::new(LocalKms::open(&vol::keystore_path(backing, &cfg), &unlock)?);
             drop(unlock);
+            let cipher = crate::store::names::cipher_of(&cfg, kms.as_ref(), &Caller::current())
+                .map_err(|e| OpsError::Io(format!("cannot read the volume's names: {e}")))?;
             let fs = EncFs::new(vol::open(backing)?, kms, &Caller::current())
                 .map_err(|e| OpsError::Io(format!("cannot open the volume: {e}")))?;
             Worker::Offline {
                 fs: Box::new(fs),
+                cipher: cipher.map(Box::new),
                 _lock: lock,
             }
         }
         Mode::Online(mnt) => Worker::Online(mnt),
     };
-    let files = files_under(&data, opts.path.as_deref())?;
+    // Plaintext paths: the mounted tree, or the backing tree with its names decrypted.
+    let files = match &worker {
+        Worker::Offline { cipher, .. } => {
+            files_under(&data, opts.path.as_deref(), cipher.as_deref())?
+        }
+        Worker::Online(mnt) => files_under(mnt, opts.path.as_deref(), None)?,
+    };
     let mut progress = Progress::open(backing, opts)?;
     let mut summary = Summary {
         via: match &worker {

@@ -271,7 +271,7 @@ fn the_volume_key_follows_the_same_rule_and_the_config_is_replaced() {
     let kms = LocalKms::in_memory_for_tests();
     let caller = Caller::current();
     volume::prepare(&root).unwrap();
-    let cfg = volume::create(&root, &kms, "alias/default", 4096, "k.json".into(), 0).unwrap();
+    let cfg = volume::create(&root, &kms, "alias/default", 4096, "k.json".into(), 0, true).unwrap();
     let opts = RewrapOptions::default();
     let run = |opts: &RewrapOptions| {
         let cfg = volume::read_config(&root).unwrap();

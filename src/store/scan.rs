@@ -127,6 +127,7 @@ mod tests {
             4096,
             "keystore.json".into(),
             0,
+            true,
         )
         .unwrap();
         std::fs::write(root.join("data/empty"), b"").unwrap();
@@ -171,7 +172,7 @@ mod tests {
             .unwrap();
         fs.write(fh, 0, b"hello", &caller).unwrap();
         fs.release(fh).unwrap();
-        let path = root.join("data/a");
+        let path = crate::fs::testing::backing_path(&fs, &tmp, "a");
         let mut bytes = std::fs::read(&path).unwrap();
         let mut h = FileHeader::decode(&bytes[..HEADER_COPY_LEN]).unwrap();
         let other = [0x5a; 16];

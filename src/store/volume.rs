@@ -116,6 +116,14 @@ pub(crate) fn init_layout(root: &Path, config: &VolumeConfig) -> Result<(), Volu
     }
     let data = root.join(DATA_DIR);
     fs::create_dir(&data).map_err(io_err(&data))?;
+    if config.encrypted_names() {
+        let mut id = [0u8; crate::format::names::DIRID_LEN];
+        getrandom::fill(&mut id).expect("the OS random number generator failed");
+        let target = crate::format::names::dirid_target(&id);
+        std::os::unix::fs::symlink(&target, data.join(crate::format::names::DIRID_NAME))
+            .map_err(io_err(&data))?;
+        crate::atomic::sync_dir(&data).map_err(io_err(&data))?;
+    }
     crate::atomic::sync_dir(root).map_err(io_err(root))?;
     write_config(root, config)
 }
@@ -155,6 +163,7 @@ pub fn create(
     block_size: u32,
     keystore: String,
     created: u64,
+    encrypted_names: bool,
 ) -> Result<VolumeConfig, VolumeCreateError> {
     crate::format::header::check_block_size(block_size).map_err(|source| VolumeError::Config {
         path: root.to_owned(),
@@ -165,7 +174,7 @@ pub fn create(
     let (_vk, wrapped) =
         keys.generate_data_key(default_key, &ctx, &crate::keys::Caller::current())?;
     let record = volume_key_record(&wrapped);
-    let cfg = VolumeConfig::new(
+    let mut cfg = VolumeConfig::new(
         volume_id,
         created,
         block_size,
@@ -173,6 +182,10 @@ pub fn create(
         keystore,
         record,
     );
+    if !encrypted_names {
+        cfg.features
+            .retain(|f| f != crate::format::volume::ENCRYPTED_NAMES);
+    }
     init_layout(root, &cfg)?;
     Ok(cfg)
 }
@@ -213,6 +226,24 @@ pub fn open(root: &Path) -> Result<Volume, VolumeError> {
     let data = File::open(&data_path).map_err(io_err(&data_path))?;
     let data = crate::store::sys::open_path(data.as_raw_fd(), std::ffi::OsStr::new("."))
         .map_err(io_err(&data_path))?;
+    if !config.encrypted_names()
+        && crate::store::sys::lstatat(
+            data.as_raw_fd(),
+            std::ffi::OsStr::new(crate::format::names::DIRID_NAME),
+        )
+        .is_ok()
+    {
+        // Names are encrypted (the root has an id) but the unauthenticated config says not:
+        // mounting would show ciphertext names and store new ones in the clear.
+        return Err(VolumeError::Config {
+            path: root.join(CONFIG_NAME),
+            source: FormatError::BadConfig(format!(
+                "the volume encrypts names ({DATA_DIR}/{}) but the config does not list                  `{}`: the config was edited; put the feature back",
+                crate::format::names::DIRID_NAME,
+                crate::format::volume::ENCRYPTED_NAMES
+            )),
+        });
+    }
     Ok(Volume {
         root: root.to_owned(),
         config,

@@ -199,6 +199,7 @@ impl Mounted {
                 .arg(&backing)
                 .arg("--keyfile")
                 .arg(&keyfile)
+                .args(plaintext_names().then_some("--plaintext-names"))
                 .env_remove("RUST_LOG"),
         );
         if !init.status.success() {
@@ -414,9 +415,32 @@ impl Mounted {
         self.mnt.join(rel)
     }
 
-    /// `rel` under `BACKING/data`.
+    /// The backing path of the plaintext path `rel` (its parent directories must exist):
+    /// `BACKING/data/rel` on a volume with plaintext names, the encrypted path otherwise
+    /// (`envelopefs path`, which reads the keystore with the key file).
     pub fn backing_path(&self, rel: &str) -> PathBuf {
-        self.data().join(rel)
+        let out = output(
+            tool(BIN)
+                .arg("path")
+                .arg(&self.backing)
+                .arg(rel)
+                .arg("--keyfile")
+                .arg(&self.keyfile)
+                .env_remove("RUST_LOG"),
+        );
+        assert!(
+            out.status.success(),
+            "envelopefs path {rel}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = String::from_utf8(out.stdout).expect("UTF-8 path");
+        PathBuf::from(line.trim_end_matches('\n'))
+    }
+
+    /// Whether this volume stores names in the clear (`ENVELOPEFS_TEST_PLAINTEXT_NAMES=1`
+    /// runs every mount test on such volumes).
+    pub fn plaintext_names(&self) -> bool {
+        plaintext_names()
     }
 
     /// A plain directory outside the mount for reference files.
@@ -591,4 +615,10 @@ fn spawn_watchdog(pid: DaemonPid, mnt: PathBuf) -> (mpsc::Sender<()>, JoinHandle
         }
     });
     (tx, handle)
+}
+
+/// Whether the mount tests run on volumes with plaintext names (`ENVELOPEFS_TEST_PLAINTEXT_NAMES=1`;
+/// default: encrypted names, as `init` makes them).
+pub fn plaintext_names() -> bool {
+    std::env::var_os("ENVELOPEFS_TEST_PLAINTEXT_NAMES").is_some_and(|v| v == "1")
 }

@@ -60,6 +60,19 @@ pub enum FormatError {
         "volume uses unknown feature '{0}'; it was made by a newer envelopefs: upgrade to mount it"
     )]
     UnknownFeature(String),
+    /// An encrypted name, link target or xattr name did not authenticate (tampered, or moved
+    /// from another directory).
+    #[error("encrypted name authentication failed (tampered, or moved from another directory)")]
+    NameAuthFailed,
+    /// A directory's `.dirid` is not 32 lowercase hex digits.
+    #[error("malformed directory id (.dirid)")]
+    BadDirId,
+    /// A name that no file system entry can have (empty, `.`, `..`, a `/` or a NUL in it).
+    #[error("invalid name")]
+    BadName,
+    /// A name, link target or xattr name too long to be stored encrypted.
+    #[error("name too long to store encrypted")]
+    NameTooLong,
     /// The volume config cannot be parsed.
     #[error("invalid volume config: {0}")]
     BadConfig(String),

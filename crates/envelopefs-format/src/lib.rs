@@ -6,6 +6,7 @@ pub mod context;
 pub mod error;
 pub mod header;
 pub mod layout;
+pub mod names;
 pub mod volume;
 
 pub use error::FormatError;

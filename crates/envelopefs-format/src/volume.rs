@@ -26,12 +26,17 @@ pub(crate) const REQUIRED_FEATURES: &[&str] =
 /// with a header ends in an empty sealed block (docs/FORMAT.md §4.4). Written on init since
 /// wave 2; volumes without it keep their v1 behaviour.
 pub const SEALED_HOLES: &str = "sealed-holes";
+/// Entry names, symlink targets and `user.*` xattr names are encrypted (docs/FORMAT.md §10).
+/// Written on init since wave 3 unless `--plaintext-names`; volumes without it keep names in
+/// the clear.
+pub const ENCRYPTED_NAMES: &str = "encrypted-names";
 /// Features this build understands (and writes on init).
 pub(crate) const KNOWN_FEATURES: &[&str] = &[
     "header-ab-v1",
     "blocks-aes256gcmsiv-v1",
     "last-block-flag",
     SEALED_HOLES,
+    ENCRYPTED_NAMES,
 ];
 /// Default plaintext block size.
 pub const DEFAULT_BLOCK_SIZE: u32 = 4096;
@@ -132,6 +137,11 @@ impl VolumeConfig {
     /// True when the volume has the `sealed-holes` feature.
     pub fn sealed_holes(&self) -> bool {
         self.features.iter().any(|f| f == SEALED_HOLES)
+    }
+
+    /// True when the volume has the `encrypted-names` feature.
+    pub fn encrypted_names(&self) -> bool {
+        self.features.iter().any(|f| f == ENCRYPTED_NAMES)
     }
 
     /// Serialises the config (pretty JSON, trailing newline).

@@ -125,6 +125,19 @@ pub fn readlink(fd: RawFd) -> io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// `readlinkat(dir, name)`: the target of the symlink `name` in `dir`.
+pub fn readlinkat(dir: RawFd, name: &OsStr) -> io::Result<Vec<u8>> {
+    let c = cname(name)?;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: `c` is a valid C string and `buf` is writable for `buf.len()` bytes.
+    let n = unsafe { libc::readlinkat(dir, c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
 /// `unlinkat` (`flags` = 0 or AT_REMOVEDIR).
 pub fn unlinkat(dir: RawFd, name: &OsStr, flags: libc::c_int) -> io::Result<()> {
     let c = cname(name)?;

@@ -12,8 +12,8 @@ mod xattr;
 
 pub use at::{
     DirEntry, SetTime, chmod_fd, fchown, fstat, link_fd, list_dir, lstatat, mkdirat, mknodat,
-    open_dir, open_path, open_regular_at, openat, readlink, renameat2, reopen, statvfs, symlinkat,
-    unlinkat, utimens,
+    open_dir, open_path, open_regular_at, openat, readlink, readlinkat, renameat2, reopen, statvfs,
+    symlinkat, unlinkat, utimens,
 };
 pub use file::{fallocate, status_flags, syncfs};
 pub use lock::{FileLock, try_lock_exclusive};
