@@ -227,6 +227,14 @@ pub(super) fn derive_root(
             "keystore {} is protected by a key file, not a passphrase; pass it with --keyfile",
             path.display()
         ))),
+        (Kdf::Argon2id { .. } | Kdf::KeyFile { .. }, Unlock::HsmPin(_)) => {
+            Err(KeyError::InvalidArgument(format!(
+                "keystore {} is protected by a {}, not by a PKCS#11 token; drop --pin-file / \
+                 ENVELOPEFS_HSM_PIN and give the passphrase (or --passfile, --keyfile)",
+                path.display(),
+                kdf.describe()
+            )))
+        }
         (Kdf::Pkcs11 { .. }, _) => Err(KeyError::InvalidArgument(format!(
             "keystore {} is held by a {}, not a passphrase or key file; open it with the \
              token's PIN (--pin-file, ENVELOPEFS_HSM_PIN or the terminal)",
@@ -351,5 +359,38 @@ mod tests {
             "656e76656c6f70656673206b657973746f7265206b646620763202 02020202020202020202020202020202"
                 .replace(' ', "")
         );
+    }
+}
+
+#[cfg(test)]
+mod pkcs11_tests {
+    use super::*;
+
+    /// Vector `keystore-pkcs11-1` of docs/FORMAT.md §6.5: the canonical kdf encoding of a
+    /// token-held keystore and its root key from a given token secret `S`.
+    #[test]
+    fn pkcs11_kdf_vector() {
+        let doc = crate::doc_vectors::get("keystore-pkcs11-1");
+        let kdf = Kdf::Pkcs11 {
+            salt: doc["salt"].clone(),
+            module: doc["module"].clone(),
+            token_label: doc["token_label"].clone(),
+            root_object: doc["root_object"].clone(),
+        };
+        let kdf_bytes = kdf.canonical().unwrap();
+        assert_eq!(doc["kdf_bytes"], hex(&kdf_bytes));
+        assert_eq!(kdf_bytes.len(), 26 + 1 + 16 + 3 * 2 + 31 + 1 + 52);
+        let s = unhex::<32>(&doc["S"]).unwrap();
+        let root = root_from_token(&s, &kdf.salt().unwrap());
+        assert_eq!(doc["root"], hex(root.expose_secret()));
+        // A passphrase or key file cannot open it; the message says what can.
+        let e = derive_root(
+            &kdf,
+            &Unlock::KeyFile(zeroize::Zeroizing::new([1; 32])),
+            Path::new("k"),
+            false,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("PIN"), "{e}");
     }
 }

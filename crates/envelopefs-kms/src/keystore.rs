@@ -176,6 +176,13 @@ impl Keystore {
         let kdf = match unlock {
             Unlock::Passphrase(_) => Kdf::Argon2id { salt, m_kib, t, p },
             Unlock::KeyFile(_) => Kdf::KeyFile { salt },
+            Unlock::HsmPin(_) => {
+                return Err(KeyError::InvalidArgument(
+                    "a keystore held by a PKCS#11 token is created through the envelopefs-hsm \
+                     crate (envelopefs init --hsm-module)"
+                        .into(),
+                ));
+            }
         };
         let root = derive_root(&kdf, unlock, path, true)?;
         let mut ks = Self::new_with_default_key(Some(path.to_owned()), kdf, &root, None)?;
