@@ -12,6 +12,7 @@
 
 pub use envelopefs_sys::atomic;
 pub mod cli;
+mod custody;
 /// The on-disk format (crate `envelopefs-format`).
 pub use envelopefs_format as format;
 pub mod daemon;

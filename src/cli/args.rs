@@ -42,6 +42,13 @@ pub struct SecretArgs {
     /// Unlock with a 32-byte key file instead of a passphrase (no Argon2id).
     #[arg(long, value_name = "FILE")]
     pub keyfile: Option<PathBuf>,
+    /// The volume's CMKs are in a PKCS#11 token: read its user PIN from FILE (first line).
+    /// Without it, the PIN comes from $ENVELOPEFS_HSM_PIN, or the terminal with --pin.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["passfile", "keyfile"])]
+    pub pin_file: Option<PathBuf>,
+    /// Ask for the PKCS#11 token's PIN on the terminal (instead of a passphrase).
+    #[arg(long, conflicts_with_all = ["passfile", "keyfile"])]
+    pub pin: bool,
 }
 
 /// Subcommands.
@@ -67,6 +74,14 @@ pub enum Command {
         /// anyone who can read BACKING). Default: encrypted.
         #[arg(long)]
         plaintext_names: bool,
+        /// Keep the CMKs in a PKCS#11 token (an HSM; SoftHSM2:
+        /// /usr/lib/softhsm/libsofthsm2.so) instead of the keystore: the keystore then holds
+        /// only metadata and no passphrase; the token's PIN unlocks it (docs/KEYS.md §5).
+        #[arg(long, value_name = "MODULE", requires = "token_label")]
+        hsm_module: Option<PathBuf>,
+        /// The label of the token in --hsm-module.
+        #[arg(long, value_name = "LABEL", requires = "hsm_module")]
+        token_label: Option<String>,
         #[command(flatten)]
         secret: SecretArgs,
     },

@@ -23,6 +23,8 @@ pub use args::{Cli, Command, SecretArgs};
 
 /// Environment variable that may hold the passphrase (for scripts; prefer --passfile).
 pub(crate) const PASSPHRASE_ENV: &str = "ENVELOPEFS_PASSPHRASE";
+/// The environment variable that may hold a PKCS#11 token's PIN.
+pub(crate) const HSM_PIN_ENV: &str = "ENVELOPEFS_HSM_PIN";
 
 /// Stable process exit codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,6 +157,9 @@ fn now() -> u64 {
 
 /// Reads the unlock secret: key file, pass file, environment, or the terminal.
 pub(crate) fn read_unlock(args: &SecretArgs, confirm: bool) -> Result<Unlock, CliError> {
+    if let Some(pin) = read_pin(args, false)? {
+        return Ok(pin);
+    }
     if let Some(p) = &args.keyfile {
         let bytes = Zeroizing::new(std::fs::read(p).map_err(|e| {
             fail(
@@ -217,6 +222,37 @@ pub(crate) fn read_unlock(args: &SecretArgs, confirm: bool) -> Result<Unlock, Cl
     Ok(Unlock::Passphrase(pass))
 }
 
+/// The PKCS#11 token PIN, when one is given: `--pin-file` (its first line), then
+/// `$ENVELOPEFS_HSM_PIN`, then the terminal if `--pin` or `ask` says so. `None` when no PIN
+/// was asked for (the volume is unlocked by a passphrase or key file).
+pub(crate) fn read_pin(args: &SecretArgs, ask: bool) -> Result<Option<Unlock>, CliError> {
+    let pin = if let Some(p) = &args.pin_file {
+        let raw = Zeroizing::new(std::fs::read(p).map_err(|e| {
+            fail(
+                ExitCode::Failure,
+                format!("cannot read PIN file {}: {e}", p.display()),
+            )
+        })?);
+        passphrase_bytes(raw, true)
+    } else if let Some(v) = std::env::var_os(HSM_PIN_ENV) {
+        passphrase_bytes(
+            Zeroizing::new(std::os::unix::ffi::OsStringExt::into_vec(v)),
+            false,
+        )
+    } else if args.pin || ask {
+        let p = rpassword::prompt_password("Token PIN: ").map_err(|e| {
+            fail(ExitCode::Failure, format!("cannot read the PIN from the terminal ({e}); use --pin-file FILE or ${HSM_PIN_ENV}"))
+        })?;
+        Zeroizing::new(p.into_bytes())
+    } else {
+        return Ok(None);
+    };
+    if pin.is_empty() {
+        return Err(fail(ExitCode::Failure, "the token PIN is empty"));
+    }
+    Ok(Some(Unlock::HsmPin(pin)))
+}
+
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
@@ -226,15 +262,21 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             keystore,
             admin_uid,
             plaintext_names,
+            hsm_module,
+            token_label,
             secret,
-        } => init(
-            &backing,
-            block_size,
-            keystore,
-            &admin_uid,
-            !plaintext_names,
-            &secret,
-        ),
+        } => {
+            let hsm = hsm_module.zip(token_label);
+            init(
+                &backing,
+                block_size,
+                keystore,
+                &admin_uid,
+                !plaintext_names,
+                hsm,
+                &secret,
+            )
+        }
         Command::Mount {
             backing,
             mountpoint,
@@ -274,7 +316,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             };
             if background {
                 let unlock = read_unlock(&secret, false)?;
-                let started = background::spawn(&settings, unlock, &[PASSPHRASE_ENV])?;
+                let started = background::spawn(&settings, unlock, &[PASSPHRASE_ENV, HSM_PIN_ENV])?;
                 println!(
                     "Mounted {} at {} (daemon pid {}, log {}).",
                     settings.backing.display(),
@@ -365,6 +407,7 @@ fn init(
     keystore: Option<PathBuf>,
     admin_uids: &[String],
     encrypted_names: bool,
+    hsm: Option<(PathBuf, String)>,
     secret: &SecretArgs,
 ) -> Result<(), CliError> {
     crate::format::header::check_block_size(block_size)
@@ -387,11 +430,21 @@ fn init(
     } else {
         backing.join(&ks_rel)
     };
-    let unlock = read_unlock(secret, true)?;
-    if matches!(unlock, Unlock::Passphrase(_)) {
-        eprintln!("Deriving the keystore key from the passphrase with Argon2id (64 MiB)...");
-    }
-    let kms = LocalKms::create(&ks_path, &unlock)?;
+    let kms = match &hsm {
+        Some((module, label)) => {
+            let pin = read_pin(secret, true)?.expect("asked");
+            crate::custody::create_hsm_kms(&ks_path, module, label, &pin)?
+        }
+        None => {
+            let unlock = read_unlock(secret, true)?;
+            if matches!(unlock, Unlock::Passphrase(_)) {
+                eprintln!(
+                    "Deriving the keystore key from the passphrase with Argon2id (64 MiB)..."
+                );
+            }
+            LocalKms::create(&ks_path, &unlock)?
+        }
+    };
     let me = Caller::current();
     for uid in admin_uids {
         kms.add_admin(uid, &me)?;
@@ -423,6 +476,12 @@ fn init(
             "in the clear (--plaintext-names)"
         }
     );
+    if let Some((module, label)) = &hsm {
+        println!(
+            "  CMKs in PKCS#11 token {label:?} (module {}); unlock with its PIN",
+            module.display()
+        );
+    }
     println!("  administrators: uid {:?}", kms.admins());
     println!(
         "Next: mkdir -p MNT && envelopefs mount {} MNT",

@@ -25,7 +25,6 @@ pub(crate) fn files_bar(what: &str, len: u64, json: bool) -> ProgressBar {
 
 use crate::cli::{CliError, ExitCode, SecretArgs, fail, read_unlock};
 use crate::keys::Caller;
-use crate::keys::local::LocalKms;
 use crate::store::rewrap::{RewrapOptions, VolumeKeyError, rewrap_tree, rewrap_volume_key};
 use crate::store::volume as vol;
 
@@ -38,7 +37,10 @@ pub fn run(
 ) -> Result<(), CliError> {
     let cfg = vol::read_config(backing)?;
     let unlock = read_unlock(secret, false)?;
-    let kms = Arc::new(LocalKms::open(&vol::keystore_path(backing, &cfg), &unlock)?);
+    let kms = Arc::new(crate::custody::open_kms(
+        &vol::keystore_path(backing, &cfg),
+        &unlock,
+    )?);
     if let Some(k) = &opts.to_key {
         crate::keys::KeyService::describe_key(kms.as_ref(), k)?;
     }

@@ -96,6 +96,7 @@ pub struct Started {
 enum SecretKind {
     Passphrase,
     KeyFile,
+    HsmPin,
 }
 
 /// The header line of the hand-over.
@@ -112,6 +113,7 @@ fn encode(settings: &DaemonSettings, unlock: &Unlock) -> Result<Zeroizing<Vec<u8
     let (kind, secret): (_, &[u8]) = match unlock {
         Unlock::Passphrase(p) => (SecretKind::Passphrase, p),
         Unlock::KeyFile(k) => (SecretKind::KeyFile, &k[..]),
+        Unlock::HsmPin(p) => (SecretKind::HsmPin, p),
     };
     let header = serde_json::to_vec(&Header {
         version: HANDOFF_VERSION,
@@ -158,6 +160,12 @@ fn decode(buf: &[u8]) -> Result<(DaemonSettings, Unlock), String> {
             let mut p = Zeroizing::new(Vec::with_capacity(len));
             p.extend_from_slice(secret);
             Unlock::Passphrase(p)
+        }
+        SecretKind::HsmPin if secret.is_empty() => return Err("empty token PIN".into()),
+        SecretKind::HsmPin => {
+            let mut p = Zeroizing::new(Vec::with_capacity(len));
+            p.extend_from_slice(secret);
+            Unlock::HsmPin(p)
         }
         SecretKind::KeyFile => {
             let mut k = Zeroizing::new([0u8; 32]);

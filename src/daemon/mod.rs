@@ -171,7 +171,7 @@ impl Daemon {
         } = self;
         let (backing, mountpoint) = (&settings.backing, &settings.mountpoint);
         let opts = settings.mount_options();
-        let kms = LocalKms::open(&volume.keystore_path(), &unlock)?;
+        let kms = crate::custody::open_kms(&volume.keystore_path(), &unlock)?;
         drop(unlock);
         let kms = Arc::new(kms);
         for done in kms.maintain(now()) {

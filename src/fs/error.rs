@@ -109,6 +109,7 @@ fn key_errno(e: &KeyError) -> i32 {
         | KeyError::Corrupt { .. }
         | KeyError::Conflict { .. }
         | KeyError::Io { .. }
+        | KeyError::Unavailable(_)
         | KeyError::Internal(_) => libc::EIO,
         // Key management errors: the filesystem core never asks for these operations, so
         // reaching one from a file operation is an internal failure.

@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use crate::fs::EncFs;
 use crate::fs::reencrypt::REENCRYPT_XATTR;
-use crate::keys::local::LocalKms;
 use crate::keys::secret::Unlock;
 use crate::keys::{Caller, KeyError};
 use crate::store::reencrypt::JOURNAL_DIR;
@@ -296,7 +295,10 @@ pub(crate) fn run(
                 OpsError::Usage("an offline re-encryption needs the passphrase or key file".into())
             })?;
             let cfg = vol::read_config(backing)?;
-            let kms = Arc::new(LocalKms::open(&vol::keystore_path(backing, &cfg), &unlock)?);
+            let kms = Arc::new(crate::custody::open_kms(
+                &vol::keystore_path(backing, &cfg),
+                &unlock,
+            )?);
             drop(unlock);
             let cipher = crate::store::names::cipher_of(&cfg, kms.as_ref(), &Caller::current())
                 .map_err(|e| OpsError::Io(format!("cannot read the volume's names: {e}")))?;

@@ -153,6 +153,11 @@ pub enum KeyError {
         source: std::io::Error,
     },
 
+    /// The key custody (a PKCS#11 token) cannot be reached or failed; the filesystem maps it
+    /// to EIO. The message says which token and what to check.
+    #[error("key custody unavailable: {0}")]
+    Unavailable(String),
+
     /// An internal failure (the system random generator, a cipher refusing its input).
     #[error("internal key service error: {0}")]
     Internal(String),
@@ -182,6 +187,8 @@ impl KeyError {
                 "KMSInternalException"
             }
             KeyError::Conflict { .. } => "ConflictException",
+            // KMS's name for a custom key store (CloudHSM) that cannot be reached.
+            KeyError::Unavailable(_) => "CustomKeyStoreInvalidStateException",
             KeyError::AlreadyExists(_) => "AlreadyExistsException",
             KeyError::InvalidArgument(_) => "ValidationException",
             KeyError::Unsupported(_) => "UnsupportedOperationException",

@@ -361,6 +361,7 @@ fn place_material(
             rotation_type: (version > 1).then_some(keystore::RotationType::OnDemand),
             material: Some(ks.seal_material(id, version, &material)?),
             digest: Some(digest),
+            token_object: None,
             extra: Default::default(),
         };
         let rec = ks.record_mut(id)?;

@@ -12,6 +12,14 @@
 //! digest_key = blake3::derive_key("envelopefs imported material digest v1", root)
 //! ```
 //!
+//! A keystore whose CMKs live in a PKCS#11 token (kdf `pkcs11`) has no passphrase: the token
+//! computes `S = AES-256-ECB_R(salt ‖ (salt XOR 0xff×16))` (32 B) with its non-extractable
+//! keystore object `R` ([`crate::custody::Custody::keystore_secret`]), and
+//!
+//! ```text
+//! root       = blake3::derive_key("envelopefs keystore pkcs11 v1", S ‖ salt)
+//! ```
+//!
 //! The root key itself is dropped (zeroized) as soon as these are derived; the derived keys live
 //! as long as the open keystore, so re-reading the file (live refresh) needs no second Argon2 run.
 
@@ -51,6 +59,15 @@ pub(super) enum Kdf {
     },
     #[serde(rename = "keyfile")]
     KeyFile { salt: String },
+    /// The root key comes from a PKCS#11 token ([`crate::custody`]): `module` and
+    /// `token_label` say where, `root_object` is the label of the keystore's object in it.
+    #[serde(rename = "pkcs11")]
+    Pkcs11 {
+        salt: String,
+        module: String,
+        token_label: String,
+        root_object: String,
+    },
 }
 
 impl Kdf {
@@ -61,6 +78,8 @@ impl Kdf {
     /// "envelopefs keystore kdf v2" (26 B ASCII)
     /// ‖ 0x01 ‖ salt (16 B) ‖ m_kib (u32 BE) ‖ t (u32 BE) ‖ p (u32 BE)     argon2id: 59 B
     /// ‖ 0x02 ‖ salt (16 B)                                               keyfile:  43 B
+    /// ‖ 0x03 ‖ salt (16 B) ‖ for module, token_label, root_object each:
+    ///          length (u16 BE) ‖ UTF-8 bytes                              pkcs11
     /// ```
     pub(super) fn canonical(&self) -> Option<Vec<u8>> {
         let mut out = KDF_DOMAIN.to_vec();
@@ -76,6 +95,19 @@ impl Kdf {
                 out.push(2);
                 out.extend_from_slice(&unhex::<SALT_LEN>(salt)?);
             }
+            Kdf::Pkcs11 {
+                salt,
+                module,
+                token_label,
+                root_object,
+            } => {
+                out.push(3);
+                out.extend_from_slice(&unhex::<SALT_LEN>(salt)?);
+                for s in [module, token_label, root_object] {
+                    out.extend_from_slice(&u16::try_from(s.len()).ok()?.to_be_bytes());
+                    out.extend_from_slice(s.as_bytes());
+                }
+            }
         }
         Some(out)
     }
@@ -85,6 +117,20 @@ impl Kdf {
         match self {
             Kdf::Argon2id { m_kib, t, p, .. } => format!("argon2id m_kib={m_kib} t={t} p={p}"),
             Kdf::KeyFile { .. } => "keyfile".into(),
+            Kdf::Pkcs11 {
+                module,
+                token_label,
+                ..
+            } => format!("pkcs11 token {token_label:?} of module {module}"),
+        }
+    }
+
+    /// The salt, when it is 16 bytes of hex.
+    pub(super) fn salt(&self) -> Option<[u8; SALT_LEN]> {
+        match self {
+            Kdf::Argon2id { salt, .. } | Kdf::KeyFile { salt } | Kdf::Pkcs11 { salt, .. } => {
+                unhex::<SALT_LEN>(salt)
+            }
         }
     }
 }
@@ -140,11 +186,7 @@ pub(super) fn derive_root(
             KeyError::corrupt(path, why)
         }
     };
-    let salt = match kdf {
-        Kdf::Argon2id { salt, .. } | Kdf::KeyFile { salt } => {
-            unhex::<SALT_LEN>(salt).ok_or_else(|| bad("bad kdf salt".into()))?
-        }
-    };
+    let salt = kdf.salt().ok_or_else(|| bad("bad kdf salt".into()))?;
     match (kdf, unlock) {
         (Kdf::Argon2id { m_kib, t, p, .. }, Unlock::Passphrase(pw)) => {
             let costs = format!("argon2 costs m_kib={m_kib} t={t} p={p}");
@@ -185,7 +227,28 @@ pub(super) fn derive_root(
             "keystore {} is protected by a key file, not a passphrase; pass it with --keyfile",
             path.display()
         ))),
+        (Kdf::Argon2id { .. } | Kdf::KeyFile { .. }, Unlock::HsmPin(_)) => {
+            Err(KeyError::InvalidArgument(format!(
+                "keystore {} is protected by a {}, not by a PKCS#11 token; drop --pin-file / \
+                 ENVELOPEFS_HSM_PIN and give the passphrase (or --passfile, --keyfile)",
+                path.display(),
+                kdf.describe()
+            )))
+        }
+        (Kdf::Pkcs11 { .. }, _) => Err(KeyError::InvalidArgument(format!(
+            "keystore {} is held by a {}, not a passphrase or key file; open it with the \
+             token's PIN (--pin-file, ENVELOPEFS_HSM_PIN or the terminal)",
+            path.display(),
+            kdf.describe()
+        ))),
     }
+}
+
+/// The root key of a keystore held by a PKCS#11 token, from the token's secret `s` (see the
+/// module documentation).
+pub(super) fn root_from_token(s: &[u8; 32], salt: &[u8; SALT_LEN]) -> KeyMaterial {
+    let input = zeroize::Zeroizing::new([&s[..], &salt[..]].concat());
+    KeyMaterial::from_bytes(blake3::derive_key("envelopefs keystore pkcs11 v1", &input))
 }
 
 #[cfg(test)]
@@ -296,5 +359,38 @@ mod tests {
             "656e76656c6f70656673206b657973746f7265206b646620763202 02020202020202020202020202020202"
                 .replace(' ', "")
         );
+    }
+}
+
+#[cfg(test)]
+mod pkcs11_tests {
+    use super::*;
+
+    /// Vector `keystore-pkcs11-1` of docs/FORMAT.md §6.5: the canonical kdf encoding of a
+    /// token-held keystore and its root key from a given token secret `S`.
+    #[test]
+    fn pkcs11_kdf_vector() {
+        let doc = crate::doc_vectors::get("keystore-pkcs11-1");
+        let kdf = Kdf::Pkcs11 {
+            salt: doc["salt"].clone(),
+            module: doc["module"].clone(),
+            token_label: doc["token_label"].clone(),
+            root_object: doc["root_object"].clone(),
+        };
+        let kdf_bytes = kdf.canonical().unwrap();
+        assert_eq!(doc["kdf_bytes"], hex(&kdf_bytes));
+        assert_eq!(kdf_bytes.len(), 26 + 1 + 16 + 3 * 2 + 31 + 1 + 52);
+        let s = unhex::<32>(&doc["S"]).unwrap();
+        let root = root_from_token(&s, &kdf.salt().unwrap());
+        assert_eq!(doc["root"], hex(root.expose_secret()));
+        // A passphrase or key file cannot open it; the message says what can.
+        let e = derive_root(
+            &kdf,
+            &Unlock::KeyFile(zeroize::Zeroizing::new([1; 32])),
+            Path::new("k"),
+            false,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("PIN"), "{e}");
     }
 }

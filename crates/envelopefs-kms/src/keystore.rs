@@ -71,6 +71,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::custody::{Custody, VersionKey};
 use crate::kdf::{Kdf, Keys, SALT_LEN, derive_root};
 pub use crate::record::{DeletedKey, KeyRecord, Origin, RotationType, VersionRecord};
 use crate::secret::{KeyMaterial, Unlock, random_bytes};
@@ -144,6 +145,9 @@ pub struct Keystore {
     rejected: Option<Option<FileStamp>>,
     /// The file's identity as last read or written, to notice a change with one `stat`.
     stamp: Option<FileStamp>,
+    /// The token holding this keystore's CMK versions (kdf `pkcs11`); `None` when the
+    /// keystore holds them itself (software custody).
+    pub(super) custody: Option<std::sync::Arc<dyn Custody>>,
 }
 
 impl Keystore {
@@ -172,12 +176,69 @@ impl Keystore {
         let kdf = match unlock {
             Unlock::Passphrase(_) => Kdf::Argon2id { salt, m_kib, t, p },
             Unlock::KeyFile(_) => Kdf::KeyFile { salt },
+            Unlock::HsmPin(_) => {
+                return Err(KeyError::InvalidArgument(
+                    "a keystore held by a PKCS#11 token is created through the envelopefs-hsm \
+                     crate (envelopefs init --hsm-module)"
+                        .into(),
+                ));
+            }
         };
         let root = derive_root(&kdf, unlock, path, true)?;
-        let mut ks = Self::new_with_default_key(Some(path.to_owned()), kdf, &root)?;
+        let mut ks = Self::new_with_default_key(Some(path.to_owned()), kdf, &root, None)?;
         ks.save()?;
         log::debug!("created keystore {}", path.display());
         Ok(ks)
+    }
+
+    /// Creates a keystore file at `path` whose CMK versions live in `custody` (a PKCS#11
+    /// token) and whose root key the token computes: no passphrase. Holds one CMK aliased
+    /// `alias/default`, generated in the token. Refuses to overwrite a file.
+    pub fn create_with_custody(
+        path: &Path,
+        custody: std::sync::Arc<dyn Custody>,
+    ) -> Result<Self, KeyError> {
+        if path.symlink_metadata().is_ok() {
+            return Err(KeyError::AlreadyExists(format!(
+                "keystore {}",
+                path.display()
+            )));
+        }
+        let salt = random_bytes::<SALT_LEN>()?;
+        let info = custody.info();
+        let root_object = format!("envelopefs keystore {}", hex(&salt));
+        let secret = custody.keystore_secret(&root_object, &salt, true)?;
+        let root = crate::kdf::root_from_token(&secret, &salt);
+        let kdf = Kdf::Pkcs11 {
+            salt: hex(&salt),
+            module: info.module,
+            token_label: info.token_label,
+            root_object,
+        };
+        let mut ks = Self::new_with_default_key(Some(path.to_owned()), kdf, &root, Some(custody))?;
+        ks.save()?;
+        log::debug!(
+            "created keystore {} (CMKs in a PKCS#11 token)",
+            path.display()
+        );
+        Ok(ks)
+    }
+
+    /// Whether the CMK versions live in a token (PKCS#11 custody).
+    pub fn has_custody(&self) -> bool {
+        self.custody.is_some()
+    }
+
+    /// The key of version `version` of `id`, in whichever custody holds it; `None` when the
+    /// version is unknown or has no material.
+    pub(crate) fn version_key(&self, id: &KeyId, version: u32) -> Option<VersionKey<'_>> {
+        let rec = self.key(id)?;
+        let v = rec.versions().iter().find(|v| v.version == version)?;
+        match (&v.token_object, &self.custody) {
+            (Some(label), Some(c)) => Some(VersionKey::Held(c.as_ref(), label)),
+            (Some(_), None) => None,
+            (None, _) => self.material(id, version).map(VersionKey::Software),
+        }
     }
 
     /// An in-memory keystore with a random root key and one Enabled CMK aliased
@@ -187,14 +248,27 @@ impl Keystore {
         let kdf = Kdf::KeyFile {
             salt: hex(&[0; SALT_LEN]),
         };
-        Self::new_with_default_key(None, kdf, &KeyMaterial::random())
+        Self::new_with_default_key(None, kdf, &KeyMaterial::random(), None)
             .expect("BUG: in-memory keystore")
+    }
+
+    /// An in-memory keystore like [`Keystore::in_memory`] whose CMK versions live in
+    /// `custody` (tests of a custody provider).
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn in_memory_with_custody(
+        custody: std::sync::Arc<dyn Custody>,
+    ) -> Result<Self, KeyError> {
+        let kdf = Kdf::KeyFile {
+            salt: hex(&[0; SALT_LEN]),
+        };
+        Self::new_with_default_key(None, kdf, &KeyMaterial::random(), Some(custody))
     }
 
     fn new_with_default_key(
         path: Option<PathBuf>,
         kdf: Kdf,
         root: &KeyMaterial,
+        custody: Option<std::sync::Arc<dyn Custody>>,
     ) -> Result<Self, KeyError> {
         let keys = Keys::from_root(root);
         let body = Body {
@@ -212,6 +286,7 @@ impl Keystore {
             disk_digest: None,
             rejected: None,
             stamp: None,
+            custody,
         };
         let id = ks.add_key(DEFAULT_DESCRIPTION, Origin::AwsKms, now_secs())?;
         ks.body

@@ -70,7 +70,8 @@ impl Keystore {
         secret::open_bytes(self.keys.wrap.expose_secret(), aad, &blob)
     }
 
-    /// Makes fresh material for version `version` of `id`: kept decrypted in memory, returned sealed.
+    /// Makes fresh material for version `version` of `id`: kept decrypted in memory, returned
+    /// sealed; or, when a token holds the keystore's CMKs, generated in the token.
     fn new_version(
         &mut self,
         id: &KeyId,
@@ -78,15 +79,22 @@ impl Keystore {
         how: Option<RotationType>,
         now: u64,
     ) -> Result<VersionRecord, KeyError> {
-        let m = KeyMaterial::random();
-        let sealed = self.seal_material(id, version, &m)?;
-        self.materials.insert((*id, version), m);
+        let (material, token_object) = match &self.custody {
+            Some(c) => (None, Some(c.generate(id, version)?)),
+            None => {
+                let m = KeyMaterial::random();
+                let sealed = self.seal_material(id, version, &m)?;
+                self.materials.insert((*id, version), m);
+                (Some(sealed), None)
+            }
+        };
         Ok(VersionRecord {
             version,
             created: now,
             rotation_type: how,
-            material: Some(sealed),
+            material,
             digest: None,
+            token_object,
             extra: BTreeMap::new(),
         })
     }
@@ -114,6 +122,14 @@ impl Keystore {
         origin: Origin,
         now: u64,
     ) -> Result<KeyId, KeyError> {
+        if origin == Origin::External && self.custody.is_some() {
+            return Err(KeyError::Unsupported(
+                "keys with imported material (origin EXTERNAL) cannot be made in a keystore \
+                 whose keys live in a PKCS#11 token; import the material into the token with \
+                 its own tools, or use a passphrase keystore"
+                    .into(),
+            ));
+        }
         let id = KeyId(*uuid::Uuid::new_v4().as_bytes());
         let mut rec = KeyRecord::new(id, description, origin, now);
         if origin == Origin::AwsKms {

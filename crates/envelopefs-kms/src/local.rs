@@ -52,6 +52,7 @@ use envelopefs_format::context::EncryptionContext;
 
 mod service;
 
+pub(crate) use service::kek;
 pub(super) use service::require_usable;
 
 /// The policy of keys that have none of their own.
@@ -105,6 +106,49 @@ impl LocalKms {
             kms.mutate_store(|_| Ok(()))?;
         }
         Ok(kms)
+    }
+
+    /// Opens a keystore whose CMKs live in `custody` (a PKCS#11 token, which also computes
+    /// the keystore's root key), then applies what time has made due, as [`LocalKms::open`].
+    pub fn open_with_custody(
+        path: &Path,
+        custody: std::sync::Arc<dyn crate::custody::Custody>,
+    ) -> Result<Self, KeyError> {
+        let ks = Keystore::open_with_custody(path, custody)
+            .inspect_err(|e| crate::events::note_failed_unlock(path, e))?;
+        let kms = Self::from_keystore(ks).with_default_audit_log();
+        kms.purge_expired_quietly(keystore::now_secs());
+        Ok(kms)
+    }
+
+    /// Creates a keystore at `path` whose CMKs live in `custody`, with one CMK aliased
+    /// `alias/default` generated in the token, and its audit trail.
+    pub fn create_with_custody(
+        path: &Path,
+        custody: std::sync::Arc<dyn crate::custody::Custody>,
+    ) -> Result<Self, KeyError> {
+        let ks = Keystore::create_with_custody(path, custody)?;
+        let kms = Self::from_keystore(ks).with_default_audit_log();
+        if kms.audit.is_some() {
+            kms.mutate_store(|_| Ok(()))?;
+        }
+        Ok(kms)
+    }
+
+    /// An in-memory service like [`LocalKms::in_memory_for_tests`] whose CMKs live in
+    /// `custody`: for the tests of a custody provider.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn in_memory_with_custody_for_tests(
+        custody: std::sync::Arc<dyn crate::custody::Custody>,
+    ) -> Result<Self, KeyError> {
+        Ok(Self::from_keystore(Keystore::in_memory_with_custody(
+            custody,
+        )?))
+    }
+
+    /// Whether this service's CMKs live in a token (PKCS#11 custody).
+    pub fn has_custody(&self) -> bool {
+        self.read().has_custody()
     }
 
     /// Sends audit records to `log` (replacing any other trail).

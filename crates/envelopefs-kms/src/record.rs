@@ -20,7 +20,8 @@
 //!    "versions": [<version record>, ...]}
 //! version record:
 //!   {"version": <u32 ≥ 1>, "created": <secs>, "rotation_type": absent|"AUTOMATIC"|"ON_DEMAND",
-//!    "material": null | "<hex 60 B>", "digest": absent | "<hex 32 B>"}
+//!    "material": null | "<hex 60 B>", "digest": absent | "<hex 32 B>",
+//!    "token_object": absent | "<label of the PKCS#11 object holding this version>"}
 //! deleted key (tombstone):
 //!   {"key_id": "<uuid>", "deletion_date": <secs>, "description": "<text>"}
 //! ```
@@ -240,6 +241,10 @@ pub struct VersionRecord {
     /// Keyed fingerprint of imported material (hex), to check that a re-import is the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) digest: Option<String>,
+    /// The label of the token object holding this version (a keystore whose CMKs live in a
+    /// PKCS#11 token, [`crate::custody`]); `material` is then null.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) token_object: Option<String>,
     /// Fields a later version added; kept verbatim on rewrite.
     #[serde(flatten)]
     pub(super) extra: BTreeMap<String, serde_json::Value>,
@@ -248,7 +253,12 @@ pub struct VersionRecord {
 impl VersionRecord {
     /// Whether this version's material is present (imported material can be deleted).
     pub(crate) fn has_material(&self) -> bool {
-        self.material.is_some()
+        self.material.is_some() || self.token_object.is_some()
+    }
+
+    /// The label of the token object holding this version, if a token holds it.
+    pub fn token_object(&self) -> Option<&str> {
+        self.token_object.as_deref()
     }
 }
 
@@ -305,9 +315,7 @@ impl KeyRecord {
             .all(|(i, v)| v.version as usize == i + 1);
         if !numbered {
             Some("its versions are not numbered 1, 2, ... in order")
-        } else if self.origin == Origin::AwsKms
-            && self.versions.iter().any(|v| v.material.is_none())
-        {
+        } else if self.origin == Origin::AwsKms && self.versions.iter().any(|v| !v.has_material()) {
             Some("it has no material")
         } else if self.state != KeyState::PendingImport
             && self.state != KeyState::PendingDeletion

@@ -110,6 +110,9 @@ pub enum Unlock {
     Passphrase(Zeroizing<Vec<u8>>),
     /// The 32 bytes of a key file, used without stretching.
     KeyFile(Zeroizing<[u8; 32]>),
+    /// The user PIN of the PKCS#11 token that holds the keystore's CMKs (kdf `pkcs11`):
+    /// opened through the `envelopefs-hsm` crate, never by [`crate::local::LocalKms::open`].
+    HsmPin(Zeroizing<Vec<u8>>),
 }
 
 impl Unlock {
@@ -127,6 +130,7 @@ impl std::fmt::Debug for Unlock {
         match self {
             Unlock::Passphrase(_) => f.write_str("Unlock::Passphrase([REDACTED])"),
             Unlock::KeyFile(_) => f.write_str("Unlock::KeyFile([REDACTED])"),
+            Unlock::HsmPin(_) => f.write_str("Unlock::HsmPin([REDACTED])"),
         }
     }
 }

@@ -33,7 +33,7 @@ impl Session {
     pub(super) fn open(t: &Target) -> Result<Self, CliError> {
         let cfg = vol::read_config(&t.backing)?;
         let unlock = read_unlock(&t.secret, false)?;
-        let kms = LocalKms::open(&vol::keystore_path(&t.backing, &cfg), &unlock)?;
+        let kms = crate::custody::open_kms(&vol::keystore_path(&t.backing, &cfg), &unlock)?;
         for line in kms.maintain(now_secs()) {
             eprintln!("note: {line}");
         }

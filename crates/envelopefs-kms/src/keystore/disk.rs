@@ -7,13 +7,66 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{Body, FORMAT_NAME, FORMAT_VERSION, Keystore, material_aad};
-use crate::kdf::{Kdf, Keys, derive_root};
+use crate::custody::{Custody, CustodyInfo};
+use crate::kdf::{Kdf, Keys, derive_root, root_from_token};
 use crate::secret::{KeyMaterial, SEALED_LEN, Unlock, open32, unhex};
 use crate::{KeyError, KeyId};
 
 impl Keystore {
     /// Opens and authenticates the keystore at `path`. Runs the KDF once; never writes.
     pub fn open(path: &Path, unlock: &Unlock) -> Result<Self, KeyError> {
+        Self::open_with(path, None, |kdf| derive_root(kdf, unlock, path, false))
+    }
+
+    /// Opens and authenticates a keystore whose CMK versions live in `custody` (kdf
+    /// `pkcs11`): the token computes the root key. Never writes.
+    pub fn open_with_custody(
+        path: &Path,
+        custody: std::sync::Arc<dyn Custody>,
+    ) -> Result<Self, KeyError> {
+        let c = custody.clone();
+        Self::open_with(path, Some(custody), move |kdf| match kdf {
+            Kdf::Pkcs11 { root_object, .. } => {
+                let salt = kdf
+                    .salt()
+                    .ok_or_else(|| KeyError::corrupt(path, "bad kdf salt"))?;
+                let secret = c.keystore_secret(root_object, &salt, false)?;
+                Ok(root_from_token(&secret, &salt))
+            }
+            other => Err(KeyError::InvalidArgument(format!(
+                "keystore {} is protected by a {}, not by a PKCS#11 token; open it without \
+                 --hsm-module",
+                path.display(),
+                other.describe()
+            ))),
+        })
+    }
+
+    /// Where the CMKs of the keystore at `path` live, read **without verifying** the file
+    /// (the MAC is checked when it is opened): `Some` for a keystore held by a PKCS#11 token.
+    pub fn custody_unverified(path: &Path) -> Result<Option<CustodyInfo>, KeyError> {
+        let text = std::fs::read_to_string(path).map_err(|e| KeyError::io(path, e))?;
+        let top = parse_top(path, &text)?;
+        let kdf: Kdf = serde_json::from_value(top.kdf)
+            .map_err(|e| KeyError::corrupt(path, format!("bad kdf: {e}")))?;
+        Ok(match kdf {
+            Kdf::Pkcs11 {
+                module,
+                token_label,
+                ..
+            } => Some(CustodyInfo {
+                module,
+                token_label,
+            }),
+            _ => None,
+        })
+    }
+
+    fn open_with(
+        path: &Path,
+        custody: Option<std::sync::Arc<dyn Custody>>,
+        derive: impl FnOnce(&Kdf) -> Result<KeyMaterial, KeyError>,
+    ) -> Result<Self, KeyError> {
         let bad = |why: String| KeyError::corrupt(path, why);
         let stamp = FileStamp::of(path);
         let text = std::fs::read_to_string(path).map_err(|e| KeyError::io(path, e))?;
@@ -21,7 +74,7 @@ impl Keystore {
         let kdf: Kdf =
             serde_json::from_value(top.kdf.clone()).map_err(|e| bad(format!("bad kdf: {e}")))?;
         check_kdf_copy(path, &top, &kdf)?;
-        let keys = Keys::from_root(&derive_root(&kdf, unlock, path, false)?);
+        let keys = Keys::from_root(&derive(&kdf)?);
         let mut ks = Keystore {
             path: Some(path.to_owned()),
             kdf,
@@ -31,6 +84,7 @@ impl Keystore {
             disk_digest: None,
             rejected: None,
             stamp,
+            custody,
         };
         ks.load_top(top, blake3::hash(text.as_bytes()))?;
         ks.adopt_legacy_admin();
@@ -104,6 +158,13 @@ impl Keystore {
                 return Err(format!("key {}: {why}", k.key_id));
             }
             for v in &k.versions {
+                if v.token_object.is_some() && self.custody.is_none() {
+                    return Err(format!(
+                        "key {} version {} lives in a PKCS#11 token, but the keystore was not \
+                         opened through one",
+                        k.key_id, v.version
+                    ));
+                }
                 let Some(sealed) = &v.material else { continue };
                 let m = self
                     .open_material(&k.key_id, v.version, sealed)
@@ -307,12 +368,37 @@ impl Keystore {
         let before = self.body.clone();
         let known: Vec<(KeyId, u32)> = self.materials.keys().copied().collect();
         let result = f(self).and_then(|t| self.write_locked().map(|()| t));
+        let (gone, kept) = match result.is_ok() {
+            true => (token_objects(&before), token_objects(&self.body)),
+            false => (token_objects(&self.body), token_objects(&before)),
+        };
         if result.is_err() {
             self.body = before;
             self.materials.retain(|k, _| known.contains(k));
         }
+        // Token objects follow the file: those a saved change dropped (a destroyed key) and
+        // those a failed change made are destroyed, after the file says so.
+        if let Some(c) = &self.custody {
+            for label in gone.difference(&kept) {
+                if let Err(e) = c.destroy(label) {
+                    log::error!(
+                        "cannot destroy token object {label:?}: {e}; it is no longer used; \
+                         delete it with pkcs11-tool --delete-object"
+                    );
+                }
+            }
+        }
         result
     }
+}
+
+/// The labels of every token object a body refers to.
+fn token_objects(body: &Body) -> std::collections::BTreeSet<String> {
+    body.keys
+        .iter()
+        .flat_map(|k| k.versions.iter().chain(k.pending_material.iter()))
+        .filter_map(|v| v.token_object.clone())
+        .collect()
 }
 
 #[derive(Serialize, Deserialize)]

@@ -6,7 +6,7 @@ use envelopefs_format::context::EncryptionContext;
 
 use super::{Event, LocalKms, Op};
 use crate::keystore::Keystore;
-use crate::secret::{self, KeyMaterial};
+use crate::secret::KeyMaterial;
 use crate::{Caller, DataKey, KeyError, KeyId, KeyMetadata, KeyService, KeyState, WrappedKey};
 
 /// Domain-separation prefix of a wrapped data key's associated data.
@@ -132,7 +132,7 @@ pub(super) fn dek_aad(id: &KeyId, version: u32, context: &EncryptionContext) -> 
     [DEK_AAD, &id.0, &version.to_be_bytes(), &context.encode()].concat()
 }
 
-pub(super) fn kek(material: &KeyMaterial) -> KeyMaterial {
+pub(crate) fn kek(material: &KeyMaterial) -> KeyMaterial {
     KeyMaterial::from_bytes(blake3::derive_key(KEK_CONTEXT, material.expose_secret()))
 }
 
@@ -148,22 +148,18 @@ fn wrap(
         .ok_or_else(|| KeyError::NotFound(id.to_string()))?;
     require_usable(rec.state, id)?;
     let version = rec.current_version();
-    let material = ks
-        .material(id, version)
+    let key = ks
+        .version_key(id, version)
         .ok_or_else(|| KeyError::InvalidState {
             key_id: id.to_string(),
             state: "without material".into(),
         })?;
-    let blob = secret::seal32(
-        kek(material).expose_secret(),
-        &dek_aad(id, version, context),
-        dek.expose_secret(),
-    )?;
+    let blob = key.wrap(dek, &dek_aad(id, version, context))?;
     log::debug!("wrapped a data key under key {id} version {version}");
     Ok(WrappedKey {
         key_id: *id,
         version,
-        blob: blob.to_vec(),
+        blob,
     })
 }
 
@@ -178,7 +174,7 @@ fn unwrap(
         .key(id)
         .ok_or_else(|| KeyError::NotFound(id.to_string()))?;
     require_usable(rec.state, id)?;
-    let Some(material) = ks.material(id, wrapped.version) else {
+    let Some(key) = ks.version_key(id, wrapped.version) else {
         let deleted = rec
             .versions()
             .iter()
@@ -194,14 +190,13 @@ fn unwrap(
         }
         return Err(KeyError::InvalidCiphertext);
     };
-    let mut dek = DataKey::zeroed();
-    let aad = dek_aad(id, wrapped.version, context);
-    secret::open32(
-        kek(material).expose_secret(),
-        &aad,
-        &wrapped.blob,
-        dek.expose_secret_mut(),
-    )?;
+    let dek = key
+        .unwrap(&wrapped.blob, &dek_aad(id, wrapped.version, context))
+        .inspect_err(|e| {
+            if matches!(e, KeyError::InvalidState { .. }) {
+                log::error!("key {id} version {}: {e}", wrapped.version);
+            }
+        })?;
     log::debug!(
         "unwrapped a data key under key {id} version {}",
         wrapped.version
