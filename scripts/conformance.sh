@@ -12,6 +12,9 @@
 #   --no-build      use the existing target/release/envelopefs
 #   PATTERN...      only run pjdfstest cases whose name contains one of these (e.g. chmod)
 #
+# CONFORMANCE_INIT_ARGS: extra `envelopefs init` flags, e.g. `--plaintext-names` to test a
+# volume whose names are not encrypted (the default volume encrypts them).
+#
 # Prints one line per filesystem, `NAME: N passed/M failed (S skipped, T total)`, followed by
 # the failing test cases, each with the start of its failure message. The raw pjdfstest output
 # and the daemon logs stay in the --out directory.
@@ -310,7 +313,8 @@ run_envelopefs() {
     mkdir -p "$d/mnt"
     head -c 32 /dev/urandom >"$d/keyfile"
     chmod 0600 "$d/keyfile"
-    "$ENVELOPEFS" init "$d/backing" --keyfile "$d/keyfile" >"$OUT/envelopefs.init.log" 2>&1 ||
+    # shellcheck disable=SC2086 # CONFORMANCE_INIT_ARGS is a list of init flags
+    "$ENVELOPEFS" init "$d/backing" --keyfile "$d/keyfile" ${CONFORMANCE_INIT_ARGS:-} >"$OUT/envelopefs.init.log" 2>&1 ||
         die "envelopefs init failed; see $OUT/envelopefs.init.log"
     chmod 0755 "$d/mnt"
     : >"$OUT/envelopefs.daemon.log"

@@ -7,3 +7,6 @@ scripts/install-deps.sh
 # Benchmarks are built (so they cannot rot) but not run: scripts/bench.sh and `cargo bench` do.
 cargo build --benches
 cargo test --workspace --lib --bins --tests --no-fail-fast -- --test-threads="${TEST_THREADS:-2}"
+# Every mount test again on volumes with plaintext names (`init --plaintext-names`, the format
+# of volumes made before names were encrypted): both kinds of volume stay covered.
+ENVELOPEFS_TEST_PLAINTEXT_NAMES=1 cargo test --workspace --tests --no-fail-fast -- --test-threads="${TEST_THREADS:-2}"

@@ -217,3 +217,70 @@ fn sealed_holes_size_vectors() {
         assert_eq!(l.backing_size(plain).to_string(), *val, "{plain}");
     }
 }
+
+#[test]
+fn encrypted_name_vectors() {
+    use envelopefs::format::names::{BackingName, NameCipher, dirid_target, parse_dirid};
+    let all = vectors();
+    let v = get(&all, "names-1");
+    let vk: [u8; 32] = arr(v, "volume_key");
+    assert_eq!(
+        hex(&blake3::derive_key("envelopefs name key v1", &vk)),
+        v["name_key"]
+    );
+    let c = NameCipher::from_volume_key(&vk);
+    let dirid: [u8; 16] = arr(v, "dirid");
+    assert_eq!(dirid_target(&dirid), v["dirid_link"]);
+    assert_eq!(parse_dirid(v["dirid_link"].as_bytes()).unwrap(), dirid);
+    for (n, b) in [("name_a", "backing_a"), ("name_b", "backing_b")] {
+        let name = unhex(&v[n]);
+        assert_eq!(
+            c.backing_name(&dirid, &name).unwrap(),
+            BackingName::Short(v[b].clone()),
+            "{n}"
+        );
+        assert_eq!(c.decode_name(&dirid, &v[b]).unwrap(), name);
+    }
+    assert_eq!(v["long_name"], "4c×200");
+    let long = vec![b'L'; 200];
+    match c.backing_name(&dirid, &long).unwrap() {
+        BackingName::Long {
+            entry,
+            sidecar,
+            encoded,
+        } => {
+            assert_eq!(entry, v["long_entry"]);
+            assert_eq!(
+                sidecar,
+                v["long_entry"].replacen("long.", ".name.", 1),
+                "sidecar"
+            );
+            assert_eq!(encoded, v["long_encoded"]);
+            assert_eq!(c.decode_name(&dirid, &encoded).unwrap(), long);
+        }
+        other => panic!("200 bytes must take the long form: {other:?}"),
+    }
+}
+
+#[test]
+fn link_target_and_xattr_name_vectors() {
+    use envelopefs::format::names::NameCipher;
+    let all = vectors();
+    let v = get(&all, "link-target-1");
+    let c = NameCipher::from_volume_key(&arr(v, "volume_key"));
+    let target = unhex(&v["target"]);
+    let stored = c.encode_target(&target, arr(v, "nonce")).unwrap();
+    assert_eq!(stored, v["stored"]);
+    assert_eq!(c.decode_target(stored.as_bytes()).unwrap(), target);
+    let v = get(&all, "xattr-name-1");
+    let c = NameCipher::from_volume_key(&arr(v, "volume_key"));
+    let stored = c
+        .encode_xattr_name(v["name"].as_bytes())
+        .unwrap()
+        .expect("user.* names are encrypted");
+    assert_eq!(String::from_utf8(stored.clone()).unwrap(), v["stored"]);
+    assert_eq!(
+        c.decode_xattr_name(&stored).unwrap().unwrap(),
+        v["name"].as_bytes()
+    );
+}
