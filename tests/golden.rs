@@ -1,8 +1,9 @@
 //! Golden fixtures: volumes written by each format version (tests/golden/v1: version 1 as first
 //! released, keystore version 1; tests/golden/sealed-holes: version 1 with the `sealed-holes`
 //! feature, keystore version 2 (kdf under the MAC, administrators, audit checkpoint) and its
-//! audit trail; both unlock
-//! with the key file tests/golden/keyfile and hold the same files) must keep opening with every
+//! audit trail; tests/golden/encrypted-names: `sealed-holes` plus `encrypted-names`, with a
+//! 200-byte name in `dir`; all unlock with the key file tests/golden/keyfile and hold the same
+//! files) must keep opening with every
 //! later build and read back exactly the contents in tests/golden/manifest.sha256; tampered
 //! copies must fail cleanly (EIO), never return other bytes.
 
@@ -35,7 +36,7 @@ fn copy_tree(from: &Path, to: &Path) {
 }
 
 /// The fixtures, one per format version.
-const FIXTURES: [&str; 2] = ["v1", "sealed-holes"];
+const FIXTURES: [&str; 3] = ["v1", "sealed-holes", "encrypted-names"];
 
 /// A private copy of the v1 fixture (opening a keystore may add its audit directory).
 fn fixture() -> (tempfile::TempDir, PathBuf) {
@@ -107,11 +108,7 @@ fn every_fixture_reads_back_exactly() {
     for fixture in FIXTURES {
         let (_tmp, root) = fixture_named(fixture);
         let fs = open(&root);
-        assert_eq!(
-            fs.layout().sealed_holes(),
-            fixture == "sealed-holes",
-            "{fixture}"
-        );
+        assert_eq!(fs.layout().sealed_holes(), fixture != "v1", "{fixture}");
         for (name, hash) in manifest() {
             let data = read(&fs, &name).unwrap_or_else(|e| panic!("{fixture}: {name}: errno {e}"));
             assert_eq!(sha256_hex(&data), hash, "{fixture}: {name}");
@@ -120,6 +117,109 @@ fn every_fixture_reads_back_exactly() {
         let link = fs.lookup(dir, OsStr::new("link")).unwrap().ino;
         assert_eq!(fs.readlink(link).unwrap(), b"../small.txt", "{fixture}");
     }
+}
+
+/// The `encrypted-names` fixture: no plaintext name in its backing tree, its long name reads
+/// back; an entry moved to another directory is unreachable and unlisted, a damaged `.dirid`
+/// makes the directory EIO, and a config that lost the feature is refused.
+#[test]
+fn the_encrypted_names_fixture_and_its_tampered_copies() {
+    let long = "n".repeat(200);
+    let (_tmp, root) = fixture_named("encrypted-names");
+    let data = root.join("data");
+    let names: Vec<String> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    for (plain, _) in manifest() {
+        assert!(!names.contains(&plain), "{plain} in the clear");
+    }
+    let fs = open(&root);
+    let dir = fs.lookup(1, OsStr::new("dir")).unwrap().ino;
+    let f = fs.lookup(dir, OsStr::new(&long)).unwrap().ino;
+    let c = Caller::current();
+    let fh = fs.open(f, libc::O_RDONLY, &c).unwrap();
+    assert_eq!(fs.read(fh, 0, 100).unwrap(), b"a long name");
+    fs.release(fh).unwrap();
+    drop(fs);
+
+    // Move small.txt's entry into dir: gone from both listings, unreachable.
+    let (_tmp, root) = fixture_named("encrypted-names");
+    let data = root.join("data");
+    let small = envelopefs::store::names::encrypt_path(
+        &data,
+        cipher(&root).as_ref(),
+        Path::new("small.txt"),
+    )
+    .unwrap();
+    let dir_b =
+        envelopefs::store::names::encrypt_path(&data, cipher(&root).as_ref(), Path::new("dir"))
+            .unwrap();
+    std::fs::rename(data.join(&small), data.join(&dir_b).join(&small)).unwrap();
+    let fs = open(&root);
+    assert_eq!(read(&fs, "small.txt"), Err(libc::ENOENT));
+    let dir = fs.lookup(1, OsStr::new("dir")).unwrap().ino;
+    let fh = fs.opendir(dir).unwrap();
+    let mut listed: Vec<String> = fs
+        .readdir(dir, fh, 0)
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e.name.into_string().unwrap())
+        .collect();
+    listed.sort();
+    let mut want = vec![".".to_owned(), "..".into(), "link".into(), long.clone()];
+    want.sort();
+    assert_eq!(
+        listed, want,
+        "the moved entry is not listed in its new directory"
+    );
+    drop(fs);
+
+    // A damaged directory id: the directory's names cannot be read.
+    let (_tmp, root) = fixture_named("encrypted-names");
+    let data = root.join("data");
+    let dir_b =
+        envelopefs::store::names::encrypt_path(&data, cipher(&root).as_ref(), Path::new("dir"))
+            .unwrap();
+    let id = data.join(&dir_b).join(".dirid");
+    std::fs::remove_file(&id).unwrap();
+    std::os::unix::fs::symlink("00112233445566778899aabbccddeeff", &id).unwrap();
+    let fs = open(&root);
+    let dir = fs.lookup(1, OsStr::new("dir")).unwrap().ino;
+    assert_eq!(
+        fs.lookup(dir, OsStr::new("link"))
+            .map(|a| a.ino)
+            .map_err(|e| e.errno()),
+        Err(libc::ENOENT)
+    );
+    let fh = fs.opendir(dir).unwrap();
+    assert_eq!(fs.readdir(dir, fh, 0).unwrap().len(), 2, "only . and ..");
+    drop(fs);
+
+    // The config lost the feature: refused, not shown as ciphertext names.
+    let (_tmp, root) = fixture_named("encrypted-names");
+    let cfg = root.join("envelopefs.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let edited = text.replace(",\n    \"encrypted-names\"", "");
+    assert_ne!(text, edited, "the fixture lists encrypted-names");
+    std::fs::write(&cfg, edited).unwrap();
+    let err = volume::open(&root).unwrap_err().to_string();
+    assert!(err.contains("encrypted-names"), "{err}");
+}
+
+/// The fixture's name cipher, from its keystore.
+fn cipher(root: &Path) -> Option<envelopefs::format::names::NameCipher> {
+    let key: [u8; 32] = std::fs::read(Path::new(GOLDEN).join("keyfile"))
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let cfg = volume::open(root).unwrap().config;
+    let kms = LocalKms::open(
+        &root.join("keystore.json"),
+        &Unlock::KeyFile(zeroize::Zeroizing::new(key)),
+    )
+    .unwrap();
+    envelopefs::store::names::cipher_of(&cfg, &kms, &Caller::current()).unwrap()
 }
 
 /// Finding 4 of issue 11, on the fixture written with `sealed-holes`: a zeroed block (a forged
@@ -263,14 +363,20 @@ fn every_fixture_takes_writes_and_truncates_as_the_model_says() {
         let c = Caller::current();
         let bs = fs.layout().block_size();
         let mut model = read(&fs, "multi.bin").unwrap();
+        let backing = root.join("data").join(
+            envelopefs::store::names::encrypt_path(
+                &root.join("data"),
+                cipher(&root).as_ref(),
+                Path::new("multi.bin"),
+            )
+            .unwrap(),
+        );
         let ino = fs.lookup(1, OsStr::new("multi.bin")).unwrap().ino;
         let fh = fs.open(ino, libc::O_RDWR, &c).unwrap();
         let step = |model: &mut Vec<u8>, what: &str| {
             assert_eq!(read(&fs, "multi.bin").unwrap(), *model, "{fixture}: {what}");
             assert_eq!(
-                std::fs::metadata(root.join("data/multi.bin"))
-                    .unwrap()
-                    .len(),
+                std::fs::metadata(&backing).unwrap().len(),
                 fs.layout().backing_size(model.len() as u64),
                 "{fixture}: {what}: backing length"
             );
