@@ -6,8 +6,10 @@
 # Usage: scripts/bench.sh [options]
 #
 #   --rounds N          interleaved rounds (default 3; 1 with --quick)
-#   --only a,b          filesystems to run, from: envelopefs,gocryptfs,securefs,cryfs,bindfs,native
-#                       (default: all; a peer that is not installed is skipped with a note)
+#   --only a,b          filesystems to run, from: envelopefs,envelopefs-plain,gocryptfs,securefs,
+#                       cryfs,bindfs,native (default: all but envelopefs-plain; a peer that is not
+#                       installed is skipped with a note). envelopefs-plain is envelopefs on a
+#                       volume made with `init --plaintext-names` (what name encryption costs)
 #   --workloads a,b     workloads to run, from: seqwrite,seqread,randread1,randread2,randwrite1,
 #                       randwrite2,untar,lsr,catall,rm (default: all)
 #   --quick             smaller sizes for a smoke test: 128 MiB sequential, 32 MiB random-I/O
@@ -59,7 +61,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-ALL_FS=(envelopefs gocryptfs securefs cryfs bindfs native)
+ALL_FS=(envelopefs envelopefs-plain gocryptfs securefs cryfs bindfs native)
 ALL_WL=(seqwrite seqread randread1 randread2 randwrite1 randwrite2 untar lsr catall rm)
 
 ROUNDS="" ONLY="" WORKLOADS="" QUICK=0 OUT="" BASE="${TMPDIR:-/var/tmp}" USE_TMPFS=0 THREADS="" FRESH_GIB=""
@@ -121,7 +123,7 @@ if [[ -n $ONLY ]]; then
     for f in "${req[@]}"; do in_list "$f" "${ALL_FS[@]}" || die "unknown filesystem '$f' (known: ${ALL_FS[*]})"; done
     for f in "${ALL_FS[@]}"; do in_list "$f" "${req[@]}" && FSS+=("$f"); done
 else
-    FSS=("${ALL_FS[@]}")
+    for f in "${ALL_FS[@]}"; do [[ $f == envelopefs-plain ]] || FSS+=("$f"); done
 fi
 if [[ -n $WORKLOADS ]]; then
     IFS=, read -r -a req <<<"$WORKLOADS"
@@ -191,7 +193,7 @@ MOUNTED=()   # filesystems with a mount made by us, in mount order
 unmount_one() { # fs — unmount, then make sure the daemon is gone; never broad kills
     local f=$1 m=${MNT[$1]} p=${PID[$1]:-} i
     if [[ -n $p ]] && kill -0 "$p" 2>/dev/null; then
-        if [[ $f == envelopefs ]]; then
+        if [[ $f == envelopefs* ]]; then
             kill -TERM "$p" 2>/dev/null || true              # SIGTERM = clean unmount
         else
             timeout 20 ${FUSERMOUNT:-umount} -u "$m" 2>/dev/null || timeout 20 umount "$m" 2>/dev/null ||
@@ -271,7 +273,7 @@ wait_mounted() { # fs seconds
 # ---------------------------------------------------------------------------------------------
 # envelopefs binary (copied into the work dir so concurrent rebuilds cannot swap it mid-run)
 ENVFS_REV=""
-if in_list envelopefs "${FSS[@]}"; then
+if in_list envelopefs "${FSS[@]}" || in_list envelopefs-plain "${FSS[@]}"; then
     if [[ -z $BIN ]]; then
         BIN=$ROOT/target/release/envelopefs
         if ((BUILD)); then
@@ -311,8 +313,9 @@ mount_fs() { # fs → 0 when mounted
     case $f in
         native)
             MNT[$f]=$b; return 0 ;;
-        envelopefs)
-            timeout 120 "$WORK/bin/envelopefs" init "$b" --keyfile "$WORK/keyfile" >"$log" 2>&1 || return 1
+        envelopefs | envelopefs-plain)
+            local init_extra=(); [[ $f == envelopefs-plain ]] && init_extra=(--plaintext-names)
+            timeout 120 "$WORK/bin/envelopefs" init "$b" --keyfile "$WORK/keyfile" "${init_extra[@]}" >"$log" 2>&1 || return 1
             local extra=(); [[ -n $THREADS ]] && extra=(--threads "$THREADS")
             daemon "$WORK/bin/envelopefs" mount "$b" "$m" --keyfile "$WORK/keyfile" "${extra[@]}" </dev/null >>"$log" 2>&1
             ;;
