@@ -240,6 +240,14 @@ impl EncFs {
         let id = sys::readlinkat(dir.as_raw_fd(), OsStr::new(DIRID_NAME))
             .ok()
             .and_then(|t| parse_dirid(&t).ok());
+        // rmdir needs write access to the parent only; an unprivileged daemon also needs it on
+        // the directory itself to remove the metadata, which goes with the directory anyway.
+        if sys::geteuid() != 0 {
+            let st = sys::fstat(dir.as_raw_fd())?;
+            if st.st_mode & 0o300 != 0o300 {
+                sys::chmod_fd(dir.as_raw_fd(), (st.st_mode | 0o300) & 0o7777)?;
+            }
+        }
         // Orphans first, the id last: a crash in between leaves a directory with its id.
         let mut order: Vec<_> = entries.into_iter().map(|e| e.name).collect();
         order.sort_by_key(|n| n == DIRID_NAME);
