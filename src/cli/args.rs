@@ -198,6 +198,9 @@ pub enum Command {
     /// Manage the volume's customer master keys: lifecycle, aliases, rotation, import,
     /// policies and grants (docs/KEYS.md).
     Key(crate::cli::keys::KeyArgs),
+    /// Customer-provided keys (SSE-C) on a live mount: each user gives the daemon their own
+    /// key over its control socket; files wrapped under it need it (docs/KEYS.md §SSE-C).
+    Ssec(crate::cli::ssec::SsecArgs),
     /// Show or verify the key service's audit log.
     Audit(crate::cli::keys::AuditArgs),
     /// Translate paths between the plaintext view and BACKING on a volume with encrypted

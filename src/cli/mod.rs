@@ -6,6 +6,7 @@ pub(crate) mod keys;
 mod path;
 pub(crate) mod reencrypt;
 pub(crate) mod rewrap;
+mod ssec;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -390,6 +391,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Info { backing } => info(&backing),
         Command::Key(args) => crate::cli::keys::run_key(args),
+        Command::Ssec(args) => ssec::run(args),
         Command::Audit(args) => crate::cli::keys::run_audit(args),
         Command::Scan { backing, json } => crate::cli::keys::run_scan(&backing, json),
         Command::Path {

@@ -10,6 +10,7 @@
 //! [`DaemonError`] to an exit code; nothing here parses arguments or picks exit codes.
 
 pub mod background;
+pub(crate) mod control;
 pub mod mounts;
 mod settings;
 
@@ -191,6 +192,14 @@ impl Daemon {
         // the backing store as is.
         sys::set_umask(0);
         let fs = Arc::new(fs);
+        // The control socket of `envelopefs ssec` (customer keys), named after the canonical
+        // mount point (resolved before the mount covers it).
+        let _control = std::fs::canonicalize(mountpoint)
+            .and_then(|canon| control::spawn(fs.clone(), &canon))
+            .map_err(|e| {
+                log::warn!("no control socket ({e}): `envelopefs ssec` will not reach this mount")
+            })
+            .ok();
         let watched = Arc::downgrade(&fs);
         let adapter = Adapter::new(fs, &opts);
         let notifier_slot = adapter.notifier_slot();

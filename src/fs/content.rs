@@ -136,15 +136,35 @@ impl EncFs {
             }
         };
         let ctx = self.file_context(&file_id);
-        let (dek, wrapped) = self
-            .keys
-            .generate_data_key(&self.default_key, &ctx, caller)?;
+        let (dek, slots) = match self.customer.choice(caller) {
+            None => {
+                let (dek, wrapped) =
+                    self.keys
+                        .generate_data_key(&self.default_key, &ctx, caller)?;
+                (dek, vec![file_header::cmk_slot(wrapped)])
+            }
+            // The user's own key (SSE-C), and a CMK slot only if they asked for recovery.
+            Some(recovery) => {
+                let (dek, cmk) = if recovery {
+                    let (dek, wrapped) =
+                        self.keys
+                            .generate_data_key(&self.default_key, &ctx, caller)?;
+                    (dek, Some(file_header::cmk_slot(wrapped)))
+                } else {
+                    (crate::keys::DataKey::random(), None)
+                };
+                let slot = self.customer.wrap_new(caller, &dek, &ctx)?;
+                let mut slots = vec![crate::format::header::KeySlot::Customer(slot)];
+                slots.extend(cmk);
+                (dek, slots)
+            }
+        };
         let header = FileHeader {
             block_size: self.block_size,
             file_id,
             seq: 1,
             sealed_holes: self.layout.sealed_holes(),
-            slots: vec![file_header::cmk_slot(wrapped)],
+            slots,
         };
         Ok(NewFileKeys { dek, header })
     }
@@ -166,6 +186,7 @@ impl EncFs {
         })?;
         Ok(file_header::unlock(
             self.keys.as_ref(),
+            self.customer.as_ref(),
             &self.volume_id,
             self.block_size,
             &region,

@@ -33,8 +33,9 @@ pub struct Handle {
 /// A handle's last key decision.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Decided {
-    /// [`crate::keys::KeyService::generation`] when it was taken.
-    generation: u64,
+    /// [`EncFs::key_generation`] when it was taken: the key service's generation and the
+    /// customer keys'.
+    generation: (u64, u64),
     /// Whether the key service allowed the opener.
     allowed: bool,
 }
@@ -129,7 +130,7 @@ impl EncFs {
     /// generation moved), it is taken again, so disabling a key or revoking a grant reaches
     /// files that are already open. A refusal is remembered until the next change.
     pub(crate) fn check_handle(&self, h: &Handle) -> FsResult<()> {
-        let now = self.keys.generation();
+        let now = self.key_generation();
         let mut d = h.decided.lock().expect("handle decision poisoned");
         if d.generation == now {
             return if d.allowed {
@@ -165,7 +166,7 @@ impl EncFs {
 
     fn register(&self, ino: u64, file: File, caller: &Caller, flags: i32) -> FsResult<u64> {
         // Read before the decision, so a change during it makes the first read decide again.
-        let generation = self.keys.generation();
+        let generation = self.key_generation();
         let (open, loaded) = self.open_state_loaded(ino, &file, caller)?;
         if !loaded && let Err(e) = self.decide(&open, &file, caller) {
             self.drop_state_if_unused(ino, &open);
@@ -453,8 +454,8 @@ impl EncFs {
     }
 
     /// The key service's generation ([`crate::keys::KeyService::generation`]).
-    pub(crate) fn key_generation(&self) -> u64 {
-        self.keys.generation()
+    pub(crate) fn key_generation(&self) -> (u64, u64) {
+        (self.keys.generation(), self.customer.generation())
     }
 
     /// The inodes that have open handles.

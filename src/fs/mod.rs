@@ -8,6 +8,9 @@
 
 pub mod attr;
 pub mod content;
+pub mod customer;
+#[cfg(test)]
+mod customer_tests;
 pub mod dir;
 pub mod error;
 pub mod file;
@@ -43,6 +46,8 @@ pub struct EncFs {
     block_size: u32,
     default_key: String,
     keys: Arc<dyn KeyService>,
+    /// The users' customer-provided keys (SSE-C), in memory only.
+    customer: Arc<customer::CustomerTable>,
     xattr: xattr::XattrCipher,
     /// How names are stored (plain, or encrypted: `encrypted-names`).
     names: names::Names,
@@ -94,6 +99,7 @@ impl EncFs {
             layout: Layout::with_sealed_holes(cfg.block_size, cfg.sealed_holes()),
             block_size: cfg.block_size,
             default_key: cfg.default_key.clone(),
+            customer: Arc::new(customer::CustomerTable::new(keys.clone())),
             keys,
             xattr,
             names,
@@ -108,6 +114,11 @@ impl EncFs {
     /// The encryption context of a file's data key.
     pub(crate) fn file_context(&self, file_id: &[u8; 16]) -> EncryptionContext {
         EncryptionContext::for_file(&self.volume_id, file_id)
+    }
+
+    /// The table of customer-provided keys (the daemon's control socket adds and drops them).
+    pub fn customer_keys(&self) -> &Arc<customer::CustomerTable> {
+        &self.customer
     }
 
     /// The volume's block layout.

@@ -162,8 +162,15 @@ mod tests {
     fn dek_of(fs: &EncFs, path: &std::path::Path, caller: &Caller) -> [u8; 32] {
         let f = File::open(path).unwrap();
         let region = file_header::read_region(&f).unwrap();
-        let u =
-            file_header::unlock(fs.keys.as_ref(), &fs.volume_id, 4096, &region, caller).unwrap();
+        let u = file_header::unlock(
+            fs.keys.as_ref(),
+            &file_header::NoCustomerKeys,
+            &fs.volume_id,
+            4096,
+            &region,
+            caller,
+        )
+        .unwrap();
         *u.dek.expose_secret()
     }
 

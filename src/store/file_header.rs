@@ -8,6 +8,7 @@ use std::os::unix::fs::FileExt;
 
 use crate::format::FormatError;
 use crate::format::context::EncryptionContext;
+use crate::format::customer::CustomerSlot;
 use crate::format::header::{self, FileHeader, HEADER_COPY_LEN, HEADER_REGION, KeySlot};
 use crate::keys::{Caller, DataKey, KeyError, KeyId, KeyService, WrappedKey};
 
@@ -61,8 +62,38 @@ pub(crate) fn wrapped_slots(h: &FileHeader) -> impl Iterator<Item = (usize, Wrap
                 blob: blob.clone(),
             },
         )),
-        KeySlot::Unknown { .. } => None,
+        KeySlot::Customer(_) | KeySlot::Unknown { .. } => None,
     })
+}
+
+/// Opens customer-key (SSE-C) slots for a caller: the mounted daemon's table of loaded keys
+/// (`fs::customer`). Refusals are [`KeyError::AccessDenied`] (no key loaded, wrong key).
+pub(crate) trait CustomerKeys: Send + Sync {
+    /// Unwraps the data key of `slot` for `caller`.
+    fn open(
+        &self,
+        slot: &CustomerSlot,
+        context: &EncryptionContext,
+        caller: &Caller,
+    ) -> Result<DataKey, KeyError>;
+}
+
+/// No customer keys (the offline tools): every customer-key slot is refused.
+pub(crate) struct NoCustomerKeys;
+
+impl CustomerKeys for NoCustomerKeys {
+    fn open(
+        &self,
+        slot: &CustomerSlot,
+        _context: &EncryptionContext,
+        _caller: &Caller,
+    ) -> Result<DataKey, KeyError> {
+        Err(KeyError::AccessDenied {
+            key_id: format!("sse-c:{}", slot.uid),
+            reason: "the file is wrapped under a customer key, which only a mount the key was                      given to (`envelopefs ssec add`) can use"
+                .into(),
+        })
+    }
 }
 
 /// Unlocks a header region: newest structurally valid copy first (copy A first on equal
@@ -76,6 +107,7 @@ pub(crate) fn wrapped_slots(h: &FileHeader) -> impl Iterator<Item = (usize, Wrap
 /// still wrapped under an older key; the refusal is returned.
 pub(crate) fn unlock(
     keys: &dyn KeyService,
+    customer: &dyn CustomerKeys,
     volume_id: &str,
     block_size: u32,
     region: &[u8],
@@ -100,10 +132,26 @@ pub(crate) fn unlock(
         }
         let copy_bytes = &region[cand.copy * HEADER_COPY_LEN..(cand.copy + 1) * HEADER_COPY_LEN];
         let ctx = EncryptionContext::for_file(volume_id, &cand.header.file_id);
-        let slots: Vec<_> = wrapped_slots(&cand.header).collect();
         let mut refused: Option<HeaderError> = None;
-        for (_, wrapped) in slots {
-            let err: HeaderError = match keys.decrypt(&wrapped, &ctx, caller) {
+        for slot in &cand.header.slots {
+            let opened = match slot {
+                KeySlot::Cmk {
+                    key_id,
+                    version,
+                    blob,
+                } => keys.decrypt(
+                    &WrappedKey {
+                        key_id: KeyId(*key_id),
+                        version: *version,
+                        blob: blob.clone(),
+                    },
+                    &ctx,
+                    caller,
+                ),
+                KeySlot::Customer(c) => customer.open(c, &ctx, caller),
+                KeySlot::Unknown { .. } => continue,
+            };
+            let err: HeaderError = match opened {
                 Ok(dek) => match header::verify_mac(copy_bytes, dek.expose_secret()) {
                     Ok(()) => {
                         return Ok(Unlocked {

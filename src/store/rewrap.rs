@@ -131,7 +131,14 @@ pub(crate) fn rewrap_file(
         return Ok((FileOutcome::Empty, None));
     }
     let region = file_header::read_region(&file)?;
-    let unlocked = file_header::unlock(keys, volume_id, block_size, &region, caller)?;
+    let unlocked = file_header::unlock(
+        keys,
+        &file_header::NoCustomerKeys,
+        volume_id,
+        block_size,
+        &region,
+        caller,
+    )?;
     let ctx = EncryptionContext::for_file(volume_id, &unlocked.header.file_id);
     let mut header = unlocked.header.clone();
     let mut changed = false;

@@ -46,7 +46,15 @@ impl Fixture {
     fn unlock(&self) -> Unlocked {
         let f = File::open(&self.file).unwrap();
         let region = file_header::read_region(&f).unwrap();
-        file_header::unlock(&self.kms, "vol", 4096, &region, &Caller::current()).unwrap()
+        file_header::unlock(
+            &self.kms,
+            &file_header::NoCustomerKeys,
+            "vol",
+            4096,
+            &region,
+            &Caller::current(),
+        )
+        .unwrap()
     }
 
     /// The key-material version of the file's slot, and the header's sequence number.
@@ -182,7 +190,14 @@ fn a_finished_rewrap_leaves_no_slot_of_the_old_key_in_either_copy() {
     let f = File::open(&fx.file).unwrap();
     let region = file_header::read_region(&f).unwrap();
     assert!(matches!(
-        file_header::unlock(&fx.kms, "vol", 4096, &region, &Caller::current()),
+        file_header::unlock(
+            &fx.kms,
+            &file_header::NoCustomerKeys,
+            "vol",
+            4096,
+            &region,
+            &Caller::current()
+        ),
         Err(HeaderError::Key(crate::keys::KeyError::Disabled { .. }))
     ));
 }
@@ -207,7 +222,14 @@ fn a_refusal_on_the_newest_copy_is_final_even_while_a_stale_copy_remains() {
     let region = file_header::read_region(&f).unwrap();
     assert!(
         matches!(
-            file_header::unlock(&fx.kms, "vol", 4096, &region, &Caller::current()),
+            file_header::unlock(
+                &fx.kms,
+                &file_header::NoCustomerKeys,
+                "vol",
+                4096,
+                &region,
+                &Caller::current()
+            ),
             Err(HeaderError::Key(crate::keys::KeyError::Disabled { .. }))
         ),
         "the stale copy under alias/default must not be used"

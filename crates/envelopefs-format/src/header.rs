@@ -14,6 +14,7 @@
 //!  42    6  reserved, zero
 //!  48       S slots, each: kind (1) ‖ reserved 0 (1) ‖ body length L (u16) ‖ body (L)
 //!           kind 1 = CMK slot, body = key id (16) ‖ key version (u32) ‖ blob length (u16) ‖ blob
+//!           kind 2 = customer-key (SSE-C) slot, body = 112 bytes (`customer`)
 //!   …       zero padding up to offset 480
 //! 480   32  MAC = BLAKE3 keyed hash of bytes 0..480,
 //!           key = blake3::derive_key("envelopefs header mac v1", DEK)
@@ -56,6 +57,8 @@ pub enum KeySlot {
         /// The key service's wrapped-key blob.
         blob: Vec<u8>,
     },
+    /// Wrapped under a user's customer-provided key (SSE-C, docs/FORMAT.md §4.6).
+    Customer(super::customer::CustomerSlot),
     /// A slot kind this build does not know (kept so the MAC still verifies).
     Unknown {
         /// Slot kind byte.
@@ -80,11 +83,17 @@ impl KeySlot {
                 b.extend_from_slice(blob);
                 (SLOT_KIND_CMK, b)
             }
+            KeySlot::Customer(c) => (super::customer::SLOT_KIND_CUSTOMER, c.encode()),
             KeySlot::Unknown { kind, body } => (*kind, body.clone()),
         }
     }
 
     fn parse(kind: u8, body: &[u8]) -> Result<KeySlot, FormatError> {
+        if kind == super::customer::SLOT_KIND_CUSTOMER {
+            return Ok(KeySlot::Customer(super::customer::CustomerSlot::parse(
+                body,
+            )?));
+        }
         if kind != SLOT_KIND_CMK {
             return Ok(KeySlot::Unknown {
                 kind,

@@ -3,6 +3,7 @@
 
 pub mod block;
 pub mod context;
+pub mod customer;
 pub mod error;
 pub mod header;
 pub mod layout;

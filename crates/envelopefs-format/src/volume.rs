@@ -30,6 +30,10 @@ pub const SEALED_HOLES: &str = "sealed-holes";
 /// Written on init since wave 3 unless `--plaintext-names`; volumes without it keep names in
 /// the clear.
 pub const ENCRYPTED_NAMES: &str = "encrypted-names";
+/// Some files may carry customer-key (SSE-C) slots (docs/FORMAT.md §4.6): added to the config
+/// the first time a user asks a mount to wrap their files under their own key, so that an
+/// older build refuses the volume instead of failing those files one by one.
+pub const SSE_C: &str = "sse-c";
 /// Features this build understands (and writes on init).
 pub(crate) const KNOWN_FEATURES: &[&str] = &[
     "header-ab-v1",
@@ -37,6 +41,7 @@ pub(crate) const KNOWN_FEATURES: &[&str] = &[
     "last-block-flag",
     SEALED_HOLES,
     ENCRYPTED_NAMES,
+    SSE_C,
 ];
 /// Default plaintext block size.
 pub const DEFAULT_BLOCK_SIZE: u32 = 4096;
@@ -76,7 +81,7 @@ pub struct WrappedKeyRecord {
 }
 
 impl VolumeConfig {
-    /// A new config with all known features.
+    /// A new config with every known feature but `sse-c` (added when first used).
     pub fn new(
         volume_id: String,
         created: u64,
@@ -93,7 +98,11 @@ impl VolumeConfig {
             block_size,
             default_key,
             keystore,
-            features: KNOWN_FEATURES.iter().map(|s| (*s).to_owned()).collect(),
+            features: KNOWN_FEATURES
+                .iter()
+                .filter(|f| **f != SSE_C)
+                .map(|s| (*s).to_owned())
+                .collect(),
             volume_key,
         }
     }

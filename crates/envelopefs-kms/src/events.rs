@@ -204,6 +204,33 @@ impl LocalKms {
 }
 
 impl LocalKms {
+    /// Records a use of a customer-provided key (SSE-C): the event, the key's public id as
+    /// `customerKeyId`, the file's context and the refusal; never the key.
+    pub(crate) fn record_customer(
+        &self,
+        event: &str,
+        key_id: &str,
+        context: Option<&EncryptionContext>,
+        caller: &Caller,
+        error: Option<&KeyError>,
+    ) {
+        log::debug!("{event} customer key {key_id} by uid {}", caller.uid);
+        let Some(log) = &self.audit else { return };
+        let mut a = AuditEvent::new(event, caller).param("customerKeyId", key_id);
+        if let Some(c) = context {
+            a = a.context(c);
+        }
+        if let Some(e) = error {
+            a = a.error(e);
+        }
+        if let Err(e) = log.append(a) {
+            log::error!(
+                "cannot append to the audit log {}: {e}",
+                log.dir().display()
+            );
+        }
+    }
+
     /// Records the audit trail's checkpoint in the keystore body about to be saved (every
     /// keystore write goes through `mutate_store`, which calls this): the head of the chain,
     /// fsynced, as the trail's checkpoint file now says. The recorded head only moves forward

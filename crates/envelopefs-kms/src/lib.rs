@@ -196,6 +196,20 @@ pub trait KeyService: Send + Sync {
     fn generation(&self) -> u64 {
         0
     }
+
+    /// Records a use of a customer-provided key (SSE-C; the keys live in the mounted daemon,
+    /// not in the key service) in the service's audit trail: `event` (`SseCDecrypt`, …), the
+    /// key's public id (never the key), the file's context, the caller and the refusal. A
+    /// service without an audit trail ignores it.
+    fn audit_customer_key(
+        &self,
+        _event: &str,
+        _key_id: &str,
+        _context: Option<&EncryptionContext>,
+        _caller: &Caller,
+        _error: Option<&KeyError>,
+    ) {
+    }
 }
 
 /// How often [`KeyService::generation`] of the embedded service looks for another process's

@@ -25,7 +25,7 @@ macro_rules! secret32 {
             /// Moves `bytes` into a box and zeroizes the argument; a caller that keeps its own
             /// copy must zeroize that itself.
             #[allow(dead_code)] // generated for every secret type; not every one needs it
-            pub(crate) fn from_bytes(mut bytes: [u8; 32]) -> Self {
+            pub fn from_bytes(mut bytes: [u8; 32]) -> Self {
                 let key = Self(Box::new(bytes));
                 bytes.zeroize();
                 key
@@ -35,7 +35,7 @@ macro_rules! secret32 {
             ///
             /// # Panics
             /// If the operating system cannot provide randomness (no safe way to continue).
-            pub(crate) fn random() -> Self {
+            pub fn random() -> Self {
                 let mut key = Self::zeroed();
                 getrandom::fill(&mut key.0[..]).expect("the system random generator failed");
                 key

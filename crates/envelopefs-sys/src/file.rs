@@ -36,3 +36,29 @@ pub fn status_flags(f: &File) -> io::Result<i32> {
         Ok(fl)
     }
 }
+
+/// The peer of a connected Unix socket: (pid, uid, gid), from `SO_PEERCRED` (the credentials
+/// the kernel recorded when the peer connected; the peer cannot forge them).
+pub fn peer_cred(sock: &impl std::os::fd::AsRawFd) -> io::Result<(u32, u32, u32)> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes and `len` holds `cred`'s size, as
+    // getsockopt(SO_PEERCRED) requires.
+    let r = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &raw mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((cred.pid as u32, cred.uid, cred.gid))
+}

@@ -15,7 +15,7 @@ pub use at::{
     open_dir, open_path, open_regular_at, openat, readlink, readlinkat, renameat2, reopen, statvfs,
     symlinkat, unlinkat, utimens,
 };
-pub use file::{fallocate, status_flags, syncfs};
+pub use file::{fallocate, peer_cred, status_flags, syncfs};
 pub use lock::{FileLock, try_lock_exclusive};
 pub use process::{
     current_ids, default_sigpipe, fd_limit, geteuid, getuid, new_session_on_spawn, parent_pid,

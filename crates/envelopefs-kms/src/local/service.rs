@@ -110,6 +110,17 @@ impl KeyService for LocalKms {
     fn generation(&self) -> u64 {
         self.current_generation()
     }
+
+    fn audit_customer_key(
+        &self,
+        event: &str,
+        key_id: &str,
+        context: Option<&EncryptionContext>,
+        caller: &Caller,
+        error: Option<&KeyError>,
+    ) {
+        self.record_customer(event, key_id, context, caller, error);
+    }
 }
 
 /// Fails unless a key in `state` may wrap or unwrap; the message names the key, the reason
