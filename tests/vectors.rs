@@ -284,3 +284,26 @@ fn link_target_and_xattr_name_vectors() {
         v["name"].as_bytes()
     );
 }
+
+#[test]
+fn customer_key_slot_vector() {
+    use envelopefs::format::customer::{CustomerKey, CustomerSlot};
+    let all = vectors();
+    let v = get(&all, "sse-c-1");
+    let k: [u8; 32] = arr(v, "customer_key");
+    assert_eq!(
+        hex(&blake3::derive_key("envelopefs sse-c kek v1", &k)),
+        v["kek"]
+    );
+    let key = CustomerKey::new(&k);
+    assert_eq!(key.id(), v["key_id"]);
+    let uid: u32 = v["uid"].parse().unwrap();
+    let context = unhex(&v["context"]);
+    let slot = key.wrap(uid, &arr(v, "dek"), &context, arr(v, "salt"), arr(v, "nonce"));
+    assert_eq!(hex(&slot.verifier), v["verifier"]);
+    assert_eq!(hex(&slot.encode()), v["body"]);
+    let parsed = CustomerSlot::parse(&unhex(&v["body"])).unwrap();
+    assert!(key.matches(&parsed));
+    assert_eq!(*key.unwrap(&parsed, &context).unwrap(), arr::<32>(v, "dek"));
+    assert!(!CustomerKey::new(&[0x32; 32]).matches(&parsed));
+}

@@ -279,3 +279,16 @@ pub(crate) fn run(args: SsecArgs) -> Result<(), CliError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    /// docs/FORMAT.md §4.6: the passphrase vector (computed with Python argon2-cffi).
+    #[test]
+    fn passphrase_key_vector() {
+        let k = super::from_passphrase(b"correct horse battery staple", 4001).unwrap();
+        assert_eq!(
+            crate::format::context::hex(&k[..]),
+            "b18a75fec92fd435fcc940d125cd1b9b634be1b4f011fa3bbd5c16c483b8eeb3"
+        );
+    }
+}
