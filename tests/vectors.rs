@@ -299,7 +299,13 @@ fn customer_key_slot_vector() {
     assert_eq!(key.id(), v["key_id"]);
     let uid: u32 = v["uid"].parse().unwrap();
     let context = unhex(&v["context"]);
-    let slot = key.wrap(uid, &arr(v, "dek"), &context, arr(v, "salt"), arr(v, "nonce"));
+    let slot = key.wrap(
+        uid,
+        &arr(v, "dek"),
+        &context,
+        arr(v, "salt"),
+        arr(v, "nonce"),
+    );
     assert_eq!(hex(&slot.verifier), v["verifier"]);
     assert_eq!(hex(&slot.encode()), v["body"]);
     let parsed = CustomerSlot::parse(&unhex(&v["body"])).unwrap();

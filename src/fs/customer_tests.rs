@@ -117,3 +117,28 @@ fn idle_keys_expire() {
     assert_eq!(t.expire(), 1);
     assert!(t.status(&me).keys.is_empty());
 }
+
+#[test]
+fn reencrypting_an_sse_c_file_keeps_it_under_the_customer_key() {
+    let (fs, tmp, me) = testing::fresh();
+    let t = fs.customer_keys().clone();
+    t.add(&me, &[6; 32], true, false, None);
+    let (a, fh) = fs
+        .create(ROOT_INO, OsStr::new("f"), 0o600, libc::O_RDWR, &me)
+        .unwrap();
+    fs.write(fh, 0, b"stays mine", &me).unwrap();
+    fs.release(fh).unwrap();
+    let before = slots(&tmp, &fs, "f");
+    assert!(fs.reencrypt(a.ino, None, &me).unwrap());
+    let after = slots(&tmp, &fs, "f");
+    assert!(
+        matches!(after.as_slice(), [KeySlot::Customer(_)]),
+        "{after:?}"
+    );
+    assert_ne!(before, after, "a fresh data key, a fresh slot");
+    let fh = fs.open(a.ino, libc::O_RDONLY, &me).unwrap();
+    assert_eq!(fs.read(fh, 0, 100).unwrap(), b"stays mine");
+    fs.release(fh).unwrap();
+    t.forget(&me, None);
+    assert_eq!(errno(fs.open(a.ino, libc::O_RDONLY, &me)), libc::EACCES);
+}

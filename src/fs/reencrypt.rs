@@ -70,21 +70,43 @@ impl EncFs {
         let old = self.unlock_header(file, caller)?;
         let file_id = old.header.file_id;
         let dest = match to_key {
-            Some(k) => k.to_owned(),
+            Some(k) => Some(k.to_owned()),
             None => file_header::wrapped_slots(&old.header)
                 .next()
-                .map(|(_, w)| w.key_id.to_string())
-                .ok_or(crate::format::FormatError::HeaderAuthFailed)?,
+                .map(|(_, w)| w.key_id.to_string()),
         };
-        let (dek, wrapped) =
-            self.keys
-                .generate_data_key(&dest, &self.file_context(&file_id), caller)?;
+        // A file under the caller's customer key (SSE-C) stays under it (their newest key).
+        let customer = old.header.slots.iter().any(
+            |s| matches!(s, crate::format::header::KeySlot::Customer(c) if c.uid == caller.uid),
+        );
+        if dest.is_none() && !customer {
+            return Err(crate::format::FormatError::HeaderAuthFailed.into());
+        }
+        let ctx = self.file_context(&file_id);
+        let (dek, cmk) = match &dest {
+            Some(d) => {
+                let (dek, wrapped) = self.keys.generate_data_key(d, &ctx, caller)?;
+                (dek, Some(file_header::cmk_slot(wrapped)))
+            }
+            None => (crate::keys::DataKey::random(), None),
+        };
+        let mut slots = Vec::new();
+        if customer {
+            let (slot, _) = self.customer.rewrap_to_newest(caller, &dek, &ctx).ok_or(
+                crate::keys::KeyError::AccessDenied {
+                    key_id: format!("sse-c:{}", caller.uid),
+                    reason: "the file is under your customer key, which is not loaded".into(),
+                },
+            )?;
+            slots.push(crate::format::header::KeySlot::Customer(slot));
+        }
+        slots.extend(cmk);
         let header = FileHeader {
             block_size: self.block_size,
             file_id,
             seq: old.max_seq + 1,
             sealed_holes: old.header.sealed_holes || self.layout.sealed_holes(),
-            slots: vec![file_header::cmk_slot(wrapped)],
+            slots,
         };
         let copy = header.encode(dek.expose_secret())?;
         let old_cipher = self.block_cipher(old.dek.expose_secret(), file_id);
