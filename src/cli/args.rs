@@ -249,6 +249,9 @@ pub enum Command {
     /// times, hard links, symlinks and xattrs. Files that fail verification are reported
     /// and left out, never written in part.
     Export(crate::cli::export::ExportArgs),
+    /// Back up the keystore (and the volume-key record) under a separate backup passphrase
+    /// or key file, or restore it from such a backup (docs/FORMAT.md §11).
+    Keystore(crate::cli::keystore_backup::KeystoreArgs),
     /// The daemon `mount --background` starts: reads its settings and the secret on stdin
     /// (src/daemon/background.rs). Not for people.
     #[command(name = DAEMON_SUBCOMMAND, hide = true)]

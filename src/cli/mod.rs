@@ -4,6 +4,7 @@
 mod args;
 mod export;
 mod fsck;
+mod keystore_backup;
 
 pub(crate) mod keys;
 mod path;
@@ -413,6 +414,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             secret,
         } => fsck::run(&backing, repair, json, &secret),
         Command::Export(a) => export::run(a),
+        Command::Keystore(a) => keystore_backup::run(a),
     }
 }
 
