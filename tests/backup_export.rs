@@ -10,7 +10,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use backup_common::{populate, snapshot};
+use backup_common::{populate, settle, snapshot};
 use common::sys::flip_byte;
 use common::{BIN, BLOCK, Mounted, Rng, block_offset, output};
 
@@ -38,6 +38,7 @@ fn export(m: &Mounted, dest: &Path, extra: &[&str]) -> (i32, String) {
 fn an_export_equals_the_mounted_view() {
     let Some(mut m) = Mounted::new() else { return };
     populate(&m);
+    settle(&mut m);
     let mounted = snapshot(m.mnt());
     assert!(m.unmount().is_some_and(|s| s.success()));
     let dest = m.scratch().join("out");

@@ -8,7 +8,7 @@ mod common;
 use std::fs;
 use std::process::Command;
 
-use backup_common::{populate, snapshot};
+use backup_common::{populate, settle, snapshot};
 use common::{BIN, Mounted, Options, output, random_bytes};
 
 fn run(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> (i32, String) {
@@ -36,6 +36,7 @@ fn os(s: &str) -> &std::ffi::OsStr {
 fn a_restored_keystore_brings_every_file_back() {
     let Some(mut m) = Mounted::new() else { return };
     populate(&m);
+    settle(&mut m);
     let before = snapshot(m.mnt());
     let bkey = m.scratch().join("backup.key");
     fs::write(&bkey, random_bytes(32)).unwrap();

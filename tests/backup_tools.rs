@@ -11,7 +11,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use backup_common::{populate, snapshot};
+use backup_common::{populate, settle, snapshot};
 use common::{Mounted, check, tool};
 
 /// BLAKE3 of every regular file under BACKING/data (relative path → hash).
@@ -61,10 +61,8 @@ fn rsync_and_restic_round_trips_compare_equal_and_increments_are_small() {
     }
     let Some(mut m) = Mounted::new() else { return };
     populate(&m);
-    // Idle: everything the kernel buffered has reached BACKING (with the writeback cache the
-    // kernel's view of a file's mtime can run ahead of BACKING's until then).
-    assert!(m.unmount().is_some_and(|s| s.success()));
-    m.mount();
+    // Idle: everything the kernel buffered has reached BACKING.
+    settle(&mut m);
     let before = snapshot(m.mnt());
     let cipher_before = ciphertexts(&m.data());
     let backing = m.backing().to_owned();

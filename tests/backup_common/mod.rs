@@ -113,3 +113,11 @@ pub fn populate(m: &Mounted) {
     )
     .unwrap();
 }
+
+/// Remounts `m`, so that everything the kernel buffered has reached BACKING: with the
+/// writeback cache the mount's view of a file's mtime can run ahead of BACKING's (the flush
+/// writes later) until then, and tools that read BACKING see BACKING's.
+pub fn settle(m: &mut Mounted) {
+    assert!(m.unmount().is_some_and(|s| s.success()));
+    m.mount();
+}
