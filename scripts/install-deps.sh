@@ -14,6 +14,9 @@ command -v xxd >/dev/null 2>&1 || need+=(xxd)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # fio_verify (tests/mount_tools.rs) checks random writes with fio's own verifier.
 command -v fio >/dev/null 2>&1 || need+=(fio)
+# The backup tests (tests/backup_tools.rs) back BACKING up with restic and rsync.
+command -v restic >/dev/null 2>&1 || need+=(restic)
+command -v rsync >/dev/null 2>&1 || need+=(rsync)
 # The PKCS#11 custody tests (crates/envelopefs-hsm, tests/hsm_live.rs) run against throwaway
 # SoftHSM2 tokens and list their objects with opensc's pkcs11-tool.
 command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)

@@ -19,7 +19,7 @@ Quick start:
 
 Passphrases come from the terminal, --passfile FILE, or $ENVELOPEFS_PASSPHRASE.
 Exit codes: 0 ok, 1 error, 2 usage, 3 wrong passphrase, 4 not a usable volume,
-5 mount failed, 6 volume already mounted.")]
+5 mount failed, 6 volume already mounted, 7 fsck found damage, 8 fsck could not check.")]
 pub struct Cli {
     /// More log output (-v info, -vv debug). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -231,6 +231,30 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Verify a volume at rest (not mounted): every header copy, block, xattr, encrypted
+    /// name, the keystore and its audit chain. Read-only unless --repair. Exit 0 clean,
+    /// 7 damage found, 8 could not check.
+    Fsck {
+        /// An initialised volume.
+        backing: PathBuf,
+        /// Fix what is safely fixable (a damaged header copy from the good one, temp files
+        /// left by a crash, orphan long-name sidecars, an unfinished re-encryption) and
+        /// nothing else.
+        #[arg(long)]
+        repair: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        secret: SecretArgs,
+    },
+    /// Decrypt a volume's tree (or --path) into DEST without a mount, with owners, modes,
+    /// times, hard links, symlinks and xattrs. Files that fail verification are reported
+    /// and left out, never written in part.
+    Export(crate::cli::export::ExportArgs),
+    /// Back up the keystore (and the volume-key record) under a separate backup passphrase
+    /// or key file, or restore it from such a backup (docs/FORMAT.md §11).
+    Keystore(crate::cli::keystore_backup::KeystoreArgs),
     /// The daemon `mount --background` starts: reads its settings and the secret on stdin
     /// (src/daemon/background.rs). Not for people.
     #[command(name = DAEMON_SUBCOMMAND, hide = true)]

@@ -2,6 +2,10 @@
 //! library. Exit codes are stable (see [`ExitCode`] and README.md §Exit codes).
 
 mod args;
+mod export;
+mod fsck;
+mod keystore_backup;
+
 pub(crate) mod keys;
 mod path;
 pub(crate) mod reencrypt;
@@ -45,6 +49,11 @@ pub enum ExitCode {
     MountFailed = 5,
     /// The volume is already mounted.
     Busy = 6,
+    /// `fsck`: damage found (with `--repair`: damage that remains).
+    Damaged = 7,
+    /// `fsck`: the volume could not be checked, or some of it not (busy, wrong secret, a key
+    /// the key service refused, an unreadable directory).
+    Unchecked = 8,
 }
 
 /// An error with the exit code it maps to.
@@ -400,6 +409,14 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             decrypt,
             secret,
         } => path::run(&backing, &paths, decrypt, &secret),
+        Command::Fsck {
+            backing,
+            repair,
+            json,
+            secret,
+        } => fsck::run(&backing, repair, json, &secret),
+        Command::Export(a) => export::run(a),
+        Command::Keystore(a) => keystore_backup::run(a),
     }
 }
 

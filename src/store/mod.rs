@@ -5,6 +5,7 @@
 
 pub(crate) mod blocks;
 pub mod file_header;
+pub mod keystore_backup;
 pub mod names;
 pub mod reencrypt;
 pub mod rewrap;
