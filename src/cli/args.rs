@@ -200,6 +200,11 @@ pub enum Command {
     Key(crate::cli::keys::KeyArgs),
     /// Show or verify the key service's audit log.
     Audit(crate::cli::keys::AuditArgs),
+    /// A volume whose CMKs live in a PKCS#11 token: crypto users (CloudHSM's user model,
+    /// the token SO as crypto officer), login status, encrypted backup and restore of the
+    /// token's keys (docs/KEYS.md §2b, §2c).
+    #[command(subcommand_required = true)]
+    Hsm(crate::cli::hsm::HsmArgs),
     /// Translate paths between the plaintext view and BACKING on a volume with encrypted
     /// names: which backing entry holds a file (to restore it from a backup, say), or, with
     /// --decrypt, which file a backing entry is. Works mounted or not; needs the passphrase

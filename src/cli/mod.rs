@@ -2,6 +2,8 @@
 //! library. Exit codes are stable (see [`ExitCode`] and README.md §Exit codes).
 
 mod args;
+pub(crate) mod hsm;
+mod hsm_backup;
 pub(crate) mod keys;
 mod path;
 pub(crate) mod reencrypt;
@@ -316,7 +318,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             };
             if background {
                 let unlock = read_unlock(&secret, false)?;
-                let started = background::spawn(&settings, unlock, &[PASSPHRASE_ENV, HSM_PIN_ENV])?;
+                let started = background::spawn(
+                    &settings,
+                    unlock,
+                    &[PASSPHRASE_ENV, HSM_PIN_ENV, hsm::HSM_SO_PIN_ENV],
+                )?;
                 println!(
                     "Mounted {} at {} (daemon pid {}, log {}).",
                     settings.backing.display(),
@@ -391,6 +397,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Info { backing } => info(&backing),
         Command::Key(args) => crate::cli::keys::run_key(args),
         Command::Audit(args) => crate::cli::keys::run_audit(args),
+        Command::Hsm(args) => crate::cli::hsm::run(args),
         Command::Scan { backing, json } => crate::cli::keys::run_scan(&backing, json),
         Command::Path {
             backing,

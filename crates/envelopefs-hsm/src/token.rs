@@ -25,7 +25,7 @@ use envelopefs_kms::custody::{Custody, CustodyInfo, WRAPPED_LEN};
 use envelopefs_kms::{KeyError, KeyId};
 
 /// A token PIN. Zeroized on drop; its `Debug` prints nothing of it.
-pub struct Pin(AuthPin);
+pub struct Pin(AuthPin, Zeroizing<Vec<u8>>);
 
 impl Pin {
     /// Takes the PIN's bytes (UTF-8; one trailing newline, as a PIN file has, is dropped).
@@ -39,11 +39,23 @@ impl Pin {
         }
         let s = std::str::from_utf8(&b)
             .map_err(|_| KeyError::InvalidArgument("the token PIN is not UTF-8 text".into()))?;
-        Ok(Pin(AuthPin::from(s)))
+        Ok(Pin(AuthPin::from(s), b))
     }
 
     fn auth(&self) -> &AuthPin {
         &self.0
+    }
+
+    /// The PIN's bytes (to seal it for a crypto user).
+    pub fn expose_secret(&self) -> &[u8] {
+        &self.1
+    }
+
+    /// `(NAME, PASSWORD)` when the PIN has CloudHSM's crypto-user form `NAME:PASSWORD`.
+    pub fn crypto_user(&self) -> Option<(&str, &[u8])> {
+        let i = self.1.iter().position(|&c| c == b':')?;
+        let name = std::str::from_utf8(&self.1[..i]).ok()?;
+        Some((name, &self.1[i + 1..]))
     }
 }
 
@@ -167,6 +179,43 @@ impl Token {
             module.display()
         );
         Ok(token)
+    }
+
+    /// Checks `so_pin`, the token's security officer PIN (the crypto officer's), by logging in
+    /// as the SO in a session of its own and out again. Call it before any [`Token::open`] in
+    /// the process: PKCS#11 logs a whole process in, as one user at a time.
+    pub fn check_officer(module: &Path, label: &str, so_pin: &Pin) -> Result<(), KeyError> {
+        let ctx = module_context(module)?;
+        let probe = Token {
+            ctx,
+            module: module.to_owned(),
+            label: label.to_owned(),
+            pin: Pin(AuthPin::from(""), Zeroizing::new(Vec::new())),
+            state: Mutex::new(State::default()),
+        };
+        let slot = probe.slot()?;
+        let session = probe
+            .ctx
+            .open_rw_session(slot)
+            .map_err(|e| probe.unavailable("cannot open a session", &e))?;
+        match session.login(UserType::So, Some(so_pin.auth())) {
+            Ok(()) => {
+                let _ = session.logout();
+                log::info!("checked the security officer PIN of PKCS#11 token {label:?}");
+                Ok(())
+            }
+            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => Err(KeyError::AccessDenied {
+                key_id: format!("(token {label})"),
+                reason: "wrong security officer (crypto officer) PIN; give the token's SO PIN \
+                         with --so-pin-file or ENVELOPEFS_HSM_SO_PIN"
+                    .into(),
+            }),
+            Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(KeyError::AccessDenied {
+                key_id: format!("(token {label})"),
+                reason: "the token's SO PIN is locked".into(),
+            }),
+            Err(e) => Err(probe.unavailable("cannot log in as the security officer", &e)),
+        }
     }
 
     /// The token's label.

@@ -124,7 +124,7 @@ pub(super) struct Body {
     kdf: Option<Kdf>,
     /// Fields a later version added; kept verbatim on rewrite.
     #[serde(flatten)]
-    extra: BTreeMap<String, serde_json::Value>,
+    pub(super) extra: BTreeMap<String, serde_json::Value>,
 }
 
 /// An open keystore: key records, aliases and the decrypted material of every CMK version.
@@ -148,6 +148,9 @@ pub struct Keystore {
     /// The token holding this keystore's CMK versions (kdf `pkcs11`); `None` when the
     /// keystore holds them itself (software custody).
     pub(super) custody: Option<std::sync::Arc<dyn Custody>>,
+    /// The crypto user this process logged in as (`crate::cusers`), which restricts it to the
+    /// keys shared with it; `None` for the token user or a passphrase keystore.
+    pub(crate) session_user: Option<String>,
 }
 
 impl Keystore {
@@ -287,6 +290,7 @@ impl Keystore {
             rejected: None,
             stamp: None,
             custody,
+            session_user: None,
         };
         let id = ks.add_key(DEFAULT_DESCRIPTION, Origin::AwsKms, now_secs())?;
         ks.body

@@ -454,7 +454,7 @@ impl LocalKms {
         self.store.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Keystore> {
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Keystore> {
         self.store.write().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -474,6 +474,9 @@ impl LocalKms {
     ) -> Result<Option<String>, KeyError> {
         // Supplementary groups cost a /proc read (~20 us, on every file create and open), so
         // they are read only when a statement or grant of the key names a group.
+        if !op.is_service_event() {
+            ks.check_crypto_user(op, key)?;
+        }
         let mut who = Principal::from_caller_with(caller, ks.admins(), false);
         let decision = match (op, key) {
             (Op::CreateGrant | Op::RetireGrant, _) => return Ok(None),
