@@ -82,6 +82,11 @@ pub enum Command {
         /// The label of the token in --hsm-module.
         #[arg(long, value_name = "LABEL", requires = "hsm_module")]
         token_label: Option<String>,
+        /// Make the token's keys backup-capable: extractable, but only wrapped by a key
+        /// with CKA_TRUSTED, which only the token's SO can make (`envelopefs hsm backup`;
+        /// docs/KEYS.md §2c). Without it they never leave the token.
+        #[arg(long, requires = "hsm_module")]
+        hsm_backup: bool,
         #[command(flatten)]
         secret: SecretArgs,
     },

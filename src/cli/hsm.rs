@@ -128,7 +128,7 @@ pub(crate) struct OfficerArgs {
     #[arg(long, value_name = "FILE")]
     so_pin_file: Option<PathBuf>,
     #[command(flatten)]
-    secret: SecretArgs,
+    pub(crate) secret: SecretArgs,
 }
 
 /// Runs `envelopefs hsm ...`.
@@ -304,7 +304,7 @@ pub(crate) fn token_pin(secret: &SecretArgs) -> Result<Unlock, CliError> {
 }
 
 /// The token's SO PIN: `--so-pin-file`, `$ENVELOPEFS_HSM_SO_PIN`, or the terminal.
-fn so_pin(args: &OfficerArgs) -> Result<envelopefs_hsm::Pin, CliError> {
+pub(crate) fn so_pin(args: &OfficerArgs) -> Result<envelopefs_hsm::Pin, CliError> {
     let raw = if let Some(p) = &args.so_pin_file {
         passphrase_bytes(read_file(p, "SO PIN file")?, true)
     } else if let Some(v) = std::env::var_os(HSM_SO_PIN_ENV) {

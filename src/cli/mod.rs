@@ -150,7 +150,7 @@ pub(crate) fn fail(code: ExitCode, message: impl Into<String>) -> CliError {
     }
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -266,9 +266,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             plaintext_names,
             hsm_module,
             token_label,
+            hsm_backup,
             secret,
         } => {
-            let hsm = hsm_module.zip(token_label);
+            let hsm = hsm_module.zip(token_label).map(|(m, l)| (m, l, hsm_backup));
             init(
                 &backing,
                 block_size,
@@ -414,7 +415,7 @@ fn init(
     keystore: Option<PathBuf>,
     admin_uids: &[String],
     encrypted_names: bool,
-    hsm: Option<(PathBuf, String)>,
+    hsm: Option<(PathBuf, String, bool)>,
     secret: &SecretArgs,
 ) -> Result<(), CliError> {
     crate::format::header::check_block_size(block_size)
@@ -438,9 +439,9 @@ fn init(
         backing.join(&ks_rel)
     };
     let kms = match &hsm {
-        Some((module, label)) => {
+        Some((module, label, backup)) => {
             let pin = read_pin(secret, true)?.expect("asked");
-            crate::custody::create_hsm_kms(&ks_path, module, label, &pin)?
+            crate::custody::create_hsm_kms(&ks_path, module, label, &pin, *backup)?
         }
         None => {
             let unlock = read_unlock(secret, true)?;
@@ -483,10 +484,14 @@ fn init(
             "in the clear (--plaintext-names)"
         }
     );
-    if let Some((module, label)) = &hsm {
+    if let Some((module, label, backup)) = &hsm {
         println!(
-            "  CMKs in PKCS#11 token {label:?} (module {}); unlock with its PIN",
-            module.display()
+            "  CMKs in PKCS#11 token {label:?} (module {}); unlock with its PIN; {}",
+            module.display(),
+            match backup {
+                true => "backup-capable (envelopefs hsm backup)",
+                false => "never extractable (no envelopefs hsm backup)",
+            }
         );
     }
     println!("  administrators: uid {:?}", kms.admins());

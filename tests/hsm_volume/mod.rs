@@ -18,6 +18,11 @@ pub struct HsmVolume {
 
 impl HsmVolume {
     pub fn new() -> Option<Self> {
+        Self::new_with(&[])
+    }
+
+    /// A volume made with `init ... EXTRA` (e.g. `--hsm-backup`).
+    pub fn new_with(extra: &[&str]) -> Option<Self> {
         if !fuse_available() {
             return None;
         }
@@ -39,7 +44,8 @@ impl HsmVolume {
                 .arg("--hsm-module")
                 .arg(&v.token.module)
                 .args(["--token-label", "envelopefs-live", "--pin-file"])
-                .arg(v.root().join("pin")),
+                .arg(v.root().join("pin"))
+                .args(extra),
         );
         Some(v)
     }

@@ -18,6 +18,9 @@
 
 mod token;
 
+pub mod backup;
+pub mod backup_file;
+
 pub mod softhsm;
 
 pub use token::{Pin, Token};
@@ -81,13 +84,16 @@ fn open_token_kms(path: &Path, module: Option<&Path>, pin: Pin) -> Result<LocalK
 }
 
 /// Creates a keystore at `path` whose CMKs live in the token labelled `token_label` of
-/// `module`, logging in with `pin`; its default CMK is generated in the token.
+/// `module`, logging in with `pin`; its default CMK is generated in the token. With
+/// `backup_capable`, its keys may leave the token wrapped by a trusted key ([`backup`]).
 pub fn create_kms(
     path: &Path,
     module: &Path,
     token_label: &str,
     pin: Pin,
+    backup_capable: bool,
 ) -> Result<LocalKms, KeyError> {
     let token = Token::open(module, token_label, pin)?;
+    token.set_backup_capable(backup_capable);
     LocalKms::create_with_custody(path, Arc::new(token))
 }

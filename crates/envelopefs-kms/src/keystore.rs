@@ -227,6 +227,23 @@ impl Keystore {
         Ok(ks)
     }
 
+    /// The token objects this keystore names: its root object (first, `true`), then every
+    /// CMK version's (`false`), for a backup of the token. Empty without a token.
+    pub fn token_objects(&self) -> Vec<(bool, String)> {
+        let mut out = Vec::new();
+        if let Kdf::Pkcs11 { root_object, .. } = &self.kdf {
+            out.push((true, root_object.clone()));
+        }
+        for k in &self.body.keys {
+            for v in k.versions() {
+                if let Some(label) = &v.token_object {
+                    out.push((false, label.clone()));
+                }
+            }
+        }
+        out
+    }
+
     /// Whether the CMK versions live in a token (PKCS#11 custody).
     pub fn has_custody(&self) -> bool {
         self.custody.is_some()

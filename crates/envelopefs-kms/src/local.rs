@@ -146,6 +146,11 @@ impl LocalKms {
         )?))
     }
 
+    /// The token objects the keystore names ([`Keystore::token_objects`]).
+    pub fn token_objects(&self) -> Vec<(bool, String)> {
+        self.read().token_objects()
+    }
+
     /// Whether this service's CMKs live in a token (PKCS#11 custody).
     pub fn has_custody(&self) -> bool {
         self.read().has_custody()
