@@ -194,9 +194,60 @@ impl BackupFile {
     }
 }
 
+/// The `key = value` lines of the block `vector NAME` … `end` in docs/FORMAT.md (values of
+/// a repeated key concatenated). For the tests.
+#[doc(hidden)]
+pub fn doc_vector(name: &str) -> std::collections::BTreeMap<String, String> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/FORMAT.md"))
+        .expect("docs/FORMAT.md");
+    let mut lines = doc.lines().map(str::trim);
+    lines
+        .find(|l| l.strip_prefix("vector ").map(str::trim) == Some(name))
+        .unwrap_or_else(|| panic!("docs/FORMAT.md lacks vector {name}"));
+    let mut out = std::collections::BTreeMap::new();
+    for line in lines.take_while(|l| *l != "end") {
+        if let Some((k, v)) = line.split_once('=') {
+            out.entry(k.trim().to_owned())
+                .or_insert_with(String::new)
+                .push_str(v.trim());
+        }
+    }
+    out
+}
+
+/// Hex to bytes (for the tests; panics on bad hex).
+#[doc(hidden)]
+pub fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Vector `hsm-backup-1` of docs/FORMAT.md §6.6: the layout and MAC, byte for byte.
+    #[test]
+    fn vector_hsm_backup_1() {
+        let v = doc_vector("hsm-backup-1");
+        let bk: [u8; 32] = unhex(&v["bk"]).try_into().unwrap();
+        let file = BackupFile {
+            created: v["created"].parse().unwrap(),
+            wrapped_ebk: unhex(&v["wrapped_ebk"]).try_into().unwrap(),
+            entries: vec![Entry {
+                kind: Kind::Cmk,
+                label: v["label"].clone(),
+                wrapped: unhex(&v["wrapped_key"]).try_into().unwrap(),
+            }],
+        };
+        assert_eq!(v["kind"], "1");
+        let bytes = file.encode(&bk).unwrap();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, v["file"], "docs/FORMAT.md §6.6 file");
+        assert_eq!(BackupFile::decode(&bytes, &bk).unwrap(), file);
+    }
 
     fn sample() -> BackupFile {
         BackupFile {
