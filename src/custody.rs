@@ -21,12 +21,14 @@ pub(crate) fn open_kms(path: &Path, unlock: &Unlock) -> Result<LocalKms, KeyErro
 }
 
 /// Creates a keystore at `path` whose CMKs live in the token labelled `token_label` of the
-/// PKCS#11 `module`, logging in with the PIN in `unlock`.
+/// PKCS#11 `module`, logging in with the PIN in `unlock`; with `backup_capable`, its keys
+/// may leave the token wrapped by a trusted key (`envelopefs hsm backup`).
 pub(crate) fn create_hsm_kms(
     path: &Path,
     module: &Path,
     token_label: &str,
     unlock: &Unlock,
+    backup_capable: bool,
 ) -> Result<LocalKms, KeyError> {
     let Unlock::HsmPin(pin) = unlock else {
         return Err(KeyError::InvalidArgument(
@@ -36,5 +38,5 @@ pub(crate) fn create_hsm_kms(
         ));
     };
     let pin = envelopefs_hsm::Pin::from_bytes(pin.clone())?;
-    envelopefs_hsm::create_kms(path, module, token_label, pin)
+    envelopefs_hsm::create_kms(path, module, token_label, pin, backup_capable)
 }

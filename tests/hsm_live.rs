@@ -6,140 +6,14 @@
 //! SoftHSM2 a failure.
 
 mod common;
+mod hsm_volume;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use common::{BIN, check, fuse_available, is_mounted, output, tool};
-use envelopefs_hsm::softhsm::{TestToken, USER_PIN};
-
-/// A volume in a temp dir over a throwaway token; unmounts (or kills) its daemon on drop.
-struct HsmVolume {
-    token: TestToken,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl HsmVolume {
-    fn new() -> Option<Self> {
-        if !fuse_available() {
-            return None;
-        }
-        let token = TestToken::new("envelopefs-live")?;
-        let dir = tempfile::tempdir().unwrap();
-        let root = std::fs::canonicalize(dir.path()).unwrap();
-        std::fs::create_dir(root.join("mnt")).unwrap();
-        std::fs::write(root.join("pin"), format!("{USER_PIN}\n")).unwrap();
-        let v = HsmVolume {
-            token,
-            dir,
-            child: None,
-        };
-        check(
-            v.cmd()
-                .arg("init")
-                .arg(v.backing())
-                .arg("--hsm-module")
-                .arg(&v.token.module)
-                .args(["--token-label", "envelopefs-live", "--pin-file"])
-                .arg(v.root().join("pin")),
-        );
-        Some(v)
-    }
-
-    fn root(&self) -> PathBuf {
-        std::fs::canonicalize(self.dir.path()).unwrap()
-    }
-    fn backing(&self) -> PathBuf {
-        self.root().join("backing")
-    }
-    fn mnt(&self) -> PathBuf {
-        self.root().join("mnt")
-    }
-
-    /// The envelopefs binary under `timeout`, with the token directory in its environment.
-    fn cmd(&self) -> Command {
-        let mut c = tool(BIN);
-        c.env("SOFTHSM2_CONF", &self.token.conf)
-            .env_remove("RUST_LOG")
-            .env_remove("ENVELOPEFS_HSM_PIN");
-        c
-    }
-
-    /// `envelopefs key ARGS... BACKING-first` as the docs write it.
-    fn key(&self, args: &[&str]) -> String {
-        let mut c = self.cmd();
-        c.arg("key")
-            .arg(args[0])
-            .arg(self.backing())
-            .args(&args[1..]);
-        c.arg("--pin-file").arg(self.root().join("pin"));
-        check(&mut c)
-    }
-
-    fn mount(&mut self) {
-        let mut c = Command::new(BIN);
-        c.arg("mount")
-            .arg(self.backing())
-            .arg(self.mnt())
-            .arg("--pin-file")
-            .arg(self.root().join("pin"))
-            .arg("--log-file")
-            .arg(self.root().join("mount.log"))
-            .arg("-v")
-            .env("SOFTHSM2_CONF", &self.token.conf)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let mut child = c.spawn().unwrap();
-        let start = Instant::now();
-        while !is_mounted(&self.mnt()) {
-            if let Ok(Some(st)) = child.try_wait() {
-                panic!("the daemon exited ({st}):\n{}", self.log());
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("no mount after 30 s:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.child = Some(child);
-    }
-
-    fn unmount(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let _ = output(tool(BIN).arg("unmount").arg(self.mnt()));
-        let start = Instant::now();
-        while child.try_wait().ok().flatten().is_none() {
-            if start.elapsed() > Duration::from_secs(20) {
-                let _ = Command::new("umount").arg("-l").arg(self.mnt()).status();
-                let _ = child.kill();
-                let _ = child.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.root().join("mount.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for HsmVolume {
-    fn drop(&mut self) {
-        self.unmount();
-    }
-}
-
-fn read(p: &Path) -> Result<Vec<u8>, i32> {
-    std::fs::read(p).map_err(|e| e.raw_os_error().unwrap_or(0))
-}
+use common::{check, output};
+use envelopefs_hsm::softhsm::USER_PIN;
+use hsm_volume::{HsmVolume, read};
 
 #[test]
 fn write_remount_read_rotate_disable_on_a_token() {

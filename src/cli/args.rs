@@ -82,6 +82,11 @@ pub enum Command {
         /// The label of the token in --hsm-module.
         #[arg(long, value_name = "LABEL", requires = "hsm_module")]
         token_label: Option<String>,
+        /// Make the token's keys backup-capable: extractable, but only wrapped by a key
+        /// with CKA_TRUSTED, which only the token's SO can make (`envelopefs hsm backup`;
+        /// docs/KEYS.md §2c). Without it they never leave the token.
+        #[arg(long, requires = "hsm_module")]
+        hsm_backup: bool,
         #[command(flatten)]
         secret: SecretArgs,
     },
@@ -199,10 +204,15 @@ pub enum Command {
     /// policies and grants (docs/KEYS.md).
     Key(crate::cli::keys::KeyArgs),
     /// Customer-provided keys (SSE-C) on a live mount: each user gives the daemon their own
-    /// key over its control socket; files wrapped under it need it (docs/KEYS.md §SSE-C).
+    /// key over its control socket; files wrapped under it need it (docs/KEYS.md §2d).
     Ssec(crate::cli::ssec::SsecArgs),
     /// Show or verify the key service's audit log.
     Audit(crate::cli::keys::AuditArgs),
+    /// A volume whose CMKs live in a PKCS#11 token: crypto users (CloudHSM's user model,
+    /// the token SO as crypto officer), login status, encrypted backup and restore of the
+    /// token's keys (docs/KEYS.md §2b, §2c).
+    #[command(subcommand_required = true)]
+    Hsm(crate::cli::hsm::HsmArgs),
     /// Translate paths between the plaintext view and BACKING on a volume with encrypted
     /// names: which backing entry holds a file (to restore it from a backup, say), or, with
     /// --decrypt, which file a backing entry is. Works mounted or not; needs the passphrase

@@ -4,9 +4,10 @@
 mod args;
 mod export;
 mod fsck;
-mod keystore_backup;
-
+pub(crate) mod hsm;
+mod hsm_backup;
 pub(crate) mod keys;
+mod keystore_backup;
 mod path;
 pub(crate) mod reencrypt;
 pub(crate) mod rewrap;
@@ -158,7 +159,7 @@ pub(crate) fn fail(code: ExitCode, message: impl Into<String>) -> CliError {
     }
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -274,9 +275,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             plaintext_names,
             hsm_module,
             token_label,
+            hsm_backup,
             secret,
         } => {
-            let hsm = hsm_module.zip(token_label);
+            let hsm = hsm_module.zip(token_label).map(|(m, l)| (m, l, hsm_backup));
             init(
                 &backing,
                 block_size,
@@ -326,7 +328,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             };
             if background {
                 let unlock = read_unlock(&secret, false)?;
-                let started = background::spawn(&settings, unlock, &[PASSPHRASE_ENV, HSM_PIN_ENV])?;
+                let started = background::spawn(
+                    &settings,
+                    unlock,
+                    &[PASSPHRASE_ENV, HSM_PIN_ENV, hsm::HSM_SO_PIN_ENV],
+                )?;
                 println!(
                     "Mounted {} at {} (daemon pid {}, log {}).",
                     settings.backing.display(),
@@ -402,6 +408,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Key(args) => crate::cli::keys::run_key(args),
         Command::Ssec(args) => ssec::run(args),
         Command::Audit(args) => crate::cli::keys::run_audit(args),
+        Command::Hsm(args) => crate::cli::hsm::run(args),
         Command::Scan { backing, json } => crate::cli::keys::run_scan(&backing, json),
         Command::Path {
             backing,
@@ -426,7 +433,7 @@ fn init(
     keystore: Option<PathBuf>,
     admin_uids: &[String],
     encrypted_names: bool,
-    hsm: Option<(PathBuf, String)>,
+    hsm: Option<(PathBuf, String, bool)>,
     secret: &SecretArgs,
 ) -> Result<(), CliError> {
     crate::format::header::check_block_size(block_size)
@@ -450,9 +457,9 @@ fn init(
         backing.join(&ks_rel)
     };
     let kms = match &hsm {
-        Some((module, label)) => {
+        Some((module, label, backup)) => {
             let pin = read_pin(secret, true)?.expect("asked");
-            crate::custody::create_hsm_kms(&ks_path, module, label, &pin)?
+            crate::custody::create_hsm_kms(&ks_path, module, label, &pin, *backup)?
         }
         None => {
             let unlock = read_unlock(secret, true)?;
@@ -495,10 +502,14 @@ fn init(
             "in the clear (--plaintext-names)"
         }
     );
-    if let Some((module, label)) = &hsm {
+    if let Some((module, label, backup)) = &hsm {
         println!(
-            "  CMKs in PKCS#11 token {label:?} (module {}); unlock with its PIN",
-            module.display()
+            "  CMKs in PKCS#11 token {label:?} (module {}); unlock with its PIN; {}",
+            module.display(),
+            match backup {
+                true => "backup-capable (envelopefs hsm backup)",
+                false => "never extractable (no envelopefs hsm backup)",
+            }
         );
     }
     println!("  administrators: uid {:?}", kms.admins());

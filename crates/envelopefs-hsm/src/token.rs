@@ -9,13 +9,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::mechanism::aead::GcmParams;
-use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
@@ -25,7 +26,7 @@ use envelopefs_kms::custody::{Custody, CustodyInfo, WRAPPED_LEN};
 use envelopefs_kms::{KeyError, KeyId};
 
 /// A token PIN. Zeroized on drop; its `Debug` prints nothing of it.
-pub struct Pin(AuthPin);
+pub struct Pin(AuthPin, Zeroizing<Vec<u8>>);
 
 impl Pin {
     /// Takes the PIN's bytes (UTF-8; one trailing newline, as a PIN file has, is dropped).
@@ -39,11 +40,23 @@ impl Pin {
         }
         let s = std::str::from_utf8(&b)
             .map_err(|_| KeyError::InvalidArgument("the token PIN is not UTF-8 text".into()))?;
-        Ok(Pin(AuthPin::from(s)))
+        Ok(Pin(AuthPin::from(s), b))
     }
 
     fn auth(&self) -> &AuthPin {
         &self.0
+    }
+
+    /// The PIN's bytes (to seal it for a crypto user).
+    pub fn expose_secret(&self) -> &[u8] {
+        &self.1
+    }
+
+    /// `(NAME, PASSWORD)` when the PIN has CloudHSM's crypto-user form `NAME:PASSWORD`.
+    pub fn crypto_user(&self) -> Option<(&str, &[u8])> {
+        let i = self.1.iter().position(|&c| c == b':')?;
+        let name = std::str::from_utf8(&self.1[..i]).ok()?;
+        Some((name, &self.1[i + 1..]))
     }
 }
 
@@ -59,6 +72,8 @@ pub struct Token {
     module: PathBuf,
     label: String,
     pin: Pin,
+    /// New keys are extractable only under a trusted wrapping key (backup-capable).
+    backup: AtomicBool,
     /// Guards the one session (`None` after a token error, until the next call reconnects)
     /// and the object handles found through it (cleared with it).
     state: Mutex<State>,
@@ -159,6 +174,7 @@ impl Token {
             module: module.to_owned(),
             label: label.to_owned(),
             pin,
+            backup: AtomicBool::new(false),
             state: Mutex::new(State::default()),
         };
         token.lock().session = Some(token.connect()?);
@@ -167,6 +183,84 @@ impl Token {
             module.display()
         );
         Ok(token)
+    }
+
+    /// Checks `so_pin`, the token's security officer PIN (the crypto officer's), by logging in
+    /// as the SO in a session of its own and out again. Call it before any [`Token::open`] in
+    /// the process: PKCS#11 logs a whole process in, as one user at a time.
+    pub fn check_officer(module: &Path, label: &str, so_pin: &Pin) -> Result<(), KeyError> {
+        let (probe, session) = Self::bare_session(module, label)?;
+        match session.login(UserType::So, Some(so_pin.auth())) {
+            Ok(()) => {
+                let _ = session.logout();
+                log::info!("checked the security officer PIN of PKCS#11 token {label:?}");
+                Ok(())
+            }
+            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => Err(wrong_so(label)),
+            Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(KeyError::AccessDenied {
+                key_id: format!("(token {label})"),
+                reason: "the token's SO PIN is locked".into(),
+            }),
+            Err(e) => Err(probe.unavailable("cannot log in as the security officer", &e)),
+        }
+    }
+
+    /// A token handle that has not logged in, and a new read-write session on it (for the
+    /// officer's operations, which log in and out themselves).
+    pub(crate) fn bare_session(module: &Path, label: &str) -> Result<(Token, Session), KeyError> {
+        let probe = Token {
+            ctx: module_context(module)?,
+            module: module.to_owned(),
+            label: label.to_owned(),
+            pin: Pin(AuthPin::from(""), Zeroizing::new(Vec::new())),
+            backup: AtomicBool::new(false),
+            state: Mutex::new(State::default()),
+        };
+        let slot = probe.slot()?;
+        let session = probe
+            .ctx
+            .open_rw_session(slot)
+            .map_err(|e| probe.unavailable("cannot open a session", &e))?;
+        Ok((probe, session))
+    }
+
+    /// Logs `session` in as the token user with this token's PIN or `pin`.
+    pub(crate) fn login_user(&self, session: &Session, pin: &Pin) -> Result<(), KeyError> {
+        match session.login(UserType::User, Some(pin.auth())) {
+            Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => Err(KeyError::AccessDenied {
+                key_id: format!("(token {})", self.label),
+                reason: "wrong PIN for the token's user; give the right one with --pin-file, \
+                         ENVELOPEFS_HSM_PIN or the terminal"
+                    .into(),
+            }),
+            Err(e) => Err(self.unavailable("cannot log in", &e)),
+        }
+    }
+
+    /// Logs `session` in as the security officer with `so_pin`.
+    pub(crate) fn login_so(&self, session: &Session, so_pin: &Pin) -> Result<(), KeyError> {
+        match session.login(UserType::So, Some(so_pin.auth())) {
+            Ok(()) => Ok(()),
+            Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => Err(wrong_so(&self.label)),
+            Err(e) => Err(self.unavailable("cannot log in as the security officer", &e)),
+        }
+    }
+
+    /// A PKCS#11 error as [`KeyError::Unavailable`] naming the token.
+    pub(crate) fn error(&self, what: &str, e: &CkError) -> KeyError {
+        self.unavailable(what, e)
+    }
+
+    /// Whether new CMK versions are made extractable by a trusted key only, for backups
+    /// (`init --hsm-backup`; found from the keystore object at every open).
+    pub fn backup_capable(&self) -> bool {
+        self.backup.load(Ordering::Relaxed)
+    }
+
+    /// Makes new CMK versions (and the keystore object) backup-capable.
+    pub fn set_backup_capable(&self, on: bool) {
+        self.backup.store(on, Ordering::Relaxed);
     }
 
     /// The token's label.
@@ -340,14 +434,31 @@ impl Token {
                 Attribute::Token(true),
                 Attribute::Private(true),
                 Attribute::Sensitive(true),
-                Attribute::Extractable(false),
                 Attribute::Label(label.as_bytes().to_vec()),
             ];
+            // A backup-capable key leaves the token only wrapped by a key with CKA_TRUSTED,
+            // which only the security officer can make (docs/KEYS.md §2c).
+            match self.backup_capable() {
+                true => template.extend([
+                    Attribute::Extractable(true),
+                    Attribute::WrapWithTrusted(true),
+                ]),
+                false => template.push(Attribute::Extractable(false)),
+            }
             template.extend_from_slice(usage);
             let h = s.generate_key(&Mechanism::AesKeyGen, &template)?;
             handles.insert(label.to_owned(), h);
             Ok(())
         })
+    }
+}
+
+fn wrong_so(label: &str) -> KeyError {
+    KeyError::AccessDenied {
+        key_id: format!("(token {label})"),
+        reason: "wrong security officer (crypto officer) PIN; give the token's SO PIN with \
+                 --so-pin-file or ENVELOPEFS_HSM_SO_PIN"
+            .into(),
     }
 }
 
@@ -452,6 +563,14 @@ impl Custody for Token {
         }
         self.call("cannot compute the keystore key", |s, handles| {
             let key = self.must_find(s, handles, label)?;
+            if !create {
+                // The keystore object says whether this volume's keys are backup-capable.
+                let attrs = s.get_attributes(key, &[AttributeType::WrapWithTrusted])?;
+                let on = attrs
+                    .iter()
+                    .any(|a| matches!(a, Attribute::WrapWithTrusted(true)));
+                self.set_backup_capable(on);
+            }
             let out = Zeroizing::new(s.encrypt(&Mechanism::AesEcb, key, &input)?);
             let mut secret = Zeroizing::new([0u8; 32]);
             if out.len() != 32 {

@@ -129,6 +129,7 @@ fn keystore_file_over_a_token() {
         &dir.module,
         "keystore-file",
         common::pin(envelopefs_hsm::softhsm::USER_PIN),
+        false,
     )
     .unwrap();
     use envelopefs_kms::KeyService;

@@ -52,6 +52,18 @@ pub enum Op {
     AddAdministrator,
     /// `envelopefs key admin remove` (not a KMS event).
     RemoveAdministrator,
+    /// `envelopefs hsm user create` (the crypto officer; not a KMS event).
+    CreateCryptoUser,
+    /// `envelopefs hsm user delete`.
+    DeleteCryptoUser,
+    /// `envelopefs hsm user unlock`.
+    UnlockCryptoUser,
+    /// `envelopefs hsm user share`.
+    ShareKey,
+    /// `envelopefs hsm user unshare`.
+    UnshareKey,
+    /// A crypto user's login (password `NAME:...` as the token PIN).
+    LoginCryptoUser,
     /// Service events (no caller): automatic rotation.
     RotateKey,
     /// Service event: a deletion window ended and the key's material was destroyed.
@@ -100,6 +112,12 @@ impl Op {
             ListAdministrators => "ListAdministrators",
             AddAdministrator => "AddAdministrator",
             RemoveAdministrator => "RemoveAdministrator",
+            CreateCryptoUser => "CreateCryptoUser",
+            DeleteCryptoUser => "DeleteCryptoUser",
+            UnlockCryptoUser => "UnlockCryptoUser",
+            ShareKey => "ShareKey",
+            UnshareKey => "UnshareKey",
+            LoginCryptoUser => "LoginCryptoUser",
             RotateKey => "RotateKey",
             DeleteKey => "DeleteKey",
             DeleteExpiredKeyMaterial => "DeleteExpiredKeyMaterial",

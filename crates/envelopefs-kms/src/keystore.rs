@@ -124,7 +124,7 @@ pub(super) struct Body {
     kdf: Option<Kdf>,
     /// Fields a later version added; kept verbatim on rewrite.
     #[serde(flatten)]
-    extra: BTreeMap<String, serde_json::Value>,
+    pub(super) extra: BTreeMap<String, serde_json::Value>,
 }
 
 /// An open keystore: key records, aliases and the decrypted material of every CMK version.
@@ -148,6 +148,9 @@ pub struct Keystore {
     /// The token holding this keystore's CMK versions (kdf `pkcs11`); `None` when the
     /// keystore holds them itself (software custody).
     pub(super) custody: Option<std::sync::Arc<dyn Custody>>,
+    /// The crypto user this process logged in as (`crate::cusers`), which restricts it to the
+    /// keys shared with it; `None` for the token user or a passphrase keystore.
+    pub(crate) session_user: Option<String>,
 }
 
 impl Keystore {
@@ -224,6 +227,23 @@ impl Keystore {
         Ok(ks)
     }
 
+    /// The token objects this keystore names: its root object (first, `true`), then every
+    /// CMK version's (`false`), for a backup of the token. Empty without a token.
+    pub fn token_objects(&self) -> Vec<(bool, String)> {
+        let mut out = Vec::new();
+        if let Kdf::Pkcs11 { root_object, .. } = &self.kdf {
+            out.push((true, root_object.clone()));
+        }
+        for k in &self.body.keys {
+            for v in k.versions() {
+                if let Some(label) = &v.token_object {
+                    out.push((false, label.clone()));
+                }
+            }
+        }
+        out
+    }
+
     /// Whether the CMK versions live in a token (PKCS#11 custody).
     pub fn has_custody(&self) -> bool {
         self.custody.is_some()
@@ -287,6 +307,7 @@ impl Keystore {
             rejected: None,
             stamp: None,
             custody,
+            session_user: None,
         };
         let id = ks.add_key(DEFAULT_DESCRIPTION, Origin::AwsKms, now_secs())?;
         ks.body

@@ -9,6 +9,7 @@
 pub mod access;
 pub mod admins;
 pub mod audit;
+pub mod cusers;
 pub mod custody;
 pub mod error;
 pub mod events;

@@ -146,6 +146,11 @@ impl LocalKms {
         )?))
     }
 
+    /// The token objects the keystore names ([`Keystore::token_objects`]).
+    pub fn token_objects(&self) -> Vec<(bool, String)> {
+        self.read().token_objects()
+    }
+
     /// Whether this service's CMKs live in a token (PKCS#11 custody).
     pub fn has_custody(&self) -> bool {
         self.read().has_custody()
@@ -454,7 +459,7 @@ impl LocalKms {
         self.store.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Keystore> {
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Keystore> {
         self.store.write().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -474,6 +479,9 @@ impl LocalKms {
     ) -> Result<Option<String>, KeyError> {
         // Supplementary groups cost a /proc read (~20 us, on every file create and open), so
         // they are read only when a statement or grant of the key names a group.
+        if !op.is_service_event() {
+            ks.check_crypto_user(op, key)?;
+        }
         let mut who = Principal::from_caller_with(caller, ks.admins(), false);
         let decision = match (op, key) {
             (Op::CreateGrant | Op::RetireGrant, _) => return Ok(None),

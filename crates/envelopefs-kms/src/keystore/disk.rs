@@ -85,6 +85,7 @@ impl Keystore {
             rejected: None,
             stamp,
             custody,
+            session_user: None,
         };
         ks.load_top(top, blake3::hash(text.as_bytes()))?;
         ks.adopt_legacy_admin();
