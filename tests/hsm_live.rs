@@ -109,3 +109,56 @@ fn write_remount_read_rotate_disable_on_a_token() {
         assert!(!o.contains("\n  Access:       extractable"), "{o}");
     }
 }
+
+/// A key policy decides per uid on a token-backed volume as on a passphrase one: with a policy
+/// that admits only the volume's administrators, uid 1000 gets EACCES on a live mount where
+/// it read the same file before, root still reads it; the default policy back, uid 1000 reads.
+#[test]
+fn key_policy_per_uid_on_a_token() {
+    let Some(mut v) = HsmVolume::new() else {
+        return;
+    };
+    v.mount_for_other_users();
+    std::fs::write(v.mnt().join("shared.txt"), b"for everyone").unwrap();
+    let as_1000 = || common::as_user_1000(&v.mnt(), "cat shared.txt");
+    let out = as_1000();
+    assert!(
+        out.status.success(),
+        "uid 1000 under the default policy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let put = |policy: &str| {
+        let f = v.root().join("policy.json");
+        std::fs::write(&f, policy).unwrap();
+        let mut c = v.cmd();
+        c.args(["key", "policy", "put"])
+            .arg(v.backing())
+            .args(["alias/default", "--file"])
+            .arg(&f)
+            .arg("--pin-file")
+            .arg(v.root().join("pin"));
+        check(&mut c);
+    };
+    let before = {
+        let mut c = v.cmd();
+        c.args(["key", "policy", "get"])
+            .arg(v.backing())
+            .arg("alias/default")
+            .arg("--pin-file")
+            .arg(v.root().join("pin"));
+        check(&mut c)
+    };
+    put(common::ADMIN_ONLY_POLICY);
+    std::thread::sleep(Duration::from_millis(600));
+    let out = as_1000();
+    assert!(!out.status.success(), "uid 1000 under an admin-only policy");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(read(&v.mnt().join("shared.txt")).unwrap(), b"for everyone");
+    put(&before);
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(as_1000().status.success(), "the default policy back");
+}

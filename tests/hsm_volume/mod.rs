@@ -87,6 +87,21 @@ impl HsmVolume {
 
     /// Mounts with the PIN in `pin_file` (the token user's or `NAME:PASSWORD`).
     pub fn mount_with(&mut self, pin_file: &Path) {
+        self.mount_with_args(pin_file, &[]);
+    }
+
+    /// Mounts with `--allow-other`, the test directory and mount point open to every user.
+    pub fn mount_for_other_users(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(self.root(), mode.clone()).unwrap();
+        let pin = self.root().join("pin");
+        self.mount_with_args(&pin, &["--allow-other"]);
+        std::fs::set_permissions(self.mnt(), mode).unwrap();
+    }
+
+    /// Mounts with the PIN in `pin_file` and `extra` mount flags.
+    pub fn mount_with_args(&mut self, pin_file: &Path, extra: &[&str]) {
         let mut c = Command::new(BIN);
         c.arg("mount")
             .arg(self.backing())
@@ -96,6 +111,7 @@ impl HsmVolume {
             .arg("--log-file")
             .arg(self.root().join("mount.log"))
             .arg("-v")
+            .args(extra)
             .env("SOFTHSM2_CONF", &self.token.conf)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
