@@ -1,6 +1,7 @@
 //! Checks the test vectors printed in docs/FORMAT.md against the implementation, so the
 //! document cannot drift from the code. Each vector is a fenced block of `key = value` lines
-//! between `vector NAME` and `end`; hex values are lowercase.
+//! between `vector NAME` and `end`; hex values are lowercase; a key given on several lines is
+//! their concatenation.
 
 use std::collections::BTreeMap;
 
@@ -8,6 +9,7 @@ use envelopefs::format::block::BlockCipher;
 use envelopefs::format::context::{EncryptionContext, hex};
 use envelopefs::format::header::{FileHeader, KeySlot, verify_mac};
 use envelopefs::format::layout::Layout;
+use envelopefs::store::keystore_backup as kb;
 
 fn unhex(s: &str) -> Vec<u8> {
     assert!(s.len().is_multiple_of(2), "odd hex length");
@@ -312,4 +314,54 @@ fn customer_key_slot_vector() {
     assert!(key.matches(&parsed));
     assert_eq!(*key.unwrap(&parsed, &context).unwrap(), arr::<32>(v, "dek"));
     assert!(!CustomerKey::new(&[0x32; 32]).matches(&parsed));
+}
+
+/// A keystore-backup vector of docs/FORMAT.md §11.
+fn check_keystore_backup(name: &str) {
+    let all = vectors();
+    let v = all
+        .get(name)
+        .unwrap_or_else(|| panic!("docs/FORMAT.md lacks vector {name}"));
+    let file = unhex(&v["file"]);
+    let prefix = kb::Prefix::decode(&file).unwrap();
+    assert_eq!(prefix.salt.to_vec(), unhex(&v["salt"]));
+    assert_eq!(prefix.nonce.to_vec(), unhex(&v["nonce"]));
+    let pass = v.get("passphrase").map(|p| unhex(p));
+    let key: Option<[u8; 32]> = v.get("keyfile").map(|k| unhex(k).try_into().unwrap());
+    let secret = match (&pass, &key) {
+        (Some(p), _) => kb::BackupSecret::Passphrase(p),
+        (_, Some(k)) => kb::BackupSecret::KeyFile(k),
+        _ => panic!("{name}: no secret"),
+    };
+    if pass.is_some() {
+        let costs = (
+            v["m_kib"].parse().unwrap(),
+            v["t"].parse().unwrap(),
+            v["p"].parse().unwrap(),
+        );
+        assert_eq!(prefix.costs, costs);
+    }
+    let bk = kb::backup_key(&prefix, &secret).unwrap();
+    assert_eq!(bk.to_vec(), unhex(&v["backup_key"]), "{name}: backup key");
+    let payload = kb::open(&file, &v["volume_id"], &secret).unwrap();
+    let json = serde_json::to_vec(&payload).unwrap();
+    assert_eq!(json, unhex(&v["payload"]), "{name}: payload");
+    // Sealing the same payload with the same prefix gives the same bytes.
+    assert_eq!(
+        kb::seal(&prefix, &secret, &payload).unwrap(),
+        file,
+        "{name}: file"
+    );
+    // Another volume's backup is refused.
+    assert!(kb::open(&file, "00000000-0000-4000-8000-000000000000", &secret).is_err());
+}
+
+#[test]
+fn keystore_backup_passphrase_vector() {
+    check_keystore_backup("keystore-backup-passphrase-1");
+}
+
+#[test]
+fn keystore_backup_keyfile_vector() {
+    check_keystore_backup("keystore-backup-keyfile-1");
 }

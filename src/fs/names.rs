@@ -24,8 +24,7 @@ use super::EncFs;
 use super::error::{FsResult, errno};
 use crate::format::FormatError;
 use crate::format::names::{
-    BackingKind, BackingName, DIRID_NAME, DirId, NameCipher, classify, dirid_target, long_hash,
-    parse_dirid, sidecar_of,
+    BackingKind, BackingName, DIRID_NAME, DirId, NameCipher, classify, dirid_target, parse_dirid,
 };
 use crate::store::sys;
 
@@ -292,22 +291,12 @@ impl EncFs {
         let dirid = self.dirid(ino)?;
         let mut out = Vec::with_capacity(raw.len());
         for e in raw {
-            let plain = match classify(e.name.as_bytes()) {
-                Some(BackingKind::Meta) => continue,
-                Some(BackingKind::Short(s)) => cipher.decode_name(&dirid, s),
-                Some(BackingKind::Long(hash)) => {
-                    match sys::readlinkat(dir, OsStr::new(&sidecar_of(hash))) {
-                        Ok(t) => match std::str::from_utf8(&t) {
-                            Ok(enc) if long_hash(enc) == hash => cipher.decode_name(&dirid, enc),
-                            _ => Err(FormatError::NameAuthFailed),
-                        },
-                        Err(_) => Err(FormatError::NameAuthFailed),
-                    }
-                }
-                None => Err(FormatError::NameAuthFailed),
-            };
+            let plain = cipher.decode_entry(&dirid, e.name.as_bytes(), |sidecar| {
+                sys::readlinkat(dir, OsStr::new(sidecar)).ok()
+            });
             match plain {
-                Ok(p) => out.push(Listed {
+                Ok(None) => {}
+                Ok(Some(p)) => out.push(Listed {
                     ino: e.ino,
                     kind: e.kind,
                     name: OsString::from_vec(p),

@@ -8,9 +8,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 
 use crate::format::FormatError;
-use crate::format::names::{
-    BackingKind, DIRID_NAME, DirId, NameCipher, classify, long_hash, parse_dirid, sidecar_of,
-};
+use crate::format::names::{DIRID_NAME, DirId, NameCipher, parse_dirid};
 use crate::format::volume::VolumeConfig;
 use crate::keys::{Caller, KeyError, KeyService};
 
@@ -115,25 +113,17 @@ pub fn decrypt_entry(
     id: &DirId,
     entry: &OsStr,
 ) -> Result<Option<OsString>, NamesError> {
-    let bad = |source| NamesError::Format {
-        path: dir.join(entry),
-        source,
-    };
-    let encoded = match classify(entry.as_bytes()) {
-        Some(BackingKind::Meta) => return Ok(None),
-        Some(BackingKind::Short(s)) => s.to_owned(),
-        Some(BackingKind::Long(hash)) => {
-            let p = dir.join(sidecar_of(hash));
-            let t = std::fs::read_link(&p).map_err(|source| NamesError::Io { path: p, source })?;
-            match t.into_os_string().into_string() {
-                Ok(enc) if long_hash(&enc) == hash => enc,
-                _ => return Err(bad(FormatError::NameAuthFailed)),
-            }
-        }
-        None => return Err(bad(FormatError::NameAuthFailed)),
-    };
-    let plain = cipher.decode_name(id, &encoded).map_err(bad)?;
-    Ok(Some(OsString::from_vec(plain)))
+    cipher
+        .decode_entry(id, entry.as_bytes(), |sidecar| {
+            std::fs::read_link(dir.join(sidecar))
+                .ok()
+                .map(|t| t.into_os_string().into_vec())
+        })
+        .map(|p| p.map(OsString::from_vec))
+        .map_err(|source| NamesError::Format {
+            path: dir.join(entry),
+            source,
+        })
 }
 
 /// The plaintext path of the backing path `rel` (relative to `data`).

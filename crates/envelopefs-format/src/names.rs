@@ -257,6 +257,28 @@ impl NameCipher {
         Ok(name)
     }
 
+    /// The plaintext name of the backing entry `entry` of the directory `dirid` (§10.2): None
+    /// for envelopefs's own metadata (names beginning with `.`); a long entry's encoding is
+    /// the target of its sidecar, which `sidecar` reads (given the sidecar's name) and which
+    /// must hash to the entry's name.
+    pub fn decode_entry(
+        &self,
+        dirid: &DirId,
+        entry: &[u8],
+        sidecar: impl FnOnce(&str) -> Option<Vec<u8>>,
+    ) -> Result<Option<Vec<u8>>, FormatError> {
+        let encoded = match classify(entry) {
+            Some(BackingKind::Meta) => return Ok(None),
+            Some(BackingKind::Short(s)) => s.to_owned(),
+            Some(BackingKind::Long(hash)) => sidecar(&sidecar_of(hash))
+                .and_then(|t| String::from_utf8(t).ok())
+                .filter(|enc| long_hash(enc) == hash)
+                .ok_or(FormatError::NameAuthFailed)?,
+            None => return Err(FormatError::NameAuthFailed),
+        };
+        self.decode_name(dirid, &encoded).map(Some)
+    }
+
     /// Encrypts a symlink target under `nonce` (fresh and random; vectors pass a fixed one).
     pub fn encode_target(
         &self,
