@@ -206,10 +206,24 @@ fn alice_alone_reads_her_sse_c_files() {
 fn rotate_moves_files_to_the_new_key() {
     let Some(m) = setup() else { return };
     let mnt = m.mnt().to_owned();
+    let (k0, _) = key_for(&m, "k0", ALICE);
     let (k1, _) = key_for(&m, "k1", ALICE);
     let (k2, _) = key_for(&m, "k2", ALICE);
     let (bk, _) = key_for(&m, "bk", BOB);
     let e = |args: &str| format!("\"$E\" ssec {args}");
+    // A file under another key of hers, k0, which the rotation of k1 must leave alone.
+    ok(
+        ALICE,
+        &mnt,
+        &format!(
+            "{} && echo under-k0 > shared/z0",
+            e(&format!(
+                "add {} --keyfile {} --default",
+                mnt.display(),
+                k0.display()
+            ))
+        ),
+    );
     ok(
         ALICE,
         &mnt,
@@ -263,4 +277,15 @@ fn rotate_moves_files_to_the_new_key() {
         "file-1\nfile-2\nfile-3\ndeep\n"
     );
     assert_eq!(ok(BOB, &mnt, "cat shared/b"), "bobs\n");
+    denied(ALICE, &mnt, "cat shared/z0");
+    ok(
+        ALICE,
+        &mnt,
+        &e(&format!("add {} --keyfile {}", mnt.display(), k0.display())),
+    );
+    assert_eq!(
+        ok(ALICE, &mnt, "cat shared/z0"),
+        "under-k0\n",
+        "not moved by the rotation of k1"
+    );
 }

@@ -211,17 +211,16 @@ fn handle(
                 return Err("rotate needs the old and the new key (32 bytes each)".into());
             }
             let (old, new) = (key32(&secret[..32])?, key32(&secret[32..])?);
-            let before = t.status(caller);
+            // Both loaded, the new one newest; the old one is dropped once its files moved.
             let old_id = t.add(caller, &old, false, false, None);
             let new_id = t.add(caller, &new, false, false, None);
-            let summary = fs.rotate_customer_key(caller).map_err(|e| e.to_string())?;
-            t.forget(caller, Some(&old_id));
-            if !before.keys.iter().any(|k| k.id == new_id) {
-                log::info!(
-                    "uid {}: customer key {new_id} stays loaded after rotate",
-                    caller.uid
-                );
+            if old_id == new_id {
+                return Err("the old and the new key are the same key".into());
             }
+            let summary = fs
+                .rotate_customer_key(caller, &old_id)
+                .map_err(|e| e.to_string())?;
+            t.forget(caller, Some(&old_id));
             log::info!(
                 "uid {} rotated customer key {old_id} to {new_id}: {} files re-wrapped",
                 caller.uid,

@@ -293,12 +293,12 @@ impl CustomerTable {
         ))
     }
 
-    /// Whether `slot` was made with `caller`'s newest key.
-    pub(crate) fn newest_matches(&self, caller: &Caller, slot: &CustomerSlot) -> bool {
+    /// Whether `slot` was made with `caller`'s loaded key whose id is `id`.
+    pub(crate) fn made_with(&self, caller: &Caller, slot: &CustomerSlot, id: &str) -> bool {
         let users = self.lock();
         users
             .get(&caller.uid)
-            .and_then(|u| u.keys.last())
+            .and_then(|u| u.keys.iter().find(|l| l.key.id() == id))
             .is_some_and(|l| l.key.matches(slot))
     }
 }
@@ -389,14 +389,19 @@ impl super::EncFs {
         Ok(())
     }
 
-    /// Re-wraps every file of `caller` wrapped under one of their older loaded customer keys
+    /// Re-wraps every file of `caller` wrapped under their loaded customer key `from` (an id)
     /// under their newest one (`ssec rotate`): headers only, two-copy crash-safe rewrites as
-    /// `rewrap` does (docs/FORMAT.md §4.2). Other users' files are not touched, or opened.
-    pub fn rotate_customer_key(&self, caller: &Caller) -> super::FsResult<RotateSummary> {
+    /// `rewrap` does (docs/FORMAT.md §4.2). Other users' files, and the caller's files under
+    /// other keys, are not touched.
+    pub fn rotate_customer_key(
+        &self,
+        caller: &Caller,
+        from: &str,
+    ) -> super::FsResult<RotateSummary> {
         let data = self.backing_root.join(crate::store::volume::DATA_DIR);
         let mut sum = RotateSummary::default();
         for path in crate::store::walk::regular_files(&data)? {
-            match self.rotate_one(&path, caller) {
+            match self.rotate_one(&path, caller, from) {
                 Ok(true) => sum.rewrapped += 1,
                 Ok(false) => {}
                 Err(e) => {
@@ -412,6 +417,7 @@ impl super::EncFs {
         &self,
         path: &std::path::Path,
         caller: &Caller,
+        from: &str,
     ) -> Result<bool, crate::store::file_header::HeaderError> {
         use crate::format::header::KeySlot;
         use crate::store::file_header;
@@ -449,7 +455,7 @@ impl super::EncFs {
         for slot in &mut h.slots {
             if let KeySlot::Customer(c) = slot
                 && c.uid == caller.uid
-                && !self.customer.newest_matches(caller, c)
+                && self.customer.made_with(caller, c, from)
                 && let Some((new, _)) = self.customer.rewrap_to_newest(caller, &u.dek, &ctx)
             {
                 *c = new;
