@@ -371,6 +371,35 @@ pub struct RotateSummary {
 }
 
 impl super::EncFs {
+    /// A fresh data key for a file with context `ctx` and its header slots: one wrapped under
+    /// `caller`'s newest customer key when `customer` (EACCES when it is not loaded), then one
+    /// under CMK `cmk` when given. With no CMK the key comes from the OS random generator,
+    /// otherwise from the key service (GenerateDataKey, with the caller's rights).
+    pub(crate) fn new_data_key(
+        &self,
+        ctx: &EncryptionContext,
+        caller: &Caller,
+        cmk: Option<&str>,
+        customer: bool,
+    ) -> super::FsResult<(DataKey, Vec<crate::format::header::KeySlot>)> {
+        use crate::format::header::KeySlot;
+        let (dek, cmk_slot) = match cmk {
+            Some(k) => {
+                let (dek, wrapped) = self.keys.generate_data_key(k, ctx, caller)?;
+                (dek, Some(crate::store::file_header::cmk_slot(wrapped)))
+            }
+            None => (DataKey::random(), None),
+        };
+        let mut slots = Vec::with_capacity(2);
+        if customer {
+            slots.push(KeySlot::Customer(
+                self.customer.wrap_new(caller, &dek, ctx)?,
+            ));
+        }
+        slots.extend(cmk_slot);
+        Ok((dek, slots))
+    }
+
     /// Lists the `sse-c` feature in the volume config (atomically rewritten) if it is not
     /// there yet: called before the first customer-key slot is written.
     pub fn enable_customer_keys(&self) -> Result<(), crate::store::volume::VolumeError> {

@@ -93,12 +93,15 @@ pub(crate) fn write_dirid(dir: RawFd, id: &DirId) -> std::io::Result<()> {
     sys::symlinkat(OsStr::new(&dirid_target(id)), dir, OsStr::new(DIRID_NAME))
 }
 
-/// Whether a backing directory holds any entry a user made (anything but envelopefs's own
-/// metadata), on a volume with encrypted names.
+/// Whether a backing entry is one a user made (anything but envelopefs's own metadata), on a
+/// volume with encrypted names.
+fn is_user_entry(e: &sys::DirEntry) -> bool {
+    classify(e.name.as_bytes()) != Some(BackingKind::Meta)
+}
+
+/// Whether a backing directory holds any entry a user made.
 fn has_user_entries(dir: RawFd) -> FsResult<bool> {
-    Ok(sys::list_dir(dir)?
-        .iter()
-        .any(|e| classify(e.name.as_bytes()) != Some(BackingKind::Meta)))
+    Ok(sys::list_dir(dir)?.iter().any(is_user_entry))
 }
 
 impl EncFs {
@@ -230,10 +233,7 @@ impl EncFs {
             0,
         )?;
         let entries = sys::list_dir(dir.as_raw_fd())?;
-        if entries
-            .iter()
-            .any(|e| classify(e.name.as_bytes()) != Some(BackingKind::Meta))
-        {
+        if entries.iter().any(is_user_entry) {
             return Err(errno(libc::ENOTEMPTY));
         }
         let id = sys::readlinkat(dir.as_raw_fd(), OsStr::new(DIRID_NAME))

@@ -83,24 +83,7 @@ impl EncFs {
             return Err(crate::format::FormatError::HeaderAuthFailed.into());
         }
         let ctx = self.file_context(&file_id);
-        let (dek, cmk) = match &dest {
-            Some(d) => {
-                let (dek, wrapped) = self.keys.generate_data_key(d, &ctx, caller)?;
-                (dek, Some(file_header::cmk_slot(wrapped)))
-            }
-            None => (crate::keys::DataKey::random(), None),
-        };
-        let mut slots = Vec::new();
-        if customer {
-            let (slot, _) = self.customer.rewrap_to_newest(caller, &dek, &ctx).ok_or(
-                crate::keys::KeyError::AccessDenied {
-                    key_id: format!("sse-c:{}", caller.uid),
-                    reason: "the file is under your customer key, which is not loaded".into(),
-                },
-            )?;
-            slots.push(crate::format::header::KeySlot::Customer(slot));
-        }
-        slots.extend(cmk);
+        let (dek, slots) = self.new_data_key(&ctx, caller, dest.as_deref(), customer)?;
         let header = FileHeader {
             block_size: self.block_size,
             file_id,
