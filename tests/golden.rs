@@ -3,7 +3,8 @@
 //! feature, keystore version 2 (kdf under the MAC, administrators, audit checkpoint) and its
 //! audit trail; tests/golden/encrypted-names: `sealed-holes` plus `encrypted-names`, with a
 //! 200-byte name in `dir`; all unlock with the key file tests/golden/keyfile and hold the same
-//! files) must keep opening with every
+//! files; tests/golden/sse-c: a volume with `sse-c` and files under the customer key
+//! tests/golden/customer-key, checked by its own test) must keep opening with every
 //! later build and read back exactly the contents in tests/golden/manifest.sha256; tampered
 //! copies must fail cleanly (EIO), never return other bytes.
 
@@ -418,4 +419,39 @@ fn every_fixture_takes_writes_and_truncates_as_the_model_says() {
         step(&mut model, "written again");
         fs.release(fh).unwrap();
     }
+}
+
+/// The `sse-c` fixture (written by a mount as root): `cmk.txt` under the CMK, `mine.txt` under
+/// the customer key tests/golden/customer-key only, `recoverable.txt` under both. Without the
+/// customer key only the CMK-wrapped files open; with it all three read back; a wrong key opens
+/// nothing more.
+#[test]
+fn the_sse_c_fixture_needs_its_customer_key() {
+    let me = Caller::current();
+    if me.uid != 0 {
+        eprintln!("skipping: the fixture's customer-key slots belong to uid 0");
+        return;
+    }
+    let (_tmp, root) = fixture_named("sse-c");
+    let fs = open(&root);
+    assert_eq!(read(&fs, "cmk.txt").unwrap(), b"under the CMK\n");
+    assert_eq!(
+        read(&fs, "recoverable.txt").unwrap(),
+        b"customer key and recovery slot\n",
+        "the recovery slot opens through the key service"
+    );
+    assert_eq!(
+        read(&fs, "mine.txt"),
+        Err(libc::EACCES),
+        "no customer key loaded"
+    );
+    let keys = fs.customer_keys().clone();
+    keys.add(&me, &[0x5d; 32], false, false, None);
+    assert_eq!(read(&fs, "mine.txt"), Err(libc::EACCES), "a wrong key");
+    let k: [u8; 32] = std::fs::read(Path::new(GOLDEN).join("customer-key"))
+        .unwrap()
+        .try_into()
+        .unwrap();
+    keys.add(&me, &k, false, false, None);
+    assert_eq!(read(&fs, "mine.txt").unwrap(), b"under a customer key\n");
 }
