@@ -16,6 +16,7 @@ use fuser::{
 use crate::fs::{Attr, EncFs, FsError, SetAttr};
 
 mod convert;
+pub(crate) mod dispatch;
 mod mount;
 use convert::{caller, file_attr, file_type, negative_entry, set_time, xattr_reply};
 pub use mount::MountOptions;
