@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::daemon::background::DAEMON_SUBCOMMAND;
+use crate::fuse::Transport;
 use crate::format::volume::DEFAULT_BLOCK_SIZE;
 
 /// envelopefs: an encrypted directory where every file has its own data key, wrapped by a
@@ -105,9 +106,17 @@ pub enum Command {
         /// Mount read-only.
         #[arg(long)]
         read_only: bool,
-        /// Request-handling threads.
+        /// Request-handling threads of the classic transport.
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// How requests travel between the kernel and the daemon. `uring`: FUSE over io_uring,
+        /// one ring per CPU, each served by a thread pinned to it (kernel 6.14+, root, and
+        /// `echo Y > /sys/module/fuse/parameters/enable_uring`); fastest on metadata-heavy
+        /// work and small random reads. `classic`: one read(2) and write(2) on /dev/fuse per
+        /// request. `auto` picks uring when the kernel offers it and the daemon is root, and
+        /// says in the log (-v) why not otherwise.
+        #[arg(long, value_enum, default_value_t = Transport::Auto, env = "ENVELOPEFS_TRANSPORT")]
+        transport: Transport,
         /// Drop the kernel's page cache of a file at every open (for benchmarks and debugging;
         /// slower).
         #[arg(long, hide = true)]

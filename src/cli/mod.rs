@@ -102,7 +102,9 @@ impl From<DaemonError> for CliError {
         let code = match e {
             DaemonError::Volume(v) => return v.into(),
             DaemonError::Key(k) => return k.into(),
-            DaemonError::NotADirectory(_) | DaemonError::Mount { .. } => ExitCode::MountFailed,
+            DaemonError::NotADirectory(_)
+            | DaemonError::Mount { .. }
+            | DaemonError::Transport(_) => ExitCode::MountFailed,
             DaemonError::Recovery { .. }
             | DaemonError::OpenVolume(_)
             | DaemonError::SignalHandler(_)
@@ -296,6 +298,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
             allow_other,
             read_only,
             threads,
+            transport,
             no_kernel_cache,
             no_writeback_cache,
             no_xattr,
@@ -317,6 +320,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
                 allow_other,
                 read_only,
                 threads,
+                transport,
                 kernel_cache: !no_kernel_cache,
                 writeback_cache: !no_writeback_cache,
                 xattrs: !no_xattr,

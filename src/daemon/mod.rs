@@ -69,6 +69,9 @@ pub enum DaemonError {
         /// What fuser said.
         source: std::io::Error,
     },
+    /// The transport asked for is not available here.
+    #[error("{0}")]
+    Transport(String),
     /// Ctrl-C / SIGTERM could not be caught.
     #[error("cannot install the signal handler: {0}")]
     SignalHandler(ctrlc::Error),
@@ -170,7 +173,7 @@ impl Daemon {
             volume,
             _lock,
         } = self;
-        let (backing, mountpoint) = (&settings.backing, &settings.mountpoint);
+        let mountpoint = &settings.mountpoint;
         let opts = settings.mount_options();
         let kms = crate::custody::open_kms(&volume.keystore_path(), &unlock)?;
         drop(unlock);
@@ -200,47 +203,108 @@ impl Daemon {
                 log::warn!("no control socket ({e}): `envelopefs ssec` will not reach this mount")
             })
             .ok();
-        let watched = Arc::downgrade(&fs);
-        let adapter = Adapter::new(fs, &opts);
-        let notifier_slot = adapter.notifier_slot();
-        let mut session =
-            fuser::Session::new(adapter, mountpoint, &crate::fuse::fuser_config(&opts)).map_err(
-                |source| DaemonError::Mount {
-                    mountpoint: mountpoint.clone(),
-                    source,
-                },
-            )?;
-        let _ = notifier_slot.set(session.notifier());
-        if let Some(fs) = watched.upgrade() {
-            crate::fuse::spawn_revocation_watch(&fs, notifier_slot.clone());
-        }
-        let mut unmounter = session.unmount_callable();
-        let mnt = mountpoint.to_owned();
-        ctrlc::set_handler(move || {
-            log::info!("signal received; unmounting {}", mnt.display());
-            // fuser's own unmount first (so the session does not try again on exit); a busy
-            // mount falls back to a lazy unmount, which completes when the last user goes.
-            if let Err(e) = unmounter.unmount() {
-                log::debug!(
-                    "plain unmount of {} failed ({e}); unmounting lazily",
-                    mnt.display()
-                );
-                if let Err(e) = crate::fuse::unmount(&mnt) {
-                    log::error!("unmount of {} failed: {e}", mnt.display());
-                }
-            }
-        })
-        .map_err(DaemonError::SignalHandler)?;
-        log::info!("mounted {} at {}", backing.display(), mountpoint.display());
-        on_mounted(&settings);
-        let _ = std::io::stderr().flush();
-        let result = session.run();
+        let use_uring = crate::fuse::choose_uring(opts.transport)
+            .map_err(DaemonError::Transport)?;
+        let result = if use_uring {
+            serve_uring(fs, &opts, &settings, on_mounted)
+        } else {
+            serve_classic(fs, &opts, &settings, on_mounted)
+        };
         if let Err(e) = kms.sync_audit() {
             log::error!("cannot flush the audit trail: {e}");
         }
-        result.map_err(DaemonError::Session)?;
+        result?;
         log::info!("unmounted {}", mountpoint.display());
         Ok(())
+    }
+}
+
+/// Installs the Ctrl-C / SIGTERM handler: unmount (lazily if busy), after which the session
+/// ends. `first` is tried before the lazy unmount (fuser's own, for the classic transport).
+fn unmount_on_signal(
+    mountpoint: &Path,
+    mut first: impl FnMut() -> std::io::Result<()> + Send + 'static,
+) -> Result<(), DaemonError> {
+    let mnt = mountpoint.to_owned();
+    ctrlc::set_handler(move || {
+        log::info!("signal received; unmounting {}", mnt.display());
+        if let Err(e) = first() {
+            log::debug!(
+                "plain unmount of {} failed ({e}); unmounting lazily",
+                mnt.display()
+            );
+            if let Err(e) = crate::fuse::unmount(&mnt) {
+                log::error!("unmount of {} failed: {e}", mnt.display());
+            }
+        }
+    })
+    .map_err(DaemonError::SignalHandler)
+}
+
+/// Mounts with fuser and serves on the classic transport until unmounted.
+fn serve_classic(
+    fs: Arc<EncFs>,
+    opts: &crate::fuse::MountOptions,
+    settings: &DaemonSettings,
+    on_mounted: impl FnOnce(&DaemonSettings),
+) -> Result<(), DaemonError> {
+    let mountpoint = &settings.mountpoint;
+    let watched = Arc::downgrade(&fs);
+    let adapter = Adapter::new(fs, opts);
+    let notifier_slot = adapter.notifier_slot();
+    let mut session = fuser::Session::new(adapter, mountpoint, &crate::fuse::fuser_config(opts))
+        .map_err(|e| mount_error(mountpoint, e))?;
+    let _ = notifier_slot.set(Box::new(session.notifier()));
+    if let Some(fs) = watched.upgrade() {
+        crate::fuse::spawn_revocation_watch(&fs, notifier_slot.clone());
+    }
+    // fuser's own unmount first (so the session does not try again on exit).
+    let mut unmounter = session.unmount_callable();
+    unmount_on_signal(mountpoint, move || unmounter.unmount())?;
+    log::info!(
+        "mounted {} at {} (classic transport)",
+        settings.backing.display(),
+        mountpoint.display()
+    );
+    on_mounted(settings);
+    let _ = std::io::stderr().flush();
+    session.run().map_err(DaemonError::Session)
+}
+
+/// Mounts on its own /dev/fuse descriptor and serves on io_uring rings until unmounted.
+fn serve_uring(
+    fs: Arc<EncFs>,
+    opts: &crate::fuse::MountOptions,
+    settings: &DaemonSettings,
+    on_mounted: impl FnOnce(&DaemonSettings),
+) -> Result<(), DaemonError> {
+    let mountpoint = &settings.mountpoint;
+    let dispatcher = Arc::new(crate::fuse::Dispatcher::new(fs.clone(), opts));
+    let dev = crate::fuse::uring::mount(mountpoint, opts).map_err(|e| mount_error(mountpoint, e))?;
+    crate::fuse::spawn_revocation_watch(&fs, dispatcher.notifier_slot());
+    drop(fs);
+    let mnt = mountpoint.clone();
+    unmount_on_signal(mountpoint, move || crate::fuse::unmount(&mnt))?;
+    log::info!(
+        "mounted {} at {} (io_uring transport)",
+        settings.backing.display(),
+        mountpoint.display()
+    );
+    // The kernel sends INIT only once the mount exists; `serve` answers it before anything.
+    let serving = std::thread::scope(|s| {
+        let t = s.spawn(|| crate::fuse::uring::serve(dispatcher, dev, true, opts.threads));
+        on_mounted(settings);
+        let _ = std::io::stderr().flush();
+        t.join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the FUSE session panicked")))
+    });
+    serving.map_err(DaemonError::Session)
+}
+
+fn mount_error(mountpoint: &Path, source: std::io::Error) -> DaemonError {
+    DaemonError::Mount {
+        mountpoint: mountpoint.to_owned(),
+        source,
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fuse::MountOptions;
+use crate::fuse::{MountOptions, Transport};
 
 /// A mount's settings: the volume, where to mount it, the mount options, where to log and
 /// how much. Holds no secret.
@@ -24,6 +24,9 @@ pub struct DaemonSettings {
     pub read_only: bool,
     /// Request-handling threads.
     pub threads: usize,
+    /// The request transport (absent in settings written by older builds: auto).
+    #[serde(default)]
+    pub transport: Transport,
     /// Keep the kernel's page cache of a file across opens.
     pub kernel_cache: bool,
     /// The kernel buffers writes (FUSE_WRITEBACK_CACHE).
@@ -53,6 +56,7 @@ impl DaemonSettings {
             allow_other: d.allow_other,
             read_only: d.read_only,
             threads: d.threads,
+            transport: d.transport,
             kernel_cache: d.kernel_cache,
             writeback_cache: d.writeback_cache,
             xattrs: d.xattrs,
@@ -70,6 +74,7 @@ impl DaemonSettings {
         MountOptions {
             allow_other: self.allow_other,
             threads: self.threads,
+            transport: self.transport,
             fsname: std::fs::canonicalize(&self.backing)
                 .unwrap_or_else(|_| self.backing.clone())
                 .display()

@@ -16,7 +16,7 @@ use crate::store::sys;
 const READDIR_BATCH: usize = 512;
 
 /// One entry of a directory listing.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     /// Inode number.
     pub ino: u64,

@@ -3,7 +3,7 @@
 
 use std::time::UNIX_EPOCH;
 
-use fuser::{Errno, FileAttr, FileType, INodeNo, ReplyXattr, Request, TimeOrNow};
+use fuser::{FileAttr, FileType, INodeNo, Request, TimeOrNow};
 
 use crate::fs::{Attr, Kind};
 use crate::keys::Caller;
@@ -86,17 +86,6 @@ pub(super) fn set_time(t: TimeOrNow) -> SetTime {
                 SetTime::At((d.as_secs() as i64).wrapping_neg(), d.subsec_nanos())
             }
         },
-    }
-}
-
-/// The size protocol of getxattr/listxattr: size 0 asks for the length.
-pub(super) fn xattr_reply(reply: ReplyXattr, value: &[u8], size: u32) {
-    if size == 0 {
-        reply.size(value.len() as u32);
-    } else if value.len() > size as usize {
-        reply.error(Errno::ERANGE);
-    } else {
-        reply.data(value);
     }
 }
 

@@ -253,7 +253,6 @@ pub(crate) mod init {
     pub const WRITEBACK_CACHE: u64 = 1 << 16;
     pub const PARALLEL_DIROPS: u64 = 1 << 18;
     pub const MAX_PAGES: u64 = 1 << 22;
-    pub const INIT_EXT: u64 = 1 << 30;
     pub const HANDLE_KILLPRIV_V2: u64 = 1 << 36;
     pub const OVER_IO_URING: u64 = 1 << 41;
     /// Largest WRITE (and READ) the kernel may send.
@@ -297,11 +296,6 @@ impl Dispatcher {
             xattrs: opts.xattrs,
             notifier: Arc::new(OnceLock::new()),
         }
-    }
-
-    /// The core.
-    pub(crate) fn fs(&self) -> &Arc<EncFs> {
-        &self.fs
     }
 
     /// The slot the transport puts its notifier in.
@@ -396,6 +390,16 @@ impl Dispatcher {
             Ok(v) if v.len() > size as usize => Reply::Err(libc::ERANGE),
             Ok(v) => Reply::Data(v),
             Err(e) => fail(op, ino, &e),
+        }
+    }
+
+    /// READDIRPLUS entries that were not passed on (they did not fit the kernel's buffer): the
+    /// kernel will never forget them, so the lookups the core counted are undone.
+    pub(crate) fn not_sent(&self, entries: impl IntoIterator<Item = Entry>) {
+        for e in entries {
+            if e.name != "." && e.name != ".." {
+                self.fs.forget(e.ino, 1);
+            }
         }
     }
 
@@ -555,20 +559,18 @@ impl Dispatcher {
                     let mut room = size as usize;
                     let mut fit = Vec::with_capacity(entries.len());
                     let mut full = false;
+                    let mut left = Vec::new();
                     for (next, e, attr) in entries {
                         let need = direntplus_size(&e.name);
                         if full || need > room {
                             full = true;
-                            if e.name != "." && e.name != ".." {
-                                // Not passed on, so the kernel will never forget it: undo the
-                                // lookup the core counted.
-                                fs.forget(e.ino, 1);
-                            }
+                            left.push(e);
                             continue;
                         }
                         room -= need;
                         fit.push((next, e, attr));
                     }
+                    self.not_sent(left);
                     Reply::DirPlus {
                         entries: fit,
                         ttl: self.ttl,

@@ -1,10 +1,12 @@
-//! The fuser adapter: every method calls the core, then replies or logs and replies the errno
-//! from `FsError::errno()`. No logic lives here.
+//! The fuser adapter (the classic /dev/fuse transport): every callback turns its arguments into
+//! a [`dispatch::Op`], hands it to the shared [`dispatch::Dispatcher`], and turns the
+//! [`dispatch::Reply`] into fuser's reply object. No logic lives here; the io_uring transport
+//! ([`uring`]) goes through the same dispatcher.
 
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use fuser::{
     AccessFlags, Errno, FileHandle, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
@@ -13,173 +15,174 @@ use fuser::{
     Request, TimeOrNow, WriteFlags,
 };
 
-use crate::fs::{Attr, EncFs, FsError, SetAttr};
+use crate::fs::{EncFs, SetAttr};
 
 mod convert;
 pub(crate) mod dispatch;
 mod mount;
-use convert::{caller, file_attr, file_type, negative_entry, set_time, xattr_reply};
-pub use mount::MountOptions;
+use convert::{caller, file_attr, file_type, negative_entry, set_time};
+pub(crate) use dispatch::Dispatcher;
+use dispatch::{KernelNotify, NotifierSlot, Op, Reply};
+pub use mount::{MountOptions, Transport};
+pub(crate) mod proto;
+pub(crate) mod uring;
 pub(crate) use mount::{fuser_config, spawn_revocation_watch, unmount};
 
-/// The fuser `Filesystem` over the core.
-pub struct Adapter {
-    fs: Arc<EncFs>,
-    ttl: Duration,
-    kernel_cache: bool,
-    writeback_cache: bool,
-    xattrs: bool,
-    /// The session's notifier, once the session exists (for prefetch on open).
-    notifier: Arc<OnceLock<Notifier>>,
-}
-
-/// Largest file whose plaintext an open puts in the kernel's page cache before answering
-/// (docs/DESIGN.md §Prefetch on open).
-pub(crate) const PREFETCH_MAX: u64 = 64 << 10;
-
-/// Logs a failed request at the level it deserves and returns its errno.
-fn fail(op: &str, ino: u64, e: &FsError) -> Errno {
-    if e.is_alarming() {
-        log::warn!("{op} inode {ino}: {e}");
-    } else {
-        log::debug!("{op} inode {ino}: {e}");
-    }
-    Errno::from_i32(e.errno())
-}
-
-macro_rules! reply {
-    ($reply:expr, $op:expr, $ino:expr, $res:expr, |$v:ident| $ok:expr) => {
-        match $res {
-            Ok($v) => $ok,
-            Err(e) => $reply.error(fail($op, $ino, &e)),
-        }
+/// Whether to serve on io_uring for `transport`, or why that is impossible (`uring` asked for
+/// where the kernel or the privileges do not allow it). `auto` falls back to classic and says
+/// why in the log.
+pub(crate) fn choose_uring(transport: Transport) -> Result<bool, String> {
+    let root = crate::store::sys::geteuid() == 0;
+    let enabled = uring::kernel_uring_enabled();
+    let why_not = match (root, enabled) {
+        (true, Some(true)) => return Ok(transport != Transport::Classic),
+        (_, None) => "this kernel has no FUSE over io_uring (it needs Linux 6.14+ built with \
+                      CONFIG_FUSE_IO_URING)"
+            .to_string(),
+        (_, Some(false)) => format!(
+            "FUSE over io_uring is switched off in this kernel; as root: echo Y > {}",
+            uring::ENABLE_URING
+        ),
+        (false, Some(true)) => "the io_uring transport mounts with mount(2), which needs root; \
+                                run the mount as root"
+            .to_string(),
     };
+    match transport {
+        Transport::Uring => Err(format!("cannot use --transport uring: {why_not}")),
+        Transport::Auto => {
+            log::info!("classic FUSE transport: {why_not}");
+            Ok(false)
+        }
+        Transport::Classic => Ok(false),
+    }
+}
+
+/// The fuser `Filesystem` over the dispatcher.
+pub struct Adapter {
+    d: Dispatcher,
+}
+
+impl KernelNotify for Notifier {
+    fn store(&self, ino: u64, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        Notifier::store(self, INodeNo(ino), offset, data)
+    }
+    fn inval_inode(&self, ino: u64, offset: i64, len: i64) -> std::io::Result<()> {
+        Notifier::inval_inode(self, INodeNo(ino), offset, len)
+    }
+}
+
+/// A reply of the wrong kind for the request: a bug in the dispatcher, answered EIO.
+fn mismatch(what: &str, r: &Reply) -> Errno {
+    log::error!("internal error: {what} request answered with {r:?}");
+    Errno::EIO
+}
+
+fn errno(e: i32) -> Errno {
+    Errno::from_i32(e)
+}
+
+fn to_entry(reply: ReplyEntry, r: Reply) {
+    match r {
+        Reply::Entry { attr, ttl } => {
+            let a = attr.as_ref().map(file_attr).unwrap_or_else(negative_entry);
+            reply.entry(&ttl, &a, Generation(0))
+        }
+        Reply::Err(e) => reply.error(errno(e)),
+        r => reply.error(mismatch("entry", &r)),
+    }
+}
+
+fn to_attr(reply: ReplyAttr, r: Reply) {
+    match r {
+        Reply::Attr { attr, ttl } => reply.attr(&ttl, &file_attr(&attr)),
+        Reply::Err(e) => reply.error(errno(e)),
+        r => reply.error(mismatch("attr", &r)),
+    }
+}
+
+fn to_empty(reply: ReplyEmpty, r: Reply) {
+    match r {
+        Reply::Empty => reply.ok(),
+        Reply::Err(e) => reply.error(errno(e)),
+        r => reply.error(mismatch("empty", &r)),
+    }
+}
+
+fn to_data(reply: ReplyData, r: Reply) {
+    match r {
+        Reply::Data(d) => reply.data(&d),
+        Reply::Err(e) => reply.error(errno(e)),
+        r => reply.error(mismatch("data", &r)),
+    }
+}
+
+fn to_open(reply: ReplyOpen, r: Reply) {
+    match r {
+        Reply::Open { fh, keep_cache } => reply.opened(FileHandle(fh), open_flags(keep_cache)),
+        Reply::Err(e) => reply.error(errno(e)),
+        r => reply.error(mismatch("open", &r)),
+    }
+}
+
+fn to_xattr(reply: ReplyXattr, r: Reply) {
+    match r {
+        Reply::XattrSize(n) => reply.size(n),
+        Reply::Data(d) => reply.data(&d),
+        Reply::Err(e) => reply.error(errno(e)),
+        r => reply.error(mismatch("xattr", &r)),
+    }
+}
+
+fn open_flags(keep_cache: bool) -> FopenFlags {
+    if keep_cache {
+        FopenFlags::FOPEN_KEEP_CACHE
+    } else {
+        FopenFlags::empty()
+    }
 }
 
 impl Adapter {
     /// Wraps a core.
     pub fn new(fs: Arc<EncFs>, opts: &MountOptions) -> Self {
         Adapter {
-            fs,
-            ttl: opts.ttl,
-            kernel_cache: opts.kernel_cache,
-            writeback_cache: opts.writeback_cache && opts.kernel_cache && !opts.read_only,
-            xattrs: opts.xattrs,
-            notifier: Arc::new(OnceLock::new()),
+            d: Dispatcher::new(fs, opts),
         }
     }
 
-    /// Where [`crate::cli`] puts the session's notifier once the session exists. Until then
-    /// (and in tests without one) opens do not prefetch.
-    pub(crate) fn notifier_slot(&self) -> Arc<OnceLock<Notifier>> {
-        self.notifier.clone()
+    /// Where [`crate::daemon`] puts the session's notifier once the session exists.
+    pub(crate) fn notifier_slot(&self) -> NotifierSlot {
+        self.d.notifier_slot()
     }
 
-    /// Prefetch on open: a small file opened read-only, with no other handle on it, has its
-    /// plaintext put in the kernel's page cache (FUSE_NOTIFY_STORE) before the open is
-    /// answered, so reading it costs no READ round trip. Only with the kernel cache on (the
-    /// handle gets FOPEN_KEEP_CACHE, so the pages stay).
-    fn prefetch(&self, ino: INodeNo, flags: i32, fh: u64) {
-        if !self.kernel_cache
-            || flags & libc::O_ACCMODE != libc::O_RDONLY
-            || flags & libc::O_TRUNC != 0
-        {
-            return;
-        }
-        let Some(notifier) = self.notifier.get() else {
-            return;
-        };
-        if let Some(p) = self.fs.prefetch(fh, PREFETCH_MAX) {
-            match notifier.store(ino, 0, &p.data) {
-                Ok(()) => self.fs.prefetched(p.ino),
-                // Harmless: the kernel reads the file with READ as usual.
-                Err(e) => log::debug!("prefetch of inode {} not stored: {e}", p.ino),
-            }
-        }
-    }
-
-    /// FOPEN_KEEP_CACHE: the kernel keeps a file's cached pages across opens. Safe because
-    /// every change to a file's contents goes through this daemon (and so through the kernel's
-    /// cache); FUSE_AUTO_INVAL_DATA drops them if the mtime changes anyway.
-    fn open_flags(&self) -> FopenFlags {
-        if self.kernel_cache {
-            FopenFlags::FOPEN_KEEP_CACHE
-        } else {
-            FopenFlags::empty()
-        }
-    }
-
-    /// Runs an xattr operation, or, on a `--no-xattr` mount, fails it with ENOSYS, after which
-    /// the kernel sends no more xattr requests of that kind.
-    fn with_xattrs<T>(&self, op: impl FnOnce() -> Result<T, FsError>) -> Result<T, FsError> {
-        if self.xattrs {
-            op()
-        } else {
-            Err(crate::fs::error::errno(libc::ENOSYS))
-        }
-    }
-
-    fn entry(&self, reply: ReplyEntry, op: &str, parent: u64, res: Result<Attr, FsError>) {
-        reply!(reply, op, parent, res, |a| reply.entry(
-            &self.ttl,
-            &file_attr(&a),
-            Generation(0)
-        ))
+    fn run(&self, req: &Request, op: Op<'_>) -> Reply {
+        self.d.handle(&caller(req), op)
     }
 }
 
 impl fuser::Filesystem for Adapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let _ = config.set_max_write(1 << 20);
-        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_write(dispatch::init::MAX_WRITE);
+        let _ = config.set_max_readahead(dispatch::init::MAX_READAHEAD);
+        let wanted = self.d.wanted_init_flags();
         // Each capability is optional: an old kernel without it just does without.
-        for cap in [
-            InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO,
-            InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_AUTO_INVAL_DATA,
-            // The filesystem clears set-id bits on write, truncate and chown itself; the
-            // kernel then sets SB_NOSEC and stops sending a getxattr(security.capability)
-            // before every write(2) (measured: 101 getxattr requests for 101 writes before).
-            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
-        ] {
-            if let Err(missing) = config.add_capabilities(cap) {
+        for bit in (0..64).map(|i| 1u64 << i).filter(|b| wanted & b != 0) {
+            if let Err(missing) = config.add_capabilities(InitFlags::from_bits_retain(bit)) {
                 log::info!("kernel lacks FUSE capability {missing:?}; continuing without it");
             }
-        }
-        // Writeback caching is safe for the same reason as FOPEN_KEEP_CACHE (this daemon sees
-        // every change). The kernel may then read through a write-only handle (to fill a
-        // partially written page) and sends appends at the offset it computed; the core
-        // handles both (backing files of writers are O_RDWR, O_APPEND is not passed down).
-        if self.writeback_cache
-            && let Err(missing) = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
-        {
-            log::info!("kernel lacks FUSE capability {missing:?}; continuing without it");
         }
         Ok(())
     }
 
-    /// A name that does not exist is answered as a negative entry (inode 0) valid for the
-    /// entry timeout, so the kernel remembers the miss instead of asking again: compilers
-    /// probing include paths, `$PATH` searches and Python imports stat many names that are
-    /// not there. Sound for the same reason as the positive timeouts: every change to the
-    /// volume goes through this mount, and the kernel replaces the negative entry itself when
-    /// a create, mkdir, link, symlink or rename through the mount makes the name.
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.fs.lookup(parent.0, name) {
-            Err(e) if e.errno() == libc::ENOENT => {
-                reply.entry(&self.ttl, &negative_entry(), Generation(0));
-            }
-            res => self.entry(reply, "lookup", parent.0, res),
-        }
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        to_entry(reply, self.run(req, Op::Lookup { parent: parent.0, name }))
     }
 
-    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.fs.forget(ino.0, nlookup);
+    fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {
+        self.run(req, Op::Forget { ino: ino.0, nlookup });
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        reply!(reply, "getattr", ino.0, self.fs.getattr(ino.0), |a| reply
-            .attr(&self.ttl, &file_attr(&a)))
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        to_attr(reply, self.run(req, Op::Getattr { ino: ino.0 }))
     }
 
     fn setattr(
@@ -209,18 +212,11 @@ impl fuser::Filesystem for Adapter {
             mtime: mtime.map(set_time),
             fh: fh.map(|f| f.0),
         };
-        reply!(
-            reply,
-            "setattr",
-            ino.0,
-            self.fs.setattr(ino.0, &set, &caller(req)),
-            |a| reply.attr(&self.ttl, &file_attr(&a))
-        )
+        to_attr(reply, self.run(req, Op::Setattr { ino: ino.0, set }))
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        reply!(reply, "readlink", ino.0, self.fs.readlink(ino.0), |t| reply
-            .data(&t))
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        to_data(reply, self.run(req, Op::Readlink { ino: ino.0 }))
     }
 
     fn mknod(
@@ -233,12 +229,13 @@ impl fuser::Filesystem for Adapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.entry(
-            reply,
-            "mknod",
-            parent.0,
-            self.fs.mknod(parent.0, name, mode, rdev, &caller(req)),
-        );
+        let op = Op::Mknod {
+            parent: parent.0,
+            name,
+            mode,
+            rdev,
+        };
+        to_entry(reply, self.run(req, op))
     }
 
     fn mkdir(
@@ -250,32 +247,20 @@ impl fuser::Filesystem for Adapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        self.entry(
-            reply,
-            "mkdir",
-            parent.0,
-            self.fs.mkdir(parent.0, name, mode, &caller(req)),
-        );
+        let op = Op::Mkdir {
+            parent: parent.0,
+            name,
+            mode,
+        };
+        to_entry(reply, self.run(req, op))
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply!(
-            reply,
-            "unlink",
-            parent.0,
-            self.fs.unlink(parent.0, name),
-            |_v| reply.ok()
-        )
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        to_empty(reply, self.run(req, Op::Unlink { parent: parent.0, name }))
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply!(
-            reply,
-            "rmdir",
-            parent.0,
-            self.fs.rmdir(parent.0, name),
-            |_v| reply.ok()
-        )
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        to_empty(reply, self.run(req, Op::Rmdir { parent: parent.0, name }))
     }
 
     fn symlink(
@@ -286,18 +271,17 @@ impl fuser::Filesystem for Adapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        self.entry(
-            reply,
-            "symlink",
-            parent.0,
-            self.fs
-                .symlink(parent.0, link_name, target.as_os_str(), &caller(req)),
-        );
+        let op = Op::Symlink {
+            parent: parent.0,
+            name: link_name,
+            target: target.as_os_str(),
+        };
+        to_entry(reply, self.run(req, op))
     }
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -305,49 +289,44 @@ impl fuser::Filesystem for Adapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply!(
-            reply,
-            "rename",
-            parent.0,
-            self.fs
-                .rename(parent.0, name, newparent.0, newname, flags.bits()),
-            |_v| reply.ok()
-        )
+        let op = Op::Rename {
+            parent: parent.0,
+            name,
+            newparent: newparent.0,
+            newname,
+            flags: flags.bits(),
+        };
+        to_empty(reply, self.run(req, op))
     }
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.entry(
-            reply,
-            "link",
-            ino.0,
-            self.fs.link(ino.0, newparent.0, newname),
-        );
+        let op = Op::Link {
+            ino: ino.0,
+            newparent: newparent.0,
+            newname,
+        };
+        to_entry(reply, self.run(req, op))
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        reply!(
-            reply,
-            "open",
-            ino.0,
-            self.fs.open(ino.0, flags.0, &caller(req)),
-            |fh| {
-                self.prefetch(ino, flags.0, fh);
-                reply.opened(FileHandle(fh), self.open_flags())
-            }
-        )
+        let op = Op::Open {
+            ino: ino.0,
+            flags: flags.0,
+        };
+        to_open(reply, self.run(req, op))
     }
 
     fn read(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -355,19 +334,19 @@ impl fuser::Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        reply!(
-            reply,
-            "read",
-            _ino.0,
-            self.fs.read(fh.0, offset, size),
-            |d| reply.data(&d)
-        )
+        let op = Op::Read {
+            ino: ino.0,
+            fh: fh.0,
+            offset,
+            size,
+        };
+        to_data(reply, self.run(req, op))
     }
 
     fn write(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -376,83 +355,76 @@ impl fuser::Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        // FUSE_HANDLE_KILLPRIV_V2: the writer lacks CAP_FSETID, so set-id bits go.
-        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
-            && let Err(e) = self.fs.drop_setid(_ino.0)
-        {
-            return reply.error(fail("write", _ino.0, &e));
+        let op = Op::Write {
+            ino: ino.0,
+            fh: fh.0,
+            offset,
+            data,
+            kill_suidgid: write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID),
+        };
+        match self.run(req, op) {
+            Reply::Written(n) => reply.written(n),
+            Reply::Err(e) => reply.error(errno(e)),
+            r => reply.error(mismatch("write", &r)),
         }
-        reply!(
-            reply,
-            "write",
-            _ino.0,
-            self.fs.write(fh.0, offset, data, &caller(req)),
-            |n| reply.written(n)
-        )
     }
 
-    /// FLUSH is answered with ENOSYS, after which the kernel stops sending it (one request
-    /// less per close(2)). Nothing is lost: the daemon has nothing to do at close that RELEASE
-    /// does not do, and in writeback mode the kernel still writes the dirty pages and reports
-    /// their errors from close(2) before it would have sent FLUSH. Byte-range locks are the
-    /// kernel's own (no getlk/setlk here), so no lock owner needs a FLUSH either.
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         _fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::ENOSYS);
+        to_empty(reply, self.run(req, Op::Flush))
     }
 
     fn release(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        reply!(reply, "release", _ino.0, self.fs.release(fh.0), |_v| reply
-            .ok())
+        to_empty(reply, self.run(req, Op::Release { ino: ino.0, fh: fh.0 }))
     }
 
-    fn fsync(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        datasync: bool,
-        reply: ReplyEmpty,
-    ) {
-        reply!(
-            reply,
-            "fsync",
-            _ino.0,
-            self.fs.fsync(fh.0, datasync),
-            |_v| reply.ok()
-        )
+    fn fsync(&self, req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        let op = Op::Fsync {
+            ino: ino.0,
+            fh: fh.0,
+            datasync,
+        };
+        to_empty(reply, self.run(req, op))
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        reply!(reply, "opendir", ino.0, self.fs.opendir(ino.0), |fh| reply
-            .opened(FileHandle(fh), FopenFlags::empty()))
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        to_open(reply, self.run(req, Op::Opendir { ino: ino.0 }))
     }
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self.fs.readdir(ino.0, fh.0, offset) {
-            Ok(entries) => {
+        // fuser sizes the buffer from the request without telling, and stops at the first
+        // entry that does not fit (READDIR holds no lookups, so nothing to undo).
+        let op = Op::Readdir {
+            ino: ino.0,
+            fh: fh.0,
+            offset,
+            size: u32::MAX,
+            plus: false,
+        };
+        match self.run(req, op) {
+            Reply::Dir(entries) => {
                 for (next, e) in entries {
                     if reply.add(INodeNo(e.ino), next, file_type(e.kind), &e.name) {
                         break;
@@ -460,82 +432,76 @@ impl fuser::Filesystem for Adapter {
                 }
                 reply.ok();
             }
-            Err(e) => reply.error(fail("readdir", ino.0, &e)),
+            Reply::Err(e) => reply.error(errno(e)),
+            r => reply.error(mismatch("readdir", &r)),
         }
     }
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        match self.fs.readdirplus(ino.0, fh.0, offset) {
-            Ok(entries) => {
-                let mut full = false;
-                for (next, e, attr) in entries {
-                    let dot = e.name == "." || e.name == "..";
-                    if full
-                        || reply.add(
-                            INodeNo(e.ino),
-                            next,
-                            &e.name,
-                            &self.ttl,
-                            &file_attr(&attr),
-                            Generation(0),
-                        )
-                    {
-                        full = true;
-                        if !dot {
-                            // Not passed on, so the kernel will never forget it: undo the lookup.
-                            self.fs.forget(e.ino, 1);
-                        }
+        // fuser sizes the buffer from the request without telling; entries past the first
+        // that does not fit go back to the dispatcher, which undoes their lookups.
+        let op = Op::Readdir {
+            ino: ino.0,
+            fh: fh.0,
+            offset,
+            size: u32::MAX,
+            plus: true,
+        };
+        match self.run(req, op) {
+            Reply::DirPlus { entries, ttl } => {
+                let mut it = entries.into_iter();
+                for (next, e, attr) in it.by_ref() {
+                    let a = file_attr(&attr);
+                    if reply.add(INodeNo(e.ino), next, &e.name, &ttl, &a, Generation(0)) {
+                        self.d.not_sent(std::iter::once(e));
+                        break;
                     }
                 }
+                self.d.not_sent(it.map(|(_, e, _)| e));
                 reply.ok();
             }
-            Err(e) => reply.error(fail("readdirplus", ino.0, &e)),
+            Reply::Err(e) => reply.error(errno(e)),
+            r => reply.error(mismatch("readdirplus", &r)),
         }
     }
 
     fn releasedir(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.fs.releasedir(fh.0);
-        reply.ok();
+        to_empty(reply, self.run(req, Op::Releasedir { fh: fh.0 }))
     }
 
     fn fsyncdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        reply!(reply, "fsyncdir", ino.0, self.fs.fsyncdir(ino.0), |_v| {
-            reply.ok()
-        })
+        to_empty(reply, self.run(req, Op::Fsyncdir { ino: ino.0 }))
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        reply!(reply, "statfs", _ino.0, self.fs.statfs(), |s| reply.statfs(
-            s.f_blocks,
-            s.f_bfree,
-            s.f_bavail,
-            s.f_files,
-            s.f_ffree,
-            s.f_bsize as u32,
-            255,
-            s.f_frsize as u32
-        ))
+    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        match self.run(req, Op::Statfs { ino: ino.0 }) {
+            Reply::Statfs(s) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+            ),
+            Reply::Err(e) => reply.error(errno(e)),
+            r => reply.error(mismatch("statfs", &r)),
+        }
     }
 
     fn setxattr(
@@ -548,48 +514,34 @@ impl fuser::Filesystem for Adapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply!(
-            reply,
-            "setxattr",
-            ino.0,
-            self.with_xattrs(|| self.fs.setxattr(ino.0, name, value, flags, &caller(req))),
-            |_v| reply.ok()
-        )
+        let op = Op::Setxattr {
+            ino: ino.0,
+            name,
+            value,
+            flags,
+        };
+        to_empty(reply, self.run(req, op))
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        reply!(
-            reply,
-            "getxattr",
-            ino.0,
-            self.with_xattrs(|| self.fs.getxattr(ino.0, name, &caller(req))),
-            |v| { xattr_reply(reply, &v, size) }
-        )
+        let op = Op::Getxattr {
+            ino: ino.0,
+            name,
+            size,
+        };
+        to_xattr(reply, self.run(req, op))
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        reply!(
-            reply,
-            "listxattr",
-            ino.0,
-            self.with_xattrs(|| self.fs.listxattr(ino.0)),
-            |v| { xattr_reply(reply, &v, size) }
-        )
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        to_xattr(reply, self.run(req, Op::Listxattr { ino: ino.0, size }))
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply!(
-            reply,
-            "removexattr",
-            ino.0,
-            self.with_xattrs(|| self.fs.removexattr(ino.0, name)),
-            |_v| reply.ok()
-        )
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        to_empty(reply, self.run(req, Op::Removexattr { ino: ino.0, name }))
     }
 
-    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        reply!(reply, "access", ino.0, self.fs.access(ino.0), |_v| reply
-            .ok())
+    fn access(&self, req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        to_empty(reply, self.run(req, Op::Access { ino: ino.0 }))
     }
 
     fn create(
@@ -602,37 +554,47 @@ impl fuser::Filesystem for Adapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        reply!(
-            reply,
-            "create",
-            parent.0,
-            self.fs.create(parent.0, name, mode, flags, &caller(req)),
-            |v| reply.created(
-                &self.ttl,
-                &file_attr(&v.0),
+        let op = Op::Create {
+            parent: parent.0,
+            name,
+            mode,
+            flags,
+        };
+        match self.run(req, op) {
+            Reply::Create {
+                attr,
+                ttl,
+                fh,
+                keep_cache,
+            } => reply.created(
+                &ttl,
+                &file_attr(&attr),
                 Generation(0),
-                FileHandle(v.1),
-                self.open_flags()
-            )
-        )
+                FileHandle(fh),
+                open_flags(keep_cache),
+            ),
+            Reply::Err(e) => reply.error(errno(e)),
+            r => reply.error(mismatch("create", &r)),
+        }
     }
 
     fn fallocate(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply!(
-            reply,
-            "fallocate",
-            _ino.0,
-            self.fs.fallocate(fh.0, offset, length, mode, &caller(req)),
-            |_v| reply.ok()
-        )
+        let op = Op::Fallocate {
+            ino: ino.0,
+            fh: fh.0,
+            offset,
+            length,
+            mode,
+        };
+        to_empty(reply, self.run(req, op))
     }
 }

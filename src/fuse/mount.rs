@@ -3,16 +3,35 @@
 //! kernel's page cache of open files when a key decision may have changed.
 
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use fuser::{INodeNo, MountOption, Notifier};
+use fuser::MountOption;
+
+use super::dispatch::NotifierSlot;
 
 use crate::fs::EncFs;
+
+/// How requests travel between the kernel and the daemon.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// io_uring when the kernel offers it (and the daemon runs as root), else classic.
+    #[default]
+    Auto,
+    /// FUSE over io_uring: one ring per CPU (kernel 6.14+, enable_uring=Y, root).
+    Uring,
+    /// One read(2) and one write(2) on /dev/fuse per request (fuser).
+    Classic,
+}
 
 /// How to mount.
 #[derive(Clone, Debug)]
 pub struct MountOptions {
+    /// The request transport.
+    pub transport: Transport,
     /// Let other users (and root) use the mount (`allow_other`).
     pub allow_other: bool,
     /// Request-handling threads.
@@ -43,6 +62,7 @@ pub struct MountOptions {
 impl Default for MountOptions {
     fn default() -> Self {
         MountOptions {
+            transport: Transport::Auto,
             allow_other: false,
             threads: 2,
             fsname: "envelopefs".into(),
@@ -66,7 +86,7 @@ impl Default for MountOptions {
 /// ([`EncFs::check_handle`]). Without it a process could go on reading cached plaintext of a
 /// file it opened before the revocation.
 /// The thread ends once the filesystem is dropped.
-pub(crate) fn spawn_revocation_watch(fs: &Arc<EncFs>, notifier: Arc<OnceLock<Notifier>>) {
+pub(crate) fn spawn_revocation_watch(fs: &Arc<EncFs>, notifier: NotifierSlot) {
     let period = Duration::from_millis(crate::keys::GENERATION_CHECK_MS);
     let weak = Arc::downgrade(fs);
     let mut last = fs.key_generation();
@@ -83,7 +103,7 @@ pub(crate) fn spawn_revocation_watch(fs: &Arc<EncFs>, notifier: Arc<OnceLock<Not
                 last = now;
                 let Some(n) = notifier.get() else { continue };
                 for ino in fs.open_inodes() {
-                    if let Err(e) = n.inval_inode(INodeNo(ino), 0, 0) {
+                    if let Err(e) = n.inval_inode(ino, 0, 0) {
                         log::debug!("cache of inode {ino} not dropped: {e}");
                     }
                 }

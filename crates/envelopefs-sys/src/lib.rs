@@ -5,6 +5,7 @@
 mod at;
 pub mod atomic;
 mod file;
+pub mod fuse_ring;
 mod lock;
 mod process;
 pub mod users;

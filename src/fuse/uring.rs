@@ -1,0 +1,375 @@
+//! The io_uring transport (FUSE over io_uring, kernel 6.14+): this daemon mounts on its own
+//! /dev/fuse descriptor, answers INIT itself (asking for FUSE_OVER_IO_URING), then serves
+//! requests from one ring per CPU, each with its thread pinned to that CPU: a request is
+//! answered and the next one fetched with a single COMMIT_AND_FETCH, without the read()/
+//! write() pair and the cross-CPU wake-up of the classic transport. A classic reader keeps
+//! serving what the kernel still sends on /dev/fuse (FORGET, BATCH_FORGET, INTERRUPT, and
+//! everything before the rings are ready), and notifications are written there.
+//!
+//! Every request, from either path, is decoded by [`super::proto`] and handled by the shared
+//! [`Dispatcher`]; the unsafe ring plumbing lives in `envelopefs_sys::fuse_ring`.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
+use std::sync::Arc;
+
+use envelopefs_sys::fuse_ring::{self, Event, FuseQueue};
+
+use super::MountOptions;
+use super::dispatch::{Dispatcher, KernelNotify, Reply, init};
+use super::proto::{self, InHeader, opcode};
+use crate::keys::Caller;
+
+/// Entries per CPU queue (libfuse's default too). Each holds a payload buffer of
+/// [`PAYLOAD_LEN`], touched only as far as requests fill it.
+pub(crate) const QUEUE_DEPTH: usize = 8;
+/// Payload buffer of a ring entry: the largest WRITE or READ (`max_write`, `max_pages`).
+const PAYLOAD_LEN: usize = init::MAX_WRITE as usize;
+/// Buffer of a classic reader: a whole request (header, op struct, names, a WRITE's data).
+const CLASSIC_BUF: usize = PAYLOAD_LEN + 4096;
+/// Pages per request (the kernel's `max_pages`), matching [`init::MAX_WRITE`].
+const MAX_PAGES: u16 = (init::MAX_WRITE / 4096) as u16;
+/// Newest protocol minor this implementation speaks (fuse_kernel.h 7.45).
+const MINOR: u32 = 45;
+
+/// Where FUSE over io_uring is switched on (root; the kernel offers it at INIT only when Y).
+pub const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// Whether the running kernel offers FUSE over io_uring: `None` when it has no such switch.
+pub fn kernel_uring_enabled() -> Option<bool> {
+    std::fs::read_to_string(ENABLE_URING)
+        .ok()
+        .map(|s| s.trim() == "Y" || s.trim() == "1")
+}
+
+/// Notifications written on /dev/fuse (one write(2) per message).
+struct DevNotifier(Arc<File>);
+
+impl DevNotifier {
+    fn send(&self, msg: &[u8]) -> io::Result<()> {
+        let n = (&*self.0).write(msg)?;
+        if n == msg.len() {
+            Ok(())
+        } else {
+            Err(io::Error::other("short write of a notification"))
+        }
+    }
+}
+
+impl KernelNotify for DevNotifier {
+    fn store(&self, ino: u64, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut msg = Vec::with_capacity(32 + data.len());
+        proto::encode_notify_store(ino, offset, data, &mut msg);
+        self.send(&msg)
+    }
+    fn inval_inode(&self, ino: u64, offset: i64, len: i64) -> io::Result<()> {
+        let mut msg = Vec::with_capacity(40);
+        proto::encode_notify_inval_inode(ino, offset, len, &mut msg);
+        self.send(&msg)
+    }
+}
+
+/// Opens /dev/fuse and mounts it at `mountpoint` (root only: mount(2)).
+pub(crate) fn mount(mountpoint: &Path, opts: &MountOptions) -> io::Result<File> {
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")?;
+    let (uid, gid, _) = envelopefs_sys::current_ids();
+    let mut data = format!(
+        "fd={},rootmode=40000,user_id={uid},group_id={gid},default_permissions",
+        dev.as_raw_fd()
+    );
+    if opts.allow_other {
+        data.push_str(",allow_other");
+    }
+    let mut flags = 0;
+    if !opts.suid {
+        flags |= libc::MS_NOSUID;
+    }
+    if !opts.dev {
+        flags |= libc::MS_NODEV;
+    }
+    if opts.read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    fuse_ring::mount_fuse(&opts.fsname, mountpoint, "fuse.envelopefs", flags, &data)?;
+    Ok(dev)
+}
+
+/// Reads from /dev/fuse, retrying what is not an answer: EINTR, EAGAIN, and ENOENT (the
+/// request was interrupted before it was read). `Ok(None)` once the mount is gone.
+fn read_request(dev: &File, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    loop {
+        match (&*dev).read(buf) {
+            Ok(n) => return Ok(Some(n)),
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EINTR | libc::EAGAIN | libc::ENOENT) => continue,
+                Some(libc::ENODEV) => return Ok(None),
+                _ => return Err(e),
+            },
+        }
+    }
+}
+
+fn caller(h: &InHeader) -> Caller {
+    Caller {
+        uid: h.uid,
+        gid: h.gid,
+        pid: h.pid,
+    }
+}
+
+/// Writes a classic reply; a reply the kernel no longer wants (ENOENT: interrupted) is fine.
+fn send_reply(dev: &File, msg: &[u8]) {
+    if let Err(e) = (&*dev).write(msg)
+        && e.raw_os_error() != Some(libc::ENOENT)
+    {
+        log::warn!("cannot answer a FUSE request: {e}");
+    }
+}
+
+/// Handles one request as read from /dev/fuse; the reply (if any) goes to `out`.
+fn classic_one(d: &Dispatcher, req: &[u8], out: &mut Vec<u8>) -> bool {
+    let (h, op, rest) = match proto::split_classic(req) {
+        Ok(parts) => parts,
+        Err(e) => {
+            log::warn!("malformed FUSE request: {e}");
+            // Answer it if its header is readable, so the caller does not hang.
+            return match proto::parse_in_header(req) {
+                Ok(h) => proto::encode_reply(h.unique, &Reply::Err(e.errno()), out),
+                Err(_) => false,
+            };
+        }
+    };
+    let reply = match h.opcode {
+        opcode::DESTROY => Reply::Empty,
+        // A second INIT cannot happen on a live connection.
+        opcode::INIT => Reply::Err(libc::EPROTO),
+        _ => match proto::decode(&h, op, rest) {
+            Ok(op) => d.handle(&caller(&h), op),
+            Err(e) => {
+                log::warn!("malformed FUSE request: {e}");
+                Reply::Err(e.errno())
+            }
+        },
+    };
+    proto::encode_reply(h.unique, &reply, out)
+}
+
+/// Handles the request in a ring entry and writes the reply into the same buffers; returns
+/// the commit id to answer with.
+fn uring_one(d: &Dispatcher, header: &mut [u8], payload: &mut [u8], body: &mut Vec<u8>) -> u64 {
+    let (unique, commit_id, reply) = match proto::split_uring(header, payload) {
+        Ok((h, op, rest, commit_id)) => {
+            let reply = match h.opcode {
+                opcode::DESTROY => Reply::Empty,
+                opcode::INIT => Reply::Err(libc::EPROTO),
+                _ => match proto::decode(&h, op, rest) {
+                    Ok(op) => d.handle(&caller(&h), op),
+                    Err(e) => {
+                        log::warn!("malformed FUSE request: {e}");
+                        Reply::Err(e.errno())
+                    }
+                },
+            };
+            (h.unique, commit_id, reply)
+        }
+        Err(e) => {
+            log::warn!("malformed FUSE request in a ring entry: {e}");
+            let unique = proto::parse_in_header(header).map_or(0, |h| h.unique);
+            (unique, commit_id_of(header), Reply::Err(e.errno()))
+        }
+    };
+    body.clear();
+    let error = match &reply {
+        Reply::Err(e) => -e,
+        r => {
+            proto::encode_body(r, body);
+            0
+        }
+    };
+    if error == 0 && body.len() > payload.len() {
+        log::error!(
+            "internal error: a {}-byte reply does not fit the {}-byte ring buffer",
+            body.len(),
+            payload.len()
+        );
+        proto::set_uring_reply(header, unique, -libc::EIO, 0);
+    } else {
+        payload[..body.len()].copy_from_slice(body);
+        proto::set_uring_reply(header, unique, error, body.len() as u32);
+    }
+    commit_id
+}
+
+/// The commit id of a ring entry's header (`fuse_uring_ent_in_out.commit_id`, bytes 264..272),
+/// read without trusting the rest of the header; 0 if it is too short.
+fn commit_id_of(header: &[u8]) -> u64 {
+    header
+        .get(264..272)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
+}
+
+/// Serves one CPU's queue until the connection ends.
+fn serve_queue(d: Arc<Dispatcher>, dev: Arc<File>, qid: u16) -> io::Result<()> {
+    if let Err(e) = fuse_ring::pin_to_cpu(qid as usize) {
+        log::debug!("cannot pin the thread of queue {qid}: {e}");
+    }
+    let mut q = FuseQueue::new(dev.as_fd(), qid, QUEUE_DEPTH, PAYLOAD_LEN)?;
+    q.register_all()?;
+    let mut ready = Vec::with_capacity(q.depth());
+    let mut body = Vec::with_capacity(PAYLOAD_LEN);
+    loop {
+        if q.wait(&mut ready)? == Event::Ended {
+            return Ok(());
+        }
+        for &i in &ready {
+            let Some((header, payload)) = q.buffers(i) else {
+                continue;
+            };
+            let commit_id = uring_one(&d, header, payload, &mut body);
+            q.commit(i, commit_id)?;
+        }
+    }
+}
+
+/// The possible CPUs (the kernel makes one queue per possible CPU).
+fn possible_cpus() -> usize {
+    let parse = |s: &str| -> Option<usize> {
+        let mut max = 0;
+        for part in s.trim().split(',') {
+            let last = part.rsplit('-').next()?;
+            max = max.max(last.parse::<usize>().ok()?);
+        }
+        Some(max + 1)
+    };
+    std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .ok()
+        .and_then(|s| parse(&s))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Answers INIT; returns whether the kernel granted FUSE over io_uring.
+fn handshake(d: &Dispatcher, dev: &File, want_uring: bool) -> io::Result<bool> {
+    let mut buf = vec![0u8; CLASSIC_BUF];
+    let n = read_request(dev, &mut buf)?
+        .ok_or_else(|| io::Error::other("the mount went away before INIT"))?;
+    let (h, op, _) = proto::split_classic(&buf[..n])
+        .map_err(|e| io::Error::other(format!("malformed INIT: {e}")))?;
+    if h.opcode != opcode::INIT {
+        return Err(io::Error::other(format!(
+            "expected INIT from the kernel, got opcode {}",
+            h.opcode
+        )));
+    }
+    let init_in =
+        proto::decode_init(op).map_err(|e| io::Error::other(format!("malformed INIT: {e}")))?;
+    if init_in.major != 7 {
+        return Err(io::Error::other(format!(
+            "the kernel speaks FUSE {}.{}; this build speaks 7.x",
+            init_in.major, init_in.minor
+        )));
+    }
+    let mut wanted = d.wanted_init_flags() | init::ASYNC_READ | init::BIG_WRITES | init::MAX_PAGES;
+    if want_uring {
+        wanted |= init::OVER_IO_URING;
+    }
+    let granted = wanted & init_in.flags;
+    for (bit, name) in [
+        (init::DO_READDIRPLUS, "READDIRPLUS"),
+        (init::PARALLEL_DIROPS, "PARALLEL_DIROPS"),
+        (init::HANDLE_KILLPRIV_V2, "HANDLE_KILLPRIV_V2"),
+        (init::WRITEBACK_CACHE, "WRITEBACK_CACHE"),
+    ] {
+        if wanted & bit != 0 && granted & bit == 0 {
+            log::info!("kernel lacks FUSE capability {name}; continuing without it");
+        }
+    }
+    let out = proto::InitOut {
+        minor: init_in.minor.min(MINOR),
+        max_readahead: init_in.max_readahead.min(init::MAX_READAHEAD),
+        flags: granted,
+        max_background: 64,
+        congestion_threshold: 48,
+        max_write: init::MAX_WRITE,
+        max_pages: MAX_PAGES,
+    };
+    let mut body = Vec::new();
+    proto::encode_init_out(&out, &mut body);
+    let mut msg = proto::out_header(h.unique, 0, (proto::OUT_HEADER_LEN + body.len()) as u32).to_vec();
+    msg.extend_from_slice(&body);
+    (&*dev).write_all(&msg)?;
+    Ok(granted & init::OVER_IO_URING != 0)
+}
+
+/// Serves the mount on `dev` until it is unmounted: INIT, then the rings (when `want_uring`
+/// and the kernel grants it) beside `readers` classic readers (one when the rings run).
+pub(crate) fn serve(
+    d: Arc<Dispatcher>,
+    dev: File,
+    want_uring: bool,
+    readers: usize,
+) -> io::Result<()> {
+    let dev = Arc::new(dev);
+    let _ = d
+        .notifier_slot()
+        .set(Box::new(DevNotifier(dev.clone())));
+    let uring = handshake(&d, &dev, want_uring)?;
+    let mut rings = Vec::new();
+    if uring {
+        let queues = possible_cpus();
+        log::info!("FUSE over io_uring: {queues} queues of {QUEUE_DEPTH} entries");
+        for qid in 0..queues {
+            let (d, dev) = (d.clone(), dev.clone());
+            rings.push(
+                std::thread::Builder::new()
+                    .name(format!("fuse-ring-{qid}"))
+                    .spawn(move || serve_queue(d, dev, qid as u16))?,
+            );
+        }
+    } else if want_uring {
+        log::warn!(
+            "the kernel did not grant FUSE over io_uring; serving on the classic /dev/fuse \
+             reader instead"
+        );
+    }
+    let readers = if uring { 1 } else { readers.max(1) };
+    let mut classic = Vec::new();
+    for r in 1..readers {
+        let (d, dev) = (d.clone(), dev.clone());
+        classic.push(
+            std::thread::Builder::new()
+                .name(format!("fuse-reader-{r}"))
+                .spawn(move || classic_loop(&d, &dev))?,
+        );
+    }
+    let mut result = classic_loop(&d, &dev);
+    for t in classic {
+        let r = t.join().unwrap_or_else(|_| Err(io::Error::other("a reader panicked")));
+        result = result.and(r);
+    }
+    for (qid, t) in rings.into_iter().enumerate() {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::warn!("ring {qid} ended with an error: {e}"),
+            Err(_) => log::error!("ring {qid} panicked"),
+        }
+    }
+    result
+}
+
+/// The classic reader: one request per read(2), one reply per write(2), until unmounted.
+fn classic_loop(d: &Dispatcher, dev: &File) -> io::Result<()> {
+    let mut buf = vec![0u8; CLASSIC_BUF];
+    let mut out = Vec::new();
+    while let Some(n) = read_request(dev, &mut buf)? {
+        if classic_one(d, &buf[..n], &mut out) {
+            send_reply(dev, &out);
+        }
+    }
+    Ok(())
+}
