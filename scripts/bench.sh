@@ -108,8 +108,12 @@ PASSTHROUGH_HP_OPTS=${PASSTHROUGH_HP_OPTS-}
 # single-threaded unless told otherwise.
 BINDFS_OPTS=${BINDFS_OPTS-"-o big_writes --multithreaded"}
 
-die() { echo "bench.sh: $*" >&2; exit 2; }
-note() { echo "bench.sh: $*" >&2; }
+# Messages go to the script's own stderr, saved here: the exit trap can run while a workload's
+# stderr is redirected into its log (a signal during a workload), and its notes (what was
+# unmounted, enable_uring restored) must still be seen. Daemons do not inherit the saved copy.
+exec {STDERR_FD}>&2
+die() { echo "bench.sh: $*" >&"$STDERR_FD"; exit 2; }
+note() { echo "bench.sh: $*" >&"$STDERR_FD"; }
 usage() { sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 while (($#)); do
@@ -407,9 +411,9 @@ daemon() { # command... — run in the background (caller redirects), with the -
     # `<&0`: without job control a background command's stdin would be /dev/null, not the
     # caller's redirection (CryFS reads its password from stdin).
     if [[ -n $NOFILE ]]; then
-        ( ulimit -Hn "$NOFILE" 2>/dev/null || true; ulimit -Sn "$NOFILE" && exec "$@" ) <&0 &
+        ( ulimit -Hn "$NOFILE" 2>/dev/null || true; ulimit -Sn "$NOFILE" && exec "$@" ) <&0 {STDERR_FD}>&- &
     else
-        "$@" <&0 &
+        "$@" <&0 {STDERR_FD}>&- &
     fi
 }
 
