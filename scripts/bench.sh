@@ -27,9 +27,10 @@
 #                       envelopefs-plain targets (default: none, the daemon's default)
 #   --uring on|off      as root, set /sys/module/fuse/parameters/enable_uring to Y (on) or N
 #                       (off) before mounting, and put the previous value back on any exit (after
-#                       the unmounts). The setting is machine-wide: FUSE mounts made by others
-#                       during the run see it too. Default: leave it as it is. If the file is
-#                       missing (a kernel without FUSE over io_uring) the run goes on with a note
+#                       the unmounts; unless someone else changed it during the run: then theirs
+#                       stands). The setting is machine-wide: FUSE mounts made by others during
+#                       the run see it too. Default: leave it as it is. If the file is missing (a
+#                       kernel without FUSE over io_uring) the run goes on with a note
 #   --passthrough-hp P  passthrough_hp binary (default: env PASSTHROUGH_HP, else
 #                       target/passthrough_hp/passthrough_hp as scripts/build-passthrough-hp.sh
 #                       builds it, libfuse linked statically; when absent the two passthrough_hp
@@ -286,7 +287,10 @@ cleanup() {
     for f in "${MOUNTED[@]}"; do unmount_one "$f"; done
     local still=0
     for f in "${MOUNTED[@]}"; do grep -qF " ${MNT[$f]} " /proc/self/mounts && { still=1; note "still mounted: ${MNT[$f]}"; }; done
-    if [[ -n $URING_RESTORE ]]; then
+    if [[ -n $URING_RESTORE && $(cat "$URING_PARAM" 2>/dev/null) != "$URING_USE" ]]; then
+        # Someone else wrote it during the run: theirs stands.
+        note "enable_uring is $(cat "$URING_PARAM" 2>/dev/null) now, not the $URING_USE this run set: changed by someone else during the run, left as it is (it was $URING_RESTORE before)"
+    elif [[ -n $URING_RESTORE ]]; then
         if echo "$URING_RESTORE" >"$URING_PARAM" 2>/dev/null; then
             note "enable_uring restored to $(cat "$URING_PARAM" 2>/dev/null)"
         else
@@ -320,7 +324,8 @@ fi
 if [[ -e $URING_PARAM ]]; then
     URING_DESC="enable_uring=$(cat "$URING_PARAM")"
     if [[ -n $URING_RESTORE ]]; then URING_DESC+=" (set by --uring $URING_SET; was $URING_WAS, restored afterwards)"
-    else URING_DESC+=" (as found${URING_SET:+; --uring $URING_SET asked for it})"; fi
+    elif [[ -n $URING_SET ]]; then URING_DESC+=" (already so before the run: --uring $URING_SET changed nothing)"
+    else URING_DESC+=" (as found)"; fi
 else
     URING_DESC="$URING_PARAM missing: no FUSE over io_uring in this kernel"
 fi
@@ -799,8 +804,8 @@ others = [f for f in fss if not f.startswith("envelopefs")]
 # each other envelopefs target against every non-envelopefs peer.
 if "envelopefs" in fss and len(fss) > 1:
     relative("envelopefs", [f for f in fss if f != "envelopefs"])
-for us in ours_all:
-    if us != "envelopefs" and others:
+for us in ours_all:  # a target with no number at all (it did not mount) has only its FAIL column
+    if us != "envelopefs" and others and any(vals.get((us, w)) for w in wls):
         relative(us, others)
 
 def geomean(xs):
@@ -819,6 +824,9 @@ if ours_all and (has_enc or "bindfs" in fss):
         for w in wls:
             u = units.get(w, "")
             ours = med((us, w))
+            if ours is None:
+                cells.append("FAIL")
+                continue
             c = []
             if has_enc:
                 best = best_encrypted(w, u)
