@@ -10,8 +10,8 @@
 #   --only a,b          filesystems to run, from: envelopefs,envelopefs-uring,envelopefs-classic,
 #                       envelopefs-plain,gocryptfs,securefs,cryfs,bindfs,passthrough_hp,
 #                       passthrough_hp-uring,native (default: all but envelopefs-plain, and the
-#                       three io_uring ones only when enable_uring is Y for the run; a peer that is
-#                       not installed is skipped with a note).
+#                       three transport targets below only when enable_uring is Y for the run; a
+#                       peer that is not installed is skipped with a note).
 #                       envelopefs: the daemon's default transport (or --transport's).
 #                       envelopefs-uring / envelopefs-classic: mounted with `--transport uring` /
 #                       `--transport classic`. envelopefs-plain: envelopefs on a volume made with

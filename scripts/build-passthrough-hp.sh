@@ -76,8 +76,9 @@ if ((${#need[@]})); then
     if ((IS_ROOT && DEPS)); then
         note "installing ${need[*]}"
         export DEBIAN_FRONTEND=noninteractive
-        timeout 600 apt-get update -qq && timeout 900 apt-get install -y -qq "${need[@]}" >/dev/null ||
+        if ! { timeout 600 apt-get update -qq && timeout 900 apt-get install -y -qq "${need[@]}" >/dev/null; }; then
             die "apt-get install ${need[*]} failed"
+        fi
     else
         die "missing ${need[*]}; run: apt-get install -y ${need[*]}"
     fi
@@ -130,7 +131,8 @@ else
     note "downloading Debian source package fuse3 $ver"
     (cd "$A/dl" && timeout 600 apt-get "${APT_O[@]}" source --download-only -qq "fuse3=$ver") >"$TMP/apt-source.log" 2>&1 ||
         { cat "$TMP/apt-source.log" >&2; die "apt-get source fuse3=$ver failed; pass --src"; }
-    orig=$(ls "$A/dl"/fuse3_*.orig.tar.* 2>/dev/null | grep -v '\.asc$' | head -n 1)
+    orig=""
+    for x in "$A/dl"/fuse3_*.orig.tar.*; do [[ -f $x && $x != *.asc ]] && { orig=$x; break; }; done
     [[ -n $orig ]] || die "no upstream tarball in Debian's source package fuse3 $ver"
     tar -xf "$orig" -C "$TMP/src" --strip-components=1 || die "cannot unpack $orig"
     ORIGIN="Debian source package fuse3 $ver (sid), upstream tarball $(basename "$orig") ($(sha256sum "$orig" | cut -c1-16)…), Debian patches not applied"
@@ -189,7 +191,7 @@ if ((SMOKE)); then
         ok=0
         note "smoke test FAILED: $(tail -n 5 "$TMP/smoke.log" | tr '\n' ' ')"
     fi
-    timeout 20 ${FM:-umount} -u "$M" 2>/dev/null || timeout 20 umount "$M" 2>/dev/null || true
+    timeout 20 "${FM:-umount}" -u "$M" 2>/dev/null || timeout 20 umount "$M" 2>/dev/null || true
     for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     if kill -0 "$pid" 2>/dev/null; then kill -TERM "$pid" 2>/dev/null || true; sleep 1; fi
     wait "$pid" 2>/dev/null || true
