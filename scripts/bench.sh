@@ -1,15 +1,40 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark of envelopefs against gocryptfs, securefs (lite), CryFS, bindfs (plain
-# FUSE passthrough: the ceiling for any FUSE filesystem) and the native directory (the physical
-# limit). See docs/PERFORMANCE.md for what each workload measures and the latest results.
+# Side-by-side benchmark of envelopefs against gocryptfs, securefs (lite), CryFS, bindfs and
+# libfuse's passthrough_hp (plain FUSE passthroughs: the ceilings for any FUSE filesystem, the
+# latter also over io_uring) and the native directory (the physical limit). See
+# docs/PERFORMANCE.md for what each workload measures and the latest results.
 #
 # Usage: scripts/bench.sh [options]
 #
 #   --rounds N          interleaved rounds (default 3; 1 with --quick)
-#   --only a,b          filesystems to run, from: envelopefs,envelopefs-plain,gocryptfs,securefs,
-#                       cryfs,bindfs,native (default: all but envelopefs-plain; a peer that is not
-#                       installed is skipped with a note). envelopefs-plain is envelopefs on a
-#                       volume made with `init --plaintext-names` (what name encryption costs)
+#   --only a,b          filesystems to run, from: envelopefs,envelopefs-uring,envelopefs-classic,
+#                       envelopefs-plain,gocryptfs,securefs,cryfs,bindfs,passthrough_hp,
+#                       passthrough_hp-uring,native (default: all but envelopefs-plain, and the
+#                       three transport targets below only when enable_uring is Y for the run; a
+#                       peer that is not installed is skipped with a note).
+#                       envelopefs: the daemon's default transport (or --transport's).
+#                       envelopefs-uring / envelopefs-classic: mounted with `--transport uring` /
+#                       `--transport classic`. envelopefs-plain: envelopefs on a volume made with
+#                       `init --plaintext-names` (what name encryption costs).
+#                       passthrough_hp: libfuse 3.18's example/passthrough_hp with --nopassthrough
+#                       (every read and write goes through the daemon, like ours), on the classic
+#                       /dev/fuse transport; passthrough_hp-uring: the same with `-o io_uring`.
+#                       The transport targets (envelopefs-uring, envelopefs-classic,
+#                       passthrough_hp-uring) are not skipped when they fail to mount: they stay in
+#                       the table as FAIL, and so does an io_uring one whose daemon holds no
+#                       io_uring ring after the mount (it fell back to /dev/fuse reads)
+#   --transport T       pass `--transport T` (auto, uring or classic) to the envelopefs and
+#                       envelopefs-plain targets (default: none, the daemon's default)
+#   --uring on|off      as root, set /sys/module/fuse/parameters/enable_uring to Y (on) or N
+#                       (off) before mounting, and put the previous value back on any exit (after
+#                       the unmounts; unless someone else changed it during the run: then theirs
+#                       stands). The setting is machine-wide: FUSE mounts made by others during
+#                       the run see it too. Default: leave it as it is. If the file is missing (a
+#                       kernel without FUSE over io_uring) the run goes on with a note
+#   --passthrough-hp P  passthrough_hp binary (default: env PASSTHROUGH_HP, else
+#                       target/passthrough_hp/passthrough_hp as scripts/build-passthrough-hp.sh
+#                       builds it, libfuse linked statically; when absent the two passthrough_hp
+#                       targets are skipped with a note)
 #   --workloads a,b     workloads to run, from: seqwrite,seqread,randread1,randread2,randwrite1,
 #                       randwrite2,untar,lsr,catall,rm (default: all)
 #   --quick             smaller sizes for a smoke test: 128 MiB sequential, 32 MiB random-I/O
@@ -39,7 +64,9 @@
 #                       inherited; envelopefs needs none: it keeps a bounded cache of
 #                       descriptors, but some peers keep one per inode the kernel knows)
 #
-# Environment: BINDFS_OPTS (default "-o big_writes --multithreaded"), TMPDIR (see --dir).
+# Environment: BINDFS_OPTS (default "-o big_writes --multithreaded"), PASSTHROUGH_HP (see
+# --passthrough-hp), PASSTHROUGH_HP_OPTS (extra passthrough_hp options, default none), TMPDIR
+# (see --dir).
 #
 # Needs root (drop_caches, /dev/fuse), fio, python3 (fio JSON and the report), fusermount or
 # fusermount3. Every mount is made by a child of this script, recorded by mountpoint and PID,
@@ -50,10 +77,13 @@
 # directory. Rounds are interleaved at workload granularity: for each round, for each workload,
 # each filesystem runs it in turn (the order rotates by one every round), so background noise
 # hits every filesystem alike. The report gives the median over rounds per filesystem and
-# workload, the ratio of envelopefs to every peer (> 1 always means envelopefs is faster: for
-# throughputs ours/peer, for times peer/ours), the daemon CPU seconds (utime+stime deltas from
-# /proc/PID/stat, all threads) and the daemon peak RSS per workload (VmHWM after
-# `echo 5 > /proc/PID/clear_refs`).
+# workload, the ratio of envelopefs to every peer and of each other envelopefs target to every
+# non-envelopefs peer (> 1 always means envelopefs is faster: for throughputs ours/peer, for
+# times peer/ours), a summary per envelopefs target against the best encrypted peer and bindfs,
+# the FUSE transports side by side (classic and io_uring, envelopefs and passthrough_hp), the
+# daemon CPU seconds (utime+stime deltas from /proc/PID/stat, all threads) and the daemon peak
+# RSS per workload (VmHWM after `echo 5 > /proc/PID/clear_refs`). The header records the
+# enable_uring value of the run and how many io_uring rings each daemon held after its mount.
 #
 # Exit status: 0 when every requested run produced a number, 1 when some failed (they show as
 # FAIL in the table), 2 on a setup error.
@@ -61,18 +91,30 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-ALL_FS=(envelopefs envelopefs-plain gocryptfs securefs cryfs bindfs native)
+ALL_FS=(envelopefs envelopefs-uring envelopefs-classic envelopefs-plain gocryptfs securefs cryfs bindfs
+    passthrough_hp passthrough_hp-uring native)
+# Targets that exist to compare FUSE transports: in the default set only when enable_uring is Y,
+# and kept in the table as FAIL (not skipped) when they do not mount or are not on io_uring.
+TRANSPORT_FS=(envelopefs-uring envelopefs-classic passthrough_hp-uring)
+URING_FS=(envelopefs-uring passthrough_hp-uring)   # must hold io_uring rings once mounted
+URING_PARAM=/sys/module/fuse/parameters/enable_uring
 ALL_WL=(seqwrite seqread randread1 randread2 randwrite1 randwrite2 untar lsr catall rm)
 
 ROUNDS="" ONLY="" WORKLOADS="" QUICK=0 OUT="" BASE="${TMPDIR:-/var/tmp}" USE_TMPFS=0 THREADS="" FRESH_GIB=""
 BIN="" BUILD=1 TREE_SRC="" SEQ_MIB="" RAND_MIB="" FIO_RT="" WARM=0 TMO=1800 KEEP=0 NOFILE=""
+TRANSPORT="" URING_SET="" PHP_BIN=${PASSTHROUGH_HP:-} URING_RESTORE=""
+PASSTHROUGH_HP_OPTS=${PASSTHROUGH_HP_OPTS-}
 # bindfs is the plain-FUSE ceiling, so it gets the options that make it fastest: libfuse 2
 # caps writes at 4 KiB without big_writes (88 vs 319 MB/s measured here), and it is
 # single-threaded unless told otherwise.
 BINDFS_OPTS=${BINDFS_OPTS-"-o big_writes --multithreaded"}
 
-die() { echo "bench.sh: $*" >&2; exit 2; }
-note() { echo "bench.sh: $*" >&2; }
+# Messages go to the script's own stderr, saved here: the exit trap can run while a workload's
+# stderr is redirected into its log (a signal during a workload), and its notes (what was
+# unmounted, enable_uring restored) must still be seen. Daemons do not inherit the saved copy.
+exec {STDERR_FD}>&2
+die() { echo "bench.sh: $*" >&"$STDERR_FD"; exit 2; }
+note() { echo "bench.sh: $*" >&"$STDERR_FD"; }
 usage() { sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 
 while (($#)); do
@@ -96,6 +138,9 @@ while (($#)); do
         --timeout) TMO=${2:?}; shift ;;
         --keep) KEEP=1 ;;
         --nofile) NOFILE=${2:?}; shift ;;
+        --transport) TRANSPORT=${2:?}; shift ;;
+        --uring) URING_SET=${2:?}; shift ;;
+        --passthrough-hp) PHP_BIN=${2:?}; shift ;;
         -h|--help) usage 0 ;;
         *) echo "bench.sh: unknown option $1" >&2; usage 2 ;;
     esac
@@ -111,11 +156,24 @@ fi
 for v in SEQ_MIB RAND_MIB FIO_RT TMO; do [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer"; done
 [[ -z $THREADS || $THREADS =~ ^[1-9][0-9]*$ ]] || die "--threads must be a positive integer"
 [[ -z $NOFILE || $NOFILE =~ ^[1-9][0-9]*$ ]] || die "--nofile must be a positive integer"
+[[ -z $TRANSPORT || $TRANSPORT =~ ^(auto|uring|classic)$ ]] || die "--transport takes auto, uring or classic"
+[[ -z $URING_SET || $URING_SET =~ ^(on|off)$ ]] || die "--uring takes on or off"
 if [[ -n $NOFILE ]] && ! ( ulimit -Hn "$NOFILE" 2>/dev/null || true; ulimit -Sn "$NOFILE" ) 2>/dev/null; then
     die "cannot raise the open-file limit to $NOFILE (hard limit $(ulimit -Hn); raising it needs CAP_SYS_RESOURCE)"
 fi
 
 in_list() { local x=$1; shift; local y; for y in "$@"; do [[ $x == "$y" ]] && return 0; done; return 1; }
+
+# FUSE over io_uring: the kernel offers it only while enable_uring is Y. URING_WAS is the value
+# found, URING_USE the one the run will have (written after the cleanup trap is in place).
+URING_WAS="" URING_USE=""
+if [[ -e $URING_PARAM ]]; then
+    URING_WAS=$(cat "$URING_PARAM" 2>/dev/null || true)
+    case $URING_SET in on) URING_USE=Y ;; off) URING_USE=N ;; *) URING_USE=$URING_WAS ;; esac
+    if [[ -n $URING_SET && $URING_USE != "$URING_WAS" && $(id -u) != 0 ]]; then
+        die "--uring $URING_SET needs root (writes $URING_PARAM, now $URING_WAS)"
+    fi
+fi
 
 FSS=() WLS=()
 if [[ -n $ONLY ]]; then
@@ -123,7 +181,11 @@ if [[ -n $ONLY ]]; then
     for f in "${req[@]}"; do in_list "$f" "${ALL_FS[@]}" || die "unknown filesystem '$f' (known: ${ALL_FS[*]})"; done
     for f in "${ALL_FS[@]}"; do in_list "$f" "${req[@]}" && FSS+=("$f"); done
 else
-    for f in "${ALL_FS[@]}"; do [[ $f == envelopefs-plain ]] || FSS+=("$f"); done
+    for f in "${ALL_FS[@]}"; do
+        [[ $f == envelopefs-plain ]] && continue
+        in_list "$f" "${TRANSPORT_FS[@]}" && [[ $URING_USE != Y ]] && continue
+        FSS+=("$f")
+    done
 fi
 if [[ -n $WORKLOADS ]]; then
     IFS=, read -r -a req <<<"$WORKLOADS"
@@ -150,12 +212,23 @@ CLK_TCK=$(getconf CLK_TCK)
 NOTES=()   # lines for the report's notes section
 addnote() { NOTES+=("$*"); note "$*"; }
 
+if [[ ! -e $URING_PARAM ]]; then
+    addnote "$URING_PARAM is missing (a kernel without FUSE over io_uring): --uring ignored; the io_uring targets fall back or fail"
+fi
+
+# passthrough_hp: --passthrough-hp, $PASSTHROUGH_HP, or the one scripts/build-passthrough-hp.sh builds.
+[[ -n $PHP_BIN ]] || PHP_BIN=$ROOT/target/passthrough_hp/passthrough_hp
+
 # Peers: skip those that are not installed.
 declare -A PEER_CMD=([gocryptfs]=gocryptfs [securefs]=securefs [cryfs]=cryfs [bindfs]=bindfs)
-ACTIVE=()
+ACTIVE=() PHP_MISSING=0
 for f in "${FSS[@]}"; do
     if [[ -n ${PEER_CMD[$f]:-} ]] && ! command -v "${PEER_CMD[$f]}" >/dev/null; then
         addnote "$f is not installed: skipped (apt-get install -y $f)"
+        continue
+    fi
+    if [[ $f == passthrough_hp* && ! -x $PHP_BIN ]]; then
+        ((PHP_MISSING++)) || addnote "no passthrough_hp binary at $PHP_BIN: passthrough_hp targets skipped (build it with scripts/build-passthrough-hp.sh, or pass --passthrough-hp)"
         continue
     fi
     ACTIVE+=("$f")
@@ -187,7 +260,7 @@ elif [[ $FSTYPE == tmpfs || $FSTYPE == ramfs ]]; then
 fi
 mkdir -p "$WORK/logs" "$WORK/bin"
 
-declare -A PID=() MNT=() BACK=() DEAD=()
+declare -A PID=() MNT=() BACK=() DEAD=() FAILED_MOUNT=()
 MOUNTED=()   # filesystems with a mount made by us, in mount order
 
 unmount_one() { # fs — unmount, then make sure the daemon is gone; never broad kills
@@ -214,6 +287,16 @@ cleanup() {
     for f in "${MOUNTED[@]}"; do unmount_one "$f"; done
     local still=0
     for f in "${MOUNTED[@]}"; do grep -qF " ${MNT[$f]} " /proc/self/mounts && { still=1; note "still mounted: ${MNT[$f]}"; }; done
+    if [[ -n $URING_RESTORE && $(cat "$URING_PARAM" 2>/dev/null) != "$URING_USE" ]]; then
+        # Someone else wrote it during the run: theirs stands.
+        note "enable_uring is $(cat "$URING_PARAM" 2>/dev/null) now, not the $URING_USE this run set: changed by someone else during the run, left as it is (it was $URING_RESTORE before)"
+    elif [[ -n $URING_RESTORE ]]; then
+        if echo "$URING_RESTORE" >"$URING_PARAM" 2>/dev/null; then
+            note "enable_uring restored to $(cat "$URING_PARAM" 2>/dev/null)"
+        else
+            note "could NOT restore $URING_PARAM to $URING_RESTORE (now $(cat "$URING_PARAM" 2>/dev/null))"
+        fi
+    fi
     if ((KEEP)); then
         note "work directory kept: $WORK"
     elif ((still)); then
@@ -230,6 +313,22 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# enable_uring for the run; the trap above puts the old value back after the unmounts.
+if [[ -e $URING_PARAM && -n $URING_SET && $URING_USE != "$URING_WAS" ]]; then
+    URING_RESTORE=$URING_WAS
+    echo "$URING_USE" >"$URING_PARAM" || die "cannot write $URING_USE to $URING_PARAM"
+    [[ $(cat "$URING_PARAM") == "$URING_USE" ]] || die "$URING_PARAM reads $(cat "$URING_PARAM") after writing $URING_USE"
+    note "enable_uring set to $URING_USE for the run (was $URING_WAS; restored on exit)"
+fi
+if [[ -e $URING_PARAM ]]; then
+    URING_DESC="enable_uring=$(cat "$URING_PARAM")"
+    if [[ -n $URING_RESTORE ]]; then URING_DESC+=" (set by --uring $URING_SET; was $URING_WAS, restored afterwards)"
+    elif [[ -n $URING_SET ]]; then URING_DESC+=" (already so before the run: --uring $URING_SET changed nothing)"
+    else URING_DESC+=" (as found)"; fi
+else
+    URING_DESC="$URING_PARAM missing: no FUSE over io_uring in this kernel"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
@@ -272,8 +371,9 @@ wait_mounted() { # fs seconds
 
 # ---------------------------------------------------------------------------------------------
 # envelopefs binary (copied into the work dir so concurrent rebuilds cannot swap it mid-run)
-ENVFS_REV=""
-if in_list envelopefs "${FSS[@]}" || in_list envelopefs-plain "${FSS[@]}"; then
+ENVFS_REV="" RUN_ENVFS=0
+for f in "${FSS[@]}"; do [[ $f == envelopefs* ]] && RUN_ENVFS=1; done
+if ((RUN_ENVFS)); then
     if [[ -z $BIN ]]; then
         BIN=$ROOT/target/release/envelopefs
         if ((BUILD)); then
@@ -291,6 +391,22 @@ if in_list envelopefs "${FSS[@]}" || in_list envelopefs-plain "${FSS[@]}"; then
     ENVFS_REV+=", binary built $(date -r "$BIN" '+%F %T')"
 fi
 
+# passthrough_hp binary (copied likewise) and the libfuse it runs on
+PHP_DESC=""
+if in_list passthrough_hp "${FSS[@]}" || in_list passthrough_hp-uring "${FSS[@]}"; then
+    cp "$PHP_BIN" "$WORK/bin/passthrough_hp"
+    PHP_DESC=$PHP_BIN
+    if [[ -f $(dirname "$PHP_BIN")/VERSION ]]; then PHP_DESC+=": $(head -n 1 "$(dirname "$PHP_BIN")/VERSION")"; fi
+    php_lib=$(ldd "$PHP_BIN" 2>/dev/null | awk '/libfuse/ {print $3}' | head -n 1)
+    if [[ -n $php_lib ]]; then
+        PHP_DESC+="; linked with the shared $php_lib ($(readlink -f "$php_lib"))"
+        addnote "passthrough_hp uses the shared $(readlink -f "$php_lib"), which may not be libfuse 3.18 (scripts/build-passthrough-hp.sh links it statically)"
+    else
+        PHP_DESC+="; libfuse linked statically"
+    fi
+    PHP_DESC+="; options: --foreground --nopassthrough${PASSTHROUGH_HP_OPTS:+ $PASSTHROUGH_HP_OPTS} (passthrough_hp-uring adds -o io_uring)"
+fi
+
 # ---------------------------------------------------------------------------------------------
 # Mounts
 head -c 32 /dev/urandom >"$WORK/keyfile"
@@ -300,9 +416,9 @@ daemon() { # command... — run in the background (caller redirects), with the -
     # `<&0`: without job control a background command's stdin would be /dev/null, not the
     # caller's redirection (CryFS reads its password from stdin).
     if [[ -n $NOFILE ]]; then
-        ( ulimit -Hn "$NOFILE" 2>/dev/null || true; ulimit -Sn "$NOFILE" && exec "$@" ) <&0 &
+        ( ulimit -Hn "$NOFILE" 2>/dev/null || true; ulimit -Sn "$NOFILE" && exec "$@" ) <&0 {STDERR_FD}>&- &
     else
-        "$@" <&0 &
+        "$@" <&0 {STDERR_FD}>&- &
     fi
 }
 
@@ -313,10 +429,15 @@ mount_fs() { # fs → 0 when mounted
     case $f in
         native)
             MNT[$f]=$b; return 0 ;;
-        envelopefs | envelopefs-plain)
+        envelopefs*)
             local init_extra=(); [[ $f == envelopefs-plain ]] && init_extra=(--plaintext-names)
             timeout 120 "$WORK/bin/envelopefs" init "$b" --keyfile "$WORK/keyfile" "${init_extra[@]}" >"$log" 2>&1 || return 1
             local extra=(); [[ -n $THREADS ]] && extra=(--threads "$THREADS")
+            case $f in
+                envelopefs-uring) extra+=(--transport uring) ;;
+                envelopefs-classic) extra+=(--transport classic) ;;
+                *) [[ -n $TRANSPORT ]] && extra+=(--transport "$TRANSPORT") ;;
+            esac
             daemon "$WORK/bin/envelopefs" mount "$b" "$m" --keyfile "$WORK/keyfile" "${extra[@]}" </dev/null >>"$log" 2>&1
             ;;
         gocryptfs)
@@ -339,6 +460,16 @@ mount_fs() { # fs → 0 when mounted
             # shellcheck disable=SC2086 # BINDFS_OPTS is a list of options
             daemon bindfs -f $BINDFS_OPTS "$b" "$m" </dev/null >"$log" 2>&1
             ;;
+        passthrough_hp | passthrough_hp-uring)
+            # --nopassthrough: every read and write goes through the daemon (no kernel backing-file
+            # passthrough), as it does in every other FUSE filesystem here. A session asked for
+            # io_uring that cannot have it falls back to /dev/fuse silently; the ring count after
+            # the mount tells (see below).
+            local extra=(); [[ $f == passthrough_hp-uring ]] && extra=(-o io_uring)
+            # shellcheck disable=SC2086 # PASSTHROUGH_HP_OPTS is a list of options
+            daemon "$WORK/bin/passthrough_hp" --foreground --nopassthrough $PASSTHROUGH_HP_OPTS "${extra[@]}" \
+                "$b" "$m" </dev/null >"$log" 2>&1
+            ;;
     esac
     PID[$f]=$!
     MOUNTED+=("$f")
@@ -347,17 +478,44 @@ mount_fs() { # fs → 0 when mounted
     timeout 30 touch "$m/.bench-probe" && timeout 30 rm -f "$m/.bench-probe"
 }
 
+uring_rings() { # pid → how many io_uring instances the process holds open
+    local l n=0
+    for l in /proc/"$1"/fd/*; do [[ $(readlink "$l" 2>/dev/null) == 'anon_inode:[io_uring]' ]] && n=$((n + 1)); done
+    echo "$n"
+}
+
+declare -A RINGS=()
 for f in "${FSS[@]}"; do
     note "mounting $f"
     if ! mount_fs "$f"; then
-        addnote "$f failed to mount; skipped (log: $(tail -n 3 "$WORK/logs/$f.log" 2>/dev/null | tr '\n' ' '))"
+        if in_list "$f" "${TRANSPORT_FS[@]}"; then
+            addnote "$f failed to mount; its cells are FAIL (log: $(tail -n 3 "$WORK/logs/$f.log" 2>/dev/null | tr '\n' ' '))"
+            FAILED_MOUNT[$f]=1
+        else
+            addnote "$f failed to mount; skipped (log: $(tail -n 3 "$WORK/logs/$f.log" 2>/dev/null | tr '\n' ' '))"
+        fi
         DEAD[$f]=1
         [[ -n ${PID[$f]:-} ]] && unmount_one "$f"
+        continue
+    fi
+    # After the mount (FUSE_INIT done, one request answered) a daemon on FUSE over io_uring
+    # holds its rings; one that fell back to reading /dev/fuse holds none.
+    [[ -n ${PID[$f]:-} ]] && RINGS[$f]=$(uring_rings "${PID[$f]}")
+    if in_list "$f" "${URING_FS[@]}" && [[ ${RINGS[$f]:-0} == 0 ]]; then
+        addnote "$f mounted but its daemon holds no io_uring ring (not on FUSE over io_uring: ${URING_DESC}); its cells are FAIL"
+        FAILED_MOUNT[$f]=1 DEAD[$f]=1
+        unmount_one "$f"
     fi
 done
-LIVE=(); for f in "${FSS[@]}"; do [[ -z ${DEAD[$f]:-} ]] && LIVE+=("$f"); done
+LIVE=() n_live=0
+for f in "${FSS[@]}"; do
+    [[ -z ${DEAD[$f]:-} ]] && n_live=$((n_live + 1))
+    [[ -z ${DEAD[$f]:-} || -n ${FAILED_MOUNT[$f]:-} ]] && LIVE+=("$f")
+done
 FSS=("${LIVE[@]}")
-((${#FSS[@]})) || die "nothing mounted"
+((n_live)) || die "nothing mounted"
+RINGS_DESC=""
+for f in "${FSS[@]}"; do [[ -n ${RINGS[$f]:-} ]] && RINGS_DESC+="${RINGS_DESC:+; }$f ${RINGS[$f]}"; done
 
 # ---------------------------------------------------------------------------------------------
 # Tree tarball (built once per run from a real tree on this machine)
@@ -520,11 +678,14 @@ ver() { "$@" 2>&1 | head -n 1 | tr -d '\r' || true; }
     echo "date=$START_DATE"
     echo "host=$(hostname) · $(nproc) CPUs ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)) · $(awk '/^MemTotal/ {printf "%.0f GiB RAM", $2/1048576}' /proc/meminfo) · kernel $(uname -r)"
     echo "workdir=$WORK on $(df --output=source "$WORK" | tail -n 1) ($FSTYPE${LOOP_IMG:+: a fresh journaled ext4 of $FRESH_GIB GiB made for this run, image on $(findmnt -n -o SOURCE -T "$LOOP_IMG")})"
-    echo "envelopefs=${ENVFS_REV:-not run}${THREADS:+, --threads $THREADS}"
+    echo "envelopefs=${ENVFS_REV:-not run}${THREADS:+, --threads $THREADS}${TRANSPORT:+, --transport $TRANSPORT (envelopefs, envelopefs-plain)}"
+    echo "fuse=$URING_DESC"
+    [[ -n $RINGS_DESC ]] && echo "rings=io_uring rings held by each daemon after its mount: $RINGS_DESC"
     in_list gocryptfs "${FSS[@]}" && echo "gocryptfs=$(ver gocryptfs -version)"
     in_list securefs "${FSS[@]}" && echo "securefs=$(dpkg-query -W -f '${Version}' securefs 2>/dev/null || echo '?') (format 4 = lite)"
     in_list cryfs "${FSS[@]}" && echo "cryfs=$(ver cryfs --version) (default cipher xchacha20-poly1305, 16 KiB blocks)"
     in_list bindfs "${FSS[@]}" && echo "bindfs=$(ver bindfs --version), options: ${BINDFS_OPTS:-none}"
+    [[ -n $PHP_DESC ]] && echo "passthrough_hp=$PHP_DESC"
     echo "fio=$(ver fio --version)"
     echo "limits=daemon open-file limit (ulimit -n) ${NOFILE:-$(ulimit -n) (inherited)}"
     echo "sizes=sequential ${SEQ_MIB} MiB; random-I/O file ${RAND_MIB} MiB; fio ${FIO_RT} s per run"
@@ -537,7 +698,7 @@ ver() { "$@" 2>&1 | head -n 1 | tr -d '\r' || true; }
 
 REPORT=$WORK/report.md
 python3 - "$RES" "$WORK/meta.txt" "${FSS[*]}" "${WLS[*]}" >"$REPORT" <<'EOF'
-import statistics, sys
+import math, statistics, sys
 from collections import defaultdict
 
 res, meta, fss, wls = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4].split()
@@ -589,7 +750,7 @@ m = {k: v for k, v in meta_lines if k != "note"}
 notes = [v for k, v in meta_lines if k == "note"]
 out = []
 out.append(f"## Benchmark run of {m['date']}\n")
-for k in ["host", "workdir", "envelopefs", "gocryptfs", "securefs", "cryfs", "bindfs", "fio", "limits", "sizes", "tree", "rounds", "caches", "load"]:
+for k in ["host", "workdir", "envelopefs", "fuse", "rings", "gocryptfs", "securefs", "cryfs", "bindfs", "passthrough_hp", "fio", "limits", "sizes", "tree", "rounds", "caches", "load"]:
     if k in m:
         out.append(f"- **{k}**: {m[k]}")
 for n in notes:
@@ -603,11 +764,18 @@ for w in wls:
     u = units.get(w, "")
     out.append(f"| {NAMES[w]} | {u} | " + " | ".join(fmt(med((f, w)), u) for f in fss) + " |")
 out.append("")
-if "envelopefs" in fss and len(fss) > 1:
-    peers = [f for f in fss if f != "envelopefs"]
+def best_encrypted(w, u):
+    best = None
+    for p in fss:
+        v = med((p, w)) if p in ENCRYPTED else None
+        if v is not None and (best is None or better(v, best[1], u)):
+            best = (p, v)
+    return best
+
+def relative(us, peers):  # one table: target `us` against each peer and the best encrypted one
     enc = [f for f in peers if f in ENCRYPTED]
-    out.append("### envelopefs relative to each peer (> 1 means envelopefs is faster)\n")
-    out.append("Throughputs: envelopefs / peer. Times: peer time / envelopefs time.\n")
+    out.append(f"### {us} relative to each peer (> 1 means {us} is faster)\n")
+    out.append(f"Throughputs: {us} / peer. Times: peer time / {us} time.\n")
     hdr = "| workload | " + " | ".join(f"vs {p}" for p in peers)
     if enc:
         hdr += " | best encrypted peer | vs best (target ≥ 1.30)"
@@ -615,23 +783,89 @@ if "envelopefs" in fss and len(fss) > 1:
     out.append("|---|" + "---|" * (len(peers) + (2 if enc else 0)))
     for w in wls:
         u = units.get(w, "")
-        ours = med(("envelopefs", w))
+        ours = med((us, w))
         cells = []
         for p in peers:
             r = ratio(ours, med((p, w)), u)
             cells.append("–" if r is None else f"{r:.2f}")
         if enc:
-            best = None
-            for p in enc:
-                v = med((p, w))
-                if v is not None and (best is None or better(v, best[1], u)):
-                    best = (p, v)
+            best = best_encrypted(w, u)
             if best is None:
                 cells += ["–", "–"]
             else:
                 r = ratio(ours, best[1], u)
                 cells += [f"{best[0]} ({fmt(best[1], u)})", "–" if r is None else f"**{r:.2f}**" if r < 1.3 else f"{r:.2f}"]
         out.append(f"| {NAMES[w]} | " + " | ".join(cells) + " |")
+    out.append("")
+
+ours_all = [f for f in fss if f.startswith("envelopefs")]
+others = [f for f in fss if not f.startswith("envelopefs")]
+# envelopefs (the daemon's default transport) against every other target, as it always was;
+# each other envelopefs target against every non-envelopefs peer.
+if "envelopefs" in fss and len(fss) > 1:
+    relative("envelopefs", [f for f in fss if f != "envelopefs"])
+for us in ours_all:  # a target with no number at all (it did not mount) has only its FAIL column
+    if us != "envelopefs" and others and any(vals.get((us, w)) for w in wls):
+        relative(us, others)
+
+def geomean(xs):
+    xs = [x for x in xs if x]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
+
+has_enc = any(f in ENCRYPTED for f in fss)
+if ours_all and (has_enc or "bindfs" in fss):
+    out.append("### Summary: each envelopefs target against the best encrypted peer and bindfs (> 1 means envelopefs is faster)\n")
+    parts = (["best encrypted peer of each workload"] if has_enc else []) + (["bindfs"] if "bindfs" in fss else [])
+    out.append("Each cell: " + " / ".join(f"vs {p}" for p in parts) + "; geometric mean over the workloads in the last column.\n")
+    out.append("| target | " + " | ".join(wls) + " | geo. mean |")
+    out.append("|---|" + "---|" * (len(wls) + 1))
+    for us in ours_all:
+        cells, vb, vd = [], [], []
+        for w in wls:
+            u = units.get(w, "")
+            ours = med((us, w))
+            if ours is None:
+                cells.append("FAIL")
+                continue
+            c = []
+            if has_enc:
+                best = best_encrypted(w, u)
+                r = ratio(ours, best[1], u) if best else None
+                vb.append(r)
+                c.append("–" if r is None else f"{r:.2f}")
+            if "bindfs" in fss:
+                r = ratio(ours, med(("bindfs", w)), u)
+                vd.append(r)
+                c.append("–" if r is None else f"{r:.2f}")
+            cells.append(" / ".join(c))
+        g = []
+        if has_enc:
+            x = geomean(vb); g.append("–" if x is None else f"{x:.2f}")
+        if "bindfs" in fss:
+            x = geomean(vd); g.append("–" if x is None else f"{x:.2f}")
+        out.append(f"| {us} | " + " | ".join(cells) + " | " + " / ".join(g) + " |")
+    out.append("")
+
+# The FUSE transports side by side: envelopefs and libfuse's passthrough_hp, each on the classic
+# /dev/fuse transport and on io_uring; passthrough_hp-uring is the plain-FUSE ceiling.
+tp = [f for f in ["envelopefs-classic", "envelopefs-uring", "passthrough_hp", "passthrough_hp-uring"] if f in fss]
+if len(tp) >= 2:
+    pairs = [(a, b, t) for a, b, t in [
+        ("envelopefs-uring", "envelopefs-classic", "envelopefs uring / classic"),
+        ("passthrough_hp-uring", "passthrough_hp", "passthrough_hp uring / classic"),
+        ("envelopefs-classic", "passthrough_hp", "envelopefs-classic / passthrough_hp"),
+        ("envelopefs-uring", "passthrough_hp-uring", "envelopefs-uring / passthrough_hp-uring (share of the ceiling)"),
+    ] if a in fss and b in fss]
+    out.append("### FUSE transports side by side (medians; ratios > 1 mean the first is faster)\n")
+    out.append("| workload | unit | " + " | ".join(tp + [t for _, _, t in pairs]) + " |")
+    out.append("|---|---|" + "---|" * (len(tp) + len(pairs)))
+    for w in wls:
+        u = units.get(w, "")
+        cells = [fmt(med((f, w)), u) for f in tp]
+        for a, b, _ in pairs:
+            r = ratio(med((a, w)), med((b, w)), u)
+            cells.append("–" if r is None else f"{r:.2f}")
+        out.append(f"| {NAMES[w]} | {u} | " + " | ".join(cells) + " |")
     out.append("")
 daemons = [f for f in fss if f != "native"]
 if daemons and any(cpu.get((f, w)) for f in daemons for w in wls):
