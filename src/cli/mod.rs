@@ -146,7 +146,9 @@ pub fn init_logging(verbose: u8, quiet: bool) {
         match verbose {
             0 => "warn,fuser::session=error",
             1 => "info,fuser::session=error",
-            _ => "debug",
+            // Every request is traced once, by the dispatcher (target envelopefs::request),
+            // whichever transport carried it; fuser's own trace would repeat the classic ones.
+            _ => "debug,fuser::request=info",
         }
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))

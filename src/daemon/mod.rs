@@ -203,8 +203,8 @@ impl Daemon {
                 log::warn!("no control socket ({e}): `envelopefs ssec` will not reach this mount")
             })
             .ok();
-        let use_uring = crate::fuse::choose_uring(opts.transport)
-            .map_err(DaemonError::Transport)?;
+        let use_uring =
+            crate::fuse::choose_uring(opts.transport).map_err(DaemonError::Transport)?;
         let result = if use_uring {
             serve_uring(fs, &opts, &settings, on_mounted)
         } else {
@@ -280,7 +280,8 @@ fn serve_uring(
 ) -> Result<(), DaemonError> {
     let mountpoint = &settings.mountpoint;
     let dispatcher = Arc::new(crate::fuse::Dispatcher::new(fs.clone(), opts));
-    let dev = crate::fuse::uring::mount(mountpoint, opts).map_err(|e| mount_error(mountpoint, e))?;
+    let dev =
+        crate::fuse::uring::mount(mountpoint, opts).map_err(|e| mount_error(mountpoint, e))?;
     crate::fuse::spawn_revocation_watch(&fs, dispatcher.notifier_slot());
     drop(fs);
     let mnt = mountpoint.clone();
@@ -292,7 +293,11 @@ fn serve_uring(
     );
     // The kernel sends INIT only once the mount exists; `serve` answers it before anything.
     let serving = std::thread::scope(|s| {
-        let t = s.spawn(|| crate::fuse::uring::serve(dispatcher, dev, true, opts.threads));
+        let t = std::thread::Builder::new()
+            .name("fuse-reader".into())
+            .spawn_scoped(s, || {
+                crate::fuse::uring::serve(dispatcher, dev, true, opts.threads)
+            })?;
         on_mounted(settings);
         let _ = std::io::stderr().flush();
         t.join()

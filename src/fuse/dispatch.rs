@@ -11,166 +11,11 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::fs::dir::Entry;
-use crate::fs::{Attr, EncFs, FsError, SetAttr};
+use crate::fs::{Attr, EncFs, FsError};
 use crate::keys::Caller;
 
 use super::MountOptions;
-
-/// A decoded request. Names, link targets, xattr values and write data borrow from the buffer
-/// the request arrived in.
-#[derive(Debug)]
-pub(crate) enum Op<'a> {
-    Lookup {
-        parent: u64,
-        name: &'a OsStr,
-    },
-    /// FORGET and each element of BATCH_FORGET (no reply).
-    Forget {
-        ino: u64,
-        nlookup: u64,
-    },
-    /// BATCH_FORGET: `items` is the array of 16-byte `fuse_forget_one` (nodeid, nlookup), as
-    /// it arrived (no reply).
-    BatchForget {
-        items: &'a [u8],
-    },
-    Getattr {
-        ino: u64,
-    },
-    Setattr {
-        ino: u64,
-        set: SetAttr,
-    },
-    Readlink {
-        ino: u64,
-    },
-    Mknod {
-        parent: u64,
-        name: &'a OsStr,
-        mode: u32,
-        rdev: u32,
-    },
-    Mkdir {
-        parent: u64,
-        name: &'a OsStr,
-        mode: u32,
-    },
-    Unlink {
-        parent: u64,
-        name: &'a OsStr,
-    },
-    Rmdir {
-        parent: u64,
-        name: &'a OsStr,
-    },
-    Symlink {
-        parent: u64,
-        name: &'a OsStr,
-        target: &'a OsStr,
-    },
-    /// RENAME (flags 0) and RENAME2.
-    Rename {
-        parent: u64,
-        name: &'a OsStr,
-        newparent: u64,
-        newname: &'a OsStr,
-        flags: u32,
-    },
-    Link {
-        ino: u64,
-        newparent: u64,
-        newname: &'a OsStr,
-    },
-    Open {
-        ino: u64,
-        flags: i32,
-    },
-    Read {
-        ino: u64,
-        fh: u64,
-        offset: u64,
-        size: u32,
-    },
-    Write {
-        ino: u64,
-        fh: u64,
-        offset: u64,
-        data: &'a [u8],
-        /// FUSE_WRITE_KILL_SUIDGID (FUSE_HANDLE_KILLPRIV_V2): the writer lacks CAP_FSETID.
-        kill_suidgid: bool,
-    },
-    Flush,
-    Release {
-        ino: u64,
-        fh: u64,
-    },
-    Fsync {
-        ino: u64,
-        fh: u64,
-        datasync: bool,
-    },
-    Opendir {
-        ino: u64,
-    },
-    /// READDIR (`plus` false) and READDIRPLUS; `size` is the kernel's buffer size.
-    Readdir {
-        ino: u64,
-        fh: u64,
-        offset: u64,
-        size: u32,
-        plus: bool,
-    },
-    Releasedir {
-        fh: u64,
-    },
-    Fsyncdir {
-        ino: u64,
-    },
-    Statfs {
-        ino: u64,
-    },
-    Setxattr {
-        ino: u64,
-        name: &'a OsStr,
-        value: &'a [u8],
-        flags: i32,
-    },
-    Getxattr {
-        ino: u64,
-        name: &'a OsStr,
-        size: u32,
-    },
-    Listxattr {
-        ino: u64,
-        size: u32,
-    },
-    Removexattr {
-        ino: u64,
-        name: &'a OsStr,
-    },
-    Access {
-        ino: u64,
-    },
-    Create {
-        parent: u64,
-        name: &'a OsStr,
-        mode: u32,
-        flags: i32,
-    },
-    Fallocate {
-        ino: u64,
-        fh: u64,
-        offset: u64,
-        length: u64,
-        mode: i32,
-    },
-    /// INTERRUPT: the core has nothing to interrupt (no reply).
-    Interrupt,
-    /// An opcode this filesystem does not implement (answered ENOSYS).
-    Unsupported {
-        opcode: u32,
-    },
-}
+pub(crate) use super::op::Op;
 
 /// What to answer. Attribute-carrying replies hold the timeout the kernel may cache them for.
 #[derive(Debug, PartialEq)]
@@ -183,10 +28,19 @@ pub(crate) enum Reply {
     Err(i32),
     /// A lookup, mknod, mkdir, symlink or link; `None` is a negative entry (inode 0), which
     /// the kernel caches for `ttl`.
-    Entry { attr: Option<Attr>, ttl: Duration },
-    Attr { attr: Attr, ttl: Duration },
+    Entry {
+        attr: Option<Attr>,
+        ttl: Duration,
+    },
+    Attr {
+        attr: Attr,
+        ttl: Duration,
+    },
     Data(Vec<u8>),
-    Open { fh: u64, keep_cache: bool },
+    Open {
+        fh: u64,
+        keep_cache: bool,
+    },
     Create {
         attr: Attr,
         ttl: Duration,
@@ -405,6 +259,9 @@ impl Dispatcher {
 
     /// Handles one request from `who`.
     pub(crate) fn handle(&self, who: &Caller, op: Op<'_>) -> Reply {
+        if log::log_enabled!(target: "envelopefs::request", log::Level::Debug) {
+            log::debug!(target: "envelopefs::request", "{} pid {}", op, who.pid);
+        }
         let fs = &*self.fs;
         let empty = |op: &str, ino: u64, res: Result<(), FsError>| match res {
             Ok(()) => Reply::Empty,

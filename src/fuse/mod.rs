@@ -20,6 +20,7 @@ use crate::fs::{EncFs, SetAttr};
 mod convert;
 pub(crate) mod dispatch;
 mod mount;
+mod op;
 use convert::{caller, file_attr, file_type, negative_entry, set_time};
 pub(crate) use dispatch::Dispatcher;
 use dispatch::{KernelNotify, NotifierSlot, Op, Reply};
@@ -174,11 +175,26 @@ impl fuser::Filesystem for Adapter {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        to_entry(reply, self.run(req, Op::Lookup { parent: parent.0, name }))
+        to_entry(
+            reply,
+            self.run(
+                req,
+                Op::Lookup {
+                    parent: parent.0,
+                    name,
+                },
+            ),
+        )
     }
 
     fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {
-        self.run(req, Op::Forget { ino: ino.0, nlookup });
+        self.run(
+            req,
+            Op::Forget {
+                ino: ino.0,
+                nlookup,
+            },
+        );
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -256,11 +272,29 @@ impl fuser::Filesystem for Adapter {
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        to_empty(reply, self.run(req, Op::Unlink { parent: parent.0, name }))
+        to_empty(
+            reply,
+            self.run(
+                req,
+                Op::Unlink {
+                    parent: parent.0,
+                    name,
+                },
+            ),
+        )
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        to_empty(reply, self.run(req, Op::Rmdir { parent: parent.0, name }))
+        to_empty(
+            reply,
+            self.run(
+                req,
+                Op::Rmdir {
+                    parent: parent.0,
+                    name,
+                },
+            ),
+        )
     }
 
     fn symlink(
@@ -390,10 +424,26 @@ impl fuser::Filesystem for Adapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        to_empty(reply, self.run(req, Op::Release { ino: ino.0, fh: fh.0 }))
+        to_empty(
+            reply,
+            self.run(
+                req,
+                Op::Release {
+                    ino: ino.0,
+                    fh: fh.0,
+                },
+            ),
+        )
     }
 
-    fn fsync(&self, req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         let op = Op::Fsync {
             ino: ino.0,
             fh: fh.0,

@@ -186,6 +186,12 @@ fn uring_one(d: &Dispatcher, header: &mut [u8], payload: &mut [u8], body: &mut V
     body.clear();
     let error = match &reply {
         Reply::Err(e) => -e,
+        // File contents go straight into the ring buffer (one copy, not two).
+        Reply::Data(d) if d.len() <= payload.len() => {
+            payload[..d.len()].copy_from_slice(d);
+            proto::set_uring_reply(header, unique, 0, d.len() as u32);
+            return commit_id;
+        }
         r => {
             proto::encode_body(r, body);
             0
@@ -300,7 +306,8 @@ fn handshake(d: &Dispatcher, dev: &File, want_uring: bool) -> io::Result<bool> {
     };
     let mut body = Vec::new();
     proto::encode_init_out(&out, &mut body);
-    let mut msg = proto::out_header(h.unique, 0, (proto::OUT_HEADER_LEN + body.len()) as u32).to_vec();
+    let mut msg =
+        proto::out_header(h.unique, 0, (proto::OUT_HEADER_LEN + body.len()) as u32).to_vec();
     msg.extend_from_slice(&body);
     (&*dev).write_all(&msg)?;
     Ok(granted & init::OVER_IO_URING != 0)
@@ -315,9 +322,7 @@ pub(crate) fn serve(
     readers: usize,
 ) -> io::Result<()> {
     let dev = Arc::new(dev);
-    let _ = d
-        .notifier_slot()
-        .set(Box::new(DevNotifier(dev.clone())));
+    let _ = d.notifier_slot().set(Box::new(DevNotifier(dev.clone())));
     let uring = handshake(&d, &dev, want_uring)?;
     let mut rings = Vec::new();
     if uring {
@@ -349,7 +354,9 @@ pub(crate) fn serve(
     }
     let mut result = classic_loop(&d, &dev);
     for t in classic {
-        let r = t.join().unwrap_or_else(|_| Err(io::Error::other("a reader panicked")));
+        let r = t
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("a reader panicked")));
         result = result.and(r);
     }
     for (qid, t) in rings.into_iter().enumerate() {
