@@ -18,6 +18,7 @@ use crate::fs::{Attr, EncFs, FsError, SetAttr};
 mod convert;
 pub(crate) mod dispatch;
 mod mount;
+pub(crate) mod proto;
 use convert::{caller, file_attr, file_type, negative_entry, set_time, xattr_reply};
 pub use mount::MountOptions;
 pub(crate) use mount::{fuser_config, spawn_revocation_watch, unmount};
