@@ -60,6 +60,7 @@ fn translate(opt: &str) -> Result<Vec<String>, String> {
         "pin_file" | "pinfile" => with("--pin-file")?,
         "log_file" | "logfile" => with("--log-file")?,
         "threads" => with("--threads")?,
+        "transport" => with("--transport")?,
         "allow_other" => vec!["--allow-other".into()],
         "ro" => vec!["--read-only".into()],
         "suid" => vec!["--suid".into()],
@@ -70,7 +71,8 @@ fn translate(opt: &str) -> Result<Vec<String>, String> {
         _ => {
             return Err(format!(
                 "unknown mount option {opt:?} (envelopefs takes keyfile=, passfile=, pin_file=, \
-                 log_file=, threads=, allow_other, ro, suid, dev, no_xattr, no_writeback_cache)"
+                 log_file=, threads=, transport=, allow_other, ro, suid, dev, no_xattr, \
+                 no_writeback_cache)"
             ));
         }
     })
@@ -152,7 +154,8 @@ mod tests {
             "/b",
             "/m",
             "-o",
-            "rw,noauto,_netdev,x-systemd.automount,keyfile=/k,allow_other,ro,log_file=/l",
+            "rw,noauto,_netdev,x-systemd.automount,keyfile=/k,allow_other,ro,log_file=/l,\
+             transport=uring",
         ]))
         .unwrap();
         assert_eq!(
@@ -167,6 +170,8 @@ mod tests {
                 "--read-only",
                 "--log-file",
                 "/l",
+                "--transport",
+                "uring",
                 "/b",
                 "/m"
             ])

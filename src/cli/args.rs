@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::daemon::background::DAEMON_SUBCOMMAND;
-use crate::fuse::Transport;
 use crate::format::volume::DEFAULT_BLOCK_SIZE;
+use crate::fuse::Transport;
 
 /// envelopefs: an encrypted directory where every file has its own data key, wrapped by a
 /// master key held in an embedded key service (as AWS KMS does for S3 and EBS).

@@ -107,7 +107,7 @@ pub(crate) mod init {
     pub const WRITEBACK_CACHE: u64 = 1 << 16;
     pub const PARALLEL_DIROPS: u64 = 1 << 18;
     pub const MAX_PAGES: u64 = 1 << 22;
-    pub const HANDLE_KILLPRIV_V2: u64 = 1 << 36;
+    pub const HANDLE_KILLPRIV_V2: u64 = 1 << 28;
     pub const OVER_IO_URING: u64 = 1 << 41;
     /// Largest WRITE (and READ) the kernel may send.
     pub const MAX_WRITE: u32 = 1 << 20;

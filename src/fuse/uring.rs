@@ -185,7 +185,7 @@ fn uring_one(d: &Dispatcher, header: &mut [u8], payload: &mut [u8], body: &mut V
     };
     body.clear();
     let error = match &reply {
-        Reply::Err(e) => -e,
+        Reply::Err(e) => proto::wire_error(*e),
         // File contents go straight into the ring buffer (one copy, not two).
         Reply::Data(d) if d.len() <= payload.len() => {
             payload[..d.len()].copy_from_slice(d);
