@@ -255,6 +255,8 @@ fn serve_classic(
     let mut session = fuser::Session::new(adapter, mountpoint, &crate::fuse::fuser_config(opts))
         .map_err(|e| mount_error(mountpoint, e))?;
     let _ = notifier_slot.set(Box::new(session.notifier()));
+    // fuser has answered INIT by now.
+    crate::fuse::set_readahead(mountpoint, crate::fuse::READAHEAD_KIB);
     if let Some(fs) = watched.upgrade() {
         crate::fuse::spawn_revocation_watch(&fs, notifier_slot.clone());
     }
@@ -296,7 +298,9 @@ fn serve_uring(
         let t = std::thread::Builder::new()
             .name("fuse-reader".into())
             .spawn_scoped(s, || {
-                crate::fuse::uring::serve(dispatcher, dev, true, opts.threads)
+                crate::fuse::uring::serve(dispatcher, dev, true, opts.threads, || {
+                    crate::fuse::set_readahead(mountpoint, crate::fuse::READAHEAD_KIB)
+                })
             })?;
         on_mounted(settings);
         let _ = std::io::stderr().flush();

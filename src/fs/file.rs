@@ -329,6 +329,15 @@ impl EncFs {
         self.read_content(&st, &h.file, offset, size)
     }
 
+    /// As [`EncFs::read`] into a transport's buffer (at least `size` bytes); returns the bytes
+    /// read.
+    pub fn read_into(&self, fh: u64, offset: u64, size: u32, out: &mut [u8]) -> FsResult<usize> {
+        let h = self.handle(fh)?;
+        self.check_handle(&h)?;
+        let st = h.open.state.read().expect("file state poisoned");
+        self.read_content_into(&st, &h.file, offset, size, out)
+    }
+
     /// write: returns the bytes written (all of them, or an error).
     pub fn write(&self, fh: u64, offset: u64, data: &[u8], caller: &Caller) -> FsResult<u32> {
         let h = self.handle(fh)?;

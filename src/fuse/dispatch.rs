@@ -37,6 +37,9 @@ pub(crate) enum Reply {
         ttl: Duration,
     },
     Data(Vec<u8>),
+    /// READ data already written into the transport's buffer ([`Dispatcher::read_into`]):
+    /// this many bytes.
+    Filled(usize),
     Open {
         fh: u64,
         keep_cache: bool,
@@ -244,6 +247,35 @@ impl Dispatcher {
             Ok(v) if v.len() > size as usize => Reply::Err(libc::ERANGE),
             Ok(v) => Reply::Data(v),
             Err(e) => fail(op, ino, &e),
+        }
+    }
+
+    /// READ straight into a transport's buffer `out` (at least `size` bytes): the same
+    /// request as [`Op::Read`], answered with [`Reply::Filled`] instead of a copy of the data.
+    pub(crate) fn read_into(
+        &self,
+        who: &Caller,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        out: &mut [u8],
+    ) -> Reply {
+        if log::log_enabled!(target: "envelopefs::request", log::Level::Debug) {
+            let op = Op::Read {
+                ino,
+                fh,
+                offset,
+                size,
+            };
+            log::debug!(target: "envelopefs::request", "{} pid {}", op, who.pid);
+        }
+        if out.len() < size as usize {
+            return Reply::Err(libc::EIO);
+        }
+        match self.fs.read_into(fh, offset, size, out) {
+            Ok(n) => Reply::Filled(n),
+            Err(e) => fail("read", ino, &e),
         }
     }
 

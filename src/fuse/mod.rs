@@ -27,7 +27,9 @@ use dispatch::{KernelNotify, NotifierSlot, Op, Reply};
 pub use mount::{MountOptions, Transport};
 pub(crate) mod proto;
 pub(crate) mod uring;
-pub(crate) use mount::{fuser_config, spawn_revocation_watch, unmount};
+pub(crate) use mount::{
+    READAHEAD_KIB, fuser_config, set_readahead, spawn_revocation_watch, unmount,
+};
 
 /// Whether to serve on io_uring for `transport`, or why that is impossible (`uring` asked for
 /// where the kernel or the privileges do not allow it). `auto` falls back to classic and says

@@ -869,7 +869,8 @@ fn put_statfs(w: &mut W<'_>, s: &Statfs) {
 pub(crate) fn encode_body(reply: &Reply, out: &mut Vec<u8>) {
     let w = &mut W(out);
     match reply {
-        Reply::None | Reply::Empty | Reply::Err(_) => {}
+        // Filled: the data is already in the transport's buffer, after no header.
+        Reply::None | Reply::Empty | Reply::Err(_) | Reply::Filled(_) => {}
         Reply::Entry { attr, ttl } => put_entry(w, attr.map_or(0, |a| a.ino), attr.as_ref(), *ttl),
         Reply::Attr { attr, ttl } => {
             w.u64(ttl.as_secs()).u32(ttl.subsec_nanos()).u32(0);

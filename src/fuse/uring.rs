@@ -18,13 +18,22 @@ use std::sync::Arc;
 use envelopefs_sys::fuse_ring::{self, Event, FuseQueue};
 
 use super::MountOptions;
-use super::dispatch::{Dispatcher, KernelNotify, Reply, init};
+use super::dispatch::{Dispatcher, KernelNotify, Op, Reply, init};
 use super::proto::{self, InHeader, opcode};
 use crate::keys::Caller;
 
-/// Entries per CPU queue (libfuse's default too). Each holds a payload buffer of
-/// [`PAYLOAD_LEN`], touched only as far as requests fill it.
-pub(crate) const QUEUE_DEPTH: usize = 8;
+/// Entries of a queue's home thread and of each helper. The kernel hands a queue's next
+/// request to the entry made available last: the home thread's (it registers last, and each
+/// commit puts its entry back first), so requests stay on the caller's CPU. The home thread's
+/// second entry takes a request that comes while it is busy with one (a RELEASE or a
+/// writeback WRITE beside a caller's request) without waking another CPU; only a third
+/// concurrent request reaches a helper, which is what streaming I/O (several readahead READs
+/// of 1 MiB at once) needs. Measured (docs/PERFORMANCE.md): one entry at home sent untar's
+/// background requests across CPUs (1.6× slower), eight kept readahead on one CPU (0.6× the
+/// sequential read speed). Each entry holds a payload buffer of [`PAYLOAD_LEN`], touched
+/// only as far as requests fill it.
+const HOME_ENTRIES: usize = 2;
+const HELPER_ENTRIES: usize = 1;
 /// Payload buffer of a ring entry: the largest WRITE or READ (`max_write`, `max_pages`).
 const PAYLOAD_LEN: usize = init::MAX_WRITE as usize;
 /// Buffer of a classic reader: a whole request (header, op struct, names, a WRITE's data).
@@ -161,36 +170,99 @@ fn classic_one(d: &Dispatcher, req: &[u8], out: &mut Vec<u8>) -> bool {
 
 /// Handles the request in a ring entry and writes the reply into the same buffers; returns
 /// the commit id to answer with.
-fn uring_one(d: &Dispatcher, header: &mut [u8], payload: &mut [u8], body: &mut Vec<u8>) -> u64 {
-    let (unique, commit_id, reply) = match proto::split_uring(header, payload) {
+/// READs and WRITEs at least this large are streaming I/O (readahead, writeback): their
+/// callers gain from the other CPU working in parallel more than from staying put, so no
+/// [`Courtesy`] after them.
+const BULK: usize = 128 << 10;
+
+/// Handles the request in a ring entry and writes the reply into the same buffers; returns
+/// the commit id to answer with, and whether the request was bulk I/O ([`BULK`]).
+fn uring_one(
+    d: &Dispatcher,
+    header: &mut [u8],
+    payload: &mut [u8],
+    body: &mut Vec<u8>,
+) -> (u64, bool) {
+    let mut bulk = false;
+    /// A READ is answered in the payload buffer itself, once the request no longer borrows it.
+    enum Next {
+        Reply(Reply),
+        Read {
+            who: Caller,
+            ino: u64,
+            fh: u64,
+            offset: u64,
+            size: u32,
+        },
+    }
+    let (unique, commit_id, next) = match proto::split_uring(header, payload) {
         Ok((h, op, rest, commit_id)) => {
-            let reply = match h.opcode {
-                opcode::DESTROY => Reply::Empty,
-                opcode::INIT => Reply::Err(libc::EPROTO),
+            let next = match h.opcode {
+                opcode::DESTROY => Next::Reply(Reply::Empty),
+                opcode::INIT => Next::Reply(Reply::Err(libc::EPROTO)),
                 _ => match proto::decode(&h, op, rest) {
-                    Ok(op) => d.handle(&caller(&h), op),
+                    Ok(Op::Read {
+                        ino,
+                        fh,
+                        offset,
+                        size,
+                    }) => {
+                        bulk = size as usize >= BULK;
+                        Next::Read {
+                            who: caller(&h),
+                            ino,
+                            fh,
+                            offset,
+                            size,
+                        }
+                    }
+                    Ok(op) => {
+                        if let Op::Write { data, .. } = &op {
+                            bulk = data.len() >= BULK;
+                        }
+                        Next::Reply(d.handle(&caller(&h), op))
+                    }
                     Err(e) => {
                         log::warn!("malformed FUSE request: {e}");
-                        Reply::Err(e.errno())
+                        Next::Reply(Reply::Err(e.errno()))
                     }
                 },
             };
-            (h.unique, commit_id, reply)
+            (h.unique, commit_id, next)
         }
         Err(e) => {
             log::warn!("malformed FUSE request in a ring entry: {e}");
             let unique = proto::parse_in_header(header).map_or(0, |h| h.unique);
-            (unique, commit_id_of(header), Reply::Err(e.errno()))
+            (
+                unique,
+                commit_id_of(header),
+                Next::Reply(Reply::Err(e.errno())),
+            )
         }
+    };
+    let reply = match next {
+        Next::Reply(r) => r,
+        Next::Read {
+            who,
+            ino,
+            fh,
+            offset,
+            size,
+        } => d.read_into(&who, ino, fh, offset, size, payload),
     };
     body.clear();
     let error = match &reply {
         Reply::Err(e) => proto::wire_error(*e),
-        // File contents go straight into the ring buffer (one copy, not two).
+        // Already in the payload buffer.
+        Reply::Filled(n) => {
+            proto::set_uring_reply(header, unique, 0, *n as u32);
+            return (commit_id, bulk);
+        }
+        // Contents of another kind (readlink, getxattr) straight into the buffer.
         Reply::Data(d) if d.len() <= payload.len() => {
             payload[..d.len()].copy_from_slice(d);
             proto::set_uring_reply(header, unique, 0, d.len() as u32);
-            return commit_id;
+            return (commit_id, bulk);
         }
         r => {
             proto::encode_body(r, body);
@@ -208,7 +280,7 @@ fn uring_one(d: &Dispatcher, header: &mut [u8], payload: &mut [u8], body: &mut V
         payload[..body.len()].copy_from_slice(body);
         proto::set_uring_reply(header, unique, error, body.len() as u32);
     }
-    commit_id
+    (commit_id, bulk)
 }
 
 /// The commit id of a ring entry's header (`fuse_uring_ent_in_out.commit_id`, bytes 264..272),
@@ -220,16 +292,91 @@ fn commit_id_of(header: &[u8]) -> u64 {
         .map_or(0, u64::from_le_bytes)
 }
 
-/// Serves one CPU's queue until the connection ends.
-fn serve_queue(d: Arc<Dispatcher>, dev: Arc<File>, qid: u16) -> io::Result<()> {
-    if let Err(e) = fuse_ring::pin_to_cpu(qid as usize) {
-        log::debug!("cannot pin the thread of queue {qid}: {e}");
+/// Keeps the caller on its CPU when a reply wakes it.
+///
+/// A reply is committed from the ring thread, which runs on the caller's CPU; the scheduler
+/// then wakes the caller on whichever CPU is idle, which is the other one, and waking an idle
+/// (halted) vCPU is the single most expensive step of a request on this kind of VM; the
+/// caller's next request then goes to that CPU's queue and the same happens again, every
+/// request (measured: 117k migrations in 6 s of 4 KiB random reads, 23k IOPS). A CPU whose
+/// only runnable task is SCHED_IDLE counts as idle to that choice, so the thread submits its
+/// commits as SCHED_IDLE and goes back to SCHED_OTHER before it does anything else: the caller
+/// stays, preempts it, and the CPUs stop bouncing (46k IOPS). On a CPU busy with other work a
+/// SCHED_IDLE thread waits for the other task's time slice, so when a submit took long the
+/// courtesy is suspended for a while (commits then go with the wait, at normal priority);
+/// measured with two CPU hogs running, that keeps the classic transport's speed or better.
+struct Courtesy {
+    /// Not before this instant (after a slow courteous submit).
+    resume: std::time::Instant,
+    /// Whether the thread may change its scheduling class at all.
+    enabled: bool,
+}
+
+impl Courtesy {
+    /// A courteous submit slower than this means the CPU is busy with other work.
+    const SLOW: std::time::Duration = std::time::Duration::from_micros(300);
+    /// How long the courtesy is suspended after a slow submit.
+    const PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
+
+    fn new() -> Self {
+        // Only where the thread can go back to SCHED_OTHER (root can; others need RLIMIT_NICE):
+        // tried once here, never left in SCHED_IDLE.
+        let enabled = std::env::var_os("ENVELOPEFS_URING_NO_COURTESY").is_none()
+            && fuse_ring::set_sched_idle(true).is_ok()
+            && fuse_ring::set_sched_idle(false).is_ok();
+        Courtesy {
+            resume: std::time::Instant::now(),
+            enabled,
+        }
     }
-    let mut q = FuseQueue::new(dev.as_fd(), qid, QUEUE_DEPTH, PAYLOAD_LEN)?;
+
+    /// Submits the queued commits (or leaves them to the next wait, which submits too).
+    fn submit(&mut self, q: &mut FuseQueue) -> io::Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let start = std::time::Instant::now();
+        if start < self.resume {
+            return Ok(());
+        }
+        if fuse_ring::set_sched_idle(true).is_err() {
+            self.enabled = false;
+            return Ok(());
+        }
+        let submitted = q.submit();
+        if let Err(e) = fuse_ring::set_sched_idle(false) {
+            log::warn!("cannot return a ring thread to SCHED_OTHER: {e}");
+            self.enabled = false;
+        }
+        if start.elapsed() > Self::SLOW {
+            self.resume = std::time::Instant::now() + Self::PAUSE;
+        }
+        submitted
+    }
+}
+
+/// One ring thread of queue `qid`, pinned to `cpu`: registers its entries, reports that on
+/// `registered`, then serves until the connection ends.
+fn serve_queue(
+    d: Arc<Dispatcher>,
+    dev: Arc<File>,
+    qid: u16,
+    cpu: usize,
+    depth: usize,
+    registered: std::sync::mpsc::Sender<()>,
+) -> io::Result<()> {
+    if let Err(e) = fuse_ring::pin_to_cpu(cpu) {
+        log::debug!("cannot pin a thread of queue {qid} to CPU {cpu}: {e}");
+    }
+    let mut courtesy = Courtesy::new();
+    let mut q = FuseQueue::new(dev.as_fd(), qid, depth, PAYLOAD_LEN)?;
     q.register_all()?;
+    let _ = registered.send(());
+    drop(registered);
     let mut ready = Vec::with_capacity(q.depth());
     let mut body = Vec::with_capacity(PAYLOAD_LEN);
     loop {
+        let mut streaming = false;
         if q.wait(&mut ready)? == Event::Ended {
             return Ok(());
         }
@@ -237,8 +384,12 @@ fn serve_queue(d: Arc<Dispatcher>, dev: Arc<File>, qid: u16) -> io::Result<()> {
             let Some((header, payload)) = q.buffers(i) else {
                 continue;
             };
-            let commit_id = uring_one(&d, header, payload, &mut body);
+            let (commit_id, bulk) = uring_one(&d, header, payload, &mut body);
+            streaming |= bulk;
             q.commit(i, commit_id)?;
+        }
+        if !streaming {
+            courtesy.submit(&mut q)?;
         }
     }
 }
@@ -313,28 +464,54 @@ fn handshake(d: &Dispatcher, dev: &File, want_uring: bool) -> io::Result<bool> {
     Ok(granted & init::OVER_IO_URING != 0)
 }
 
-/// Serves the mount on `dev` until it is unmounted: INIT, then the rings (when `want_uring`
-/// and the kernel grants it) beside `readers` classic readers (one when the rings run).
+/// Serves the mount on `dev` until it is unmounted: INIT (then `after_init`, which must not
+/// touch the mount), then the rings (when `want_uring` and the kernel grants it; `readers`
+/// threads per CPU queue) beside one classic reader, or `readers` classic readers.
 pub(crate) fn serve(
     d: Arc<Dispatcher>,
     dev: File,
     want_uring: bool,
     readers: usize,
+    after_init: impl FnOnce(),
 ) -> io::Result<()> {
     let dev = Arc::new(dev);
     let _ = d.notifier_slot().set(Box::new(DevNotifier(dev.clone())));
     let uring = handshake(&d, &dev, want_uring)?;
+    after_init();
     let mut rings = Vec::new();
     if uring {
+        // Each CPU's queue gets `per_queue` threads: its home thread, pinned to that CPU (a
+        // request is then served where its caller runs, without a cross-CPU wake-up), and
+        // helpers pinned to the other CPUs, which take the queue's requests while the home
+        // thread is busy (readahead and writeback send many at once). The kernel gives a
+        // request to the entry made available last, so the home threads register last.
         let queues = possible_cpus();
-        log::info!("FUSE over io_uring: {queues} queues of {QUEUE_DEPTH} entries");
-        for qid in 0..queues {
-            let (d, dev) = (d.clone(), dev.clone());
-            rings.push(
-                std::thread::Builder::new()
-                    .name(format!("fuse-ring-{qid}"))
-                    .spawn(move || serve_queue(d, dev, qid as u16))?,
-            );
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per_queue = readers.clamp(1, cpus.max(1));
+        log::info!("FUSE over io_uring: {queues} queues, {per_queue} threads each");
+        for round in (0..per_queue).rev() {
+            let (tx, rx) = std::sync::mpsc::channel();
+            for qid in 0..queues {
+                let (d, dev, tx) = (d.clone(), dev.clone(), tx.clone());
+                let cpu = (qid + round) % cpus;
+                let depth = if round == 0 {
+                    HOME_ENTRIES
+                } else {
+                    HELPER_ENTRIES
+                };
+                let t = std::thread::Builder::new()
+                    .name(format!("fuse-ring-{qid}.{round}"))
+                    .spawn(move || serve_queue(d, dev, qid as u16, cpu, depth, tx))?;
+                rings.push((qid, t));
+            }
+            drop(tx);
+            // Wait until this round's entries are registered (a thread that failed drops its
+            // sender without a message; the others drop theirs once they have reported).
+            for _ in 0..queues {
+                if rx.recv().is_err() {
+                    break;
+                }
+            }
         }
     } else if want_uring {
         log::warn!(
@@ -343,6 +520,7 @@ pub(crate) fn serve(
         );
     }
     let readers = if uring { 1 } else { readers.max(1) };
+    // (`readers` is the per-queue thread count when the rings run.)
     let mut classic = Vec::new();
     for r in 1..readers {
         let (d, dev) = (d.clone(), dev.clone());
@@ -359,7 +537,7 @@ pub(crate) fn serve(
             .unwrap_or_else(|_| Err(io::Error::other("a reader panicked")));
         result = result.and(r);
     }
-    for (qid, t) in rings.into_iter().enumerate() {
+    for (qid, t) in rings {
         match t.join() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => log::warn!("ring {qid} ended with an error: {e}"),

@@ -170,6 +170,27 @@ impl BlockCipher {
             })
     }
 
+    /// As [`BlockCipher::open`] where `buf` already holds the block's ciphertext (the bytes
+    /// of `sealed` between nonce and tag), decrypted in place; zeros for a hole. On failure
+    /// `buf` is wiped.
+    pub fn open_in_place(
+        &self,
+        index: u64,
+        last: bool,
+        sealed: &[u8],
+        buf: &mut [u8],
+    ) -> Result<(), FormatError> {
+        if sealed.len() <= BLOCK_OVERHEAD || buf.len() != sealed.len() - BLOCK_OVERHEAD {
+            return Err(FormatError::BlockAuthFailed(index));
+        }
+        if self.holes && is_hole(sealed) {
+            buf.fill(0);
+            return Ok(());
+        }
+        self.decrypt_in_place(index, last, sealed, buf)
+            .inspect_err(|_| buf.fill(0))
+    }
+
     /// Authenticates and decrypts `buf`, which holds the ciphertext of sealed block `index`
     /// (`sealed` supplies its nonce and tag).
     fn decrypt_in_place(

@@ -169,6 +169,18 @@ impl FuseQueue {
         self.push(i, CMD_COMMIT_AND_FETCH, commit_id)
     }
 
+    /// Submits what is queued (the commits) without waiting.
+    pub fn submit(&mut self) -> io::Result<()> {
+        loop {
+            match self.ring.submit() {
+                Ok(_) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Submits what is queued and waits for at least one completion; `ready` gets the entries
     /// now holding a request.
     pub fn wait(&mut self, ready: &mut Vec<usize>) -> io::Result<Event> {
@@ -263,6 +275,18 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
         ))
         .map(drop)
     }
+}
+
+/// Puts the calling thread in the SCHED_IDLE class (`idle`) or back in SCHED_OTHER.
+pub fn set_sched_idle(idle: bool) -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    let policy = if idle {
+        libc::SCHED_IDLE
+    } else {
+        libc::SCHED_OTHER
+    };
+    // SAFETY: sched_setscheduler on the calling thread (0) reads `param` only.
+    check(unsafe { libc::sched_setscheduler(0, policy, &param) }).map(drop)
 }
 
 /// mount(2) of a FUSE filesystem served on the open /dev/fuse descriptor named in `data`
