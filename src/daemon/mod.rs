@@ -241,6 +241,17 @@ fn unmount_on_signal(
     .map_err(DaemonError::SignalHandler)
 }
 
+/// Logs the mount (with its transport) and tells the caller.
+fn mounted(settings: &DaemonSettings, transport: &str, on_mounted: impl FnOnce(&DaemonSettings)) {
+    log::info!(
+        "mounted {} at {} ({transport} transport)",
+        settings.backing.display(),
+        settings.mountpoint.display()
+    );
+    on_mounted(settings);
+    let _ = std::io::stderr().flush();
+}
+
 /// Mounts with fuser and serves on the classic transport until unmounted.
 fn serve_classic(
     fs: Arc<EncFs>,
@@ -263,13 +274,7 @@ fn serve_classic(
     // fuser's own unmount first (so the session does not try again on exit).
     let mut unmounter = session.unmount_callable();
     unmount_on_signal(mountpoint, move || unmounter.unmount())?;
-    log::info!(
-        "mounted {} at {} (classic transport)",
-        settings.backing.display(),
-        mountpoint.display()
-    );
-    on_mounted(settings);
-    let _ = std::io::stderr().flush();
+    mounted(settings, "classic", on_mounted);
     session.run().map_err(DaemonError::Session)
 }
 
@@ -288,11 +293,6 @@ fn serve_uring(
     drop(fs);
     let mnt = mountpoint.clone();
     unmount_on_signal(mountpoint, move || crate::fuse::unmount(&mnt))?;
-    log::info!(
-        "mounted {} at {} (io_uring transport)",
-        settings.backing.display(),
-        mountpoint.display()
-    );
     // The kernel sends INIT only once the mount exists; `serve` answers it before anything.
     let serving = std::thread::scope(|s| {
         let t = std::thread::Builder::new()
@@ -302,8 +302,7 @@ fn serve_uring(
                     crate::fuse::set_readahead(mountpoint, crate::fuse::READAHEAD_KIB)
                 })
             })?;
-        on_mounted(settings);
-        let _ = std::io::stderr().flush();
+        mounted(settings, "io_uring", on_mounted);
         t.join()
             .unwrap_or_else(|_| Err(std::io::Error::other("the FUSE session panicked")))
     });

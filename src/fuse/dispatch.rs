@@ -132,6 +132,13 @@ pub(crate) struct Dispatcher {
 /// (docs/DESIGN.md §Prefetch on open).
 pub(crate) const PREFETCH_MAX: u64 = 64 << 10;
 
+/// The request trace (`-vv`), one line per request, whichever transport carried it.
+fn trace(who: &Caller, op: &Op<'_>) {
+    if log::log_enabled!(target: "envelopefs::request", log::Level::Debug) {
+        log::debug!(target: "envelopefs::request", "{op} pid {}", who.pid);
+    }
+}
+
 /// Logs a failed request at the level it deserves and returns its errno.
 fn fail(op: &str, ino: u64, e: &FsError) -> Reply {
     if e.is_alarming() {
@@ -261,15 +268,15 @@ impl Dispatcher {
         size: u32,
         out: &mut [u8],
     ) -> Reply {
-        if log::log_enabled!(target: "envelopefs::request", log::Level::Debug) {
-            let op = Op::Read {
+        trace(
+            who,
+            &Op::Read {
                 ino,
                 fh,
                 offset,
                 size,
-            };
-            log::debug!(target: "envelopefs::request", "{} pid {}", op, who.pid);
-        }
+            },
+        );
         if out.len() < size as usize {
             return Reply::Err(libc::EIO);
         }
@@ -291,9 +298,7 @@ impl Dispatcher {
 
     /// Handles one request from `who`.
     pub(crate) fn handle(&self, who: &Caller, op: Op<'_>) -> Reply {
-        if log::log_enabled!(target: "envelopefs::request", log::Level::Debug) {
-            log::debug!(target: "envelopefs::request", "{} pid {}", op, who.pid);
-        }
+        trace(who, &op);
         let fs = &*self.fs;
         let empty = |op: &str, ino: u64, res: Result<(), FsError>| match res {
             Ok(()) => Reply::Empty,

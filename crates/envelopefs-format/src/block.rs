@@ -135,13 +135,8 @@ impl BlockCipher {
         if sealed.len() <= BLOCK_OVERHEAD || out.len() != sealed.len() - BLOCK_OVERHEAD {
             return Err(FormatError::BlockAuthFailed(index));
         }
-        if self.holes && is_hole(sealed) {
-            out.fill(0);
-            return Ok(());
-        }
         out.copy_from_slice(&sealed[NONCE_LEN..sealed.len() - TAG_LEN]);
-        self.decrypt_in_place(index, last, sealed, out)
-            .inspect_err(|_| out.fill(0))
+        self.open_in_place(index, last, sealed, out)
     }
 
     /// As [`BlockCipher::open`], appending the plaintext to `out` instead of writing into a
