@@ -140,6 +140,19 @@ fn send_reply(dev: &File, msg: &[u8]) {
     }
 }
 
+/// A request for the dispatcher, or the reply it gets without one: DESTROY, a second INIT
+/// (which cannot happen on a live connection), and what does not decode (logged).
+fn decode<'a>(h: &InHeader, op: &'a [u8], rest: &'a [u8]) -> Result<Op<'a>, Reply> {
+    match h.opcode {
+        opcode::DESTROY => Err(Reply::Empty),
+        opcode::INIT => Err(Reply::Err(libc::EPROTO)),
+        _ => proto::decode(h, op, rest).map_err(|e| {
+            log::warn!("malformed FUSE request: {e}");
+            Reply::Err(e.errno())
+        }),
+    }
+}
+
 /// Handles one request as read from /dev/fuse; the reply (if any) goes to `out`.
 fn classic_one(d: &Dispatcher, req: &[u8], out: &mut Vec<u8>) -> bool {
     let (h, op, rest) = match proto::split_classic(req) {
@@ -153,17 +166,9 @@ fn classic_one(d: &Dispatcher, req: &[u8], out: &mut Vec<u8>) -> bool {
             };
         }
     };
-    let reply = match h.opcode {
-        opcode::DESTROY => Reply::Empty,
-        // A second INIT cannot happen on a live connection.
-        opcode::INIT => Reply::Err(libc::EPROTO),
-        _ => match proto::decode(&h, op, rest) {
-            Ok(op) => d.handle(&caller(&h), op),
-            Err(e) => {
-                log::warn!("malformed FUSE request: {e}");
-                Reply::Err(e.errno())
-            }
-        },
+    let reply = match decode(&h, op, rest) {
+        Ok(op) => d.handle(&caller(&h), op),
+        Err(r) => r,
     };
     proto::encode_reply(h.unique, &reply, out)
 }
@@ -197,36 +202,29 @@ fn uring_one(
     }
     let (unique, commit_id, next) = match proto::split_uring(header, payload) {
         Ok((h, op, rest, commit_id)) => {
-            let next = match h.opcode {
-                opcode::DESTROY => Next::Reply(Reply::Empty),
-                opcode::INIT => Next::Reply(Reply::Err(libc::EPROTO)),
-                _ => match proto::decode(&h, op, rest) {
-                    Ok(Op::Read {
+            let next = match decode(&h, op, rest) {
+                Ok(Op::Read {
+                    ino,
+                    fh,
+                    offset,
+                    size,
+                }) => {
+                    bulk = size as usize >= BULK;
+                    Next::Read {
+                        who: caller(&h),
                         ino,
                         fh,
                         offset,
                         size,
-                    }) => {
-                        bulk = size as usize >= BULK;
-                        Next::Read {
-                            who: caller(&h),
-                            ino,
-                            fh,
-                            offset,
-                            size,
-                        }
                     }
-                    Ok(op) => {
-                        if let Op::Write { data, .. } = &op {
-                            bulk = data.len() >= BULK;
-                        }
-                        Next::Reply(d.handle(&caller(&h), op))
+                }
+                Ok(op) => {
+                    if let Op::Write { data, .. } = &op {
+                        bulk = data.len() >= BULK;
                     }
-                    Err(e) => {
-                        log::warn!("malformed FUSE request: {e}");
-                        Next::Reply(Reply::Err(e.errno()))
-                    }
-                },
+                    Next::Reply(d.handle(&caller(&h), op))
+                }
+                Err(r) => Next::Reply(r),
             };
             (h.unique, commit_id, next)
         }
@@ -465,13 +463,13 @@ fn handshake(d: &Dispatcher, dev: &File, want_uring: bool) -> io::Result<bool> {
 }
 
 /// Serves the mount on `dev` until it is unmounted: INIT (then `after_init`, which must not
-/// touch the mount), then the rings (when `want_uring` and the kernel grants it; `readers`
-/// threads per CPU queue) beside one classic reader, or `readers` classic readers.
+/// touch the mount), then the rings (when `want_uring` and the kernel grants it; `threads`
+/// per CPU queue) beside one classic reader, or `threads` classic readers.
 pub(crate) fn serve(
     d: Arc<Dispatcher>,
     dev: File,
     want_uring: bool,
-    readers: usize,
+    threads: usize,
     after_init: impl FnOnce(),
 ) -> io::Result<()> {
     let dev = Arc::new(dev);
@@ -487,7 +485,7 @@ pub(crate) fn serve(
         // request to the entry made available last, so the home threads register last.
         let queues = possible_cpus();
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let per_queue = readers.clamp(1, cpus.max(1));
+        let per_queue = threads.clamp(1, cpus.max(1));
         log::info!("FUSE over io_uring: {queues} queues, {per_queue} threads each");
         for round in (0..per_queue).rev() {
             let (tx, rx) = std::sync::mpsc::channel();
@@ -519,8 +517,7 @@ pub(crate) fn serve(
              reader instead"
         );
     }
-    let readers = if uring { 1 } else { readers.max(1) };
-    // (`readers` is the per-queue thread count when the rings run.)
+    let readers = if uring { 1 } else { threads.max(1) };
     let mut classic = Vec::new();
     for r in 1..readers {
         let (d, dev) = (d.clone(), dev.clone());

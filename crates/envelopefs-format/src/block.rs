@@ -139,32 +139,6 @@ impl BlockCipher {
         self.open_in_place(index, last, sealed, out)
     }
 
-    /// As [`BlockCipher::open`], appending the plaintext to `out` instead of writing into a
-    /// caller-sized (and so zero-filled) buffer. On failure `out` is left as it was (the
-    /// bytes appended are wiped first).
-    pub fn open_append(
-        &self,
-        index: u64,
-        last: bool,
-        sealed: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<(), FormatError> {
-        if sealed.len() <= BLOCK_OVERHEAD {
-            return Err(FormatError::BlockAuthFailed(index));
-        }
-        let start = out.len();
-        if self.holes && is_hole(sealed) {
-            out.resize(start + sealed.len() - BLOCK_OVERHEAD, 0);
-            return Ok(());
-        }
-        out.extend_from_slice(&sealed[NONCE_LEN..sealed.len() - TAG_LEN]);
-        self.decrypt_in_place(index, last, sealed, &mut out[start..])
-            .inspect_err(|_| {
-                out[start..].fill(0);
-                out.truncate(start);
-            })
-    }
-
     /// As [`BlockCipher::open`] where `buf` already holds the block's ciphertext (the bytes
     /// of `sealed` between nonce and tag), decrypted in place; zeros for a hole. On failure
     /// `buf` is wiped.
@@ -220,28 +194,36 @@ mod tests {
     }
 
     #[test]
-    fn open_append_matches_open_and_leaves_nothing_on_failure() {
+    fn open_in_place_opens_holes_and_wipes_on_failure() {
         let c = cipher();
         let a = sealed(3, false, &[5u8; 4096]);
         let b = sealed(4, true, b"tail");
-        let mut out = b"prefix".to_vec();
-        c.open_append(3, false, &a, &mut out).unwrap();
-        c.open_append(4, true, &b, &mut out).unwrap();
-        c.open_append(5, false, &[0u8; 4096 + BLOCK_OVERHEAD], &mut out)
-            .unwrap(); // a hole
-        let mut want = b"prefix".to_vec();
-        want.extend_from_slice(&[5u8; 4096]);
-        want.extend_from_slice(b"tail");
-        want.extend_from_slice(&[0u8; 4096]);
-        assert_eq!(out, want);
+        let body = |s: &[u8]| s[NONCE_LEN..s.len() - TAG_LEN].to_vec();
+        let mut buf = body(&a);
+        c.open_in_place(3, false, &a, &mut buf).unwrap();
+        assert_eq!(buf, [5u8; 4096]);
+        let mut buf = body(&b);
+        c.open_in_place(4, true, &b, &mut buf).unwrap();
+        assert_eq!(buf, b"tail");
+        let hole = [0u8; 4096 + BLOCK_OVERHEAD];
+        let mut buf = vec![1u8; 4096];
+        c.open_in_place(5, false, &hole, &mut buf).unwrap();
+        assert_eq!(buf, [0u8; 4096], "a hole");
         let mut bad = a.clone();
         bad[100] ^= 1;
-        assert!(c.open_append(3, false, &bad, &mut out).is_err());
+        let mut buf = body(&bad);
+        assert!(c.open_in_place(3, false, &bad, &mut buf).is_err());
+        assert_eq!(buf, [0u8; 4096], "a failed open leaves only zeros");
+        let mut buf = body(&b);
         assert!(
-            c.open_append(4, false, &b, &mut out).is_err(),
+            c.open_in_place(4, false, &b, &mut buf).is_err(),
             "last flag is bound"
         );
-        assert_eq!(out, want, "a failed open appends nothing");
+        let mut short = vec![0u8; 3];
+        assert!(
+            c.open_in_place(4, true, &b, &mut short).is_err(),
+            "length checked"
+        );
     }
 
     fn sealed(index: u64, last: bool, pt: &[u8]) -> Vec<u8> {
@@ -301,9 +283,9 @@ mod tests {
             c.open(3, false, &zeros, &mut out),
             Err(FormatError::BlockAuthFailed(3))
         );
-        let mut v = Vec::new();
-        assert!(c.open_append(3, false, &zeros, &mut v).is_err());
-        assert!(v.is_empty());
+        let mut v = vec![1u8; 100];
+        assert!(c.open_in_place(3, false, &zeros, &mut v).is_err());
+        assert_eq!(v, [0u8; 100]);
         let e = c.seal_empty([5; NONCE_LEN]);
         assert_eq!(c.open_empty(&e), Ok(()));
         assert!(c.open_empty(&[0u8; BLOCK_OVERHEAD]).is_err(), "zeros");
