@@ -10,8 +10,9 @@
 #                        (`yes`) running: what the ring threads' courtesy does on a busy machine
 #             untar      untar of /usr/include and rm -rf, 3 interleaved rounds, BACKING on tmpfs
 #             seqread    dd of a 1 GiB file after drop_caches (backing re-warmed), 3 times
-#   CONFIG    NAME=TRANSPORT[,threads=N][,env=VAR=VALUE] (default: uring=uring classic=classic)
-#             e.g. nocourtesy=uring,env=ENVELOPEFS_URING_NO_COURTESY=1
+#   CONFIG    NAME=TRANSPORT[,threads=N][,env=VAR=VALUE][,bin=PATH] (default: uring=uring
+#             classic=classic); bin: another envelopefs binary for this config (an older build)
+#             e.g. nocourtesy=uring,env=ENVELOPEFS_URING_NO_COURTESY=1 old=uring,bin=/tmp/old
 #
 # Needs root (mount, drop_caches, enable_uring), fio, and target/release/envelopefs (built with
 # `cargo build --release`). Sets /sys/module/fuse/parameters/enable_uring to Y for the run and
@@ -26,8 +27,9 @@ shift
 [[ -x $B ]] || { echo "transport.sh: build first: cargo build --release" >&2; exit 2; }
 PARAM=/sys/module/fuse/parameters/enable_uring
 OLD=$(cat "$PARAM" 2>/dev/null || true)
-W=$(mktemp -d /dev/shm/efs-transport.XXXXXX)
-[[ $WL == seqread || $WL == randread ]] && W=$(mktemp -d /var/tmp/efs-transport.XXXXXX)
+WDIR=/dev/shm
+[[ $WL == seqread || $WL == randread ]] && WDIR=/var/tmp
+W=$(mktemp -d "$WDIR/efs-transport.XXXXXX")
 declare -a NAMES MNTS
 cleanup() {
     for m in "${MNTS[@]}"; do "$B" unmount "$m" >/dev/null 2>&1 || umount -l "$m" 2>/dev/null || true; done
@@ -41,17 +43,18 @@ echo secretpass >"$W/pass"
 for c in "$@"; do
     name=${c%%=*} spec=${c#*=}
     IFS=, read -r -a parts <<<"$spec"
-    tr=${parts[0]} args=() envs=()
+    tr=${parts[0]} args=() envs=() bin=$B
     for p in "${parts[@]:1}"; do
         case $p in
             threads=*) args+=(--threads "${p#threads=}") ;;
             env=*) envs+=("${p#env=}") ;;
+            bin=*) bin=${p#bin=}; [[ -x $bin ]] || { echo "transport.sh: no binary at $bin" >&2; exit 2; } ;;
             *) echo "transport.sh: unknown config part $p" >&2; exit 2 ;;
         esac
     done
     mkdir -p "$W/$name/b" "$W/$name/m"
-    "$B" init --passfile "$W/pass" "$W/$name/b" >/dev/null 2>&1
-    env "${envs[@]}" "$B" mount --passfile "$W/pass" --transport "$tr" "${args[@]}" \
+    "$bin" init --passfile "$W/pass" "$W/$name/b" >/dev/null 2>&1
+    env "${envs[@]}" "$bin" mount --passfile "$W/pass" --transport "$tr" "${args[@]}" \
         "$W/$name/b" "$W/$name/m" >"$W/$name.log" 2>&1 &
     NAMES+=("$name") MNTS+=("$W/$name/m")
 done

@@ -18,6 +18,7 @@ use fuser::{
 use crate::fs::{EncFs, SetAttr};
 
 mod convert;
+mod courtesy;
 pub(crate) mod dispatch;
 mod mount;
 mod op;

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use envelopefs_sys::fuse_ring::{self, Event, FuseQueue};
 
 use super::MountOptions;
+use super::courtesy::Courtesy;
 use super::dispatch::{Dispatcher, KernelNotify, Op, Reply, init};
 use super::proto::{self, InHeader, opcode};
 use crate::keys::Caller;
@@ -173,11 +174,9 @@ fn classic_one(d: &Dispatcher, req: &[u8], out: &mut Vec<u8>) -> bool {
     proto::encode_reply(h.unique, &reply, out)
 }
 
-/// Handles the request in a ring entry and writes the reply into the same buffers; returns
-/// the commit id to answer with.
 /// READs and WRITEs at least this large are streaming I/O (readahead, writeback): their
-/// callers gain from the other CPU working in parallel more than from staying put, so no
-/// [`Courtesy`] after them.
+/// callers gain from the other CPU working in parallel more than from staying put, so they
+/// hold the thread in SCHED_OTHER ([`Courtesy`]).
 const BULK: usize = 128 << 10;
 
 /// Handles the request in a ring entry and writes the reply into the same buffers; returns
@@ -290,69 +289,6 @@ fn commit_id_of(header: &[u8]) -> u64 {
         .map_or(0, u64::from_le_bytes)
 }
 
-/// Keeps the caller on its CPU when a reply wakes it.
-///
-/// A reply is committed from the ring thread, which runs on the caller's CPU; the scheduler
-/// then wakes the caller on whichever CPU is idle, which is the other one, and waking an idle
-/// (halted) vCPU is the single most expensive step of a request on this kind of VM; the
-/// caller's next request then goes to that CPU's queue and the same happens again, every
-/// request (measured: 117k migrations in 6 s of 4 KiB random reads, 23k IOPS). A CPU whose
-/// only runnable task is SCHED_IDLE counts as idle to that choice, so the thread submits its
-/// commits as SCHED_IDLE and goes back to SCHED_OTHER before it does anything else: the caller
-/// stays, preempts it, and the CPUs stop bouncing (46k IOPS). On a CPU busy with other work a
-/// SCHED_IDLE thread waits for the other task's time slice, so when a submit took long the
-/// courtesy is suspended for a while (commits then go with the wait, at normal priority);
-/// measured with two CPU hogs running, that keeps the classic transport's speed or better.
-struct Courtesy {
-    /// Not before this instant (after a slow courteous submit).
-    resume: std::time::Instant,
-    /// Whether the thread may change its scheduling class at all.
-    enabled: bool,
-}
-
-impl Courtesy {
-    /// A courteous submit slower than this means the CPU is busy with other work.
-    const SLOW: std::time::Duration = std::time::Duration::from_micros(300);
-    /// How long the courtesy is suspended after a slow submit.
-    const PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
-
-    fn new() -> Self {
-        // Only where the thread can go back to SCHED_OTHER (root can; others need RLIMIT_NICE):
-        // tried once here, never left in SCHED_IDLE.
-        let enabled = std::env::var_os("ENVELOPEFS_URING_NO_COURTESY").is_none()
-            && fuse_ring::set_sched_idle(true).is_ok()
-            && fuse_ring::set_sched_idle(false).is_ok();
-        Courtesy {
-            resume: std::time::Instant::now(),
-            enabled,
-        }
-    }
-
-    /// Submits the queued commits (or leaves them to the next wait, which submits too).
-    fn submit(&mut self, q: &mut FuseQueue) -> io::Result<()> {
-        if !self.enabled {
-            return Ok(());
-        }
-        let start = std::time::Instant::now();
-        if start < self.resume {
-            return Ok(());
-        }
-        if fuse_ring::set_sched_idle(true).is_err() {
-            self.enabled = false;
-            return Ok(());
-        }
-        let submitted = q.submit();
-        if let Err(e) = fuse_ring::set_sched_idle(false) {
-            log::warn!("cannot return a ring thread to SCHED_OTHER: {e}");
-            self.enabled = false;
-        }
-        if start.elapsed() > Self::SLOW {
-            self.resume = std::time::Instant::now() + Self::PAUSE;
-        }
-        submitted
-    }
-}
-
 /// One ring thread of queue `qid`, pinned to `cpu`: registers its entries, reports that on
 /// `registered`, then serves until the connection ends.
 fn serve_queue(
@@ -361,12 +297,13 @@ fn serve_queue(
     qid: u16,
     cpu: usize,
     depth: usize,
+    courtesy: Option<Arc<Courtesy>>,
     registered: std::sync::mpsc::Sender<()>,
 ) -> io::Result<()> {
     if let Err(e) = fuse_ring::pin_to_cpu(cpu) {
         log::debug!("cannot pin a thread of queue {qid} to CPU {cpu}: {e}");
     }
-    let mut courtesy = Courtesy::new();
+    let me = courtesy.as_ref().map(|c| c.join());
     let mut q = FuseQueue::new(dev.as_fd(), qid, depth, PAYLOAD_LEN)?;
     q.register_all()?;
     let _ = registered.send(());
@@ -386,8 +323,8 @@ fn serve_queue(
             streaming |= bulk;
             q.commit(i, commit_id)?;
         }
-        if !streaming {
-            courtesy.submit(&mut q)?;
+        if let (Some(c), Some(me)) = (&courtesy, &me) {
+            c.note(me, streaming);
         }
     }
 }
@@ -477,6 +414,7 @@ pub(crate) fn serve(
     let uring = handshake(&d, &dev, want_uring)?;
     after_init();
     let mut rings = Vec::new();
+    let (mut courtesy, mut monitor) = (None, None);
     if uring {
         // Each CPU's queue gets `per_queue` threads: its home thread, pinned to that CPU (a
         // request is then served where its caller runs, without a cross-CPU wake-up), and
@@ -486,11 +424,14 @@ pub(crate) fn serve(
         let queues = possible_cpus();
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let per_queue = threads.clamp(1, cpus.max(1));
+        let started = Courtesy::start();
+        courtesy = started.as_ref().map(|(c, _)| c.clone());
+        monitor = started.map(|(_, t)| t);
         log::info!("FUSE over io_uring: {queues} queues, {per_queue} threads each");
         for round in (0..per_queue).rev() {
             let (tx, rx) = std::sync::mpsc::channel();
             for qid in 0..queues {
-                let (d, dev, tx) = (d.clone(), dev.clone(), tx.clone());
+                let (d, dev, tx, c) = (d.clone(), dev.clone(), tx.clone(), courtesy.clone());
                 let cpu = (qid + round) % cpus;
                 let depth = if round == 0 {
                     HOME_ENTRIES
@@ -499,7 +440,7 @@ pub(crate) fn serve(
                 };
                 let t = std::thread::Builder::new()
                     .name(format!("fuse-ring-{qid}.{round}"))
-                    .spawn(move || serve_queue(d, dev, qid as u16, cpu, depth, tx))?;
+                    .spawn(move || serve_queue(d, dev, qid as u16, cpu, depth, c, tx))?;
                 rings.push((qid, t));
             }
             drop(tx);
@@ -540,6 +481,10 @@ pub(crate) fn serve(
             Ok(Err(e)) => log::warn!("ring {qid} ended with an error: {e}"),
             Err(_) => log::error!("ring {qid} panicked"),
         }
+    }
+    if let (Some(c), Some(t)) = (courtesy, monitor) {
+        c.stop();
+        let _ = t.join();
     }
     result
 }

@@ -277,16 +277,23 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     }
 }
 
-/// Puts the calling thread in the SCHED_IDLE class (`idle`) or back in SCHED_OTHER.
-pub fn set_sched_idle(idle: bool) -> io::Result<()> {
+/// Puts thread `tid` of this process (0: the calling thread) in the SCHED_IDLE class (`idle`)
+/// or back in SCHED_OTHER.
+pub fn set_sched_idle(tid: i32, idle: bool) -> io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
     let policy = if idle {
         libc::SCHED_IDLE
     } else {
         libc::SCHED_OTHER
     };
-    // SAFETY: sched_setscheduler on the calling thread (0) reads `param` only.
-    check(unsafe { libc::sched_setscheduler(0, policy, &param) }).map(drop)
+    // SAFETY: sched_setscheduler on a thread id (the kernel checks it) reads `param` only.
+    check(unsafe { libc::sched_setscheduler(tid, policy, &param) }).map(drop)
+}
+
+/// The calling thread's id (for [`set_sched_idle`] and /proc/self/task/TID).
+pub fn gettid() -> i32 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::gettid() }
 }
 
 /// mount(2) of a FUSE filesystem served on the open /dev/fuse descriptor named in `data`
