@@ -54,11 +54,25 @@ pub(crate) struct Courtesy {
     stop: AtomicBool,
 }
 
-/// A ring thread's scheduler counters (`/proc/self/task/TID/schedstat`): nanoseconds run and
-/// nanoseconds spent runnable, waiting for a CPU.
-pub(crate) fn schedstat(tid: i32) -> std::io::Result<(u64, u64)> {
-    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"))?;
-    parse_schedstat(&s).ok_or_else(|| std::io::Error::other("unexpected schedstat format"))
+/// A thread's `/proc/self/task/TID/schedstat`, kept open: each [`SchedStat::read`] is one
+/// `pread` (the kernel regenerates the text when it is read from offset 0).
+pub(crate) struct SchedStat(std::fs::File);
+
+impl SchedStat {
+    pub(crate) fn open(tid: i32) -> std::io::Result<SchedStat> {
+        std::fs::File::open(format!("/proc/self/task/{tid}/schedstat")).map(SchedStat)
+    }
+
+    /// Nanoseconds run and nanoseconds spent runnable, waiting for a CPU.
+    pub(crate) fn read(&self) -> std::io::Result<(u64, u64)> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 96];
+        let n = self.0.read_at(&mut buf, 0)?;
+        std::str::from_utf8(&buf[..n])
+            .ok()
+            .and_then(parse_schedstat)
+            .ok_or_else(|| std::io::Error::other("unexpected schedstat format"))
+    }
 }
 
 fn parse_schedstat(s: &str) -> Option<(u64, u64)> {
@@ -91,6 +105,7 @@ pub(crate) fn judge(idle: bool, ran: Duration, waited: Duration, bulk: bool) -> 
 /// The monitor's view of one thread.
 struct Watch {
     ring: Arc<RingSched>,
+    stat: Option<SchedStat>,
     ran: u64,
     waited: u64,
     idle: bool,
@@ -105,7 +120,7 @@ impl Courtesy {
             log::info!("io_uring courtesy turned off (ENVELOPEFS_URING_NO_COURTESY)");
             return None;
         }
-        if let Err(e) = schedstat(fuse_ring::gettid()) {
+        if let Err(e) = SchedStat::open(fuse_ring::gettid()).and_then(|s| s.read()) {
             log::info!("io_uring courtesy off: cannot read this thread's schedstat: {e}");
             return None;
         }
@@ -182,24 +197,26 @@ impl Courtesy {
             {
                 let threads = self.threads.lock().expect("courtesy poisoned");
                 for r in threads.iter().skip(watched.len()) {
+                    let stat = SchedStat::open(r.tid).ok();
+                    let (ran, waited) = stat
+                        .as_ref()
+                        .and_then(|s| s.read().ok())
+                        .unwrap_or_default();
                     watched.push(Watch {
                         ring: r.clone(),
-                        ran: 0,
-                        waited: 0,
+                        stat,
+                        ran,
+                        waited,
                         idle: false,
                         normal_until: Instant::now(),
                     });
-                    if let Ok((ran, waited)) = schedstat(r.tid) {
-                        let w = watched.last_mut().expect("just pushed");
-                        (w.ran, w.waited) = (ran, waited);
-                    }
                 }
             }
             let now = Instant::now();
             let mut active = false;
             for w in &mut watched {
-                let Ok((ran, waited)) = schedstat(w.ring.tid) else {
-                    continue; // the thread has ended
+                let Some(Ok((ran, waited))) = w.stat.as_ref().map(SchedStat::read) else {
+                    continue; // the thread has ended (or its counters cannot be read)
                 };
                 let (dr, dw) = (ran.saturating_sub(w.ran), waited.saturating_sub(w.waited));
                 (w.ran, w.waited) = (ran, waited);
@@ -267,14 +284,15 @@ mod tests {
         assert_eq!(parse_schedstat("1 x 3"), None);
         assert_eq!(parse_schedstat(""), None);
         let tid = fuse_ring::gettid();
-        let (before, _) = schedstat(tid).expect("schedstat of this thread");
+        let stat = SchedStat::open(tid).expect("schedstat of this thread");
+        let (before, _) = stat.read().expect("read");
         let start = Instant::now();
         let mut x = 0u64;
         while start.elapsed() < Duration::from_millis(30) {
             x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
         }
         std::thread::yield_now();
-        let (after, _) = schedstat(tid).expect("schedstat of this thread");
+        let (after, _) = stat.read().expect("read again");
         assert!(after > before, "run time did not grow: {before} -> {after}");
     }
 
