@@ -465,10 +465,10 @@ pub(crate) fn serve(
         classic.push(
             std::thread::Builder::new()
                 .name(format!("fuse-reader-{r}"))
-                .spawn(move || classic_loop(&d, &dev))?,
+                .spawn(move || classic_loop(&d, &dev, false))?,
         );
     }
-    let mut result = classic_loop(&d, &dev);
+    let mut result = classic_loop(&d, &dev, uring);
     for t in classic {
         let r = t
             .join()
@@ -490,13 +490,26 @@ pub(crate) fn serve(
 }
 
 /// The classic reader: one request per read(2), one reply per write(2), until unmounted.
-fn classic_loop(d: &Dispatcher, dev: &File) -> io::Result<()> {
+///
+/// `beside_rings`: the rings serve every request that waits for an answer, so what comes here
+/// is FORGET and INTERRUPT (which this filesystem does not act on); after a FORGET the reader
+/// naps for [`FORGET_NAP`] so that the kernel's next ones arrive together in one BATCH_FORGET:
+/// an `rm -rf` otherwise wakes this thread, and often an idle CPU, once per removed file.
+fn classic_loop(d: &Dispatcher, dev: &File, beside_rings: bool) -> io::Result<()> {
     let mut buf = vec![0u8; CLASSIC_BUF];
     let mut out = Vec::new();
     while let Some(n) = read_request(dev, &mut buf)? {
+        let forget = proto::parse_in_header(&buf[..n])
+            .is_ok_and(|h| h.opcode == opcode::FORGET || h.opcode == opcode::BATCH_FORGET);
         if classic_one(d, &buf[..n], &mut out) {
             send_reply(dev, &out);
+        }
+        if beside_rings && forget {
+            std::thread::sleep(FORGET_NAP);
         }
     }
     Ok(())
 }
+
+/// How long the classic reader beside the rings waits after a FORGET (see [`classic_loop`]).
+const FORGET_NAP: std::time::Duration = std::time::Duration::from_millis(2);
