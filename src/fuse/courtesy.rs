@@ -18,8 +18,8 @@
 //! `/proc/self/task/TID/schedstat` every [`TICK`]: a SCHED_IDLE thread that spent a fifth of
 //! the tick waiting for a CPU, and four times longer waiting than running, is moved to
 //! SCHED_OTHER, and stays there until [`HOLD`] has passed without it waiting for a CPU
-//! a tenth of a tick. Streaming I/O ([`super::uring`]'s bulk requests) also holds a thread in
-//! SCHED_OTHER: its callers gain more from the other CPU working in parallel. When no ring
+//! a tenth of a tick. Streaming reads ([`super::uring`]'s bulk READs) also hold a thread in
+//! SCHED_OTHER: their callers gain more from the other CPU working in parallel. When no ring
 //! thread has run for [`PARK_AFTER`] ticks the monitor puts them all in SCHED_OTHER and
 //! sleeps until a ring thread has work again (an idle mount costs no wake-ups).
 //!
@@ -35,7 +35,7 @@ use envelopefs_sys::fuse_ring;
 
 /// How often the monitor looks at the ring threads.
 pub(crate) const TICK: Duration = Duration::from_millis(10);
-/// How long a thread stays in SCHED_OTHER after it last waited for a CPU or did bulk I/O.
+/// How long a thread stays in SCHED_OTHER after it last waited for a CPU or served a bulk READ.
 pub(crate) const HOLD: Duration = Duration::from_millis(250);
 /// Quiet ticks after which the monitor sleeps until there is work again.
 pub(crate) const PARK_AFTER: u32 = 100;
@@ -83,7 +83,7 @@ fn parse_schedstat(s: &str) -> Option<(u64, u64)> {
 /// What the monitor decides for one thread in one tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Verdict {
-    /// The thread waited for a CPU that other work keeps busy, or did bulk I/O.
+    /// The thread waited for a CPU that other work keeps busy, or served a bulk READ.
     pub hold_normal: bool,
 }
 
