@@ -80,16 +80,10 @@ fn parse_schedstat(s: &str) -> Option<(u64, u64)> {
     Some((it.next()??, it.next()??))
 }
 
-/// What the monitor decides for one thread in one tick.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Verdict {
-    /// The thread waited for a CPU that other work keeps busy, or served a bulk READ.
-    pub hold_normal: bool,
-}
-
-/// The rule: `ran` and `waited` are the thread's run time and CPU-wait time during the last
-/// tick, `idle` whether it was SCHED_IDLE then.
-pub(crate) fn judge(idle: bool, ran: Duration, waited: Duration, bulk: bool) -> Verdict {
+/// Whether a thread is to be held in SCHED_OTHER: it waited for a CPU that other work keeps
+/// busy, or served a bulk READ. `ran` and `waited` are its run time and CPU-wait time during
+/// the last tick, `idle` whether it was SCHED_IDLE then.
+pub(crate) fn hold_normal(idle: bool, ran: Duration, waited: Duration, bulk: bool) -> bool {
     let starved = if idle {
         // A caller it woke may preempt it for a while (that is the point); starving is
         // waiting much more than running.
@@ -97,9 +91,7 @@ pub(crate) fn judge(idle: bool, ran: Duration, waited: Duration, bulk: bool) -> 
     } else {
         waited > TICK / 10
     };
-    Verdict {
-        hold_normal: bulk || starved,
-    }
+    bulk || starved
 }
 
 /// The monitor's view of one thread.
@@ -222,13 +214,13 @@ impl Courtesy {
                 (w.ran, w.waited) = (ran, waited);
                 active |= dr > 0 || dw > 0;
                 let bulk = w.ring.bulk.swap(false, Ordering::Relaxed);
-                let v = judge(
+                let hold = hold_normal(
                     w.idle,
                     Duration::from_nanos(dr),
                     Duration::from_nanos(dw),
                     bulk,
                 );
-                if v.hold_normal {
+                if hold {
                     w.normal_until = now + HOLD;
                 }
                 let idle = now >= w.normal_until;
@@ -301,16 +293,16 @@ mod tests {
         let ms = Duration::from_millis;
         let us = Duration::from_micros;
         // Quiet CPU: hardly any waiting.
-        assert!(!judge(true, ms(3), us(50), false).hold_normal);
+        assert!(!hold_normal(true, ms(3), us(50), false));
         // Ping-pong with a caller that preempts it: waits about as long as it runs.
-        assert!(!judge(true, ms(4), ms(4), false).hold_normal);
+        assert!(!hold_normal(true, ms(4), ms(4), false));
         // A CPU hog: waits the whole tick, runs almost nothing.
-        assert!(judge(true, us(30), ms(9), false).hold_normal);
+        assert!(hold_normal(true, us(30), ms(9), false));
         // Bulk I/O always holds SCHED_OTHER.
-        assert!(judge(true, ms(1), Duration::ZERO, true).hold_normal);
+        assert!(hold_normal(true, ms(1), Duration::ZERO, true));
         // In SCHED_OTHER, any real waiting for a CPU keeps it there.
-        assert!(judge(false, ms(5), ms(2), false).hold_normal);
-        assert!(!judge(false, ms(5), us(100), false).hold_normal);
+        assert!(hold_normal(false, ms(5), ms(2), false));
+        assert!(!hold_normal(false, ms(5), us(100), false));
     }
 
     #[test]

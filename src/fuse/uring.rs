@@ -411,7 +411,8 @@ pub(crate) fn serve(
     let uring = handshake(&d, &dev, want_uring)?;
     after_init();
     let mut rings = Vec::new();
-    let (mut courtesy, mut monitor) = (None, None);
+    // The courtesy monitor (io_uring only) and its thread.
+    let mut courtesy = None;
     if uring {
         // Each CPU's queue gets `per_queue` threads: its home thread, pinned to that CPU (a
         // request is then served where its caller runs, without a cross-CPU wake-up), and
@@ -421,14 +422,13 @@ pub(crate) fn serve(
         let queues = possible_cpus();
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let per_queue = threads.clamp(1, cpus.max(1));
-        let started = Courtesy::start();
-        courtesy = started.as_ref().map(|(c, _)| c.clone());
-        monitor = started.map(|(_, t)| t);
+        courtesy = Courtesy::start();
         log::info!("FUSE over io_uring: {queues} queues, {per_queue} threads each");
         for round in (0..per_queue).rev() {
             let (tx, rx) = std::sync::mpsc::channel();
             for qid in 0..queues {
-                let (d, dev, tx, c) = (d.clone(), dev.clone(), tx.clone(), courtesy.clone());
+                let (d, dev, tx) = (d.clone(), dev.clone(), tx.clone());
+                let c = courtesy.as_ref().map(|(c, _)| c.clone());
                 let cpu = (qid + round) % cpus;
                 let depth = if round == 0 {
                     HOME_ENTRIES
@@ -479,7 +479,7 @@ pub(crate) fn serve(
             Err(_) => log::error!("ring {qid} panicked"),
         }
     }
-    if let (Some(c), Some(t)) = (courtesy, monitor) {
+    if let Some((c, t)) = courtesy {
         c.stop();
         let _ = t.join();
     }

@@ -169,18 +169,6 @@ impl FuseQueue {
         self.push(i, CMD_COMMIT_AND_FETCH, commit_id)
     }
 
-    /// Submits what is queued (the commits) without waiting.
-    pub fn submit(&mut self) -> io::Result<()> {
-        loop {
-            match self.ring.submit() {
-                Ok(_) => return Ok(()),
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(()),
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
     /// Submits what is queued and waits for at least one completion; `ready` gets the entries
     /// now holding a request.
     pub fn wait(&mut self, ready: &mut Vec<usize>) -> io::Result<Event> {
