@@ -994,5 +994,5 @@ pub(crate) fn encode_notify_store(ino: u64, offset: u64, data: &[u8], out: &mut 
 }
 
 #[cfg(test)]
-#[path = "proto_tests.rs"]
+#[path = "proto_tests/mod.rs"]
 mod tests;
