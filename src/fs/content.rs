@@ -11,7 +11,7 @@ use super::EncFs;
 use super::error::{FsError, FsResult};
 use super::plan::{self, WritePlan};
 use crate::format::FormatError;
-use crate::format::block::{BLOCK_OVERHEAD, BlockCipher, NONCE_LEN, TAG_LEN};
+use crate::format::block::{BLOCK_OVERHEAD, BlockCipher, NONCE_LEN};
 use crate::format::header::{FileHeader, HEADER_REGION};
 use crate::keys::Caller;
 use crate::store::sys::{self, SetTime};
@@ -308,8 +308,8 @@ impl EncFs {
     }
 
     /// Reads and opens the blocks of `r` into `out` (exactly `r.plain_len` bytes): the
-    /// ciphertext is read in one call into a per-thread buffer, each block's ciphertext copied
-    /// to its place in `out` and opened there; a large range is opened on two threads, half
+    /// ciphertext is read in one call into a per-thread buffer and each block decrypted from
+    /// there into its place in `out`; a large range is opened on two threads, half
     /// each, so both CPUs decrypt.
     fn open_range(
         &self,
@@ -341,12 +341,12 @@ impl EncFs {
                 if is_last && crate::format::block::is_hole(s) {
                     return Err(FormatError::BlockAuthFailed(i).into());
                 }
-                buf.copy_from_slice(&s[NONCE_LEN..s.len() - TAG_LEN]);
                 jobs.push((i, is_last, s, buf));
             }
+            // Each block is decrypted from the ciphertext buffer straight into its place.
             let open = |jobs: &mut [(u64, bool, &[u8], &mut [u8])]| {
                 jobs.iter_mut()
-                    .try_for_each(|(i, is_last, s, b)| cipher.open_in_place(*i, *is_last, s, b))
+                    .try_for_each(|(i, is_last, s, b)| cipher.open(*i, *is_last, s, b))
             };
             if (jobs.len() as u64) < PARALLEL_OPEN_BLOCKS {
                 return Ok(open(&mut jobs)?);

@@ -15,6 +15,7 @@
 //! file that has a header carries one empty sealed block (index 0, last) so that cutting a file
 //! down to its header is detected too ([`BlockCipher::seal_empty`]).
 
+use aes_gcm_siv::aead::inout::InOutBuf;
 use aes_gcm_siv::aead::{AeadInOut, KeyInit};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
 
@@ -92,7 +93,11 @@ impl BlockCipher {
         if sealed.len() != BLOCK_OVERHEAD {
             return Err(FormatError::BlockAuthFailed(0));
         }
-        self.decrypt_in_place(0, true, sealed, &mut [])
+        let (nonce, tag, _) = split_sealed_parts(sealed);
+        let ad = block_ad(&self.file_id, 0, true);
+        self.aead
+            .decrypt_inout_detached(&nonce, &ad, (&mut [][..]).into(), &tag)
+            .map_err(|_| FormatError::BlockAuthFailed(0))
     }
 
     /// Seals `plaintext` as block `index` into `out`, which must be exactly
@@ -114,17 +119,19 @@ impl BlockCipher {
         let (n, rest) = out.split_at_mut(NONCE_LEN);
         let (ct, tag_out) = rest.split_at_mut(plaintext.len());
         n.copy_from_slice(&nonce);
-        ct.copy_from_slice(plaintext);
         let ad = block_ad(&self.file_id, index, last);
+        // Encrypted from `plaintext` straight into `out` (no copy first).
+        let io = InOutBuf::new(plaintext, ct).expect("BUG: equal lengths by construction");
         let tag = self
             .aead
-            .encrypt_inout_detached(&Nonce::from(nonce), &ad, ct.into())
+            .encrypt_inout_detached(&Nonce::from(nonce), &ad, io)
             .expect("BUG: AES-GCM-SIV encryption cannot fail for block-sized input");
         tag_out.copy_from_slice(&tag);
     }
 
-    /// Opens sealed block `index` into `out` (length `sealed.len() - BLOCK_OVERHEAD`).
-    /// An all-zero sealed block is a hole and yields zeros.
+    /// Opens sealed block `index` into `out` (length `sealed.len() - BLOCK_OVERHEAD`),
+    /// decrypting from `sealed` straight into `out`. An all-zero sealed block is a hole and
+    /// yields zeros. On failure `out` is wiped.
     pub fn open(
         &self,
         index: u64,
@@ -135,49 +142,36 @@ impl BlockCipher {
         if sealed.len() <= BLOCK_OVERHEAD || out.len() != sealed.len() - BLOCK_OVERHEAD {
             return Err(FormatError::BlockAuthFailed(index));
         }
-        out.copy_from_slice(&sealed[NONCE_LEN..sealed.len() - TAG_LEN]);
-        self.open_in_place(index, last, sealed, out)
-    }
-
-    /// As [`BlockCipher::open`] where `buf` already holds the block's ciphertext (the bytes
-    /// of `sealed` between nonce and tag), decrypted in place; zeros for a hole. On failure
-    /// `buf` is wiped.
-    pub fn open_in_place(
-        &self,
-        index: u64,
-        last: bool,
-        sealed: &[u8],
-        buf: &mut [u8],
-    ) -> Result<(), FormatError> {
-        if sealed.len() <= BLOCK_OVERHEAD || buf.len() != sealed.len() - BLOCK_OVERHEAD {
-            return Err(FormatError::BlockAuthFailed(index));
-        }
         if self.holes && is_hole(sealed) {
-            buf.fill(0);
+            out.fill(0);
             return Ok(());
         }
-        self.decrypt_in_place(index, last, sealed, buf)
-            .inspect_err(|_| buf.fill(0))
-    }
-
-    /// Authenticates and decrypts `buf`, which holds the ciphertext of sealed block `index`
-    /// (`sealed` supplies its nonce and tag).
-    fn decrypt_in_place(
-        &self,
-        index: u64,
-        last: bool,
-        sealed: &[u8],
-        buf: &mut [u8],
-    ) -> Result<(), FormatError> {
-        let nonce: [u8; NONCE_LEN] = sealed[..NONCE_LEN].try_into().expect("NONCE_LEN bytes");
-        let tag: [u8; TAG_LEN] = sealed[sealed.len() - TAG_LEN..]
-            .try_into()
-            .expect("TAG_LEN bytes");
+        let (nonce, tag, body) = split_sealed_parts(sealed);
+        let io = InOutBuf::new(body, out).map_err(|_| FormatError::BlockAuthFailed(index))?;
         let ad = block_ad(&self.file_id, index, last);
-        self.aead
-            .decrypt_inout_detached(&Nonce::from(nonce), &ad, buf.into(), &Tag::from(tag))
-            .map_err(|_| FormatError::BlockAuthFailed(index))
+        let r = self
+            .aead
+            .decrypt_inout_detached(&nonce, &ad, io, &tag)
+            .map_err(|_| FormatError::BlockAuthFailed(index));
+        if r.is_err() {
+            out.fill(0);
+        }
+        r
     }
+}
+
+/// A sealed block's nonce, tag and ciphertext body (`sealed` is at least
+/// [`BLOCK_OVERHEAD`] long, checked by the callers).
+fn split_sealed_parts(sealed: &[u8]) -> (Nonce, Tag, &[u8]) {
+    let nonce: [u8; NONCE_LEN] = sealed[..NONCE_LEN].try_into().expect("NONCE_LEN bytes");
+    let tag: [u8; TAG_LEN] = sealed[sealed.len() - TAG_LEN..]
+        .try_into()
+        .expect("TAG_LEN bytes");
+    (
+        Nonce::from(nonce),
+        Tag::from(tag),
+        &sealed[NONCE_LEN..sealed.len() - TAG_LEN],
+    )
 }
 
 /// True when a sealed block is entirely zero bytes (a hole left by a sparse backing file).
@@ -194,36 +188,33 @@ mod tests {
     }
 
     #[test]
-    fn open_in_place_opens_holes_and_wipes_on_failure() {
+    fn open_opens_holes_and_wipes_on_failure() {
         let c = cipher();
         let a = sealed(3, false, &[5u8; 4096]);
         let b = sealed(4, true, b"tail");
-        let body = |s: &[u8]| s[NONCE_LEN..s.len() - TAG_LEN].to_vec();
-        let mut buf = body(&a);
-        c.open_in_place(3, false, &a, &mut buf).unwrap();
+        let mut buf = vec![1u8; 4096];
+        c.open(3, false, &a, &mut buf).unwrap();
         assert_eq!(buf, [5u8; 4096]);
-        let mut buf = body(&b);
-        c.open_in_place(4, true, &b, &mut buf).unwrap();
+        let mut buf = vec![1u8; 4];
+        c.open(4, true, &b, &mut buf).unwrap();
         assert_eq!(buf, b"tail");
         let hole = [0u8; 4096 + BLOCK_OVERHEAD];
         let mut buf = vec![1u8; 4096];
-        c.open_in_place(5, false, &hole, &mut buf).unwrap();
+        c.open(5, false, &hole, &mut buf).unwrap();
         assert_eq!(buf, [0u8; 4096], "a hole");
         let mut bad = a.clone();
         bad[100] ^= 1;
-        let mut buf = body(&bad);
-        assert!(c.open_in_place(3, false, &bad, &mut buf).is_err());
+        let mut buf = vec![1u8; 4096];
+        assert!(c.open(3, false, &bad, &mut buf).is_err());
         assert_eq!(buf, [0u8; 4096], "a failed open leaves only zeros");
-        let mut buf = body(&b);
+        let mut buf = vec![1u8; 4];
         assert!(
-            c.open_in_place(4, false, &b, &mut buf).is_err(),
+            c.open(4, false, &b, &mut buf).is_err(),
             "last flag is bound"
         );
+        assert_eq!(buf, [0u8; 4], "a failed open leaves only zeros");
         let mut short = vec![0u8; 3];
-        assert!(
-            c.open_in_place(4, true, &b, &mut short).is_err(),
-            "length checked"
-        );
+        assert!(c.open(4, true, &b, &mut short).is_err(), "length checked");
     }
 
     fn sealed(index: u64, last: bool, pt: &[u8]) -> Vec<u8> {
@@ -283,9 +274,7 @@ mod tests {
             c.open(3, false, &zeros, &mut out),
             Err(FormatError::BlockAuthFailed(3))
         );
-        let mut v = vec![1u8; 100];
-        assert!(c.open_in_place(3, false, &zeros, &mut v).is_err());
-        assert_eq!(v, [0u8; 100]);
+        assert_eq!(out, [0u8; 100], "a failed open leaves only zeros");
         let e = c.seal_empty([5; NONCE_LEN]);
         assert_eq!(c.open_empty(&e), Ok(()));
         assert!(c.open_empty(&[0u8; BLOCK_OVERHEAD]).is_err(), "zeros");
