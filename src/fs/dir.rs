@@ -406,7 +406,11 @@ impl EncFs {
                 out.push((next, e, attr));
                 continue;
             };
-            match self.lookup_backing(ino, &backing) {
+            let looked = self
+                .inodes
+                .lookup_hinted(ino, &backing, e.ino)
+                .map(|(i, st)| self.attr_from_stat(i, &st));
+            match looked {
                 Ok(attr) => out.push((
                     next,
                     Entry {
