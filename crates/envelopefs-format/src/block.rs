@@ -93,11 +93,7 @@ impl BlockCipher {
         if sealed.len() != BLOCK_OVERHEAD {
             return Err(FormatError::BlockAuthFailed(0));
         }
-        let (nonce, tag, _) = split_sealed_parts(sealed);
-        let ad = block_ad(&self.file_id, 0, true);
-        self.aead
-            .decrypt_inout_detached(&nonce, &ad, (&mut [][..]).into(), &tag)
-            .map_err(|_| FormatError::BlockAuthFailed(0))
+        self.decrypt(0, true, sealed, (&mut [][..]).into())
     }
 
     /// Seals `plaintext` as block `index` into `out`, which must be exactly
@@ -146,32 +142,33 @@ impl BlockCipher {
             out.fill(0);
             return Ok(());
         }
-        let (nonce, tag, body) = split_sealed_parts(sealed);
+        let body = &sealed[NONCE_LEN..sealed.len() - TAG_LEN];
         let io = InOutBuf::new(body, out).map_err(|_| FormatError::BlockAuthFailed(index))?;
-        let ad = block_ad(&self.file_id, index, last);
-        let r = self
-            .aead
-            .decrypt_inout_detached(&nonce, &ad, io, &tag)
-            .map_err(|_| FormatError::BlockAuthFailed(index));
+        let r = self.decrypt(index, last, sealed, io);
         if r.is_err() {
             out.fill(0);
         }
         r
     }
-}
 
-/// A sealed block's nonce, tag and ciphertext body (`sealed` is at least
-/// [`BLOCK_OVERHEAD`] long, checked by the callers).
-fn split_sealed_parts(sealed: &[u8]) -> (Nonce, Tag, &[u8]) {
-    let nonce: [u8; NONCE_LEN] = sealed[..NONCE_LEN].try_into().expect("NONCE_LEN bytes");
-    let tag: [u8; TAG_LEN] = sealed[sealed.len() - TAG_LEN..]
-        .try_into()
-        .expect("TAG_LEN bytes");
-    (
-        Nonce::from(nonce),
-        Tag::from(tag),
-        &sealed[NONCE_LEN..sealed.len() - TAG_LEN],
-    )
+    /// Authenticates sealed block `index` (nonce and tag from `sealed`, which is at least
+    /// [`BLOCK_OVERHEAD`] long, checked by the callers) and decrypts `io`.
+    fn decrypt(
+        &self,
+        index: u64,
+        last: bool,
+        sealed: &[u8],
+        io: InOutBuf<'_, '_, u8>,
+    ) -> Result<(), FormatError> {
+        let nonce: [u8; NONCE_LEN] = sealed[..NONCE_LEN].try_into().expect("NONCE_LEN bytes");
+        let tag: [u8; TAG_LEN] = sealed[sealed.len() - TAG_LEN..]
+            .try_into()
+            .expect("TAG_LEN bytes");
+        let ad = block_ad(&self.file_id, index, last);
+        self.aead
+            .decrypt_inout_detached(&Nonce::from(nonce), &ad, io, &Tag::from(tag))
+            .map_err(|_| FormatError::BlockAuthFailed(index))
+    }
 }
 
 /// True when a sealed block is entirely zero bytes (a hole left by a sparse backing file).
