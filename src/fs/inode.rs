@@ -180,6 +180,12 @@ impl InodeTable {
         let pfd = self.get(parent)?;
         let fd = sys::open_path(pfd.as_raw_fd(), name)?;
         let st = sys::fstat(fd.as_raw_fd())?;
+        Ok((self.count_lookup(parent, name, &st, Some(fd)), st))
+    }
+
+    /// Counts one kernel lookup of the inode `st` describes, reached as `name` in `parent`,
+    /// and caches `fd` (its O_PATH descriptor) when none is held. Returns the inode number.
+    fn count_lookup(&self, parent: u64, name: &OsStr, st: &libc::stat, fd: Option<OwnedFd>) -> u64 {
         let ino = self.fuse_ino(st.st_ino);
         if ino != ROOT_INO {
             let mut t = self.lock();
@@ -199,13 +205,16 @@ impl InodeTable {
                 node.parent = parent;
                 node.name = name.to_owned();
             }
-            if node.fd.is_none() {
-                Self::cache(&mut t, ino, Arc::new(fd));
-            } else if !t.nodes[&ino].pinned {
-                t.lru.promote(&ino);
+            let (held, pinned) = (node.fd.is_some(), node.pinned);
+            match fd {
+                Some(fd) if !held => Self::cache(&mut t, ino, Arc::new(fd)),
+                _ if held && !pinned => {
+                    t.lru.promote(&ino);
+                }
+                _ => {}
             }
         }
-        Ok((ino, st))
+        ino
     }
 
     /// [`lookup`](Self::lookup) of a name that a directory listing said leads to `hint`. When
@@ -228,18 +237,7 @@ impl InodeTable {
             if let Ok(st) = sys::lstatat(pfd.as_raw_fd(), name)
                 && self.fuse_ino(st.st_ino) == hint
             {
-                let mut t = self.lock();
-                if let Some(node) = t.nodes.get_mut(&hint)
-                    && node.fd.is_some()
-                {
-                    node.nlookup += 1;
-                    if !node.pinned {
-                        node.parent = parent;
-                        node.name = name.to_owned();
-                        t.lru.promote(&hint);
-                    }
-                    return Ok((hint, st));
-                }
+                return Ok((self.count_lookup(parent, name, &st, None), st));
             }
         }
         self.lookup(parent, name)
