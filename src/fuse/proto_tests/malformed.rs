@@ -21,6 +21,12 @@ fn uring_err(r: &Req) -> ProtoError {
     decode(&h, op, rest).expect_err("decoded")
 }
 
+/// `r` fails with `want` through both transports' split and decode.
+fn fails_on_both(r: &Req, want: &ProtoError) {
+    assert_eq!(&classic_err(r), want, "classic: {r:?}");
+    assert_eq!(&uring_err(r), want, "io_uring: {r:?}");
+}
+
 #[test]
 fn names_without_nul() {
     let cases = [
@@ -48,8 +54,7 @@ fn names_without_nul() {
     ];
     for r in cases {
         let want = ProtoError::MissingNul { opcode: r.opcode };
-        assert_eq!(classic_err(&r), want, "{r:?}");
-        assert_eq!(uring_err(&r), want, "{r:?}");
+        fails_on_both(&r, &want);
     }
 }
 
@@ -64,8 +69,7 @@ fn empty_names() {
     ];
     for r in cases {
         let want = ProtoError::EmptyName { opcode: r.opcode };
-        assert_eq!(classic_err(&r), want, "{r:?}");
-        assert_eq!(uring_err(&r), want, "{r:?}");
+        fails_on_both(&r, &want);
     }
 }
 
@@ -89,8 +93,7 @@ fn write_shorter_than_its_size() {
         need: 10,
         got: 3,
     };
-    assert_eq!(classic_err(&r), want);
-    assert_eq!(uring_err(&r), want);
+    fails_on_both(&r, &want);
     assert_eq!(
         want.to_string(),
         "WRITE (16): 3 bytes of payload, 10 announced"
@@ -119,8 +122,7 @@ fn setxattr_value_shorter_than_its_size() {
         need: 5,
         got: 4,
     };
-    assert_eq!(classic_err(&r), want);
-    assert_eq!(uring_err(&r), want);
+    fails_on_both(&r, &want);
 }
 
 #[test]
@@ -133,8 +135,7 @@ fn batch_forget_count_too_large() {
             need,
             got: 48,
         };
-        assert_eq!(classic_err(&r), want);
-        assert_eq!(uring_err(&r), want);
+        fails_on_both(&r, &want);
     }
 }
 
