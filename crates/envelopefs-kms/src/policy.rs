@@ -214,5 +214,5 @@ pub(crate) fn needs_groups(policy: &KeyPolicy, grants: &[Grant]) -> bool {
 }
 
 #[cfg(test)]
-#[path = "policy_tests.rs"]
+#[path = "policy_tests/mod.rs"]
 mod tests;
