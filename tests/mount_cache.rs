@@ -76,6 +76,17 @@ fn small_files_are_prefetched_on_open() {
     for p in [&small, &big] {
         drop_cached_pages(p);
     }
+    // close(2) returns before the kernel's RELEASE reaches the daemon, and a handle still
+    // open there (the create's or drop_cached_pages's) rightly stops the next open from
+    // prefetching: wait until both RELEASEs of the small file have been served.
+    let ino = fs::metadata(&small).unwrap().ino();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while m.log_lines_with(&[&format!("ino {ino:#018x} RELEASE ")]) < 2 {
+        assert!(std::time::Instant::now() < deadline, "RELEASEs not served");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // The line is logged as the request is taken: let its handler finish.
+    std::thread::sleep(std::time::Duration::from_millis(50));
     assert_eq!(fs::read(&small).unwrap(), small_data);
     assert_eq!(fs::read(&big).unwrap(), big_data);
     assert_eq!(reads(&small), 0, "the small file came with its open");
