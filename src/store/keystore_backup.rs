@@ -20,7 +20,8 @@
 //! ```
 
 use aes_gcm_siv::aead::{AeadInOut, KeyInit};
-use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
+use aes_gcm_siv::{Nonce, Tag};
+use envelopefs_format::Aes256GcmSiv;
 use zeroize::Zeroizing;
 
 use crate::format::volume::WrappedKeyRecord;

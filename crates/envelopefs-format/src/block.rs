@@ -17,7 +17,9 @@
 
 use aes_gcm_siv::aead::inout::InOutBuf;
 use aes_gcm_siv::aead::{AeadInOut, KeyInit};
-use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
+use aes_gcm_siv::{Nonce, Tag};
+
+use crate::Aes256GcmSiv;
 
 use super::FormatError;
 

@@ -14,7 +14,9 @@
 //! ```
 
 use aes_gcm_siv::aead::{AeadInOut, KeyInit};
-use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
+use aes_gcm_siv::{Nonce, Tag};
+
+use crate::Aes256GcmSiv;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::FormatError;

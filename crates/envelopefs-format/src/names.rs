@@ -23,7 +23,9 @@
 //! directory: an entry moved to another directory no longer decrypts.
 
 use aes_gcm_siv::aead::{AeadInOut, KeyInit};
-use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
+use aes_gcm_siv::{Nonce, Tag};
+
+use crate::Aes256GcmSiv;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 

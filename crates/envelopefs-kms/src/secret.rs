@@ -7,7 +7,8 @@
 //! stale copy is left behind on the stack.
 
 use aes_gcm_siv::aead::{AeadInOut, KeyInit};
-use aes_gcm_siv::{Aes256GcmSiv, Nonce, Tag};
+use aes_gcm_siv::{Nonce, Tag};
+use envelopefs_format::Aes256GcmSiv;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::KeyError;
