@@ -76,7 +76,10 @@
 # Method. All filesystems are mounted at once, each on a fresh backing directory under one work
 # directory. Rounds are interleaved at workload granularity: for each round, for each workload,
 # each filesystem runs it in turn (the order rotates by one every round), so background noise
-# hits every filesystem alike. The report gives the median over rounds per filesystem and
+# hits every filesystem alike. Random I/O runs with the random-I/O file's backing read back into
+# memory first (fio's --invalidate=1 then empties only the mount's own cache): otherwise round 1,
+# right after the file is made, would measure a warm backing and later rounds, after the
+# sequential read's cache drop, the disk. The report gives the median over rounds per filesystem and
 # workload, the ratio of envelopefs to every peer and of each other envelopefs target to every
 # non-envelopefs peer (> 1 always means envelopefs is faster: for throughputs ours/peer, for
 # times peer/ours), a summary per envelopefs target against the best encrypted peer and bindfs,
@@ -551,6 +554,11 @@ prep_file() { # path MiB source — (re)create a file of that size, untimed
     timeout "$TMO" dd if="$src" of="$p" bs=1M count="$mib" conv=fsync status=none
 }
 
+warm_rand_backing() { # fs — the random-I/O file's ciphertext (whatever its backing name) into memory
+    local b=${BACK[$1]}
+    timeout "$TMO" find "$b" -type f -size -$(( RAND_MIB + RAND_MIB / 8 + 2 ))M -exec cat {} + >/dev/null 2>&1 || true
+}
+
 warm_backing() { # fs — after a cache drop, bring everything below the FUSE layer back into memory
     local b=${BACK[$1]}
     timeout "$TMO" ls -lR "$b" >/dev/null 2>&1 || true
@@ -595,7 +603,7 @@ run_one() { # fs workload
     case $w in
         seqwrite) timeout "$TMO" rm -f "$m/seq.dat" || return 1 ;;
         seqread) prep_file "$m/seq.dat" "$SEQ_MIB" /dev/zero || return 1; drop_caches ;;
-        rand*) prep_file "$m/rand.dat" "$RAND_MIB" /dev/urandom || return 1 ;;
+        rand*) prep_file "$m/rand.dat" "$RAND_MIB" /dev/urandom || return 1; warm_rand_backing "$f" ;;
         untar)
             # The sequential file is not needed any more this round; keep the backing small.
             timeout "$TMO" rm -f "$m/seq.dat" "$m/.tree-complete" && timeout "$TMO" rm -rf "$m/tree" || return 1
@@ -691,7 +699,7 @@ ver() { "$@" 2>&1 | head -n 1 | tr -d '\r' || true; }
     echo "sizes=sequential ${SEQ_MIB} MiB; random-I/O file ${RAND_MIB} MiB; fio ${FIO_RT} s per run"
     echo "tree=${TREE_DESC:-not used}"
     echo "rounds=$ROUNDS$( ((QUICK)) && echo ' (quick mode)')"
-    echo "caches=$( ((IS_ROOT)) || echo 'NOT dropped (not root); ')$( ((WARM)) && echo 'warm tree reads (--warm)' || echo 'drop_caches + backing re-warmed before ls -lR and read-all')"
+    echo "caches=$( ((IS_ROOT)) || echo 'NOT dropped (not root); ')$( ((WARM)) && echo 'warm tree reads (--warm)' || echo 'drop_caches + backing re-warmed before ls -lR and read-all'); backing of the random-I/O file read back before each fio run"
     echo "load=1/5/15-min load average at start $LOAD_START; $(IFS=';'; echo "${LOADS[*]}"); end $LOAD_END"
     for x in "${NOTES[@]}"; do echo "note=$x"; done
 } >"$WORK/meta.txt"

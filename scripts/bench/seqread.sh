@@ -8,7 +8,8 @@
 #
 # Usage: scripts/bench/seqread.sh [--rounds N] [--mib N] [NAME=SPEC...]
 #
-#   SPEC      envelopefs[,transport=T][,bin=PATH] | securefs | gocryptfs
+#   SPEC      envelopefs[,transport=T][,bin=PATH][,env=VAR=VALUE...] | securefs | gocryptfs
+#             (env= sets a variable for that daemon only, e.g. env=ENVELOPEFS_URING_NO_COURTESY=1)
 #             (default: uring=envelopefs,transport=uring securefs=securefs)
 #   --rounds  rounds (default 6)
 #   --mib     file size in MiB (default 1024)
@@ -26,7 +27,7 @@ while (($#)); do
     case $1 in
         --rounds) ROUNDS=${2:?}; shift 2 ;;
         --mib) MIB=${2:?}; shift 2 ;;
-        -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
         -*) echo "seqread.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
         *) break ;;
     esac
@@ -62,18 +63,19 @@ for c in "$@"; do
     mkdir -p "$b" "$m"
     case $kind in
         envelopefs)
-            bin=$ROOT/target/release/envelopefs args=()
+            bin=$ROOT/target/release/envelopefs args=() envs=()
             for p in "${parts[@]:1}"; do
                 case $p in
                     transport=*) args+=(--transport "${p#transport=}")
                         [[ ${p#transport=} == uring && -w $PARAM ]] && echo Y >"$PARAM" ;;
                     bin=*) bin=${p#bin=} ;;
+                    env=*=*) envs+=("${p#env=}") ;;
                     *) echo "seqread.sh: unknown part '$p' in $c" >&2; exit 2 ;;
                 esac
             done
             [[ -x $bin ]] || { echo "seqread.sh: no envelopefs binary at $bin (cargo build --release)" >&2; exit 2; }
             "$bin" init "$b" --keyfile "$W/key" >"$W/$name.log" 2>&1
-            "$bin" mount "$b" "$m" --keyfile "$W/key" "${args[@]}" >>"$W/$name.log" 2>&1 &
+            env ${envs[@]+"${envs[@]}"} "$bin" mount "$b" "$m" --keyfile "$W/key" "${args[@]}" >>"$W/$name.log" 2>&1 &
             ;;
         securefs)
             securefs create --format 4 --keyfile "$W/key" --pbkdf pkcs5-pbkdf2-hmac-sha256 \
