@@ -554,15 +554,11 @@ prep_file() { # path MiB source — (re)create a file of that size, untimed
     timeout "$TMO" dd if="$src" of="$p" bs=1M count="$mib" conv=fsync status=none
 }
 
-warm_rand_backing() { # fs — the random-I/O file's ciphertext (whatever its backing name) into memory
-    local b=${BACK[$1]}
-    timeout "$TMO" find "$b" -type f -size -$(( RAND_MIB + RAND_MIB / 8 + 2 ))M -exec cat {} + >/dev/null 2>&1 || true
-}
-
-warm_backing() { # fs — after a cache drop, bring everything below the FUSE layer back into memory
-    local b=${BACK[$1]}
+warm_backing() { # fs [MiB] — bring everything below the FUSE layer back into memory: the
+    # metadata, and the files below MiB (default 20; whatever their backing names)
+    local b=${BACK[$1]} max=${2:-20}
     timeout "$TMO" ls -lR "$b" >/dev/null 2>&1 || true
-    timeout "$TMO" find "$b" -type f -size -20M -exec cat {} + >/dev/null 2>&1 || true
+    timeout "$TMO" find "$b" -type f -size -"$max"M -exec cat {} + >/dev/null 2>&1 || true
 }
 
 fio_iops() { # fs rw jobs → IOPS
@@ -603,7 +599,7 @@ run_one() { # fs workload
     case $w in
         seqwrite) timeout "$TMO" rm -f "$m/seq.dat" || return 1 ;;
         seqread) prep_file "$m/seq.dat" "$SEQ_MIB" /dev/zero || return 1; drop_caches ;;
-        rand*) prep_file "$m/rand.dat" "$RAND_MIB" /dev/urandom || return 1; warm_rand_backing "$f" ;;
+        rand*) prep_file "$m/rand.dat" "$RAND_MIB" /dev/urandom || return 1; warm_backing "$f" $(( RAND_MIB + RAND_MIB / 8 + 2 )) ;;
         untar)
             # The sequential file is not needed any more this round; keep the backing small.
             timeout "$TMO" rm -f "$m/seq.dat" "$m/.tree-complete" && timeout "$TMO" rm -rf "$m/tree" || return 1
