@@ -94,7 +94,8 @@ for c in "$@"; do
     timeout 600 dd if=/dev/zero of="$m/f" bs=1M count="$MIB" conv=fsync status=none
 done
 busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }  # user nice system irq softirq
-cpu_of() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+cpu_of() { # utime + stime; the fields are counted after comm's ")", which may hold spaces
+    local s a; s=$(<"/proc/$1/stat"); read -r -a a <<<"${s##*) }"; echo $(( a[11] + a[12] )); }
 HZ=$(getconf CLK_TCK) NCPU=$(nproc) n=${#NAMES[@]}
 echo "cold sequential read of $MIB MiB, $ROUNDS rounds; machine = busy time of all $NCPU CPUs"
 for ((r = 1; r <= ROUNDS; r++)); do
