@@ -344,6 +344,17 @@ drop_caches() {
     echo 3 >/proc/sys/vm/drop_caches
 }
 
+# The machine's single-thread speed right now: milliseconds for SHA-256 of 128 MiB of random
+# bytes in memory (no file, no other process). On this VM the host's load moves it while the
+# machine itself is idle (coreutils sha256sum of 200 MiB in tmpfs, every 3 s for 90 s: 0.62 to
+# 1.01 s), and the serial workloads (untar, rm -rf, 1-job random reads) move with it; the
+# report gives the probe's spread, so a cell's spread can be read against the machine's.
+cpu_probe() {
+    python3 -c 'import hashlib, os, time
+b = os.urandom(128 << 20); t = time.perf_counter(); hashlib.sha256(b).digest()
+print(round((time.perf_counter() - t) * 1000))' 2>/dev/null || echo ""
+}
+
 cpu_ticks() { # pid → utime+stime of the whole process (all threads)
     local s
     s=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
@@ -650,12 +661,14 @@ run_one() { # fs workload
 # Run
 START_DATE=$(date '+%F %T %Z')
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-FAILS=0 LOADS=()
+FAILS=0 LOADS=() PROBES=()
 note "work dir $WORK ($FSTYPE); filesystems: ${FSS[*]}; workloads: ${WLS[*]}; rounds: $ROUNDS"
 n=${#FSS[@]}
 for ((r = 1; r <= ROUNDS; r++)); do
     LOADS+=(" round $r $(cut -d' ' -f1-3 /proc/loadavg)")
     for w in "${WLS[@]}"; do
+        ms=$(cpu_probe)
+        if [[ -n $ms ]]; then PROBES+=("$ms"); printf '%s\t%s\t%s\n' "$r" "$w" "$ms" >>"$WORK/probe.tsv"; note "round $r/$ROUNDS  $w  cpu probe: $ms ms"; fi
         for ((i = 0; i < n; i++)); do
             f=${FSS[$(( (i + r - 1) % n ))]}
             if ! alive "$f"; then
@@ -697,6 +710,9 @@ ver() { "$@" 2>&1 | head -n 1 | tr -d '\r' || true; }
     echo "rounds=$ROUNDS$( ((QUICK)) && echo ' (quick mode)')"
     echo "caches=$( ((IS_ROOT)) || echo 'NOT dropped (not root); ')$( ((WARM)) && echo 'warm tree reads (--warm)' || echo 'drop_caches + backing re-warmed before ls -lR and read-all'); backing of the random-I/O file read back before each fio run"
     echo "load=1/5/15-min load average at start $LOAD_START; $(IFS=';'; echo "${LOADS[*]}"); end $LOAD_END"
+    if ((${#PROBES[@]})); then
+        echo "cpu_probe=$(printf '%s\n' "${PROBES[@]}" | sort -n | awk '{a[NR] = $1} END {printf "single-thread SHA-256 of 128 MiB in memory, timed before each workload of each round (%d times): median %d ms, fastest %d, slowest %d (%.2fx); the serial workloads follow the machine'"'"'s speed", NR, a[int((NR + 1) / 2)], a[1], a[NR], a[NR] / a[1]}')"
+    fi
     for x in "${NOTES[@]}"; do echo "note=$x"; done
 } >"$WORK/meta.txt"
 
@@ -754,7 +770,7 @@ m = {k: v for k, v in meta_lines if k != "note"}
 notes = [v for k, v in meta_lines if k == "note"]
 out = []
 out.append(f"## Benchmark run of {m['date']}\n")
-for k in ["host", "workdir", "envelopefs", "fuse", "rings", "gocryptfs", "securefs", "cryfs", "bindfs", "passthrough_hp", "fio", "limits", "sizes", "tree", "rounds", "caches", "load"]:
+for k in ["host", "workdir", "envelopefs", "fuse", "rings", "gocryptfs", "securefs", "cryfs", "bindfs", "passthrough_hp", "fio", "limits", "sizes", "tree", "rounds", "caches", "load", "cpu_probe"]:
     if k in m:
         out.append(f"- **{k}**: {m[k]}")
 for n in notes:
@@ -904,6 +920,7 @@ cat "$REPORT"
 if [[ -n $OUT ]]; then
     cp "$REPORT" "$OUT"
     cp "$RES" "$OUT.tsv"
+    [[ -f $WORK/probe.tsv ]] && cp "$WORK/probe.tsv" "$OUT.probe.tsv"
     note "report written to $OUT (raw values: $OUT.tsv)"
 fi
 ((FAILS == 0)) || exit 1
