@@ -11,6 +11,14 @@
 #   --tree DIR        source tree to tar and untar (default /usr/include)
 #   --workloads a,b   from untar,lsr,catall,rm (default untar,catall,rm; lsr, catall and rm
 #                     need untar in the same list, which leaves the tree for them)
+#   --env NAME:VAR=VALUE
+#                     environment for variant NAME's daemon (repeatable), e.g.
+#                     --env nc:ENVELOPEFS_URING_NO_COURTESY=1
+#   --dirty           before each timed untar, untar the tree once more into a plain directory
+#                     of the work dir, without sync: the timed untar then runs while the
+#                     backing filesystem writes that back, as in scripts/bench.sh where the
+#                     filesystem before it in the round has just untarred the same tree
+#                     (default: sync first, so every untar starts clean)
 #
 # Example (old and new build of the same tree):
 #   git stash; cargo build --release; cp target/release/envelopefs /var/tmp/envfs-old
@@ -21,14 +29,18 @@
 # §Why --fresh-ext4). Needs root (drop_caches). Every mount is unmounted on exit.
 
 set -euo pipefail
-ROUNDS=5 TREE=/usr/include WLS=untar,catall,rm
+ROUNDS=5 TREE=/usr/include WLS=untar,catall,rm DIRTY=0
 die() { echo "ab.sh: $*" >&2; exit 2; }
 SPECS=()
+declare -A ENVS
 while (($#)); do
     case $1 in
         --rounds) ROUNDS=${2:?}; shift ;;
         --tree) TREE=${2:?}; shift ;;
         --workloads) WLS=${2:?}; shift ;;
+        --env) [[ ${2:?} == ?*:?*=* ]] || die "--env takes NAME:VAR=VALUE, got $2"
+               ENVS[${2%%:*}]+=" ${2#*:}"; shift ;;
+        --dirty) DIRTY=1 ;;
         -h|--help) sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) die "unknown option $1" ;;
         *=*) SPECS+=("$1") ;;
@@ -70,7 +82,8 @@ for spec in "${SPECS[@]}"; do
     mkdir -p "${BACK[$n]}" "${MNT[$n]}"
     head -c 32 /dev/urandom >"$WORK/$n/key"
     timeout 120 "$bin" init "${BACK[$n]}" --keyfile "$WORK/$n/key" >"$WORK/$n/log" 2>&1 || die "$n: init failed"
-    "$bin" mount "${BACK[$n]}" "${MNT[$n]}" --keyfile "$WORK/$n/key" "${extra[@]}" </dev/null >>"$WORK/$n/log" 2>&1 &
+    read -ra envs <<<"${ENVS[$n]:-}"
+    env ${envs[@]+"${envs[@]}"} "$bin" mount "${BACK[$n]}" "${MNT[$n]}" --keyfile "$WORK/$n/key" "${extra[@]}" </dev/null >>"$WORK/$n/log" 2>&1 &
     PID[$n]=$!
     for _ in $(seq 100); do mountpoint -q "${MNT[$n]}" && break; sleep 0.1; done
     mountpoint -q "${MNT[$n]}" || die "$n: no mount (log: $(tail -3 "$WORK/$n/log"))"
@@ -84,7 +97,10 @@ for ((r = 1; r <= ROUNDS; r++)); do
         for ((k = 0; k < ${#NAMES[@]}; k++)); do
             n=${NAMES[$(( (k + r) % ${#NAMES[@]} ))]} m=${MNT[$n]}
             case $w in
-                untar) timeout $TMO rm -rf "$m/tree"; mkdir -p "$m/tree"; sync; cat "$WORK/tree.tar" >/dev/null ;;
+                untar)
+                    timeout $TMO rm -rf "$m/tree" "$WORK/plain"; mkdir -p "$m/tree" "$WORK/plain"; sync
+                    ((DIRTY)) && timeout $TMO tar -xf "$WORK/tree.tar" -C "$WORK/plain"
+                    cat "$WORK/tree.tar" >/dev/null ;;
                 lsr|catall)
                     # Cold mount caches, warm backing (as scripts/bench.sh does).
                     sync; echo 3 >/proc/sys/vm/drop_caches
