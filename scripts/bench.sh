@@ -347,8 +347,8 @@ drop_caches() {
 # The machine's single-thread speed right now: milliseconds for SHA-256 of 128 MiB of random
 # bytes in memory (no file, no other process). On this VM the host's load moves it while the
 # machine itself is idle (coreutils sha256sum of 200 MiB in tmpfs, every 3 s for 90 s: 0.62 to
-# 1.01 s), and the serial workloads (untar, rm -rf, 1-job random reads) move with it; the
-# report gives the probe's spread, so a cell's spread can be read against the machine's.
+# 1.01 s). The report gives the probe's spread, so a cell's spread can be read against the
+# machine's (a steady probe with a spread-out cell points at the filesystem or its context).
 cpu_probe() {
     python3 -c 'import hashlib, os, time
 b = os.urandom(128 << 20); t = time.perf_counter(); hashlib.sha256(b).digest()
@@ -711,7 +711,7 @@ ver() { "$@" 2>&1 | head -n 1 | tr -d '\r' || true; }
     echo "caches=$( ((IS_ROOT)) || echo 'NOT dropped (not root); ')$( ((WARM)) && echo 'warm tree reads (--warm)' || echo 'drop_caches + backing re-warmed before ls -lR and read-all'); backing of the random-I/O file read back before each fio run"
     echo "load=1/5/15-min load average at start $LOAD_START; $(IFS=';'; echo "${LOADS[*]}"); end $LOAD_END"
     if ((${#PROBES[@]})); then
-        echo "cpu_probe=$(printf '%s\n' "${PROBES[@]}" | sort -n | awk '{a[NR] = $1} END {printf "single-thread SHA-256 of 128 MiB in memory, timed before each workload of each round (%d times): median %d ms, fastest %d, slowest %d (%.2fx); the serial workloads follow the machine'"'"'s speed", NR, a[int((NR + 1) / 2)], a[1], a[NR], a[NR] / a[1]}')"
+        echo "cpu_probe=$(printf '%s\n' "${PROBES[@]}" | sort -n | awk '{a[NR] = $1} END {printf "single-thread SHA-256 of 128 MiB in memory, timed before each workload of each round (%d times): median %d ms, fastest %d, slowest %d (%.2fx)", NR, a[int((NR + 1) / 2)], a[1], a[NR], a[NR] / a[1]}')"
     fi
     for x in "${NOTES[@]}"; do echo "note=$x"; done
 } >"$WORK/meta.txt"
