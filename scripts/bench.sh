@@ -661,14 +661,14 @@ run_one() { # fs workload
 # Run
 START_DATE=$(date '+%F %T %Z')
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-FAILS=0 LOADS=() PROBES=()
+FAILS=0 LOADS=()
 note "work dir $WORK ($FSTYPE); filesystems: ${FSS[*]}; workloads: ${WLS[*]}; rounds: $ROUNDS"
 n=${#FSS[@]}
 for ((r = 1; r <= ROUNDS; r++)); do
     LOADS+=(" round $r $(cut -d' ' -f1-3 /proc/loadavg)")
     for w in "${WLS[@]}"; do
         ms=$(cpu_probe)
-        if [[ -n $ms ]]; then PROBES+=("$ms"); printf '%s\t%s\t%s\n' "$r" "$w" "$ms" >>"$WORK/probe.tsv"; note "round $r/$ROUNDS  $w  cpu probe: $ms ms"; fi
+        if [[ -n $ms ]]; then printf '%s\t%s\t%s\n' "$r" "$w" "$ms" >>"$WORK/probe.tsv"; note "round $r/$ROUNDS  $w  cpu probe: $ms ms"; fi
         for ((i = 0; i < n; i++)); do
             f=${FSS[$(( (i + r - 1) % n ))]}
             if ! alive "$f"; then
@@ -710,8 +710,8 @@ ver() { "$@" 2>&1 | head -n 1 | tr -d '\r' || true; }
     echo "rounds=$ROUNDS$( ((QUICK)) && echo ' (quick mode)')"
     echo "caches=$( ((IS_ROOT)) || echo 'NOT dropped (not root); ')$( ((WARM)) && echo 'warm tree reads (--warm)' || echo 'drop_caches + backing re-warmed before ls -lR and read-all'); backing of the random-I/O file read back before each fio run"
     echo "load=1/5/15-min load average at start $LOAD_START; $(IFS=';'; echo "${LOADS[*]}"); end $LOAD_END"
-    if ((${#PROBES[@]})); then
-        echo "cpu_probe=$(printf '%s\n' "${PROBES[@]}" | sort -n | awk '{a[NR] = $1} END {printf "single-thread SHA-256 of 128 MiB in memory, timed before each workload of each round (%d times): median %d ms, fastest %d, slowest %d (%.2fx)", NR, a[int((NR + 1) / 2)], a[1], a[NR], a[NR] / a[1]}')"
+    if [[ -s $WORK/probe.tsv ]]; then
+        echo "cpu_probe=$(cut -f3 "$WORK/probe.tsv" | sort -n | awk '{a[NR] = $1} END {printf "single-thread SHA-256 of 128 MiB in memory, timed before each workload of each round (%d times): median %d ms, fastest %d, slowest %d (%.2fx)", NR, a[int((NR + 1) / 2)], a[1], a[NR], a[NR] / a[1]}')"
     fi
     for x in "${NOTES[@]}"; do echo "note=$x"; done
 } >"$WORK/meta.txt"
