@@ -89,7 +89,8 @@ for spec in "${SPECS[@]}"; do
     mountpoint -q "${MNT[$n]}" || die "$n: no mount (log: $(tail -3 "$WORK/$n/log"))"
 done
 
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+ticks() { # utime + stime; the fields are counted after comm's ")", which may hold spaces
+    local s a; s=$(<"/proc/$1/stat"); read -r -a a <<<"${s##*) }"; echo $(( a[11] + a[12] )); }
 now() { date +%s.%N; }
 declare -A RES
 for ((r = 1; r <= ROUNDS; r++)); do
