@@ -111,7 +111,12 @@ fn enospc_is_reported_and_recovered_from() {
     assert_eq!(errno(&e), libc::ENOSPC, "{e}");
     assert_eq!(fs::read(m.path("keep")).unwrap(), keep);
     // A create whose header does not fit fails whole (ENOSPC, nothing left behind), so "new"
-    // may not exist.
+    // may not exist. If it does, its first write failed with nothing reserved before it: the
+    // file was cut back and reads without error, at most a prefix of what was written.
+    match fs::read(m.path("new")) {
+        Ok(bytes) => assert!(bytes.iter().all(|&b| b == 1), "new holds foreign bytes"),
+        Err(e) => assert_eq!(errno(&e), libc::ENOENT, "{e}"),
+    }
     let _ = fs::remove_file(m.path("new"));
     space_freed_is_usable_again(&mut m, &keep);
 }

@@ -436,13 +436,7 @@ impl EncFs {
         let plan = WritePlan::new(self.layout, st.size, new_size, planned);
         let data = write.map_or(&[][..], |(_, d)| d);
         let runs = self.seal_plan(&plan, &cipher, file, data)?;
-        blocks::write_runs(
-            file,
-            &plan.reserve,
-            &runs,
-            plan.old_backing,
-            plan.truncate_to,
-        )?;
+        blocks::write_runs(file, &runs, plan.old_backing, plan.truncate_to)?;
         st.size = new_size;
         Ok(())
     }

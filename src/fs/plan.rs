@@ -90,6 +90,7 @@ pub(crate) struct Run {
 
 impl Run {
     /// The backing-file range the run covers.
+    #[cfg(test)]
     pub(crate) fn range(&self) -> Range<u64> {
         self.offset..self.offset + self.len
     }
@@ -105,11 +106,9 @@ pub(crate) struct WritePlan {
     /// Seal the empty block of an emptied `sealed-holes` file at
     /// [`Layout::block_offset`]`(0)` (the only block; no run holds it).
     pub(crate) empty_block: bool,
-    /// Backing ranges past the old end that the runs write: reserved (fallocate) before any
-    /// existing block is touched, so a full disk fails the request without tearing the old
-    /// last block. A gap a run does not write stays sparse.
-    pub(crate) reserve: Vec<Range<u64>>,
-    /// Backing length before the change (what a failed write gives back).
+    /// Backing length before the change: what a failed write gives back, and where the store
+    /// splits a run, writing the bytes past it before any existing byte
+    /// (`store::blocks::write_runs`).
     pub(crate) old_backing: u64,
     /// When the file shrinks: the backing length to cut it to after the runs are written.
     pub(crate) truncate_to: Option<u64>,
@@ -206,17 +205,10 @@ impl WritePlan {
 
         // The file has its header, so its backing length follows from its size.
         let old_backing = layout.backing_size(old_size);
-        let reserve = runs
-            .iter()
-            .map(Run::range)
-            .filter(|r| r.end > old_backing)
-            .map(|r| r.start.max(old_backing)..r.end)
-            .collect();
         WritePlan {
             blocks,
             runs,
             empty_block: layout.sealed_holes() && new_size == 0 && old_size != 0,
-            reserve,
             old_backing,
             truncate_to: (new_size < old_size).then(|| layout.backing_size(new_size)),
         }

@@ -37,7 +37,6 @@ fn a_write_inside_one_full_block_reads_it_and_writes_it_alone() {
             len: 4096 + O
         }]
     );
-    assert!(p.reserve.is_empty());
     assert_eq!(p.truncate_to, None);
     assert!(!p.empty_block);
 }
@@ -58,7 +57,7 @@ fn a_write_covering_whole_blocks_reads_nothing() {
 }
 
 #[test]
-fn an_append_reseals_the_old_last_block_and_reserves_the_new_bytes() {
+fn an_append_reseals_the_old_last_block() {
     let l = Layout::new(4096);
     // 100 bytes, then 5000 more at 100: block 0 grows to full and loses its last flag.
     let p = WritePlan::new(l, 100, 5100, Some((100, 5000)));
@@ -89,7 +88,6 @@ fn an_append_reseals_the_old_last_block_and_reserves_the_new_bytes() {
         })
     );
     assert_eq!(p.old_backing, l.backing_size(100));
-    assert_eq!(p.reserve, vec![l.backing_size(100)..l.backing_size(5100)]);
 }
 
 #[test]
@@ -100,9 +98,9 @@ fn a_write_past_a_gap_leaves_holes_without_sealed_holes() {
     assert_eq!(indices(&p), [0, 5]);
     assert_eq!(p.runs.len(), 2);
     assert_eq!(
-        p.reserve,
+        p.runs.iter().map(Run::range).collect::<Vec<_>>(),
         vec![
-            l.backing_size(10)..l.block_offset(1),
+            l.block_offset(0)..l.block_offset(1),
             l.block_offset(5)..l.backing_size(5 * 4096 + 5)
         ]
     );
@@ -239,29 +237,7 @@ fn check_against_model(
         }
     }
     prop_assert_eq!(next, p.blocks.len());
-    // Reserve: only past the old end, inside what the runs write.
     prop_assert_eq!(p.old_backing, l.backing_size(old_size));
-    for r in &p.reserve {
-        prop_assert!(r.start >= p.old_backing && r.start < r.end);
-        prop_assert!(
-            p.runs
-                .iter()
-                .any(|run| run.range().start <= r.start && r.end == run.range().end)
-        );
-    }
-    let past_end: u64 = p
-        .runs
-        .iter()
-        .map(|r| {
-            r.range()
-                .end
-                .saturating_sub(r.range().start.max(p.old_backing))
-        })
-        .sum();
-    prop_assert_eq!(
-        past_end,
-        p.reserve.iter().map(|r| r.end - r.start).sum::<u64>()
-    );
 
     // Apply to the model: what the glue does, with an identity seal.
     for b in &p.blocks {
