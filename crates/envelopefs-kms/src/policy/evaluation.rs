@@ -172,24 +172,44 @@ pub(crate) fn action_matches(pattern: &str, action: &str) -> bool {
 
 /// Matches `text` against `pattern`, where `*` stands for any run of characters (also
 /// empty) and `?` for exactly one character.
+///
+/// Runs on every key use (each statement's actions and resources), so the common cases cost
+/// no allocation: a pattern without wildcards is a plain comparison, and ASCII strings are
+/// matched byte by byte (a byte is a character there).
 pub(super) fn glob_match(pattern: &str, text: &str, ignore_ascii_case: bool) -> bool {
+    if !pattern.contains(['*', '?']) {
+        return if ignore_ascii_case {
+            pattern.eq_ignore_ascii_case(text)
+        } else {
+            pattern == text
+        };
+    }
+    if pattern.is_ascii() && text.is_ascii() {
+        let eq = |a: u8, b: u8| a == b || (ignore_ascii_case && a.eq_ignore_ascii_case(&b));
+        return glob_slices(pattern.as_bytes(), text.as_bytes(), b'*', b'?', eq);
+    }
     let p: Vec<char> = pattern.chars().collect();
     let t: Vec<char> = text.chars().collect();
-    let eq = |a: char, b: char| {
-        if ignore_ascii_case {
-            a.eq_ignore_ascii_case(&b)
-        } else {
-            a == b
-        }
-    };
+    let eq = |a: char, b: char| a == b || (ignore_ascii_case && a.eq_ignore_ascii_case(&b));
+    glob_slices(&p, &t, '*', '?', eq)
+}
+
+/// [`glob_match`] over characters of any width (`star_c` and `one` are `*` and `?`).
+fn glob_slices<T: Copy + PartialEq>(
+    p: &[T],
+    t: &[T],
+    star_c: T,
+    one: T,
+    eq: impl Fn(T, T) -> bool,
+) -> bool {
     let (mut pi, mut ti) = (0, 0);
     // Position of the last `*` seen and the text position it is currently absorbing up to.
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && p[pi] == '*' {
+        if pi < p.len() && p[pi] == star_c {
             star = Some((pi, ti));
             pi += 1;
-        } else if pi < p.len() && (p[pi] == '?' || eq(p[pi], t[ti])) {
+        } else if pi < p.len() && (p[pi] == one || eq(p[pi], t[ti])) {
             pi += 1;
             ti += 1;
         } else if let Some((sp, st)) = star {
@@ -201,5 +221,5 @@ pub(super) fn glob_match(pattern: &str, text: &str, ignore_ascii_case: bool) -> 
             return false;
         }
     }
-    p[pi..].iter().all(|&c| c == '*')
+    p[pi..].iter().all(|&c| c == star_c)
 }

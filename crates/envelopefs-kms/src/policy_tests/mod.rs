@@ -170,6 +170,55 @@ fn glob_matching() {
     assert!(!glob_match("", "x", false));
 }
 
+/// Every pattern of up to 3 characters over `* ? a A é` against every text of up to 3 over
+/// `a A é b`, both cases: the fast paths (no wildcard, ASCII bytes) agree with a plain
+/// recursive definition.
+#[test]
+fn glob_matching_agrees_with_its_definition() {
+    fn reference(p: &[char], t: &[char], icase: bool) -> bool {
+        match (p.first(), t.first()) {
+            (None, _) => t.is_empty(),
+            (Some('*'), _) => {
+                reference(&p[1..], t, icase) || (!t.is_empty() && reference(p, &t[1..], icase))
+            }
+            (Some(_), None) => false,
+            (Some(&c), Some(&d)) => {
+                (c == '?' || c == d || (icase && c.eq_ignore_ascii_case(&d)))
+                    && reference(&p[1..], &t[1..], icase)
+            }
+        }
+    }
+    fn all(alphabet: &[char], max: usize) -> Vec<String> {
+        let mut out = vec![String::new()];
+        let mut last = vec![String::new()];
+        for _ in 0..max {
+            last = last
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |&c| format!("{s}{c}")))
+                .collect();
+            out.extend(last.iter().cloned());
+        }
+        out
+    }
+    let (patterns, texts) = (
+        all(&['*', '?', 'a', 'A', 'é'], 3),
+        all(&['a', 'A', 'é', 'b'], 3),
+    );
+    for p in &patterns {
+        let pc: Vec<char> = p.chars().collect();
+        for t in &texts {
+            let tc: Vec<char> = t.chars().collect();
+            for icase in [false, true] {
+                assert_eq!(
+                    glob_match(p, t, icase),
+                    reference(&pc, &tc, icase),
+                    "{p:?} against {t:?}, ignore case {icase}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn users_by_name_and_uid_groups_by_supplementary_membership() {
     let by_name = policy(
