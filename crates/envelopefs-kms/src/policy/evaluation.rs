@@ -173,9 +173,9 @@ pub(crate) fn action_matches(pattern: &str, action: &str) -> bool {
 /// Matches `text` against `pattern`, where `*` stands for any run of characters (also
 /// empty) and `?` for exactly one character.
 ///
-/// Runs on every key use (each statement's actions and resources), so the common cases cost
-/// no allocation: a pattern without wildcards is a plain comparison, and ASCII strings are
-/// matched byte by byte (a byte is a character there).
+/// Runs on every key use (each statement's actions, and its StringLike conditions), so the
+/// common cases cost no allocation: a pattern without wildcards is a plain comparison, and
+/// ASCII strings are matched byte by byte (a byte is a character there).
 pub(super) fn glob_match(pattern: &str, text: &str, ignore_ascii_case: bool) -> bool {
     if !pattern.contains(['*', '?']) {
         return if ignore_ascii_case {
